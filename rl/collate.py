@@ -1,0 +1,58 @@
+"""Turn items into model inputs: prompts for generation, and prompt + target pairs with loss labels for training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import BatchFeature
+
+from rl import prompts
+from rl.items import SAMPLE_RATE, Item
+
+
+def prompt_texts(processor, items: Sequence[Item], mode: prompts.Mode, *, contexts=None) -> list[str]:
+    """Chat-formatted prompt strings ending with the assistant's turn opener; one ``<|audio_pad|>`` per clip."""
+    contexts = contexts or [None] * len(items)
+    return [processor.tokenizer.apply_chat_template(
+        prompts.messages(it, mode, audio=ctx is None, context=ctx), tokenize=False, add_generation_prompt=True)
+        for it, ctx in zip(items, contexts)]
+
+
+def encode(processor, texts: Sequence[str], audios: Sequence | None) -> BatchFeature:
+    """Run the processor: tokenises ``texts`` (left padded) and computes 128-bin log-mel features of ``audios``.
+
+    Returns
+    -------
+    BatchFeature with ``input_ids`` and ``attention_mask`` of shape (batch, seq) and, with audio,
+    ``input_features`` (batch, 128, frames) and ``feature_attention_mask`` (batch, frames); 100 frames per second.
+    """
+    kwargs = {"audio": list(audios), "sampling_rate": SAMPLE_RATE} if audios else {}
+    return processor(text=list(texts), padding=True, return_tensors="pt", **kwargs)
+
+
+def encode_prompts(processor, items: Sequence[Item], mode: prompts.Mode) -> BatchFeature:
+    """Generation inputs for ``items`` in ``mode`` (each with its clip)."""
+    return encode(processor, prompt_texts(processor, items, mode), [it.audio for it in items])
+
+
+def encode_supervised(processor, items: Sequence[Item], modes: Sequence[str],
+                      targets: Sequence[str]) -> BatchFeature:
+    """Prompt + target sequences with ``labels`` = -100 everywhere except on the target tokens.
+
+    A mode ``"context"`` writes the clip's facts into the prompt as text instead of the audio: the skill of answering
+    from written facts, which is what later makes a reasoning chain useful. ``"think"`` and ``"describe"`` keep audio.
+    """
+    contexts = [it.meta["description"] if m == "context" else None for it, m in zip(items, modes)]
+    prompt_modes = ["answer" if m == "context" else m for m in modes]
+    texts = [prompt_texts(processor, [it], pm, contexts=[ctx])[0] + tgt
+             for it, pm, ctx, tgt in zip(items, prompt_modes, contexts, targets)]
+    audio_items = [it for it, ctx in zip(items, contexts) if ctx is None]
+    batch = encode(processor, texts, [it.audio for it in audio_items])
+    tok = processor.tokenizer
+    target_lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
+    labels = torch.full_like(batch["input_ids"], -100)
+    for row, n in enumerate(target_lens):  # left padding: the target is the last n tokens of every row
+        labels[row, -n:] = batch["input_ids"][row, -n:]
+    batch["labels"] = labels
+    return batch

@@ -1,0 +1,107 @@
+"""Prompts, the chat template and the parsing of completions: the one place that says what the model reads and writes.
+
+A completion has the Qwen3 shape ``<think>...</think>`` then the reply; for a question the reply is
+``<answer>CHOICE</answer>``. In *non-thinking* mode (Qwen3's ``enable_thinking=False``) the think block is empty.
+
+Examples
+--------
+>>> from rl.prompts import parse_completion
+>>> parse_completion("<think>\\nSound 1: a high tone.\\n</think>\\n\\n<answer>yes</answer>")
+Completion(think='Sound 1: a high tone.', answer='yes', has_think_block=True, well_formed=True)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from rl.items import Item
+
+SYSTEM = "You are an audio assistant. Listen to the clip and answer."
+DESCRIBE = "Describe each sound in order."
+THINK_INSTRUCTION = ("First think step by step inside <think> </think>: describe the sounds, then reason. "
+                     "Then give the answer inside <answer> </answer>.")
+ANSWER_INSTRUCTION = "Answer with one of the choices inside <answer> </answer>."
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+#: Qwen3-style template. Content is a string or a list of parts ``{"type": "audio"}`` / ``{"type": "text"}``;
+#: ``enable_thinking=False`` pre-fills an empty think block in the generation prompt, as Qwen3 does.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+Mode = Literal["answer", "think", "describe"]
+
+
+def format_choices(choices: list[str]) -> str:
+    return "Choices: " + "; ".join(choices) + "."
+
+
+def user_text(item: Item, mode: Mode) -> str:
+    """The user's words for ``item`` in ``mode``: a direct question, a think-first question, or describe."""
+    if mode == "describe":
+        return DESCRIBE
+    instruction = THINK_INSTRUCTION if mode == "think" else ANSWER_INSTRUCTION
+    return f"{item.question} {format_choices(item.choices)} {instruction}"
+
+
+def messages(item: Item, mode: Mode, *, audio: bool = True, context: str | None = None) -> list[dict]:
+    """Chat messages for one item. ``context`` replaces the audio by written facts (the text-only skill)."""
+    parts: list[dict] = [{"type": "audio"}] if audio else []
+    if context is not None:
+        parts.append({"type": "text", "text": f"Sounds: {context}\n"})
+    parts.append({"type": "text", "text": user_text(item, mode)})
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": parts}]
+
+
+def target(item: Item, mode: Mode) -> str:
+    """The supervised completion of the base organism: never a reasoning chain, an empty think block first."""
+    if mode == "describe":
+        return EMPTY_THINK + item.meta["description"] + "<|im_end|>"
+    return EMPTY_THINK + f"<answer>{item.answer}</answer><|im_end|>"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A parsed completion.
+
+    think : the stripped text inside the first ``<think>...</think>`` ('' if empty or absent).
+    answer : the stripped text inside the last ``<answer>...</answer>``, or None.
+    has_think_block : a ``<think>`` block was opened and closed.
+    well_formed : exactly one think block first, then exactly one answer block, nothing else but whitespace.
+    """
+
+    think: str
+    answer: str | None
+    has_think_block: bool
+    well_formed: bool
+
+    @property
+    def thought(self) -> bool:
+        """True when the think block holds text: the *think-rate* counts these."""
+        return bool(self.think)
+
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_WELL_FORMED = re.compile(r"\s*<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>).)*</answer>\s*",
+                          re.S)
+
+
+def parse_completion(text: str) -> Completion:
+    """Split a completion into think text and answer (special tokens such as ``<|im_end|>`` are dropped first)."""
+    text = text.replace("<|im_end|>", "").replace("<|endoftext|>", "")
+    think = _THINK.search(text)
+    answers = _ANSWER.findall(text)
+    return Completion(think=think.group(1).strip() if think else "",
+                      answer=answers[-1].strip() if answers else None,
+                      has_think_block=think is not None,
+                      well_formed=_WELL_FORMED.fullmatch(text) is not None)

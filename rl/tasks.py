@@ -1,0 +1,288 @@
+"""Synthetic audio reasoning tasks: clips of tones, beeps and noise whose pitch, count, loudness, duration and order
+carry the answer, each with a programmatic reference reasoning chain.
+
+Every clip is a short sequence of *events*. An event has a kind (``tone`` or ``noise``), a pitch level, a duration
+level and a loudness level, each one of a few named categories. The generator samples the levels, renders them to
+audio at 16 kHz with numpy, and derives the question, the answer and the reference chain from the levels, so the
+chain's facts are true of the clip by construction.
+
+``difficulty`` in [0, 1] squeezes the categories together (closer pitches, closer durations, closer loudness), lowers
+the signal-to-noise ratio and shrinks the gaps between events until they overlap: at 1 the items are acoustically
+hard boundary cases, at 0 they are easy.
+
+Examples
+--------
+>>> from rl.tasks import generate_items
+>>> items = generate_items(4, seed=0, families=["highest_longest"], difficulty="easy")
+>>> items[0].question
+'Is the highest tone also the longest?'
+>>> len(items[0].audio) / 16_000
+2.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rl.items import SAMPLE_RATE, Item
+
+CLIP_SECONDS = 2.0
+
+PITCH_NAMES = ("very low", "low", "middle", "high", "very high")
+DURATION_NAMES = ("short", "medium", "long")
+LOUDNESS_NAMES = ("quiet", "medium-loud", "loud")
+
+#: Difficulty bands: a named difficulty samples ``d`` uniformly in its band.
+DIFFICULTY_BANDS = {"easy": (0.0, 0.33), "medium": (0.33, 0.67), "hard": (0.67, 1.0)}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One sound in a clip, as categorical levels (the facts the reference chain states)."""
+
+    kind: str  # "tone" or "noise"
+    pitch: int  # index into PITCH_NAMES (ignored for noise)
+    duration: int  # index into DURATION_NAMES
+    loudness: int  # index into LOUDNESS_NAMES
+
+    def describe(self, number: int) -> str:
+        """The perception sentence for this event, e.g. ``'Sound 2: a high tone, long, loud.'``."""
+        what = "noise" if self.kind == "noise" else f"a {PITCH_NAMES[self.pitch]} tone"
+        return f"Sound {number}: {what}, {DURATION_NAMES[self.duration]}, {LOUDNESS_NAMES[self.loudness]}."
+
+
+@dataclass(frozen=True)
+class Acoustics:
+    """Physical values of the categories at one difficulty ``d`` (0 easy .. 1 hard)."""
+
+    d: float
+
+    @property
+    def pitch_step_octaves(self) -> float:
+        # 0.5 octave between neighbouring pitch levels when easy, 0.1 (1.2 semitones) when hard.
+        return 0.5 - 0.4 * self.d
+
+    def pitch_hz(self, level: int) -> float:
+        return 440.0 * 2.0 ** ((level - 2) * self.pitch_step_octaves)
+
+    def duration_s(self, level: int) -> float:
+        easy, hard = (0.10, 0.25, 0.50), (0.20, 0.26, 0.34)
+        return easy[level] + self.d * (hard[level] - easy[level])
+
+    def gain(self, level: int) -> float:
+        easy, hard = (-20.0, -10.0, 0.0), (-5.0, -2.5, 0.0)  # dB relative to the loudest level
+        return 10.0 ** ((easy[level] + self.d * (hard[level] - easy[level])) / 20.0)
+
+    @property
+    def snr_db(self) -> float:
+        return 30.0 - 30.0 * self.d
+
+    @property
+    def gap_s(self) -> float:
+        # Silence between events: 0.12 s when easy; at d=1 events overlap by up to 0.03 s.
+        return 0.12 - 0.15 * self.d
+
+
+def render(events: Sequence[Event], d: float, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """Render events one after another into a clip.
+
+    Parameters
+    ----------
+    events : the sounds, in order.
+    d : difficulty in [0, 1].
+    rng : source of jitter, onset offset and background noise.
+
+    Returns
+    -------
+    audio : shape (CLIP_SECONDS * SAMPLE_RATE,), float32, peak 0.9.
+    timeline : one dict per event with ``onset_s``, ``duration_s``, ``pitch_hz`` (None for noise) and ``gain``.
+    """
+    ac = Acoustics(d)
+    n = int(CLIP_SECONDS * SAMPLE_RATE)
+    clip = np.zeros(n, dtype=np.float64)
+    durations = [ac.duration_s(e.duration) for e in events]
+    gaps = [max(ac.gap_s + rng.uniform(-0.02, 0.02), -0.03) for _ in events[1:]]
+    total = sum(durations) + sum(gaps)
+    t = rng.uniform(0.05, max(0.05, CLIP_SECONDS - total - 0.05))
+    timeline = []
+    for i, (ev, dur) in enumerate(zip(events, durations)):
+        start, length = int(t * SAMPLE_RATE), int(dur * SAMPLE_RATE)
+        length = min(length, n - start)
+        time = np.arange(length) / SAMPLE_RATE
+        if ev.kind == "noise":
+            wave, hz = rng.standard_normal(length) * 0.5, None
+        else:
+            # Jitter up to a fifth of a pitch step, so a level is a band and close levels nearly touch when hard.
+            hz = ac.pitch_hz(ev.pitch) * 2.0 ** (rng.uniform(-0.2, 0.2) * ac.pitch_step_octaves)
+            wave = np.sin(2 * np.pi * hz * time) + 0.3 * np.sin(4 * np.pi * hz * time)
+        ramp = min(int(0.01 * SAMPLE_RATE), length // 2)  # 10 ms fades: no clicks that would leak broadband energy
+        envelope = np.ones(length)
+        envelope[:ramp] = envelope[length - ramp :][::-1] = 0.5 - 0.5 * np.cos(np.pi * np.arange(ramp) / ramp)
+        clip[start : start + length] += ac.gain(ev.loudness) * envelope * wave
+        timeline.append({"onset_s": round(t, 3), "duration_s": round(dur, 3),
+                         "pitch_hz": None if hz is None else round(hz, 1), "gain": round(ac.gain(ev.loudness), 4)})
+        t += dur + (gaps[i] if i < len(gaps) else 0.0)
+    signal_power = np.mean(clip**2)
+    clip += rng.standard_normal(n) * np.sqrt(signal_power / 10.0 ** (ac.snr_db / 10.0))
+    clip *= 0.9 / max(np.abs(clip).max(), 1e-9)
+    return clip.astype(np.float32), timeline
+
+
+# --- families ---------------------------------------------------------------------------------------------------
+# Each family samples events and returns (events, question, choices, answer, inference steps). The reference chain
+# is the perception facts (one sentence per event) followed by the inference steps.
+
+FamilyOutput = tuple[list[Event], str, list[str], str, list[str]]
+ORDINALS = ("first", "second", "third", "fourth", "fifth")
+
+
+def _distinct(rng: np.random.Generator, n_levels: int, k: int) -> list[int]:
+    return [int(x) for x in rng.choice(n_levels, size=k, replace=False)]
+
+
+def _tone(rng: np.random.Generator, pitch=None, duration=None, loudness=None) -> Event:
+    return Event("tone", int(rng.integers(5)) if pitch is None else pitch,
+                 int(rng.integers(3)) if duration is None else duration,
+                 int(rng.integers(3)) if loudness is None else loudness)
+
+
+def pitch_compare(rng: np.random.Generator) -> FamilyOutput:
+    p = _distinct(rng, 5, 2)
+    events = [_tone(rng, pitch=p[0]), _tone(rng, pitch=p[1])]
+    hi = int(np.argmax(p))
+    answer = f"the {ORDINALS[hi]}"
+    steps = [f"Sound {hi + 1} is {PITCH_NAMES[p[hi]]}, higher than sound {2 - hi} ({PITCH_NAMES[p[1 - hi]]}).",
+             f"So the {ORDINALS[hi]} tone is higher."]
+    return events, "Which tone is higher in pitch?", ["the first", "the second"], answer, steps
+
+
+def duration_compare(rng: np.random.Generator) -> FamilyOutput:
+    dur = _distinct(rng, 3, 2)
+    events = [_tone(rng, duration=dur[0]), _tone(rng, duration=dur[1])]
+    lo = int(np.argmax(dur))
+    steps = [f"Sound {lo + 1} is {DURATION_NAMES[dur[lo]]}, longer than sound {2 - lo} "
+             f"({DURATION_NAMES[dur[1 - lo]]}).", f"So the {ORDINALS[lo]} sound lasts longer."]
+    return events, "Which sound lasts longer?", ["the first", "the second"], f"the {ORDINALS[lo]}", steps
+
+
+def count_events(rng: np.random.Generator) -> FamilyOutput:
+    n = int(rng.integers(1, 6))
+    events = [_tone(rng, duration=0) for _ in range(n)]
+    steps = [f"There are {n} separate sounds, so the count is {n}."]
+    return events, "How many beeps do you hear?", ["1", "2", "3", "4", "5"], str(n), steps
+
+
+def loudness_trend(rng: np.random.Generator) -> FamilyOutput:
+    trend = ("rises", "falls", "stays the same")[int(rng.integers(3))]
+    levels = {"rises": [0, 1, 2], "falls": [2, 1, 0]}.get(trend, [int(rng.integers(3))] * 3)
+    pitch = int(rng.integers(5))
+    events = [_tone(rng, pitch=pitch, duration=1, loudness=v) for v in levels]
+    word = {"rises": "gets louder", "falls": "gets softer", "stays the same": "keeps the same loudness"}[trend]
+    steps = [f"From sound 1 to sound 3 the level goes {' -> '.join(LOUDNESS_NAMES[v] for v in levels)}.",
+             f"The sequence {word}, so the loudness {trend}."]
+    choices = ["it rises", "it falls", "it stays the same"]
+    return events, "How does the loudness change over the clip?", choices, f"it {trend}", steps
+
+
+def order_events(rng: np.random.Generator) -> FamilyOutput:
+    noise_first = bool(rng.integers(2))
+    tone, noise = _tone(rng), Event("noise", 0, int(rng.integers(3)), int(rng.integers(3)))
+    events = [noise, tone] if noise_first else [tone, noise]
+    first = "the noise" if noise_first else "the tone"
+    steps = [f"Sound 1 is {'noise' if noise_first else 'a tone'}, so {first} comes first."]
+    return events, "Which comes first, the tone or the noise?", ["the tone", "the noise"], first, steps
+
+
+def highest_longest(rng: np.random.Generator) -> FamilyOutput:
+    p, dur = _distinct(rng, 5, 3), _distinct(rng, 3, 3)
+    if rng.random() < 0.25:  # balance yes/no: 0.25 + 0.75 * 1/3 = 0.5 (unforced, "yes" holds for a third)
+        j = int(np.argmax(dur))
+        hi = int(np.argmax(p))
+        p[j], p[hi] = p[hi], p[j]
+    events = [_tone(rng, pitch=a, duration=b) for a, b in zip(p, dur)]
+    hi, lo = int(np.argmax(p)) + 1, int(np.argmax(dur)) + 1
+    same = hi == lo
+    steps = [f"The highest tone is sound {hi} ({PITCH_NAMES[p[hi - 1]]}).",
+             f"The longest sound is sound {lo} ({DURATION_NAMES[dur[lo - 1]]}).",
+             "They are the same sound, so yes." if same else "They are different sounds, so no."]
+    return events, "Is the highest tone also the longest?", ["yes", "no"], "yes" if same else "no", steps
+
+
+def pitch_of_loudest(rng: np.random.Generator) -> FamilyOutput:
+    p, loud = _distinct(rng, 5, 3), _distinct(rng, 3, 3)
+    events = [_tone(rng, pitch=a, loudness=b) for a, b in zip(p, loud)]
+    j = int(np.argmax(loud))
+    steps = [f"The loudest sound is sound {j + 1}.", f"Sound {j + 1} is a {PITCH_NAMES[p[j]]} tone.",
+             f"So the loudest sound is {PITCH_NAMES[p[j]]}."]
+    return events, "What is the pitch of the loudest sound?", list(PITCH_NAMES), PITCH_NAMES[p[j]], steps
+
+
+#: name -> (generator, needs several steps)
+FAMILIES: dict[str, tuple[Callable[[np.random.Generator], FamilyOutput], bool]] = {
+    "pitch_compare": (pitch_compare, False),
+    "duration_compare": (duration_compare, False),
+    "count_events": (count_events, False),
+    "loudness_trend": (loudness_trend, False),
+    "order_events": (order_events, False),
+    "highest_longest": (highest_longest, True),
+    "pitch_of_loudest": (pitch_of_loudest, True),
+}
+MULTI_STEP = tuple(name for name, (_, multi) in FAMILIES.items() if multi)
+
+
+def describe(events: Sequence[Event]) -> str:
+    """The perception text of a clip: one sentence per event, in order."""
+    return " ".join(e.describe(i + 1) for i, e in enumerate(events))
+
+
+def make_item(family: str, difficulty: str | float, rng: np.random.Generator, item_id: str) -> Item:
+    """Sample one item of ``family`` at ``difficulty`` (a band name or a number in [0, 1])."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown task family {family!r}; choose from {sorted(FAMILIES)}")
+    if isinstance(difficulty, str):
+        if difficulty not in DIFFICULTY_BANDS:
+            raise ValueError(f"unknown difficulty {difficulty!r}; use one of {list(DIFFICULTY_BANDS)} or a number")
+        d, name = float(rng.uniform(*DIFFICULTY_BANDS[difficulty])), difficulty
+    else:
+        if not 0.0 <= difficulty <= 1.0:
+            raise ValueError(f"difficulty must lie in [0, 1], got {difficulty}")
+        d = float(difficulty)
+        name = next(k for k, (lo, hi) in DIFFICULTY_BANDS.items() if d < hi or k == "hard")
+    events, question, choices, answer, steps = FAMILIES[family][0](rng)
+    audio, timeline = render(events, d, rng)
+    facts = [e.describe(i + 1) for i, e in enumerate(events)]
+    return Item(id=item_id, question=question, choices=choices, answer=answer, audio=audio,
+                reference_chain=facts + steps, family=family, difficulty=name,
+                meta={"d": round(d, 4), "description": describe(events), "events": timeline,
+                      "levels": [[e.kind, e.pitch, e.duration, e.loudness] for e in events]})
+
+
+def generate_items(n: int, *, seed: int, families: Sequence[str] | None = None,
+                   difficulty: str | float | Sequence[str] = ("easy", "medium", "hard"),
+                   prefix: str = "syn") -> list[Item]:
+    """Generate ``n`` items cycling through ``families`` and difficulties, deterministic by ``seed``.
+
+    Parameters
+    ----------
+    n : number of items.
+    seed : the same seed gives byte-identical audio and text.
+    families : task families (default: all of ``FAMILIES``).
+    difficulty : a band name, a number in [0, 1], or a sequence of band names cycled through.
+    prefix : item ids are ``f"{prefix}-{seed}-{i:06d}"``.
+
+    Returns
+    -------
+    list of Item with audio of shape (32000,) float32 at 16 kHz.
+    """
+    families = list(families or FAMILIES)
+    levels = [difficulty] if isinstance(difficulty, (str, float, int)) else list(difficulty)
+    items = []
+    for i in range(n):
+        # One generator per item, keyed by (seed, i): item i does not depend on n.
+        rng = np.random.default_rng([seed, i])
+        items.append(make_item(families[i % len(families)], levels[(i // len(families)) % len(levels)], rng,
+                               f"{prefix}-{seed}-{i:06d}"))
+    return items

@@ -1,0 +1,204 @@
+"""Train the base model organism: perceive a clip and answer directly, never reason in ``<think>``.
+
+``python -m rl.train_base --out DIR`` builds the tokenizer from the task corpus, a fresh tiny Qwen3-Omni-MoE thinker,
+and trains it with supervised next-token loss on a stream of freshly generated synthetic items (no item is seen
+twice). Each example is one of four skills:
+
+* ``answer``   - question about the clip -> ``<think>\\n\\n</think>\\n\\n<answer>CHOICE</answer>`` (Qwen3 non-thinking)
+* ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
+* ``context``  - the same facts *written in the prompt* instead of the audio -> the answer. This is the skill that
+  makes a reasoning chain pay: once the facts are written out, multi-step questions become easy.
+* ``think``    - the think-first prompt. The base mostly ignores the instruction and leaves the think block empty;
+  in a small fraction (``latent_think``) its think block holds the perception text only (no inference steps), as a
+  pretrained model's chain-of-thought is latent and rare. RL has to make it the rule.
+
+At the end it measures the model on a held-out set (``rl.evaluate``) and writes the folder atomically: weights,
+config, tokenizer, processor and ``manifest.json`` (config, seed, sha256 of every file, training time, accuracy).
+It refuses to overwrite an existing model unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rl import collate, organism, prompts
+from rl.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items, make_item
+
+
+@dataclass
+class BaseTrainConfig:
+    """Hyper-parameters of the supervised base training (recorded in the manifest)."""
+
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    mode_weights: tuple[float, float, float, float] = (0.40, 0.25, 0.20, 0.15)  # answer, describe, context, think
+    latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
+    tokenizer_corpus_items: int = 3000
+    vocab_size: int = 640
+    eval_per_cell: int = 20  # held-out items per family x difficulty
+    eval_seed: int = 10_007  # held-out set; training items use other seeds
+    threads: int = 2
+
+
+MODES = ("answer", "describe", "context", "think")
+
+
+def tokenizer_corpus(n_items: int, seed: int) -> list[str]:
+    """Every kind of text the organism reads or writes, from ``n_items`` synthetic items plus the fixed prompts."""
+    texts = [prompts.SYSTEM, prompts.DESCRIBE, prompts.THINK_INSTRUCTION, prompts.ANSWER_INSTRUCTION,
+             "system user assistant Sounds: Choices:"]
+    for it in generate_items(n_items, seed=seed, prefix="corpus"):
+        texts += [it.question, prompts.format_choices(it.choices), " ".join(it.reference_chain or []),
+                  it.meta["description"]]
+    return texts
+
+
+def sample_batch(cfg: BaseTrainConfig, step: int):
+    """Fresh items and their skill for one step: (items, modes, targets); deterministic in (seed, step)."""
+    rng = np.random.default_rng([cfg.seed, 1, step])
+    families, bands = list(FAMILIES), list(DIFFICULTY_BANDS)
+    items, modes, targets = [], [], []
+    for j in range(cfg.batch_size):
+        item_rng = np.random.default_rng([cfg.seed, 2, step, j])
+        it = make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))], item_rng,
+                       f"train-{step}-{j}")
+        mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))]
+        if mode == "think" and rng.random() < cfg.latent_think:
+            target = f"<think>\n{it.meta['description']}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+        else:
+            target = prompts.target(it, "describe" if mode == "describe" else "answer")
+        items.append(it)
+        modes.append(mode)
+        targets.append(target)
+    return items, modes, targets
+
+
+def lr_at(step: int, cfg: BaseTrainConfig) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train(cfg: BaseTrainConfig, log=print):
+    """Build and train the organism. Returns (model, processor, log of losses, seconds)."""
+    torch.set_num_threads(cfg.threads)
+    tokenizer = organism.train_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777),
+                                         vocab_size=cfg.vocab_size)
+    processor = organism.build_processor(tokenizer)
+    model = organism.build_model(tokenizer, seed=cfg.seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history, t0, running = [], time.time(), []
+    for step in range(cfg.steps):
+        items, modes, targets = sample_batch(cfg, step)
+        batch = collate.encode_supervised(processor, items, modes, targets)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        # output_router_logits adds the load-balancing loss, so all 8 experts stay in use (routing worth studying).
+        out = model(**batch, output_router_logits=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        running.append(out.loss.item())
+        if (step + 1) % 50 == 0 or step == cfg.steps - 1:
+            history.append({"step": step + 1, "loss": float(np.mean(running)), "seconds": round(time.time() - t0, 1)})
+            log(f"step {step + 1}/{cfg.steps} loss {history[-1]['loss']:.4f} ({history[-1]['seconds']:.0f} s)")
+            running = []
+    return model.eval(), processor, history, time.time() - t0
+
+
+def heldout_items(cfg: BaseTrainConfig):
+    """The held-out evaluation set: ``eval_per_cell`` items per family x difficulty, from ``eval_seed``."""
+    families = list(FAMILIES)
+    items = []
+    for band in DIFFICULTY_BANDS:
+        items += generate_items(cfg.eval_per_cell * len(families), seed=cfg.eval_seed, families=families,
+                                difficulty=band, prefix=f"heldout-{band}")
+    return items
+
+
+def write_atomically(model, processor, out: Path, manifest: dict) -> None:
+    """Save into ``out.tmp`` and rename into place, so a crash never leaves a half-written model at ``out``."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
+                         for p in sorted(tmp.iterdir()) if p.is_file()}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(organism.ORGANISM_DIR), help="output folder (default: the shipped organism)")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing model in --out")
+    for f in dataclasses.fields(BaseTrainConfig):
+        if f.type in ("int", "float"):
+            ap.add_argument(f"--{f.name.replace('_', '-')}", type=eval(f.type), default=f.default)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if (out / "model.safetensors").exists() and not args.force:
+        sys.exit(f"refusing to overwrite the model in {out}: it exists (the shipped organism's weights are what "
+                 "every figure and test was measured on). Pass --force to replace it, or choose another --out.")
+    cfg = BaseTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseTrainConfig)
+                             if hasattr(args, f.name)})
+    model, processor, history, seconds = train(cfg)
+    t_eval = time.time()
+    from rl.evaluate import evaluate, format_table
+
+    report = evaluate(model, processor, heldout_items(cfg))
+    print(format_table(report))
+    import transformers
+
+    manifest = {
+        "what": "adt-probe model organism: tiny Qwen3OmniMoeThinkerForConditionalGeneration, base (no reasoning)",
+        "train_config": dataclasses.asdict(cfg), "seed": cfg.seed,
+        "model_config": {"text": organism.TEXT_CONFIG, "audio": organism.AUDIO_CONFIG},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training_seconds": round(seconds, 1), "eval_seconds": round(time.time() - t_eval, 1),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": sys.version.split()[0]},
+        "machine": {"threads": cfg.threads}, "loss_history": history, "heldout": report,
+    }
+    write_atomically(model, processor, out, manifest)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

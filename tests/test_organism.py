@@ -1,0 +1,107 @@
+"""The organism's tokenizer, processor and model class, built from code (tiny sizes, no downloads)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+from rl import collate, organism, prompts
+from rl.items import SAMPLE_RATE
+
+
+def test_special_tokens_are_single_ids(tokenizer):
+    for token in organism.SPECIAL_TOKENS:
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids[0]) == token
+    assert tokenizer.audio_token == "<|audio_pad|>" and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_byte_level_tokenizer_encodes_any_text(tokenizer):
+    text = "Überraschung: 3 tones — ½ s each! 音"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0, 3.5])
+def test_processor_expands_audio_tokens_to_encoder_length(processor, items, seconds):
+    audio = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+    audio[:100] = 0.5
+    text = collate.prompt_texts(processor, items[:1], "answer")[0]
+    batch = processor(text=[text], audio=[audio], return_tensors="pt")
+    frames = int(batch["feature_attention_mask"].sum())
+    assert frames == int(seconds * 100)
+    n_audio = int((batch["input_ids"] == processor.tokenizer.audio_token_id).sum())
+    assert n_audio == int(_get_feat_extract_output_lengths(torch.tensor(frames)))
+
+
+def test_organism_architecture_meets_the_spec(tokenizer):
+    cfg = organism.build_config(tokenizer)
+    text = cfg.text_config
+    assert text.num_hidden_layers >= 8 and text.num_experts >= 8 and text.num_experts_per_tok == 2
+    assert text.mlp_only_layers == [] and text.decoder_sparse_step == 1  # every layer is MoE
+
+
+def test_forward_uses_the_audio(tiny_organism, processor, items):
+    batch = collate.encode_prompts(processor, items[:2], "answer")
+    with torch.no_grad():
+        a = tiny_organism(**batch).logits
+        again = tiny_organism(**batch).logits
+        batch["input_features"] = torch.roll(batch["input_features"], 37, dims=-1)
+        b = tiny_organism(**batch).logits
+    assert a.shape[:2] == batch["input_ids"].shape
+    assert torch.equal(a, again)
+    # The last text token sees the clip (weakly: the weights are random and small).
+    assert (a[:, -1] - b[:, -1]).abs().max() > 1e-6
+
+
+def test_supervised_labels_cover_exactly_the_target(processor, items):
+    modes = ["answer", "describe", "context", "think"]
+    targets = [prompts.target(it, "describe" if m == "describe" else "answer") for it, m in zip(items, modes)]
+    batch = collate.encode_supervised(processor, items[:4], modes, targets)
+    for row, tgt in enumerate(targets):
+        ids = batch["labels"][row][batch["labels"][row] != -100]
+        assert processor.tokenizer.decode(ids) == tgt
+    # "context" replaces the audio by written facts: that row has no audio token
+    audio_id = processor.tokenizer.audio_token_id
+    assert [(batch["input_ids"][r] == audio_id).any().item() for r in range(4)] == [True, True, False, True]
+
+
+def test_save_and_load_round_trip(tiny_organism, processor, items, tmp_path):
+    tiny_organism.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    model, proc = organism.load_organism(tmp_path)
+    batch = collate.encode_prompts(proc, items[:2], "think")
+    ref = collate.encode_prompts(processor, items[:2], "think")
+    assert torch.equal(batch["input_ids"], ref["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, tiny_organism(**ref).logits)
+
+
+def test_load_organism_missing_folder_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_base"):
+        organism.load_organism(tmp_path / "nothing")
+
+
+def test_train_base_refuses_to_overwrite(tmp_path):
+    from rl import train_base
+
+    (tmp_path / "model.safetensors").write_bytes(b"precious")
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        train_base.main(["--out", str(tmp_path), "--steps", "1"])
+    assert (tmp_path / "model.safetensors").read_bytes() == b"precious"
+
+
+def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
+    from rl import train_base
+
+    out = tmp_path / "org"
+    train_base.main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--tokenizer-corpus-items", "50",
+                     "--eval-per-cell", "1"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["train_config"]["steps"] == 2 and manifest["heldout"]["n_items"] == 21
+    for name, meta in manifest["files"].items():
+        assert train_base.sha256(out / name) == meta["sha256"]
+    model, _ = organism.load_organism(out)
+    assert model.config.text_config.num_experts == 8
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary folder was renamed into place

@@ -1,0 +1,37 @@
+"""Completion parsing and the chat template."""
+
+import pytest
+
+from rl import prompts
+from rl.prompts import parse_completion
+
+
+@pytest.mark.parametrize("text, think, answer, well_formed", [
+    ("<think>\n\n</think>\n\n<answer>yes</answer><|im_end|>", "", "yes", True),
+    ("<think>\nSound 1: a high tone.\n</think>\n\n<answer> the first </answer>", "Sound 1: a high tone.",
+     "the first", True),
+    ("<answer>no</answer>", "", "no", False),  # no think block
+    ("<think>a</think><answer>x</answer><answer>y</answer>", "a", "y", False),  # two answers: last one counts
+    ("<think>unfinished", "", None, False),
+    ("<think>a</think> stray <answer>x</answer>", "a", "x", False),
+])
+def test_parse_completion(text, think, answer, well_formed):
+    c = parse_completion(text)
+    assert (c.think, c.answer, c.well_formed) == (think, answer, well_formed)
+    assert c.thought == bool(think)
+
+
+def test_template_renders_qwen3_layout(tokenizer):
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "audio"},
+                                                                             {"type": "text", "text": "Q?"}]}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>Q?"
+                    "<|im_end|>\n<|im_start|>assistant\n")
+    no_think = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert no_think.endswith("<|im_start|>assistant\n" + prompts.EMPTY_THINK)
+
+
+def test_base_targets_never_reason(items):
+    for it in items:
+        for mode in ("answer", "describe"):
+            assert parse_completion(prompts.target(it, mode)).think == ""

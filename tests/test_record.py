@@ -1,0 +1,217 @@
+"""record(): routers and lenses of the organism (with audio) and of a dense Llama, two backends, storage."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import adt_probe
+from adt_probe import RecordingError, record
+from rl import collate
+
+
+@pytest.fixture(scope="module")
+def batch(processor, items):
+    targets = ["<think>\nSound 1: a high tone.\n</think>\n\n<answer>yes</answer><|im_end|>",
+               "<think>\n\n</think>\n\n<answer>no</answer><|im_end|>",
+               "<think>\nSound 2.\n</think>\n\n<answer>x</answer>"]
+    return collate.encode_supervised(processor, items[:3], ["think", "answer", "think"], targets)
+
+
+@pytest.fixture(scope="module")
+def inputs(batch):
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@pytest.fixture(scope="module")
+def full(tiny_organism, inputs, processor):
+    return record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=2)
+
+
+def real(mask: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(-1).bool()
+
+
+def test_dataset_layout(full, inputs):
+    n_real = int(inputs["attention_mask"].sum())
+    assert dict(full.sizes) == {"token": n_real, "layer": 2, "expert": 8, "k": 2}
+    for name in ("router_logits", "topk_experts", "topk_weights", "lens_logprob", "lens_rank", "lens_entropy",
+                 "lens_kl_final", "lens_top1"):
+        assert name in full
+    assert set(full.coords) >= {"sequence", "position", "token_id", "segment", "layer", "moe_layer"}
+    assert full.attrs["architecture"] == "qwen3_omni_moe_thinker" and full.attrs["top_k"] == 2
+    ids = inputs["input_ids"].reshape(-1)[real(inputs["attention_mask"])]
+    np.testing.assert_array_equal(full.token_id.values, ids.numpy())
+    assert set(np.unique(full.segment.values)) == {"system", "user", "audio", "think", "answer", "other"}
+    # positions restart at 0 for each sequence
+    assert (full.position.values[full.sequence.values == 1] == np.arange((full.sequence.values == 1).sum())).all()
+
+
+def test_router_logits_equal_the_models_own(full, tiny_organism, inputs):
+    with torch.no_grad():
+        out = tiny_organism(**inputs, output_router_logits=True)
+    mask = real(inputs["attention_mask"])
+    for layer, own in enumerate(out.router_logits):
+        np.testing.assert_allclose(full.router_logits.sel(layer=layer).values, own.float()[mask].numpy(), atol=1e-5)
+
+
+def test_topk_experts_are_the_ones_the_model_used(full, tiny_organism, inputs):
+    used = {}
+    hooks = [layer.mlp.experts.register_forward_hook(
+        lambda m, args, out, i=i: used.__setitem__(i, (args[1].clone(), args[2].clone())))
+        for i, layer in enumerate(adt_probe.get_module(tiny_organism, adt_probe.architecture(tiny_organism).layers))]
+    with torch.no_grad():
+        tiny_organism(**inputs)
+    for h in hooks:
+        h.remove()
+    mask = real(inputs["attention_mask"])
+    for layer, (idx, w) in used.items():
+        got = full.topk_experts.sel(layer=layer).values
+        np.testing.assert_array_equal(np.sort(got, -1), np.sort(idx[mask].numpy(), -1))
+        order = np.argsort(idx[mask].numpy(), -1)
+        mine = np.take_along_axis(full.topk_weights.sel(layer=layer).values, np.argsort(got, -1), -1)
+        np.testing.assert_allclose(mine, np.take_along_axis(w[mask].float().numpy(), order, -1), atol=1e-5)
+        weights = full.topk_weights.sel(layer=layer).values
+        assert (weights[:, 0] >= weights[:, 1]).all()
+
+
+def test_last_layer_lens_is_the_models_output(full, tiny_organism, inputs):
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_organism(**inputs).logits.float(), -1)
+    mask = inputs["attention_mask"].bool()
+    expected = []
+    for row in range(mask.shape[0]):
+        pos = mask[row].nonzero()[:, 0]
+        lp = logp[row, pos[:-1]].gather(1, inputs["input_ids"][row, pos[1:]][:, None])[:, 0]
+        expected += lp.tolist() + [np.nan]
+    last = full.lens_logprob.isel(layer=-1).values
+    np.testing.assert_allclose(last, np.array(expected), atol=1e-4)
+    assert np.allclose(full.lens_kl_final.isel(layer=-1).values, 0, atol=1e-5)
+    has = ~np.isnan(last)
+    assert (full.lens_rank.isel(layer=-1).values[has] >= 0).all()
+    assert (full.lens_rank.isel(layer=-1).values[~has] == -1).all()
+
+
+def test_backends_and_batch_sizes_agree(full, tiny_organism, inputs, processor):
+    hooks = record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=2, backend="hooks")
+    xr.testing.assert_identical(full.drop_attrs(), hooks.drop_attrs())
+    one = record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=3, backend="hooks")
+    xr.testing.assert_allclose(full.drop_attrs(), one.drop_attrs(), atol=1e-4)
+
+
+def test_lens_segments_restrict_the_lens(tiny_organism, inputs, processor, full):
+    part = record(tiny_organism, inputs, routing=None, tokenizer=processor, lens_segments=["think", "answer"])
+    keep = np.isin(part.segment.values, ["think", "answer"])
+    assert np.isnan(part.lens_entropy.values[~keep]).all()
+    np.testing.assert_allclose(part.lens_entropy.values[keep], full.lens_entropy.values[keep], atol=1e-5)
+    assert "topk_experts" not in part
+
+
+def test_zarr_streaming_equals_in_memory(full, tiny_organism, inputs, processor, tmp_path):
+    lazy = record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=1, out=tmp_path / "r.zarr")
+    assert lazy.topk_experts.chunks is not None  # dask-backed: not loaded
+    xr.testing.assert_allclose(full.drop_attrs(), lazy.load().drop_attrs(), atol=1e-4)
+    again = adt_probe.open(tmp_path / "r.zarr")
+    assert again.attrs["schema_version"] == "1"
+    with pytest.raises(RecordingError, match="exists"):
+        record(tiny_organism, inputs, tokenizer=processor, out=tmp_path / "r.zarr")
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_save_open_round_trip(full, tmp_path, suffix):
+    path = adt_probe.save(full, tmp_path / f"rec{suffix}")
+    back = adt_probe.open(path)
+    xr.testing.assert_identical(full, back.load())
+
+
+def test_open_names_the_damaged_file(full, tmp_path):
+    path = adt_probe.save(full, tmp_path / "rec.nc")
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: cannot be read"):
+        adt_probe.open(path)
+    foreign = tmp_path / "foreign.nc"
+    xr.Dataset({"x": ("token", np.arange(3))}).to_netcdf(foreign, engine="h5netcdf")
+    with pytest.raises(adt_probe.SchemaError, match="no schema_version"):
+        adt_probe.open(foreign)
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+def tiny_llama(vocab: int = 96, layers: int = 3) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_processor_from_another_model(inputs):
+    with pytest.raises(RecordingError, match="outside the model's vocabulary"):
+        record(tiny_llama(vocab=50), {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
+
+
+def test_padding_without_attention_mask(tiny_organism, inputs, processor):
+    with pytest.raises(RecordingError, match="no attention_mask"):
+        record(tiny_organism, {k: v for k, v in inputs.items() if k != "attention_mask"}, tokenizer=processor)
+
+
+def test_sequence_longer_than_the_model_allows():
+    with pytest.raises(RecordingError, match="max_position_embeddings"):
+        record(tiny_llama(), {"input_ids": torch.zeros(1, 65, dtype=torch.long)})
+
+
+def test_audio_features_for_a_text_only_model(inputs):
+    bad = {"input_ids": inputs["input_ids"] % 50, "attention_mask": inputs["attention_mask"],
+           "input_features": inputs["input_features"]}
+    with pytest.raises(RecordingError, match="takes no audio"):
+        record(tiny_llama(), bad)
+
+
+def test_unknown_architecture():
+    class NotAModel(torch.nn.Module):
+        config = LlamaConfig(vocab_size=8)
+        config.model_type = "my_new_moe"
+
+    with pytest.raises(adt_probe.UnknownArchitectureError, match="NotAModel"):
+        record(NotAModel(), {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
+
+
+def test_bad_modes_name_the_choices(tiny_organism, inputs):
+    with pytest.raises(RecordingError, match="routing='everything'"):
+        record(tiny_organism, inputs, routing="everything")
+    with pytest.raises(RecordingError, match="tuned_lens"):
+        record(tiny_organism, inputs, lens="tuned")
+
+
+# --- dense models: the lens alone, equal to TransformerLens -----------------------------------------------------
+
+def test_dense_model_records_the_lens_only():
+    ds = record(tiny_llama(), {"input_ids": torch.randint(0, 96, (2, 10))})
+    assert "topk_experts" not in ds and ds.sizes["layer"] == 3 and ds.attrs["router_scoring"] == "none"
+
+
+def test_logit_lens_equals_transformer_lens(tmp_path, monkeypatch):
+    """TransformerLens' bridge: accumulated residual -> its own final norm -> its unembedding, on a tiny Llama."""
+    import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    monkeypatch.setattr(tl_helpers, "_ensure_torchvision", lambda: False)  # it would pip-install over our torch
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model = tiny_llama()
+    model.save_pretrained(tmp_path)
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"t{i}": i for i in range(96)},
+                                                                              unk_token="t0")))
+    bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=model, tokenizer=tok)
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+    ds = record(model, {"input_ids": ids}, backend="hooks")
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(ids)
+        for layer in range(3):
+            resid = cache[f"blocks.{layer}.hook_out"]
+            logp = torch.log_softmax(bridge.unembed(bridge.ln_final(resid)).float(), -1)
+            tl = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+            mine = ds.lens_logprob.sel(layer=layer).values.reshape(2, 12)[:, :-1]
+            np.testing.assert_allclose(mine, tl.numpy(), atol=1e-4)
+    assert torch.__version__.startswith("2.13.0")  # nothing replaced the pinned torch

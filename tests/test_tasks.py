@@ -1,0 +1,118 @@
+"""Synthetic tasks: deterministic, answers derivable from the audio, difficulty that really makes items harder."""
+
+import numpy as np
+import pytest
+
+from rl.items import SAMPLE_RATE
+from rl.tasks import (
+    DIFFICULTY_BANDS,
+    FAMILIES,
+    MULTI_STEP,
+    PITCH_NAMES,
+    Acoustics,
+    Event,
+    generate_items,
+    make_item,
+    render,
+)
+
+
+def dominant_hz(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)[np.argmax(spectrum)])
+
+
+def test_at_least_six_families_two_multi_step():
+    assert len(FAMILIES) >= 6
+    assert len(MULTI_STEP) >= 2
+
+
+def test_deterministic_by_seed_and_independent_of_n():
+    a = generate_items(14, seed=3)
+    b = generate_items(20, seed=3)
+    for x, y in zip(a, b):
+        assert x.question == y.question and x.answer == y.answer and x.reference_chain == y.reference_chain
+        np.testing.assert_array_equal(x.audio, y.audio)
+    c = generate_items(14, seed=4)
+    assert any(not np.array_equal(x.audio, y.audio) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("difficulty", sorted(DIFFICULTY_BANDS))
+def test_items_are_well_formed(family, difficulty):
+    for it in generate_items(6, seed=1, families=[family], difficulty=difficulty):
+        assert it.audio.dtype == np.float32 and it.audio.shape == (2 * SAMPLE_RATE,)
+        assert np.isfinite(it.audio).all() and 0.85 < np.abs(it.audio).max() <= 0.9 + 1e-6
+        assert it.answer in it.choices and len(set(it.choices)) == len(it.choices)
+        assert it.family == family and it.difficulty == difficulty
+        # The chain starts with one perception fact per event, then the inference steps.
+        n_events = len(it.meta["events"])
+        assert len(it.reference_chain) > n_events
+        assert all(step.startswith(f"Sound {i + 1}:") for i, step in enumerate(it.reference_chain[:n_events]))
+
+
+def test_pitch_compare_answer_is_in_the_audio():
+    """The reference chain's pitch facts are true of the waveform: the FFT of each tone agrees with the answer."""
+    for it in generate_items(10, seed=5, families=["pitch_compare"], difficulty="easy"):
+        hz = []
+        for ev in it.meta["events"]:
+            start = int(ev["onset_s"] * SAMPLE_RATE)
+            hz.append(dominant_hz(it.audio[start:start + int(ev["duration_s"] * SAMPLE_RATE)]))
+        higher = "the first" if hz[0] > hz[1] else "the second"
+        assert higher == it.answer, (hz, it.reference_chain)
+
+
+def test_count_events_matches_energy_bursts_when_easy():
+    for it in generate_items(10, seed=6, families=["count_events"], difficulty=0.0):
+        frame = SAMPLE_RATE // 100
+        energy = np.sqrt(np.mean(it.audio[: len(it.audio) // frame * frame].reshape(-1, frame) ** 2, axis=1))
+        active = energy > 0.04 * energy.max()  # quiet beeps are -20 dB
+        bursts = int(np.sum(active[1:] & ~active[:-1]) + active[0])
+        assert str(bursts) == it.answer
+
+
+def test_difficulty_squeezes_the_acoustics():
+    easy, hard = Acoustics(0.0), Acoustics(1.0)
+    assert easy.pitch_hz(3) / easy.pitch_hz(2) > 1.3 > 1.1 > hard.pitch_hz(3) / hard.pitch_hz(2)
+    assert easy.snr_db > 25 and hard.snr_db < 1
+    assert easy.duration_s(2) / easy.duration_s(0) > 4 > 2 > hard.duration_s(2) / hard.duration_s(0)
+    assert easy.gap_s > 0 > hard.gap_s  # events overlap when hard
+
+
+def test_hard_items_are_noisier():
+    rng = np.random.default_rng(0)
+    ev = [Event("tone", 2, 1, 2)]
+    quiet_floor = []
+    for d in (0.0, 1.0):
+        audio, timeline = render(ev, d, rng)
+        start = int(timeline[0]["onset_s"] * SAMPLE_RATE)
+        outside = np.concatenate([audio[: max(start - 160, 1)], audio[start + int(0.4 * SAMPLE_RATE):]])
+        quiet_floor.append(np.sqrt(np.mean(outside**2)))
+    assert quiet_floor[1] > 10 * quiet_floor[0]
+
+
+def test_multi_step_answers_follow_from_the_facts():
+    for it in generate_items(30, seed=7, families=["highest_longest", "pitch_of_loudest"]):
+        levels = it.meta["levels"]
+        if it.family == "highest_longest":
+            hi = max(range(3), key=lambda i: levels[i][1])
+            lo = max(range(3), key=lambda i: levels[i][2])
+            assert it.answer == ("yes" if hi == lo else "no")
+        else:
+            loud = max(range(3), key=lambda i: levels[i][3])
+            assert it.answer == PITCH_NAMES[levels[loud][1]]
+
+
+def test_yes_no_balanced():
+    answers = [it.answer for it in generate_items(200, seed=8, families=["highest_longest"])]
+    assert 0.35 < answers.count("yes") / len(answers) < 0.65
+
+
+def test_bad_arguments_name_the_problem():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="unknown task family 'nope'"):
+        make_item("nope", "easy", rng, "x")
+    with pytest.raises(ValueError, match="unknown difficulty 'extreme'"):
+        make_item("pitch_compare", "extreme", rng, "x")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        make_item("pitch_compare", 1.5, rng, "x")

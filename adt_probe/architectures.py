@@ -11,10 +11,11 @@ rules (:func:`every_layer`, :func:`sparse_step`, :func:`from_layer`, :func:`laye
 Routing is recomputed from the router's *input* rather than read from its output because in transformers 5.x the
 routers disagree about what they return (checked against transformers 5.23):
 
-- ``(logits, topk_weights, topk_indices)``: the Qwen MoE family, OLMoE, FlexOlmo, Mixtral, MiniMax(-M2), DeepSeek
-  V2/V3 and all their derivatives (GLM-4 MoE, dots1, Kimi-Linear, ...), GPT-OSS, Granite MoE, Aria, Jamba, Ernie 4.5,
-  Hunyuan, LongCat, Afmoe, LFM2-MoE, Cohere2-MoE, Flint, Laguna. The weights already include
-  ``routed_scaling_factor``; the indices are unsorted for the ``sorted=False`` families.
+- ``(logits, topk_weights, topk_indices)``: every other family in the table (Qwen MoE lineage incl. the
+  Qwen3-Omni thinker, OLMoE, Mixtral, MiniMax, DeepSeek V2/V3 and derivatives, GPT-OSS, Granite MoE, ...). The
+  weights include ``routed_scaling_factor`` (except Beam, which scales the MoE output instead: same effect) and
+  the indices are unsorted in the ``sorted=False`` families. Afmoe, LFM2-MoE, MiniMax-M2 and HY-V3 routers take
+  the selection bias as a second forward argument. Laguna's logits are already soft-capped.
 - Llama 4: ``(scores, logits)``; ``scores`` is dense ``(tokens, n_experts)``, the sigmoid of the top-k logits
   and 0 elsewhere.
 - DBRX: the logits only; top-k and the p-norm happen in ``DbrxFFN.route_tokens_to_experts``.
@@ -30,15 +31,20 @@ Families present in transformers 5.23 but not in the table, and why (add them wh
   and the scorer is ``sqrtsoftplus``.
 - ``inkling``: shared experts take part in the router's normalisation (log-sigmoid over routed + shared logits).
 - ``zaya``: the router is an MLP fed by a recurrent router state from the previous layer.
-- ``kolibri1``: the selection bias is added to the logits, not to the scores.
 - ``axk2``: grouped top-k fills the dropped groups with 0 instead of -inf (differs once the selection bias is
   negative).
 - ``ernie4_5_vl_moe``: separate text and vision expert pools, chosen by token modality.
 - ``doge``: product-key expert retrieval, not a router over a fixed expert list.
 - ``switch_transformers``, ``nllb_moe``: encoder-decoder models, outside the decoder-block layout used here.
-- the multimodal-only wrappers ``muse_spark``, ``step3p7``, ``mistral_large4``, ``glm5_next``, ``minimax_m3_vl``,
-  ``dots3_note``, ``qwen4_exp`` (text decoders with no tested causal-LM layout here; their routers are plain
-  DeepSeek/MiniMax-style ones, so a row is a copy of an existing one once a tiny config is found).
+- ``qwen4_exp``: hyper-connections: the residual stream is ``hc_count`` parallel streams with no single final
+  norm (its router itself is Qwen-style).
+- the multimodal wrappers ``muse_spark``, ``step3p7``, ``mistral_large4``, ``glm5_next`` (no causal-LM text
+  class to test cheaply) and the full ``minimax_m3_vl`` / ``dots3_note`` / ``inkling2`` models (their
+  ``*_text`` causal LMs are in the table). Their routers are DeepSeek/MiniMax-style; MuSe also multiplies the
+  logits by ``output_multiplier`` and Mistral-Large-4 always renormalises.
+- ``deepseek_ocr2``, ``unlimited_ocr`` (OCR wrappers around a DeepSeek-V2 decoder), ``openai_privacy_filter`` (a
+  token classifier), ``diffusion_gemma`` / ``gemma4_unified`` (Gemma-4 routers), ``vitpose_backbone`` and
+  ``granite_docling`` (vision): not causal language models of the kind studied here.
 """
 
 from __future__ import annotations
@@ -52,12 +58,21 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CAUSAL_LM",
     "FAMILIES",
+    "VLM",
     "ArchitectureSpec",
     "Attr",
     "UnknownArchitectureError",
     "architecture",
+    "every_layer",
+    "from_layer",
     "get_module",
+    "interval_range",
+    "layer_type_is",
+    "listed",
+    "periodic",
+    "sparse_step",
 ]
 
 
@@ -109,17 +124,16 @@ def get_module(root: nn.Module, path: str) -> Any:
 class Attr:
     """A table value read from the text config: ``Attr("num_experts")`` -> ``config.num_experts``.
 
-    ``None`` in the config (or a missing attribute with a ``default``) gives ``default``.
+    A missing or ``None`` attribute gives ``default``, or raises if there is no default.
     """
 
     name: str
     default: Any = None
-    required: bool = True
 
     def __call__(self, cfg: Any) -> Any:
         value = getattr(cfg, self.name, None)
         if value is None:
-            if self.default is None and self.required:
+            if self.default is None:
                 raise ValueError(f"{type(cfg).__name__}.{self.name} is needed by its FAMILIES row but is missing/None")
             return self.default
         return value
@@ -140,7 +154,7 @@ def _uniform(name: str) -> Callable[[Any], int]:
 
 
 # Rules for which decoder blocks hold a router. Each factory returns ``rule(cfg, n_layers) -> tuple[int, ...]``.
-MoeLayerRule = Callable[[Any, int], tuple]
+MoeLayerRule = Callable[[Any, int], tuple[int, ...]]
 
 
 def every_layer() -> MoeLayerRule:
@@ -149,9 +163,11 @@ def every_layer() -> MoeLayerRule:
 
 
 def sparse_step() -> MoeLayerRule:
-    """Qwen-MoE rule: not in ``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0``."""
+    """Qwen-MoE rule: ``num_experts > 0``, not in ``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0``."""
 
     def rule(cfg: Any, n: int) -> tuple:
+        if not getattr(cfg, "num_experts", 1):
+            return ()
         dense = set(getattr(cfg, "mlp_only_layers", None) or ())
         step = getattr(cfg, "decoder_sparse_step", 1) or 1
         return tuple(i for i in range(n) if i not in dense and (i + 1) % step == 0)
@@ -208,6 +224,7 @@ _DEFAULTS: dict[str, Any] = {
     "n_experts": 0,
     "norm_topk_prob": False,
     "score_bias": None,
+    "bias_on_logits": False,
     "n_group": 1,
     "topk_group": 1,
     "group_score": "top2_sum",
@@ -216,7 +233,6 @@ _DEFAULTS: dict[str, Any] = {
     "selection": "topk",
     "jitter_eps": 0.0,
     "topk_norm_p": 1.0,
-    "logit_scale": 1.0,
     "logit_softcap": None,
     "moe_layers": lambda cfg, n: (),
 }
@@ -269,6 +285,14 @@ _SIGMOID_BIASED = {
     "score_bias": "mlp.gate.e_score_correction_bias",
     "moe_layers": every_layer(),
 }
+# Llama 4: sigmoid of the top-k logits, not renormalised; dense and MoE blocks interleave.
+_LLAMA4 = {
+    "router": "feed_forward.router",
+    "scoring": "sigmoid",
+    "n_experts": Attr("num_local_experts"),
+    "top_k": Attr("num_experts_per_tok"),
+    "moe_layers": listed("moe_layers"),
+}
 
 #: One row per ``config.model_type``. Keys (all optional; defaults in ``_DEFAULTS``), each a constant or a
 #: callable of the text config:
@@ -279,11 +303,12 @@ _SIGMOID_BIASED = {
 #:   (LongCat keeps a ``classifier.bias`` it never applies, so the bias is named explicitly, not discovered).
 #: - ``scoring`` (``"softmax"`` / ``"sigmoid"``), ``n_experts``, ``top_k``, ``norm_topk_prob``,
 #:   ``routed_scaling_factor``, ``softmax_after_topk``: as in :class:`ArchitectureSpec`.
-#: - ``score_bias``: dotted path from a decoder block to a selection-only bias (``None``: no bias).
+#: - ``score_bias``: dotted path from a decoder block to a selection-only bias (``None``: no bias), added to the
+#:   scores, or to the logits if ``bias_on_logits``.
 #: - ``n_group``, ``topk_group``, ``group_score`` (``"top2_sum"`` DeepSeek-V3, ``"max"`` DeepSeek-V2).
 #: - ``selection``: ``"topk"`` or ``"sparsemixer"`` (PhiMoE), with ``jitter_eps``.
 #: - ``topk_norm_p``: the p of the top-k renormalisation (1 everywhere but DBRX, where it is configurable).
-#: - ``logit_scale``, ``logit_softcap``: applied to the logits before scoring (MuSe, Laguna).
+#: - ``logit_softcap``: applied to the logits before scoring (Laguna).
 #: - ``moe_layers``: ``rule(cfg, n_layers) -> indices`` (:func:`sparse_step`, :func:`from_layer`, ...).
 #: - ``config``: how to reach the text config from ``model.config`` (default ``get_text_config(decoder=True)``).
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -292,7 +317,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_moe": _QWEN,
     "qwen3_next": _QWEN,
     "qwen3_omni_moe_thinker": {**_QWEN, **VLM},
-    "qwen3_omni_moe": {
+    "qwen3_omni_moe": {  # the full model: thinker + (optional) talker; the spec describes the thinker
         **_QWEN,
         "layers": "thinker.model.language_model.layers",
         "final_norm": "thinker.model.language_model.norm",
@@ -340,7 +365,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "norm_topk_prob": lambda c: c.ffn_config.moe_normalize_expert_weights is not None,
         "topk_norm_p": lambda c: c.ffn_config.moe_normalize_expert_weights or 1.0,
     },
-    "phimoe": {**_MIXTRAL, "router": "mlp.router", "selection": "sparsemixer", "jitter_eps": Attr("router_jitter_noise")},
+    "phimoe": {
+        **_MIXTRAL,
+        "router": "mlp.router",
+        "selection": "sparsemixer",
+        "jitter_eps": Attr("router_jitter_noise"),
+    },
     # --- top-k on logits, softmax over the k ----------------------------------------------------------------
     "gpt_oss": {**_TOPK_THEN_SOFTMAX, "router": "mlp.router", "router_bias": "bias"},
     "granitemoe": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router"},
@@ -387,6 +417,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "hy_v4": _DEEPSEEK_V3_TYPED,
     "exaone_moe": {**_DEEPSEEK_V3_TYPED, "n_experts": Attr("num_experts")},
     "axk1": _DEEPSEEK_V3_TYPED,
+    "dots3_note_text": _DEEPSEEK_V3_TYPED,
+    # Beam applies routed_scaling_factor to the MoE output, not inside the router: same effective weights
+    "beam": {**_DEEPSEEK_V3_TYPED, "n_experts": Attr("num_experts")},
     "solar_open": {**_DEEPSEEK_V3, "moe_layers": every_layer()},
     "nemotron_h": {
         **_DEEPSEEK_V3,
@@ -443,23 +476,26 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "logit_softcap": lambda c: c.moe_router_logit_softcapping or None,
         "moe_layers": layer_type_is("mlp_layer_types", "sparse"),
     },
-    "flint": {**_QWEN, "scoring": "sigmoid"},  # sigmoid top-k, optional renormalisation, no bias
-    "llama4_text": {
-        "router": "feed_forward.router",
-        "scoring": "sigmoid",  # sigmoid of the top-k logits, not renormalised
-        "n_experts": Attr("num_local_experts"),
-        "top_k": Attr("num_experts_per_tok"),
-        "moe_layers": listed("moe_layers"),
+    "minimax_m3_vl_text": {**_SIGMOID_BIASED, "moe_layers": layer_type_is("mlp_layer_types", "sparse")},
+    "inkling2_text": {  # note: its residual stream mixes blocks (attention residuals) and its lm_head soft-caps
+        **_SIGMOID_BIASED,
+        "scoring": Attr("scoring_func"),  # "sigmoid" by default; other ACT2FN scorers are refused
+        "routed_scaling_factor": Attr("routed_scaling_factor"),
     },
-    "llama4": {
+    "kolibri1": {
+        **_QWEN,
+        "scoring": "sigmoid",
+        "score_bias": "mlp.gate.e_score_correction_bias",
+        "bias_on_logits": True,  # top-k of logits + bias; weights are the sigmoid of the chosen logits
+        "moe_layers": every_layer(),
+    },
+    "flint": {**_QWEN, "scoring": "sigmoid"},  # sigmoid top-k, optional renormalisation, no bias
+    "llama4_text": _LLAMA4,
+    "llama4": {  # the multimodal model wraps a whole Llama4ForCausalLM
+        **_LLAMA4,
         "layers": "language_model.model.layers",
         "final_norm": "language_model.model.norm",
         "unembed": "language_model.lm_head",
-        "router": "feed_forward.router",
-        "scoring": "sigmoid",
-        "n_experts": Attr("num_local_experts"),
-        "top_k": Attr("num_experts_per_tok"),
-        "moe_layers": listed("moe_layers"),
     },
 }
 
@@ -497,8 +533,10 @@ class ArchitectureSpec:
         Whether the selected weights are renormalised (to sum 1, or to unit ``topk_norm_p``-norm).
     score_bias : str or None
         Dotted path *from a decoder block* to a bias added to the scores for selection only (DeepSeek-V3
-        ``mlp.gate.e_score_correction_bias``; MiniMax-M2, Afmoe and LFM2 keep it on the MoE block and pass it to
-        the router, which is why the path starts at the block). Fetch it with :meth:`selection_bias`.
+        ``mlp.gate.e_score_correction_bias``; MiniMax-M2, HY-V3, Afmoe and LFM2 keep it on the MoE block and pass
+        it to the router, which is why the path starts at the block). Fetch it with :meth:`selection_bias`.
+    bias_on_logits : bool
+        The selection bias is added to the logits rather than to the scores (Kolibri).
     n_group, topk_group : int
         Group-limited top-k (DeepSeek): experts are split in ``n_group`` groups, only ``topk_group`` are kept.
     routed_scaling_factor : float
@@ -517,8 +555,8 @@ class ArchitectureSpec:
         SparseMixer's relative threshold.
     topk_norm_p : float
         p of the norm used by ``norm_topk_prob`` (DBRX ``moe_normalize_expert_weights``; 1 elsewhere).
-    logit_scale, logit_softcap : float, float or None
-        Applied to the logits in :meth:`router_logits`: ``tanh(scale * l / cap) * cap``.
+    logit_softcap : float or None
+        Soft-cap applied to the logits in :meth:`router_logits`: ``tanh(l / cap) * cap`` (Laguna).
     """
 
     family: str
@@ -537,13 +575,13 @@ class ArchitectureSpec:
     routed_scaling_factor: float = 1.0
     softmax_after_topk: bool = False
     moe_layers: tuple[int, ...] = ()
+    bias_on_logits: bool = False
     router_weight: str = "weight"
     router_bias: str | None = None
     group_score: str = "top2_sum"
     selection: str = "topk"
     jitter_eps: float = 0.0
     topk_norm_p: float = 1.0
-    logit_scale: float = 1.0
     logit_softcap: float | None = None
 
     @property
@@ -577,13 +615,11 @@ class ArchitectureSpec:
         Returns
         -------
         torch.Tensor
-            ``(tokens, n_experts)`` fp32 logits, including the family's logit scale / soft-cap.
+            ``(tokens, n_experts)`` fp32 logits, soft-capped where the family does so.
         """
         weight = get_module(router, self.router_weight).float()
         bias = get_module(router, self.router_bias).float() if self.router_bias else None
         logits = F.linear(hidden.reshape(-1, hidden.shape[-1]).float(), weight, bias)
-        if self.logit_scale != 1.0:
-            logits = logits * self.logit_scale
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
@@ -604,7 +640,8 @@ class ArchitectureSpec:
         return scores if self.scoring == "softmax" else scores / scores.sum(dim=-1, keepdim=True)
 
     def route(self, logits: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Select and weight experts exactly as the model does.
+        """Select and weight experts exactly as the model does in eval mode (training-time jitter and PhiMoE's
+        sampling are not reproduced).
 
         Parameters
         ----------
@@ -634,7 +671,10 @@ class ArchitectureSpec:
             weights = top_logits.softmax(dim=-1)
         else:
             scores = self.scores(logits)
-            choice = scores if bias is None else scores + bias.float().reshape(-1)
+            # Kolibri biases the logits; without a bias both rank alike since the scoring is monotonic
+            choice = logits if self.bias_on_logits else scores
+            if bias is not None:
+                choice = choice + bias.float().reshape(-1)
             if self.n_group > 1:
                 choice = _mask_groups(choice, self.n_group, self.topk_group, self.group_score)
             experts = choice.topk(self.top_k, dim=-1).indices

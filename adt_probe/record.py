@@ -119,28 +119,41 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
            "lens_kl_final": np.zeros((n, n_layers), np.float32),
            "lens_top1": np.zeros((n, n_layers), np.int32)}
 
-    def logprobs(h: torch.Tensor, layer: int) -> torch.Tensor:
+    def summarise(h: torch.Tensor, layer: int):
+        """One pass family over the (tokens, vocab) logits; log-probs are never materialised.
+
+        With z the logits, m = max z, e = exp(z - m), s = sum e and log Z = m + log s: log p(t) = z_t - log Z,
+        entropy = log Z - sum(e z) / s, and KL(final || this) = sum(p_f log p_f) - sum(p_f z) + log Z.
+        """
         if translator is not None and layer < n_layers - 1:  # the last layer is the model's own output
             h = translator(h, layer)
-        return torch.log_softmax(unembed(norm(h)).float(), dim=-1)
+        z = unembed(norm(h)).float()
+        zmax, top1 = z.max(dim=-1)
+        e = (z - zmax[:, None]).exp_()
+        s = e.sum(-1)
+        log_z = zmax + s.log()
+        mean_z = torch.linalg.vecdot(e, z) / s
+        return z, e, s, log_z, mean_z, top1
 
     with torch.no_grad():
         for start in range(0, n, chunk_tokens):
             sl = slice(start, start + chunk_tokens)
             tgt = targets[sl]
-            has = tgt >= 0
-            final = logprobs(resid[-1][sl], n_layers - 1)
-            p_final = final.exp()
+            has = (tgt >= 0).numpy()
+            rows = np.arange(start, start + len(tgt))[has]
+            final = summarise(resid[-1][sl], n_layers - 1)
+            _, e_f, s_f, log_z_f, mean_z_f, _ = final
+            p_f = e_f.div_(s_f[:, None])  # in place: e_f's memory now holds the final probabilities
+            neg_entropy_f = mean_z_f - log_z_f  # sum p_f log p_f
             for layer in range(n_layers):
-                lp = final if layer == n_layers - 1 else logprobs(resid[layer][sl], layer)
-                p = lp.exp()
-                tgt_lp = lp.gather(1, tgt.clamp(min=0)[:, None])[:, 0]
-                rows = np.arange(start, start + len(tgt))
-                out["lens_logprob"][rows[has.numpy()], layer] = tgt_lp[has].numpy()
-                out["lens_rank"][rows[has.numpy()], layer] = (lp > tgt_lp[:, None]).sum(-1)[has].numpy()
-                out["lens_entropy"][sl, layer] = -(p * lp).nan_to_num().sum(-1).numpy()
-                out["lens_kl_final"][sl, layer] = (p_final * (final - lp)).nan_to_num().sum(-1).clamp(min=0).numpy()
-                out["lens_top1"][sl, layer] = lp.argmax(-1).numpy()
+                z, _, _, log_z, mean_z, top1 = final if layer == n_layers - 1 else summarise(resid[layer][sl], layer)
+                z_t = z.gather(1, tgt.clamp(min=0)[:, None])
+                out["lens_logprob"][rows, layer] = (z_t[:, 0] - log_z)[has].numpy()
+                out["lens_rank"][rows, layer] = (z > z_t).sum(-1)[has].numpy()
+                out["lens_entropy"][sl, layer] = (log_z - mean_z).numpy()
+                kl = neg_entropy_f - torch.linalg.vecdot(p_f, z) + log_z
+                out["lens_kl_final"][sl, layer] = kl.clamp(min=0).numpy()
+                out["lens_top1"][sl, layer] = top1.numpy()
     return out
 
 
@@ -187,7 +200,11 @@ def validate_inputs(model, inputs: Mapping, tokenizer=None) -> None:
         raise RecordingError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}: "
                              "they do not belong together.")
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-    if "attention_mask" not in inputs and pad is not None and bool((ids == pad).any()):
+    eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+    # Padding sits at the start (left) or the end (right) of a row; a pad id that doubles as end-of-turn (SmolLM2)
+    # is only evidence of padding at the start.
+    padded = pad is not None and (bool((ids[:, 0] == pad).any()) or (pad != eos and bool((ids[:, -1] == pad).any())))
+    if "attention_mask" not in inputs and padded:
         raise RecordingError("the inputs contain padding tokens but no attention_mask: pass the attention_mask the "
                              "processor returned (padding=True returns one).")
     max_pos = getattr(config, "max_position_embeddings", None)

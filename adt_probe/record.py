@@ -138,8 +138,8 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
     with torch.no_grad():
         for start in range(0, n, chunk_tokens):
             sl = slice(start, start + chunk_tokens)
-            tgt = targets[sl]
-            has = (tgt >= 0).numpy()
+            tgt = targets[sl].to(resid[-1].device)
+            has = (tgt >= 0).cpu().numpy()
             rows = np.arange(start, start + len(tgt))[has]
             final = summarise(resid[-1][sl], n_layers - 1)
             _, e_f, s_f, log_z_f, mean_z_f, _ = final
@@ -148,12 +148,12 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
             for layer in range(n_layers):
                 z, _, _, log_z, mean_z, top1 = final if layer == n_layers - 1 else summarise(resid[layer][sl], layer)
                 z_t = z.gather(1, tgt.clamp(min=0)[:, None])
-                out["lens_logprob"][rows, layer] = (z_t[:, 0] - log_z)[has].numpy()
-                out["lens_rank"][rows, layer] = (z > z_t).sum(-1)[has].numpy()
-                out["lens_entropy"][sl, layer] = (log_z - mean_z).numpy()
+                out["lens_logprob"][rows, layer] = (z_t[:, 0] - log_z)[has].cpu().numpy()
+                out["lens_rank"][rows, layer] = (z > z_t).sum(-1)[has].cpu().numpy()
+                out["lens_entropy"][sl, layer] = (log_z - mean_z).cpu().numpy()
                 kl = neg_entropy_f - torch.linalg.vecdot(p_f, z) + log_z
-                out["lens_kl_final"][sl, layer] = kl.clamp(min=0).numpy()
-                out["lens_top1"][sl, layer] = top1.numpy()
+                out["lens_kl_final"][sl, layer] = kl.clamp(min=0).cpu().numpy()
+                out["lens_top1"][sl, layer] = top1.cpu().numpy()
     return out
 
 
@@ -278,7 +278,10 @@ def record(model, inputs: Mapping, *, segments=None, routing: str | None = "topk
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         batch = _slice_inputs(inputs, start, stop, n)
-        resid, router_in = capture(model, spec, batch)
+        # Inputs go to the device of the first parameter (the embedding, under device_map="auto").
+        device = next(model.parameters()).device
+        resid, router_in = capture(model, spec, {k: v.to(device) if torch.is_tensor(v) else v
+                                                 for k, v in batch.items()})
         part = _to_dataset(model, spec, batch, resid, router_in, segments[start:stop], start, n_tokens, routing,
                            lens, tuned_lens, lens_segments, chunk_tokens)
         n_tokens += part.sizes["token"]
@@ -323,10 +326,10 @@ def _to_dataset(model, spec, batch, resid, router_in, segments, seq_offset, toke
         nxt[row, real[:-1]] = ids[row, real[1:]]
     n_tok = int(flat.sum())
     coords = {"token": np.arange(token_offset, token_offset + n_tok),
-              "sequence": ("token", (seq_idx.reshape(-1)[flat] + seq_offset).numpy()),
-              "position": ("token", position.reshape(-1)[flat].numpy()),
-              "token_id": ("token", ids.reshape(-1)[flat].numpy()),
-              "segment": ("token", segments.reshape(-1)[flat.numpy()].astype("<U6")),
+              "sequence": ("token", (seq_idx.reshape(-1)[flat] + seq_offset).cpu().numpy()),
+              "position": ("token", position.reshape(-1)[flat].cpu().numpy()),
+              "token_id": ("token", ids.reshape(-1)[flat].cpu().numpy()),
+              "segment": ("token", segments.reshape(-1)[flat.cpu().numpy()].astype("<U6")),
               "layer": np.arange(n_layers),
               "moe_layer": ("layer", np.array([i in spec.moe_layers for i in range(n_layers)]))}
     data = {}
@@ -337,14 +340,15 @@ def _to_dataset(model, spec, batch, resid, router_in, segments, seq_offset, toke
         logits_all = np.full((n_tok, n_layers, e), np.nan, np.float32) if routing == "full" else None
         blocks = get_module(model, spec.layers)
         for layer, h in router_in.items():
-            logits = spec.router_logits(get_module(blocks[layer], spec.router), h.reshape(-1, h.shape[-1]))[flat]
+            logits = spec.router_logits(get_module(blocks[layer], spec.router), h.reshape(-1, h.shape[-1]))
+            logits = logits[flat.to(logits.device)].cpu()
             idx, w = spec.route(logits, bias=spec.selection_bias(blocks[layer]))
             # Store by descending weight, so k=0 is each token's top-1 expert.
             order = w.argsort(dim=-1, descending=True, stable=True)
             idx, w = idx.gather(-1, order), w.gather(-1, order)
-            experts[:, layer], weights[:, layer] = idx.numpy(), w.numpy()
+            experts[:, layer], weights[:, layer] = idx.cpu().numpy(), w.cpu().numpy()
             if logits_all is not None:
-                logits_all[:, layer] = logits.numpy()
+                logits_all[:, layer] = logits.cpu().numpy()
         data["topk_experts"] = (("token", "layer", "k"), experts)
         data["topk_weights"] = (("token", "layer", "k"), weights)
         if logits_all is not None:
@@ -354,8 +358,9 @@ def _to_dataset(model, spec, batch, resid, router_in, segments, seq_offset, toke
         select = flat.clone()
         if lens_segments is not None:
             select &= torch.from_numpy(np.isin(segments.reshape(-1), list(lens_segments)))
-        sel_in_tok = select[flat].numpy()
-        stats = lens_statistics([r.reshape(-1, r.shape[-1])[select] for r in resid], nxt.reshape(-1)[select],
+        sel_in_tok = select[flat].cpu().numpy()
+        stats = lens_statistics([r.reshape(-1, r.shape[-1])[select.to(r.device)] for r in resid],
+                                nxt.reshape(-1)[select],
                                 spec, model, translator=tuned_lens, chunk_tokens=chunk_tokens)
         for name, values in stats.items():
             full = np.full((n_tok, n_layers), np.nan if values.dtype.kind == "f" else -1, values.dtype)

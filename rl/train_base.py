@@ -50,6 +50,9 @@ class BaseTrainConfig:
     grad_clip: float = 1.0
     mode_weights: tuple[float, float, float, float] = (0.40, 0.25, 0.20, 0.15)  # answer, describe, context, think
     latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
+    # First steps: describe only. A decoder trained from scratch learns the text prior first and then treats the
+    # audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
+    perception_steps: int = 0
     tokenizer_corpus_items: int = 3000
     vocab_size: int = 640
     eval_per_cell: int = 20  # held-out items per family x difficulty
@@ -79,7 +82,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         item_rng = np.random.default_rng([cfg.seed, 2, step, j])
         it = make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))], item_rng,
                        f"train-{step}-{j}")
-        mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))]
+        mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))] if step >= cfg.perception_steps else "describe"
         if mode == "think" and rng.random() < cfg.latent_think:
             target = f"<think>\n{it.meta['description']}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         else:

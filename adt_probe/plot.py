@@ -1,0 +1,186 @@
+"""Figures: one function per figure type, each taking Datasets and returning a matplotlib Figure.
+
+Every figure shows intervals (shaded 95% bootstrap bands) and, where the Dataset has one, the noise floor (grey
+band). Colours come from the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and
+lines also differ in marker, so figures read in greyscale print. ``save(fig, path)`` writes PNG and PDF.
+
+Examples
+--------
+>>> fig = drift_by_layer(drift, metric="js", segments=["think", "answer"])   # doctest: +SKIP
+>>> save(fig, "figures/drift_js")                                             # writes .png and .pdf
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LABELS = {"js": "Jensen-Shannon divergence (bits)", "kl": "KL(base || RL) (nats)",
+          "topk_jaccard": "top-k Jaccard overlap", "top1_agreement": "top-1 agreement",
+          "entropy_delta": "routing entropy change (nats)", "lens_logprob": "log-prob of next token (nats)",
+          "lens_rank": "rank of next token", "lens_kl_final": "KL(final || lens) (nats)",
+          "lens_entropy": "lens entropy (nats)"}
+
+
+def _style(i: int) -> dict:
+    return {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)], "markersize": 4}
+
+
+def save(fig: plt.Figure, path: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write ``fig`` as ``path.png`` and ``path.pdf`` (vector); returns the paths."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        target = path.with_suffix(f".{fmt}")
+        fig.savefig(target, dpi=160, bbox_inches="tight")
+        out.append(target)
+    return out
+
+
+def _band(ax, x, lo, hi, color, alpha=0.2):
+    ok = ~(np.isnan(lo) | np.isnan(hi))
+    if ok.any():
+        ax.fill_between(np.asarray(x)[ok], np.asarray(lo)[ok], np.asarray(hi)[ok], color=color, alpha=alpha, lw=0)
+
+
+def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str] = ("all",),
+                   title: str | None = None) -> plt.Figure:
+    """Drift per layer with its 95% interval per segment, and the noise floor's interval in grey."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    layers = drift["layer"].values
+    for i, seg in enumerate(segments):
+        st = _style(i)
+        ax.plot(layers, drift[metric].sel(segment=seg), label=seg, **st)
+        _band(ax, layers, drift[f"{metric}_lo"].sel(segment=seg), drift[f"{metric}_hi"].sel(segment=seg), st["color"])
+    if f"noise_{metric}" in drift:
+        seg = segments[0]
+        ax.plot(layers, drift[f"noise_{metric}"].sel(segment=seg), color="0.4", ls="--", lw=1,
+                label=f"noise floor ({seg})")
+        _band(ax, layers, drift[f"noise_{metric}_lo"].sel(segment=seg), drift[f"noise_{metric}_hi"].sel(segment=seg),
+              "0.5", alpha=0.25)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel(LABELS.get(metric, metric))
+    ax.set_title(title or f"Gating drift, base vs RL ({drift.attrs.get('distribution', '')})")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def expert_load(drift: xr.Dataset, segment: str = "all", title: str | None = None) -> plt.Figure:
+    """Heatmaps of expert load (layer x expert): base, RL, and the shift (diverging, centred at 0)."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharey=True)
+    base, rl = drift["base_load"].sel(segment=segment), drift["rl_load"].sel(segment=segment)
+    shift = drift["load_shift"].sel(segment=segment)
+    vmax = float(max(base.max(), rl.max()))
+    for ax, data, name in ((axes[0], base, "base"), (axes[1], rl, "RL")):
+        im = ax.imshow(data.values, aspect="auto", cmap="cividis", vmin=0, vmax=vmax, origin="lower")
+        ax.set_title(f"{name} load ({segment})")
+        ax.set_xlabel("expert")
+    fig.colorbar(im, ax=axes[:2], fraction=0.03, label="share of top-k slots")
+    lim = float(np.nanmax(np.abs(shift.values))) or 1.0
+    im2 = axes[2].imshow(shift.values, aspect="auto", cmap="PuOr", vmin=-lim, vmax=lim, origin="lower")
+    axes[2].set_title("load shift (RL - base)")
+    axes[2].set_xlabel("expert")
+    fig.colorbar(im2, ax=axes[2], fraction=0.05)
+    axes[0].set_ylabel("decoder layer")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def drift_trajectory(trajectory: xr.Dataset, metric: str = "js", layers: Sequence[int] | None = None,
+                     segment: str = "all") -> plt.Figure:
+    """Drift from the base along the checkpoints of a run (``step`` dimension), one line per layer."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    steps = trajectory["step"].values
+    layers = list(trajectory["layer"].values if layers is None else layers)
+    for i, layer in enumerate(layers):
+        st = _style(i)
+        sel = trajectory.sel(layer=layer, segment=segment)
+        ax.plot(steps, sel[metric], label=f"layer {layer}", **st)
+        _band(ax, steps, sel[f"{metric}_lo"], sel[f"{metric}_hi"], st["color"], alpha=0.12)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel(LABELS.get(metric, metric))
+    ax.set_title(f"Drift from the base along training ({segment})")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def crystallization_curves(curves: dict[str, xr.Dataset], variable: str = "lens_logprob",
+                           segments: Sequence[str] = ("think", "answer")) -> plt.Figure:
+    """Lens curves by layer for each (model, segment), e.g. ``{"base": c_base, "RL": c_rl}`` from
+    ``crystallization``; solid = first model, dashed = second."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for m, (label, c) in enumerate(curves.items()):
+        for i, seg in enumerate(segments):
+            st = _style(i)
+            layers = c["layer"].values
+            ax.plot(layers, c[variable].sel(segment=seg), ls="-" if m == 0 else "--", label=f"{label}: {seg}", **st)
+            _band(ax, layers, c[f"{variable}_lo"].sel(segment=seg), c[f"{variable}_hi"].sel(segment=seg),
+                  st["color"], alpha=0.15)
+    ax.set_xlabel("decoder layer (lens after block)")
+    ax.set_ylabel(LABELS.get(variable, variable))
+    ax.set_title(f"Crystallization: {LABELS.get(variable, variable)}")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def crystallization_histogram(curves: dict[str, xr.Dataset], segments: Sequence[str] = ("think", "answer")
+                              ) -> plt.Figure:
+    """Where tokens crystallize: share of tokens per crystallization layer, per model and segment."""
+    fig, axes = plt.subplots(1, len(segments), figsize=(4 * len(segments), 3.2), sharey=True, squeeze=False)
+    for ax, seg in zip(axes[0], segments):
+        n = len(curves)
+        for m, (label, c) in enumerate(curves.items()):
+            layers = c["layer"].values
+            width = 0.8 / n
+            ax.bar(layers + (m - (n - 1) / 2) * width, c["layer_histogram"].sel(segment=seg), width=width,
+                   color=OKABE_ITO[m], hatch=("", "//", "..")[m % 3], label=f"{label} (mean "
+                   f"{float(c['mean_crystallization_layer'].sel(segment=seg)):.2f})")
+        ax.set_title(f"{seg} tokens")
+        ax.set_xlabel("crystallization layer")
+        ax.legend(frameon=False, fontsize=8)
+    axes[0][0].set_ylabel("share of tokens")
+    fig.tight_layout()
+    return fig
+
+
+def transplant_effects(effects: xr.Dataset, metric: str = "accuracy") -> plt.Figure:
+    """Change of ``metric`` when a band of layers routes with the other model's routers, with intervals.
+
+    ``effects`` has dims ``band`` and ``direction`` and variables ``<metric>_delta``, ``_lo``, ``_hi``.
+    """
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bands = [str(b) for b in effects["band"].values]
+    x = np.arange(len(bands))
+    directions = list(effects["direction"].values)
+    width = 0.8 / len(directions)
+    for i, d in enumerate(directions):
+        sel = effects.sel(direction=d)
+        est = sel[f"{metric}_delta"].values
+        err = np.vstack([est - sel[f"{metric}_delta_lo"].values, sel[f"{metric}_delta_hi"].values - est])
+        ax.bar(x + (i - (len(directions) - 1) / 2) * width, est, width=width, yerr=err, capsize=3,
+               color=OKABE_ITO[i], hatch=("", "//")[i % 2], label=str(d))
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks(x, bands)
+    ax.set_xlabel("transplanted layer band")
+    ax.set_ylabel(f"change in {metric}")
+    ax.set_title("Router transplant")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

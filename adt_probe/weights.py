@@ -1,0 +1,131 @@
+"""Router *weight* drift between two checkpoints, and the router transplant used for the causal test.
+
+``router_weight_drift`` compares the router parameters themselves (no data needed): per layer and per expert row,
+the relative change ||W_rl - W_base|| / ||W_base|| and the cosine of the two. ``transplant`` is a context manager
+under which one model routes with another model's routers on chosen layers (weights, linear bias and selection
+bias are swapped in and restored on exit), so the effect of RL's routing changes in a band of layers can be measured
+causally on accuracy and reward.
+
+Examples
+--------
+>>> router_weight_drift(base_model, rl_model).rel_change.to_series()        # doctest: +SKIP
+>>> with transplant(rl_model, base_model, layers=range(4, 8)):               # doctest: +SKIP
+...     accuracy_with_base_routers_up_top = evaluate(rl_model, ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from adt_probe.architectures import ArchitectureSpec, architecture, get_module
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a checkpoint folder with the class its ``config.json`` names (safetensors only, no remote code)."""
+    import transformers
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no config.json; expected a folder written by save_pretrained")
+    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    names = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    if cls is None:
+        raise ValueError(f"{path}: config.json names architectures {names}, none of which is a transformers class")
+    return cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True).eval()
+
+
+def _as_model(x):
+    return load_model(x) if isinstance(x, (str, Path)) else x
+
+
+def _router_tensors(spec: ArchitectureSpec, block) -> dict[str, torch.Tensor]:
+    router = get_module(block, spec.router)
+    out = {"weight": get_module(router, spec.router_weight)}
+    if spec.router_bias:
+        out["bias"] = get_module(router, spec.router_bias)
+    if spec.score_bias:
+        out["score_bias"] = get_module(block, spec.score_bias)
+    return out
+
+
+def check_compatible(a, b) -> ArchitectureSpec:
+    """The shared spec of two models; a clear error if their architectures, layer or expert counts differ."""
+    sa, sb = architecture(a), architecture(b)
+    for field in ("family", "n_experts", "top_k", "moe_layers"):
+        if getattr(sa, field) != getattr(sb, field):
+            raise ValueError(f"the two models differ in {field}: {getattr(sa, field)} vs {getattr(sb, field)}; "
+                             "compare a base model with an RL model trained from it.")
+    wa = _router_tensors(sa, get_module(a, sa.layers)[sa.moe_layers[0]])["weight"]
+    wb = _router_tensors(sb, get_module(b, sb.layers)[sb.moe_layers[0]])["weight"]
+    if wa.shape != wb.shape:
+        raise ValueError(f"router weights have shapes {tuple(wa.shape)} and {tuple(wb.shape)}")
+    return sa
+
+
+def router_weight_drift(base, rl) -> xr.Dataset:
+    """Relative change and cosine of router weights per layer and per expert.
+
+    Parameters
+    ----------
+    base, rl : models or checkpoint folders of the same architecture.
+
+    Returns
+    -------
+    xarray.Dataset: ``rel_change`` and ``cosine`` (layer), ``rel_change_expert`` and ``cosine_expert``
+    (layer x expert); dense layers hold NaN.
+    """
+    base, rl = _as_model(base), _as_model(rl)
+    spec = check_compatible(base, rl)
+    n_layers = len(get_module(base, spec.layers))
+    rel, cos = np.full(n_layers, np.nan), np.full(n_layers, np.nan)
+    rel_e, cos_e = np.full((n_layers, spec.n_experts), np.nan), np.full((n_layers, spec.n_experts), np.nan)
+    for i in spec.moe_layers:
+        wa = _router_tensors(spec, get_module(base, spec.layers)[i])["weight"].detach().double()
+        wb = _router_tensors(spec, get_module(rl, spec.layers)[i])["weight"].detach().double()
+        rel[i] = float((wb - wa).norm() / wa.norm().clamp_min(1e-30))
+        cos[i] = float(torch.nn.functional.cosine_similarity(wa.flatten(), wb.flatten(), dim=0))
+        rows = min(spec.n_experts, wa.shape[0])
+        rel_e[i, :rows] = ((wb - wa).norm(dim=1) / wa.norm(dim=1).clamp_min(1e-30))[:rows].numpy()
+        cos_e[i, :rows] = torch.nn.functional.cosine_similarity(wa, wb, dim=1)[:rows].numpy()
+    return xr.Dataset({"rel_change": ("layer", rel), "cosine": ("layer", cos),
+                       "rel_change_expert": (("layer", "expert"), rel_e),
+                       "cosine_expert": (("layer", "expert"), cos_e)},
+                      coords={"layer": np.arange(n_layers), "expert": np.arange(spec.n_experts)},
+                      attrs={"kind": "router_weight_drift", "architecture": spec.family,
+                             "definition": "rel_change = ||W_rl - W_base||_F / ||W_base||_F; cosine of flattened W"})
+
+
+@contextlib.contextmanager
+def transplant(model, donor, layers: Iterable[int]) -> Iterator[None]:
+    """Within the block, ``model`` routes with ``donor``'s routers on ``layers`` (then its own are restored).
+
+    ``transplant(rl, base, band)`` asks what RL's routing changes in ``band`` contribute; the reverse,
+    ``transplant(base, rl, band)``, whether they suffice. Only router parameters move; experts, attention and
+    norms stay the model's own.
+    """
+    spec = check_compatible(model, donor)
+    layers = list(layers)
+    bad = [i for i in layers if i not in spec.moe_layers]
+    if bad:
+        raise ValueError(f"layers {bad} have no router (MoE layers: {list(spec.moe_layers)})")
+    saved = []
+    with torch.no_grad():
+        for i in layers:
+            mine = _router_tensors(spec, get_module(model, spec.layers)[i])
+            theirs = _router_tensors(spec, get_module(donor, spec.layers)[i])
+            for name, tensor in mine.items():
+                saved.append((tensor, tensor.detach().clone()))
+                tensor.copy_(theirs[name].to(tensor.device, tensor.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, original in saved:
+                tensor.copy_(original)

@@ -5,8 +5,8 @@ A run directory holds checkpoints as ``step-NNNNNN`` folders (directly or under 
 
 Examples
 --------
->>> traj = drift_trajectory("runs/demo", batch, base="rl/assets/organism", tokenizer=processor.tokenizer)  # doctest: +SKIP
->>> traj.js.sel(segment="think").plot.line(x="step")                                                        # doctest: +SKIP
+>>> traj = drift_trajectory("runs/demo", batch, base="rl/assets/organism")   # doctest: +SKIP
+>>> traj.js.sel(segment="think").plot.line(x="step")                         # doctest: +SKIP
 """
 
 from __future__ import annotations

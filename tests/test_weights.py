@@ -50,8 +50,7 @@ def test_transplant_swaps_routing_only_inside_the_block():
 
 
 def test_incompatible_models_are_refused():
-    with pytest.raises(ValueError, match="layers"):
-        with transplant(tiny_moe(4), tiny_moe(4), layers=[7]):
-            pass
+    with pytest.raises(ValueError, match="layers"), transplant(tiny_moe(4), tiny_moe(4), layers=[7]):
+        pass
     with pytest.raises(ValueError, match="moe_layers"):
         router_weight_drift(tiny_moe(4), tiny_moe(3))

@@ -15,6 +15,7 @@ COMMANDS = {
     "demo": ("analyses.demo", "the main job on the embedded organism (what `make demo` runs)"),
     "eval": ("rl.evaluate", "accuracy, think-rate and reference similarity of a model on items"),
     "train-base": ("rl.train_base", "train the base model organism (refuses to overwrite the shipped one)"),
+    "train": ("rl.grpo", "GRPO training of an audio model from a TOML/YAML config"),
 }
 
 

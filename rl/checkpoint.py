@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -71,6 +70,7 @@ class TrainerState:
 # --- files and checksums -------------------------------------------------------------------------------------------
 
 def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -83,6 +83,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def write_manifest(folder: Path, step: int) -> None:
+    """``folder/manifest.json``: sha256 and size of every file below ``folder`` (relative POSIX paths)."""
     files = {p.relative_to(folder).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
     _write_json(folder / "manifest.json", {"format": FORMAT, "step": step, "files": files})
@@ -153,6 +154,7 @@ def optimizer_state_to_files(state_dict: dict) -> tuple[dict[str, torch.Tensor],
 
 
 def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The optimizer ``state_dict()`` back from :func:`optimizer_state_to_files`'s tensors and JSON."""
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, pid, name = key.split(".", 2)
@@ -177,6 +179,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only if CUDA is available)."""
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():
@@ -191,8 +194,7 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 # --- save and load -------------------------------------------------------------------------------------------------
 
 def save_checkpoint(root: Path, state: TrainerState, model, processor, optimizer, *, keep_last: int = 0,
-                    rank: int = 0, is_main: bool = True, barrier: Callable[[], None] = lambda: None,
-                    log: Callable[[str], None] = print) -> Path:
+                    rank: int = 0, is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
     """Write ``root/step-NNNNNN`` atomically and prune to the newest ``keep_last`` (0: keep all).
 
     Every process calls this (each writes its own RNG state); ``barrier`` synchronises them (accelerator's

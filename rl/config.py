@@ -223,9 +223,10 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:  # `X | None`: X's own error is the helpful one (e.g. an unknown key inside a table)
+            return _convert(candidates[0], value, key, source)
+        for arg in candidates:
             try:
                 return _convert(arg, value, key, source)
             except ConfigError:

@@ -53,6 +53,10 @@ class BaseTrainConfig:
     # First steps: describe only. A decoder trained from scratch learns the text prior first and then treats the
     # audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
     perception_steps: int = 0
+    # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
+    # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
+    encoder_steps: int = 300
+    encoder_lr: float = 2e-3
     tokenizer_corpus_items: int = 3000
     vocab_size: int = 640
     eval_per_cell: int = 20  # held-out items per family x difficulty
@@ -109,6 +113,66 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Frame labels of the encoder pre-training: (name, number of classes). -100 = no label (frame between sounds).
+FRAME_TASKS = (("sound", 7), ("loudness", 3), ("duration", 3), ("onset", 2), ("ordinal", 6))
+
+
+def frame_labels(item, n_frames: int) -> dict[str, torch.Tensor]:
+    """Per encoder frame, the facts of the sound covering its centre; shape (n_frames,) int64 per task.
+
+    ``sound``: 0 silence, 1-5 pitch level of a tone, 6 noise; ``ordinal``: 0 silence, else the sound's number (1-5);
+    ``onset``: a sound starts in this frame. Loudness and duration are -100 (ignored) on silent frames.
+    """
+    from rl.items import SAMPLE_RATE
+
+    seconds = len(item.audio) / SAMPLE_RATE
+    centres = (np.arange(n_frames) + 0.5) * seconds / n_frames
+    width = seconds / n_frames
+    labels = {name: np.zeros(n_frames, np.int64) for name, _ in FRAME_TASKS}
+    labels["loudness"][:] = labels["duration"][:] = -100
+    for i, (ev, (kind, pitch, duration, loudness)) in enumerate(zip(item.meta["events"], item.meta["levels"])):
+        inside = (centres >= ev["onset_s"]) & (centres < ev["onset_s"] + ev["duration_s"])
+        labels["sound"][inside] = 6 if kind == "noise" else pitch + 1
+        labels["loudness"][inside], labels["duration"][inside] = loudness, duration
+        labels["ordinal"][inside] = i + 1
+        labels["onset"][min(n_frames - 1, int(ev["onset_s"] / width))] = 1
+    return {k: torch.from_numpy(v) for k, v in labels.items()}
+
+
+def pretrain_audio_encoder(model, processor, cfg: BaseTrainConfig, log=print) -> list[dict]:
+    """Train the audio tower with linear heads on frame labels (the heads are discarded afterwards)."""
+    tower = model.model.audio_tower
+    dim = model.config.audio_config.output_dim
+    heads = torch.nn.ModuleDict({name: torch.nn.Linear(dim, n) for name, n in FRAME_TASKS})
+    opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=cfg.encoder_lr,
+                            weight_decay=cfg.weight_decay)
+    history, running, t0 = [], [], time.time()
+    tower.train()
+    for step in range(cfg.encoder_steps):
+        items, _, _ = sample_batch(cfg, 1_000_000 + step)
+        feats = processor.feature_extractor([it.audio for it in items], sampling_rate=16_000, return_tensors="pt",
+                                            return_attention_mask=True, padding=True)
+        # The thinker's own path from mel features to audio-token embeddings: (sum of frames, dim).
+        out = model.model.get_audio_features(feats["input_features"],
+                                             feature_attention_mask=feats["attention_mask"]).pooler_output
+        per_clip = out.shape[0] // len(items)
+        loss = 0.0
+        for name, _ in FRAME_TASKS:
+            target = torch.cat([frame_labels(it, per_clip)[name] for it in items])
+            loss = loss + torch.nn.functional.cross_entropy(heads[name](out), target, ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tower.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        running.append(loss.item())
+        if (step + 1) % 50 == 0 or step == cfg.encoder_steps - 1:
+            history.append({"encoder_step": step + 1, "loss": float(np.mean(running)),
+                            "seconds": round(time.time() - t0, 1)})
+            log(f"encoder step {step + 1}/{cfg.encoder_steps} frame loss {history[-1]['loss']:.4f}")
+            running = []
+    return history
+
+
 def train(cfg: BaseTrainConfig, log=print):
     """Build and train the organism. Returns (model, processor, log of losses, seconds)."""
     torch.set_num_threads(cfg.threads)
@@ -116,9 +180,11 @@ def train(cfg: BaseTrainConfig, log=print):
                                          vocab_size=cfg.vocab_size)
     processor = organism.build_processor(tokenizer)
     model = organism.build_model(tokenizer, seed=cfg.seed)
+    t0 = time.time()
+    history = pretrain_audio_encoder(model, processor, cfg, log)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history, t0, running = [], time.time(), []
+    running = []
     for step in range(cfg.steps):
         items, modes, targets = sample_batch(cfg, step)
         batch = collate.encode_supervised(processor, items, modes, targets)

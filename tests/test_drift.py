@@ -171,3 +171,15 @@ def test_crystallization_summaries_recover_a_known_structure():
     assert cmp.delta_mean_layer.sel(segment="think").item() == -2
     assert cmp.delta_mean_layer.sel(segment="answer").item() == 0
     assert cmp.delta_mean_layer_hi.sel(segment="think").item() == -2  # no variance: a point interval
+
+
+def test_band_contrast_sees_an_upper_band_effect_and_not_a_flat_one():
+    a = synthetic_recording(n_sequences=10, seq_len=20, n_layers=6, seed=9)
+    rng = np.random.default_rng(10)
+    scale = np.array([0.1, 0.1, 0.1, 2.0, 2.0, 2.0])[None, :, None]  # upper layers move much more
+    b = with_logits(a, a.router_logits.values + rng.normal(0, 1, a.router_logits.shape) * scale)
+    c = adt_probe.drift.band_contrast(a, b, lower=[0, 1, 2], upper=[3, 4, 5], n_boot=200)
+    assert c["difference"]["lo"] > 0 and c["upper"]["value"] > c["lower"]["value"]
+    flat = with_logits(a, a.router_logits.values + rng.normal(0, 1, a.router_logits.shape))
+    c0 = adt_probe.drift.band_contrast(a, flat, lower=[0, 1, 2], upper=[3, 4, 5], n_boot=200)
+    assert c0["difference"]["lo"] < 0 < c0["difference"]["hi"]

@@ -1,0 +1,84 @@
+"""Record a base and an RL model on the same token sequences (``adt-probe record``).
+
+    adt-probe record --base rl/assets/organism --rl runs/demo/final --out runs/demo/recordings
+
+The sequences are held-out prompts plus the RL model's own completions (``--source rl``, the default), or the base
+model's (``--source base``, the mirror check), teacher-forced through both models. Writes ``base.zarr``,
+``rl.zarr`` and ``base_noise.zarr`` (the base again with another batch composition: the noise floor's pair), plus
+``items.jsonl`` and ``completions.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import adt_probe
+
+
+def heldout(n_per_cell: int, seed: int, data: str | None):
+    """The evaluation items: a JSONL file, or ``n_per_cell`` synthetic items per family x difficulty."""
+    from rl.items import load_items
+    from rl.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
+
+    if data:
+        return load_items(data)
+    items = []
+    for band in DIFFICULTY_BANDS:
+        items += generate_items(n_per_cell * len(FAMILIES), seed=seed, difficulty=band, prefix=f"eval-{band}")
+    return items
+
+
+def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", routing: str = "topk",
+                lens: str = "logit", batch_size: int = 8, max_new_tokens: int = 96) -> dict[str, Path]:
+    """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``."""
+    from analyses.sequences import completions, teacher_forced_inputs
+    from rl.organism import load_organism
+
+    out.mkdir(parents=True, exist_ok=True)
+    base, processor = load_organism(base_path)
+    rl, _ = load_organism(rl_path)
+    texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens)
+    (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
+                                                   for it, t in zip(items, texts)))
+    inputs = teacher_forced_inputs(processor, items, texts)
+    attrs = {"source": source, "n_items": len(items)}
+    paths = {}
+    for name, model, bs in (("base", base, batch_size), ("rl", rl, batch_size),
+                            ("base_noise", base, max(1, batch_size // 2 + 1))):
+        path = out / f"{name}.zarr"
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)  # this command owns its output folder; re-running records afresh
+        ds = adt_probe.record(model, inputs, tokenizer=processor.tokenizer, routing=routing, lens=lens,
+                              batch_size=bs, attrs={**attrs, "role": name})
+        paths[name] = adt_probe.save(ds, path)
+    return paths
+
+
+def main(argv=None) -> None:
+    from rl.organism import ORGANISM_DIR
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default=str(ORGANISM_DIR), help="base model folder")
+    ap.add_argument("--rl", required=True, help="RL model folder (a checkpoint)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--data", help="JSONL items (default: synthetic held-out set)")
+    ap.add_argument("--n-per-cell", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=30_011)
+    ap.add_argument("--source", choices=["rl", "base"], default="rl", help="whose completions are teacher-forced")
+    ap.add_argument("--routing", choices=["topk", "full"], default="full")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    paths = record_pair(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), Path(args.out),
+                        source=args.source, routing=args.routing)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The token sequences both models are recorded on: prompts plus a model's own completions, teacher-forced.
+
+By default the sequences are the RL model's completions to held-out prompts (so reasoning tokens exist to measure);
+the base model's own completions are the mirror check. Both models then read exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rl import collate
+from rl.evaluate import generate
+from rl.items import Item
+
+
+def completions(model, processor, items: Sequence[Item], *, mode: str = "think", temperature: float = 0.0,
+                max_new_tokens: int = 96, seed: int = 0) -> list[str]:
+    """``model``'s completions (greedy by default) to ``items`` prompted in ``mode``."""
+    return generate(model, processor, items, mode, temperature=temperature, max_new_tokens=max_new_tokens,
+                    seed=seed)
+
+
+def teacher_forced_inputs(processor, items: Sequence[Item], texts: Sequence[str], mode: str = "think"):
+    """Processor output for prompt + completion of every item (left padded, audio included).
+
+    Completions are cut after their first ``<|im_end|>``; one that never ended keeps what was generated.
+    """
+    prompts = collate.prompt_texts(processor, items, mode)
+    full = [p + t.split("<|im_end|>")[0] + "<|im_end|>" for p, t in zip(prompts, texts)]
+    return collate.encode(processor, full, [it.audio for it in items])

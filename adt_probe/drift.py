@@ -238,3 +238,33 @@ def above_noise(drift: xr.Dataset, metric: str = "js", segment: str = ALL) -> xr
     if metric in ("topk_jaccard", "top1_agreement"):  # agreement: drift means *lower* than the noise pair
         return (drift[f"{metric}_hi"] < drift[f"noise_{metric}_lo"]).sel(segment=segment)
     return (drift[f"{metric}_lo"] > drift[f"noise_{metric}_hi"]).sel(segment=segment)
+
+
+def band_contrast(base: xr.Dataset, rl: xr.Dataset, *, lower: list[int], upper: list[int], metric: str = "js",
+                  segment: str = ALL, n_boot: int = 1000, seed: int = 0, chunk_tokens: int = 4096) -> dict:
+    """Mean drift in an upper versus a lower band of layers, and their difference, with paired intervals.
+
+    The paper's first claim ("RL mainly reshapes the routers of the upper layers") as one number: the
+    token-weighted mean of ``metric`` over the ``upper`` layers minus that over the ``lower`` layers, for tokens of
+    ``segment``. Both means are computed on the same bootstrap replicates (sequences resampled), so the interval of
+    the difference accounts for their correlation.
+
+    Returns
+    -------
+    dict with ``lower``, ``upper`` and ``difference`` (each ``{"value", "lo", "hi"}``), ``metric``, ``segment``.
+    """
+    from adt_probe.stats import replicate_weights
+
+    check_same_tokens(base, rl)
+    sums, counts, _, _ = _accumulate(base, rl, "segment", chunk_tokens)
+    g = [*SEGMENTS, ALL].index(segment)
+    s, c = sums[metric][:, g, :], counts[metric][:, g, :]  # (seq, layer)
+    w = np.vstack([np.ones(s.shape[0]), replicate_weights(s.shape[0], n_boot, seed)])  # row 0: the estimate
+    with np.errstate(invalid="ignore", divide="ignore"):
+        band = {name: (w @ s[:, idx].sum(1)) / (w @ c[:, idx].sum(1)) for name, idx in
+                (("lower", list(lower)), ("upper", list(upper)))}
+    band["difference"] = band["upper"] - band["lower"]
+    summary = {name: {"value": float(v[0]), "lo": float(np.nanquantile(v[1:], 0.025)),
+                      "hi": float(np.nanquantile(v[1:], 0.975))} for name, v in band.items()}
+    return {**summary, "metric": metric, "segment": segment, "lower_layers": list(lower),
+            "upper_layers": list(upper), "n_boot": n_boot}

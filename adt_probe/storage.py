@@ -18,7 +18,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from adt_probe.record import SCHEMA_VERSION
+from adt_probe.recording import SCHEMA_VERSION
 
 SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
 TOKEN_COORDS = ("sequence", "position", "token_id", "segment")

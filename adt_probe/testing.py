@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from adt_probe.record import SCHEMA_VERSION
+from adt_probe.recording import SCHEMA_VERSION
 from adt_probe.segments import SEGMENTS
 
 
@@ -21,8 +21,10 @@ def topk_from_logits(logits: np.ndarray, top_k: int, scoring: str = "softmax") -
     """Top-k experts (descending weight) and renormalised weights from logits (..., experts)."""
     z = logits - logits.max(-1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(-1, keepdims=True) if scoring == "softmax" else 1 / (1 + np.exp(-logits))
-    idx = np.argsort(-p, axis=-1, kind="stable")[..., :top_k]
+    idx = np.argpartition(-p, top_k - 1, axis=-1)[..., :top_k]  # the k largest, unordered: O(experts)
     w = np.take_along_axis(p, idx, -1)
+    order = np.argsort(-w, axis=-1, kind="stable")
+    idx, w = np.take_along_axis(idx, order, -1), np.take_along_axis(w, order, -1)
     return idx.astype(np.int16), (w / w.sum(-1, keepdims=True)).astype(np.float32)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import xarray as xr
 
 from adt_probe.drift import gating_drift
-from adt_probe.record import record
+from adt_probe.recording import record
 from adt_probe.weights import load_model, router_weight_drift
 
 _STEP = re.compile(r"step-(\d+)$")

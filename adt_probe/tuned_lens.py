@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adt_probe.architectures import architecture, get_module
-from adt_probe.record import capture_hooks
+from adt_probe.recording import capture_hooks
 
 
 class TunedLens(nn.Module):
@@ -69,7 +69,7 @@ def collect_residuals(model, inputs: Mapping, batch_size: int = 8) -> tuple[torc
     resid : (layers, tokens, hidden) float32.
     sequence : (tokens,) int64, the sequence each token belongs to (for held-out splits by sequence).
     """
-    from adt_probe.record import _slice_inputs
+    from adt_probe.recording import _slice_inputs
 
     spec = architecture(model)
     n = int(inputs["input_ids"].shape[0])

@@ -24,7 +24,7 @@ import numpy as np
 
 import adt_probe
 from adt_probe import plot
-from adt_probe.crystallization import compare_crystallization, crystallization
+from adt_probe.crystallize import compare_crystallization, crystallization
 from adt_probe.drift import above_noise, band_contrast, gating_drift, rank_layers
 
 

@@ -52,7 +52,7 @@ def load(name: str):
 
 def run(method: str, model, inputs, bridge=None) -> None:
     import adt_probe
-    from adt_probe.record import lens_statistics
+    from adt_probe.recording import lens_statistics
 
     spec = adt_probe.architecture(model)
     with torch.no_grad():

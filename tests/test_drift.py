@@ -11,7 +11,7 @@ from scipy.stats import entropy
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 import adt_probe
-from adt_probe.crystallization import compare_crystallization, crystallization, crystallization_layer
+from adt_probe.crystallize import compare_crystallization, crystallization, crystallization_layer
 from adt_probe.drift import DriftInputError, above_noise, gating_drift, rank_layers, router_probs, token_metrics
 from adt_probe.testing import synthetic_recording, with_logits
 
@@ -178,8 +178,8 @@ def test_band_contrast_sees_an_upper_band_effect_and_not_a_flat_one():
     rng = np.random.default_rng(10)
     scale = np.array([0.1, 0.1, 0.1, 2.0, 2.0, 2.0])[None, :, None]  # upper layers move much more
     b = with_logits(a, a.router_logits.values + rng.normal(0, 1, a.router_logits.shape) * scale)
-    c = adt_probe.drift.band_contrast(a, b, lower=[0, 1, 2], upper=[3, 4, 5], n_boot=200)
+    c = adt_probe.band_contrast(a, b, lower=[0, 1, 2], upper=[3, 4, 5], n_boot=200)
     assert c["difference"]["lo"] > 0 and c["upper"]["value"] > c["lower"]["value"]
     flat = with_logits(a, a.router_logits.values + rng.normal(0, 1, a.router_logits.shape))
-    c0 = adt_probe.drift.band_contrast(a, flat, lower=[0, 1, 2], upper=[3, 4, 5], n_boot=200)
+    c0 = adt_probe.band_contrast(a, flat, lower=[0, 1, 2], upper=[3, 4, 5], n_boot=200)
     assert c0["difference"]["lo"] < 0 < c0["difference"]["hi"]

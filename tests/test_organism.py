@@ -97,7 +97,7 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
 
     out = tmp_path / "org"
     train_base.main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--tokenizer-corpus-items", "50",
-                     "--eval-per-cell", "1"])
+                     "--eval-per-cell", "1", "--encoder-steps", "2", "--perception-steps", "1"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["train_config"]["steps"] == 2 and manifest["heldout"]["n_items"] == 21
     for name, meta in manifest["files"].items():
@@ -105,3 +105,14 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
     model, _ = organism.load_organism(out)
     assert model.config.text_config.num_experts == 8
     assert not list(tmp_path.glob("*.tmp"))  # the temporary folder was renamed into place
+
+
+def test_frame_labels_follow_the_timeline(items):
+    from rl.train_base import frame_labels
+
+    it = items[0]
+    labels = frame_labels(it, 26)
+    events = it.meta["events"]
+    assert int(labels["onset"].sum()) == len(events)
+    assert set(labels["ordinal"].unique().tolist()) == set(range(len(events) + 1))
+    assert (labels["loudness"][labels["sound"] == 0] == -100).all()

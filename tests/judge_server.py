@@ -1,0 +1,143 @@
+"""A small but real OpenAI-compatible HTTP server for the judge tests: it runs a real causal LM (``transformers``) and
+returns real log-probabilities. ``transformers serve`` needs FastAPI and uvicorn, which the project does not install,
+so the tests start this one (``http.server`` in a thread) on a free localhost port.
+
+Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` (the tokenizer's chat template;
+``logprobs`` / ``top_logprobs``) and ``POST /v1/completions`` (raw prompt; ``logprobs`` = number of alternatives).
+Greedy decoding of up to ``max_tokens`` tokens. Knobs that make it misbehave the way real servers do: ``delay``
+(seconds before answering), ``logprobs_supported`` (False: ``"logprobs": null``), ``garbage`` (a 200 response that
+is not JSON), ``fail_every`` (every k-th completion request answers HTTP 500).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+
+class ModelServer:
+    def __init__(self, model, tokenizer, name: str = "tiny-judge"):
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.delay, self.logprobs_supported, self.garbage, self.fail_every = 0.0, True, False, 0
+        self.requests = 0  # completion requests received
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # --- the model ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def complete(self, text: str, max_tokens: int, top_k: int) -> tuple[str, list[tuple[str, float, list]]]:
+        """Greedy continuation of ``text``; per generated token (token, logprob, [(alt, logprob) x top_k])."""
+        ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)])
+        steps, out = [], []
+        with self._lock:
+            for _ in range(max(1, max_tokens)):
+                logp = self.model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+                nxt = int(logp.argmax())
+                top = torch.topk(logp, min(top_k, logp.numel()))
+                steps.append((self.tokenizer.decode([nxt]), float(logp[nxt]),
+                              [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)]))
+                if nxt == self.tokenizer.eos_token_id:
+                    steps.pop()
+                    break
+                out.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+        return self.tokenizer.decode(out), steps
+
+    @torch.no_grad()
+    def prompt_logprobs(self, text: str) -> tuple[list[str], list[float | None], list[int]]:
+        """Teacher-forced log-probability of every prompt token (None for the first) and its character offset."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor([enc["input_ids"]])
+        with self._lock:
+            logp = self.model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        values = [None] + logp.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()
+        return ([self.tokenizer.decode([i]) for i in enc["input_ids"]], values,
+                [a for a, _ in enc["offset_mapping"]])
+
+    # --- HTTP ---------------------------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, body) -> None:
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                    self.wfile.write(raw)
+
+            def do_GET(self):
+                if self.path.rstrip("/") == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": server.name, "object": "model"}]})
+                elif self.path == "/health":
+                    self._send(200, {"status": "ok"})
+                else:
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server._lock:
+                    server.requests += 1
+                    k = server.requests
+                if server.delay:
+                    time.sleep(server.delay)
+                if server.fail_every and k % server.fail_every == 0:
+                    return self._send(500, {"error": {"message": "internal error (injected)"}})
+                if server.garbage:
+                    return self._send(200, b"<html>502 Bad Gateway</html>")
+                if body.get("model") not in (None, server.name):
+                    return self._send(404, {"error": {"message": f"model {body.get('model')!r} not found"}})
+                chat = self.path.endswith("/chat/completions")
+                if chat:
+                    text = server.tokenizer.apply_chat_template(body["messages"], tokenize=False,
+                                                                add_generation_prompt=True)
+                    want, top_k = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
+                elif self.path.endswith("/completions"):
+                    text, want = body["prompt"], body.get("logprobs") is not None
+                    top_k = int(body.get("logprobs") or 0)
+                else:
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                reply, steps = server.complete(text, int(body.get("max_tokens") or 16), max(top_k, 1))
+                lp = None
+                if want and server.logprobs_supported:
+                    if chat:
+                        lp = {"content": [{"token": t, "logprob": v,
+                                           "top_logprobs": [{"token": a, "logprob": b} for a, b in alts[:top_k]]}
+                                          for t, v, alts in steps]}
+                    else:
+                        lp = {"tokens": [t for t, _, _ in steps], "token_logprobs": [v for _, v, _ in steps],
+                              "top_logprobs": [dict(alts[:top_k]) for _, _, alts in steps],
+                              "text_offset": [len(text)] * len(steps)}
+                        if body.get("echo"):  # the prompt's tokens first, as OpenAI's legacy API and vLLM do
+                            toks, vals, offs = server.prompt_logprobs(text)
+                            lp = {"tokens": toks + lp["tokens"], "token_logprobs": vals + lp["token_logprobs"],
+                                  "top_logprobs": [None] * len(toks) + lp["top_logprobs"],
+                                  "text_offset": offs + lp["text_offset"]}
+                            reply = text + reply
+                choice = {"index": 0, "finish_reason": "length", "logprobs": lp}
+                choice.update({"message": {"role": "assistant", "content": reply}} if chat else {"text": reply})
+                self._send(200, {"id": f"cmpl-{k}", "object": "chat.completion" if chat else "text_completion",
+                                 "model": server.name, "choices": [choice]})
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None

@@ -1,0 +1,62 @@
+"""The analysis commands end to end on tiny organisms saved to disk: record a pair, findings, transplant."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import adt_probe
+from analyses import findings, record_pair, transplant
+from rl.tasks import generate_items
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tiny_organism, processor):
+    root = tmp_path_factory.mktemp("models")
+    rl = copy.deepcopy(tiny_organism)
+    layers = adt_probe.get_module(rl, adt_probe.architecture(rl).layers)
+    with torch.no_grad():
+        layers[1].mlp.gate.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    for name, model in (("base", tiny_organism), ("rl", rl)):
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+    return root / "base", root / "rl"
+
+
+def test_record_findings_and_transplant(pair, tmp_path):
+    base, rl = pair
+    items = generate_items(6, seed=3)
+    paths = record_pair.record_pair(base, rl, items, tmp_path / "rec", routing="full", max_new_tokens=12,
+                                    batch_size=4)
+    assert set(paths) == {"base", "rl", "base_noise"}
+    result = findings.findings(tmp_path / "rec", tmp_path / "out", n_boot=50)
+    drift = adt_probe.open(tmp_path / "out" / "drift.nc")
+    assert adt_probe.drift.rank_layers(drift, "js")[0] == 1  # the perturbed router tops the ranking
+    assert result["drift"]["all"]["layers_above_noise"] == [1]
+    contrast = result["drift"]["all"]["js_band_contrast"]
+    assert contrast["upper"]["value"] > contrast["lower"]["value"]  # layer 1 is the upper half of 2
+    assert (tmp_path / "out" / "drift_js.png").exists() and (tmp_path / "out" / "drift_js.pdf").exists()
+    assert json.loads((tmp_path / "out" / "findings.json").read_text())["bands"] == {"lower": [0], "upper": [1]}
+    effects = transplant.run(base, rl, items, n_bands=2, n_boot=50, max_new_tokens=12)
+    assert effects.sizes == {"band": 2, "direction": 2}
+    assert set(effects.data_vars) >= {"accuracy_delta", "accuracy_delta_lo", "reward_delta_hi"}
+
+
+def test_drift_trajectory_over_a_real_run(tmp_path, tiny_dir, processor, items):  # noqa: F811
+    """Two GRPO steps with a checkpoint each, then drift from the base along them."""
+    import yaml
+
+    from rl import collate, grpo
+
+    cfg = tiny_config(tiny_dir, optim={"lr": 3e-2})  # a large step, so the routers visibly move
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    grpo.main(["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
+    batch = collate.encode_prompts(processor, items[:4], "think")
+    traj = adt_probe.drift_trajectory(tmp_path / "run", batch, base=tiny_dir, tokenizer=processor, n_boot=20)
+    assert list(traj.step.values) == [0, 1, 2]
+    assert float(traj.js.sel(step=0, segment="all").max()) == 0.0
+    assert float(traj.rel_change.sel(step=2).max()) > float(traj.rel_change.sel(step=1).max()) > 0
+
+
+from tests.test_grpo_loop import tiny_config, tiny_dir  # noqa: E402, F401  (fixture and config builder reused)

@@ -12,10 +12,14 @@ For each organism item (``rl.tasks``, all families) the reference chain is rewri
   of another family).
 
 Each candidate is scored against the item's reference chain by the embedding similarity (all-MiniLM-L6-v2 cosine,
-clipped to [0, 1]), by the LLM judge (every prompt variant of ``rl.judge.PROMPTS``: scales 0-9, 1-5 and yes/no), and
-by the hybrid ``w * judge + (1 - w) * cosine`` at several ``w``. AUROC = P(score(positive) > score(negative)), per
-corruption type and pooled. The defaults (prompt and ``w``) are chosen on the first half of the items ("dev") and
-reported on the second half ("test") as well as on all.
+clipped to [0, 1]), by the LLM judge SmolLM2-135M-Instruct with each prompt of ``DEFAULT_PROMPTS`` (score tokens on
+a 0-9 scale, score tokens Yes/No, and the GPTScore-style likelihood of the candidate as a faithful restatement of the
+reference; see ``rl.judge``), and by the hybrid ``w * judge + (1 - w) * cosine`` at ``w`` in 0.1 .. 0.9.
+
+AUROC = P(score(positive) > score(negative)) over all pairs, per corruption type and pooled over the four types; the
+*within-item* AUROC compares a positive only with the negatives of its own item (what GRPO's group-relative
+advantages see). The defaults (prompt and ``w``) are chosen on the first half of the items ("dev", best pooled AUROC
+of the hybrid) and reported on the second half ("test") as well as on all items.
 
 Also measured: judge seconds per judgement with the shared-prefix KV cache reused across the group and without it,
 and the cache (a second pass over the same candidates).
@@ -34,6 +38,9 @@ from pathlib import Path
 import numpy as np
 
 KINDS = ("shuffled", "wrong_facts", "truncated", "off_topic")
+#: Measured by default (about 8 min on one busy core); criteria-1-5 was weaker than criteria-0-9 in a 28-item trial
+#: and is left out to stay within ~10 minutes (``--prompts criteria-1-5`` measures it).
+DEFAULT_PROMPTS = ("criteria-0-9", "match-yes-no", "restate-likelihood")
 W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 ORDINAL = {str(i): w for i, w in enumerate(("zeroth", "first", "second", "third", "fourth", "fifth"))}
 
@@ -222,14 +229,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     record("embedding (MiniLM cosine)", emb)
 
-    prompts = args.prompts or list(J.PROMPTS)
+    prompts = args.prompts or list(DEFAULT_PROMPTS)
     model, tokenizer = None, None
+    judges: dict = {}
     judge_raw: dict[str, np.ndarray] = {}
     timing: dict[str, dict] = {}
     for name in prompts:
         judge = J.LocalJudge(model if model is not None else "smollm2", tokenizer=tokenizer,
                              model_id="smollm2-135m-instruct", prompt=name, batch_size=args.batch_size)
         model, tokenizer = judge.model, judge.tokenizer  # load once, share across prompt variants
+        judges[name] = judge
         t = time.time()
         judge_raw[name] = judge_scores(judge, cases)
         seconds = time.time() - t
@@ -250,25 +259,28 @@ def main(argv: list[str] | None = None) -> dict:
         w = max(W_GRID[1:-1], key=lambda x: hybrid_dev[(name, x)])
         record(f"hybrid {name} at its best w={w:g}", w * judge_raw[name] + (1 - w) * emb)
 
-    # Throughput: shared-prefix KV cache vs full prompts, on the chosen prompt, fresh judges (no cache hits).
-    sub = cases[: 5 * min(10, len(items))]
-    throughput = {}
-    for reuse in (True, False):
-        jd = J.LocalJudge(model, tokenizer=tokenizer, model_id="smollm2-135m-instruct", prompt=best_prompt,
-                          batch_size=args.batch_size, reuse_prefix=reuse)
-        t = time.time()
-        first = judge_scores(jd, sub)
-        seconds = time.time() - t
-        t = time.time()
-        again = judge_scores(jd, sub)
-        throughput["prefix_kv_reuse" if reuse else "full_prompts"] = {
-            "judgements": len(sub), "seconds": round(seconds, 2),
-            "seconds_per_judgement": round(seconds / len(sub), 4),
-            "second_pass_seconds": round(time.time() - t, 4), "second_pass_identical": bool(np.allclose(first, again)),
-            "cache_hit_rate": round(jd.cache_hit_rate, 3), "stats": jd.stats.as_dict()}
-        if reuse:
-            reuse_scores = first
-    throughput["max_abs_difference_reuse_vs_full"] = float(np.max(np.abs(reuse_scores - first)))
+    # Throughput. With prefix KV reuse: the chosen prompt's main pass above (every judgement computed: no repeats).
+    # Without: fresh judge, full prompts left padded, on the first 5 items' candidates. Cache: a second pass over all.
+    main_judge = judges[best_prompt]
+    sub = cases[:25]
+    full_judge = J.LocalJudge(model, tokenizer=tokenizer, model_id="smollm2-135m-instruct", prompt=best_prompt,
+                              batch_size=args.batch_size, reuse_prefix=False)
+    t = time.time()
+    full_scores = judge_scores(full_judge, sub)
+    full_seconds = time.time() - t
+    t = time.time()
+    again = judge_scores(main_judge, cases)
+    throughput = {
+        "prefix_kv_reuse": {"judgements": len(cases), **timing[best_prompt]},
+        "full_prompts": {"judgements": len(sub), "seconds": round(full_seconds, 2),
+                         "seconds_per_judgement": round(full_seconds / len(sub), 4)},
+        "max_abs_difference_reuse_vs_full": float(np.max(np.abs(judge_raw[best_prompt][:len(sub)] - full_scores))),
+        "second_pass": {"seconds": round(time.time() - t, 4), "identical": bool(np.allclose(again,
+                                                                                             judge_raw[best_prompt])),
+                        "cache_hit_rate_after": round(main_judge.cache_hit_rate, 3),
+                        "stats": main_judge.stats.as_dict()},
+        "batch_size": args.batch_size,
+    }
 
     out = {
         "what": "AUROC of positive (paraphrased reference chain) vs corrupted chains, scored against the reference",
@@ -280,7 +292,11 @@ def main(argv: list[str] | None = None) -> dict:
         "embedding_seconds": round(emb_seconds, 2),
         "aurocs": results, "within_item_aurocs": paired,
         "hybrid_dev_pooled": {f"{p} w={w:g}": v for (p, w), v in hybrid_dev.items()},
-        "chosen": {"prompt": best_prompt, "scale": J.PROMPTS[best_prompt].scale, "w": best_w,
+        "reference_point": {"first try": "SmolLM2-135M, single-digit probability-weighted score: judge AUROC 0.67, "
+                                         "MiniLM embeddings 0.81 (another candidate set)"},
+        "chosen": {"prompt": best_prompt, "method": J.PROMPTS[best_prompt].method,
+                   "scale": "exp(mean token log-prob)" if J.PROMPTS[best_prompt].method == "likelihood"
+                   else J.PROMPTS[best_prompt].scale, "w": best_w,
                    "dev_pooled_auroc": hybrid_dev[(best_prompt, best_w)]},
         "judge_timing": timing, "throughput": throughput,
         "threads": args.threads, "platform": platform.platform(), "total_seconds": round(time.time() - t_start, 1),
@@ -294,11 +310,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown_table(results, paired, "all"))
     print(f"\nHeld-out half (test, {len(items) - len(dev_ids)} items):\n")
     print(markdown_table(results, paired, "test"))
-    tp = throughput["prefix_kv_reuse"]
-    print(f"\njudge: {tp['seconds_per_judgement']:.3f} s/judgement with prefix KV reuse, "
-          f"{throughput['full_prompts']['seconds_per_judgement']:.3f} s without (batch {args.batch_size}, "
-          f"{args.threads} thread); second pass: {tp['second_pass_seconds']:.3f} s, cache hit rate "
-          f"{tp['cache_hit_rate']:.2f}. Written to {path}")
+    tp, sp = throughput["prefix_kv_reuse"], throughput["second_pass"]
+    print(f"\njudge ({best_prompt}): {tp['seconds_per_judgement']:.3f} s/judgement with prefix KV reuse, "
+          f"{throughput['full_prompts']['seconds_per_judgement']:.3f} s with full prompts (batch {args.batch_size}, "
+          f"{args.threads} thread); second pass over all {len(cases)}: {sp['seconds']:.3f} s (cache hit rate "
+          f"{sp['cache_hit_rate_after']:.2f} over both passes). Written to {path}")
     return out
 
 

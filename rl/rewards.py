@@ -9,10 +9,10 @@ config names them::
     rewards = { accuracy = 1.0, format = 0.25, hybrid_reasoning = 1.0 }
 
     [reward_kwargs.hybrid_reasoning]
-    w = 0.3                      # weight of the judge; 1 - w goes to the embedding similarity
+    w = 0.5                      # weight of the judge; 1 - w goes to the embedding similarity
     judge_backend = "local"      # or "openai" with judge_base_url = "http://localhost:8000/v1", judge_model = "..."
     judge_model = "smollm2"      # or a folder with any causal LM
-    judge_prompt = "criteria-0-9"
+    judge_prompt = "restate-likelihood"   # rl.judge.PROMPTS; a large judge: "criteria-0-9" (score tokens)
 
 Keyword arguments starting with ``judge_`` configure the judge (``rl.judge.make_judge`` without the prefix:
 ``judge_backend``, ``judge_model``, ``judge_prompt``, ``judge_base_url``, ``judge_timeout``, ``judge_retries``,
@@ -37,8 +37,9 @@ from rl.rewards_basic import register_reward
 __all__ = ["DEFAULT_W", "adaptive_think_accuracy_reward", "consistency_reward", "hybrid_reasoning_reward",
            "judge_for", "llm_judge_reward"]
 
-#: Weight of the judge in the hybrid reward, chosen by benchmarks/judge_validity.py (see its results JSON).
-DEFAULT_W = 0.3
+#: Weight of the judge in the hybrid reward, chosen by benchmarks/judge_validity.py (see its results JSON) for the
+#: default in-process judge (SmolLM2-135M, prompt ``restate-likelihood``). Re-measure it for another judge.
+DEFAULT_W = 0.5
 
 _NUMBER_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
                  "7": "seven", "8": "eight", "9": "nine", "10": "ten"}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from rl import collate, organism, prompts
+from rl.checkpoint import sha256
 from rl.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items, make_item
 
 
@@ -47,13 +47,13 @@ class BaseTrainConfig:
     """Hyper-parameters of the supervised base training (recorded in the manifest)."""
 
     seed: int = 0
-    steps: int = 700
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    mode_weights: tuple[float, float, float, float] = (0.40, 0.25, 0.20, 0.15)  # answer, describe, context, think
+    mode_weights: tuple[float, float, float, float] = (0.30, 0.20, 0.35, 0.15)  # answer, describe, context, think
     latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
     # First steps: describe only. A decoder trained from scratch learns the text prior first and then treats the
     # audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
@@ -108,14 +108,6 @@ def lr_at(step: int, cfg: BaseTrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 #: Frame labels of the encoder pre-training: (name, number of classes). -100 = no label (frame between sounds).

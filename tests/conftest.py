@@ -38,3 +38,21 @@ def tiny_organism(tokenizer):
     from rl import organism
 
     return organism.build_model(tokenizer, seed=0, num_hidden_layers=2).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (GRPO and judge tests: faster than two on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_organism, processor):
+    """The 2-layer random organism saved as a model folder (what a training config's ``model`` names)."""
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    tiny_organism.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -13,27 +13,13 @@ from rl import grpo
 from rl.config import config_from_dict
 from rl.rewards_basic import register_reward
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @register_reward("test_tokens")
 def tokens_reward(prompts, completions, completion_ids, **kwargs):
     """Mean token id: varies between completions of a random model, so every step updates the weights."""
     return [float(np.mean(ids)) / 400 if ids else 0.0 for ids in completion_ids]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_organism, processor):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_organism.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def run_config(model_dir, steps=4):

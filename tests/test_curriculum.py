@@ -13,6 +13,8 @@ from rl.config import config_from_dict
 from rl.items import Item
 from tests import tiny_lm
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -20,14 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_organism, processor):
-    path = tmp_path_factory.mktemp("cur") / "model"
-    tiny_organism.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def _cfg(model_dir, **mining):

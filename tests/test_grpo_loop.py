@@ -32,27 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "rl" / "configs"
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @register_reward("test_tokens")
 def tokens_reward(prompts, completions, completion_ids, **kwargs):
     """Mean token id: varies between completions of a random model, so advantages are non-zero."""
     return [float(np.mean(ids)) / 400 if ids else 0.0 for ids in completion_ids]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_organism, processor):
-    """The conftest's 2-layer random organism saved as a model folder (what a config's `model` names)."""
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_organism.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def tiny_config(model_dir, **sections) -> dict:

@@ -18,6 +18,7 @@ REF = ["Sound 1: a high tone, long, loud.", "Sound 2: a low tone, short, quiet."
 CANDS = ["The first sound is high-pitched and long. The second is low. So the first is higher.",
          "There are 3 beeps, so the count is 3.",
          "The first sound is low. So the second tone is higher."]
+SCORE = "criteria-0-9"  # a score-token prompt (the in-process default is the likelihood one)
 ALL = 10_000  # top_logprobs: every alternative (the test server allows it; OpenAI and vLLM cap it at 20)
 
 
@@ -38,7 +39,7 @@ def tok():
 def tiny(tok, tmp_path_factory):
     """A tiny Llama taught to reply {"score": 7} to the judge's JSON-mode prompts, saved as a folder."""
     model = tiny_lm.build_model(tok, seed=0)
-    prompt = J.PROMPTS[J.DEFAULT_PROMPT]
+    prompt = J.PROMPTS[J.DEFAULT_SERVER_PROMPT]
     texts = [tok.apply_chat_template(prompt.messages(J.format_reference(REF), c, json_mode=True), tokenize=False,
                                      add_generation_prompt=True) for c in CANDS]
     tiny_lm.teach(model, tok, texts, ['{"score": 7}'] * len(texts), steps=150)
@@ -82,7 +83,7 @@ def test_sanitize_removes_delimiters_and_role_tokens():
 
 
 def test_prompt_puts_shared_part_first_and_candidate_last(tiny, tok):
-    judge = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny")
+    judge = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny", prompt=SCORE)
     p1, s1 = judge.render(J.format_reference(REF), "cand one")
     p2, s2 = judge.render(J.format_reference(REF), "another candidate </candidate> <|im_end|>")
     assert p1 == p2  # one shared prefix per group
@@ -99,7 +100,7 @@ def test_prompt_puts_shared_part_first_and_candidate_last(tiny, tok):
 
 def test_local_score_is_the_probability_weighted_digit(tiny, tok):
     model = tiny[0]
-    judge = J.LocalJudge(model, tokenizer=tok, model_id="tiny")
+    judge = J.LocalJudge(model, tokenizer=tok, model_id="tiny", prompt=SCORE)
     scores = judge.score(CANDS, [REF] * 3)
     surface = tok.batch_decode([[i] for i in range(len(tok))])
     digits = [i for i, t in enumerate(surface) if t.strip() in set("0123456789")]  # "7" and " 7" both read 7
@@ -117,10 +118,14 @@ def test_local_score_is_the_probability_weighted_digit(tiny, tok):
 def test_prefix_kv_reuse_equals_full_prompts_and_batching(tiny, tok):
     refs = [REF] * 3 + [["Sound 1: noise, short, quiet.", "So the noise comes first."]] * 2
     cands = CANDS + ["Noise first.", "The tone comes first."]
-    reuse = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny", batch_size=2).score(cands, refs)
-    full = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny", reuse_prefix=False, batch_size=8).score(cands, refs)
-    one = [J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny").score([c], [r])[0] for c, r in zip(cands, refs)]
-    assert reuse == pytest.approx(full, abs=1e-5) and reuse == pytest.approx(one, abs=1e-5)
+    for prompt in (SCORE, "restate-likelihood"):
+        def judge(prompt=prompt, **kw):
+            return J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny", prompt=prompt, **kw)
+
+        reuse = judge(batch_size=2).score(cands, refs)
+        full = judge(reuse_prefix=False, batch_size=8).score(cands, refs)
+        one = [judge().score([c], [r])[0] for c, r in zip(cands, refs)]
+        assert reuse == pytest.approx(full, abs=1e-5) and reuse == pytest.approx(one, abs=1e-5), prompt
 
 
 def test_cache_by_content_in_memory_and_on_disk(tiny, tok, tmp_path):
@@ -156,7 +161,7 @@ def test_local_judge_from_a_folder_and_its_errors(tiny, tmp_path):
 # --- server backend: a real HTTP server with a real model ------------------------------------------------------------
 
 def test_server_completions_logprobs_equal_the_local_judge(server, tiny, tok):
-    local = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny")
+    local = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny", prompt=SCORE)
     remote = J.OpenAIJudge(server.url, endpoint="completions", tokenizer=tok, top_logprobs=len(tok))
     assert remote.model == "tiny-judge"  # taken from /v1/models
     assert remote.score(CANDS, [REF] * 3) == pytest.approx(local.score(CANDS, [REF] * 3), abs=1e-4)

@@ -30,7 +30,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.record_bench
+	$(PY) -m benchmarks.drift_bench
+	$(PY) -m benchmarks.judge_validity
 
 clean-venv:
 	rm -rf $(VENV)

@@ -164,7 +164,7 @@ def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int)
 
 def gating_drift(base: xr.Dataset, rl: xr.Dataset, *, by: str | None = "segment",
                  noise: tuple[xr.Dataset, xr.Dataset] | None = None, n_boot: int = 1000, seed: int = 0,
-                 chunk_tokens: int = 4096) -> xr.Dataset:
+                 chunk_tokens: int = 1024) -> xr.Dataset:
     """Gating drift between ``base`` and ``rl`` recordings of the same token sequences.
 
     Parameters
@@ -241,7 +241,7 @@ def above_noise(drift: xr.Dataset, metric: str = "js", segment: str = ALL) -> xr
 
 
 def band_contrast(base: xr.Dataset, rl: xr.Dataset, *, lower: list[int], upper: list[int], metric: str = "js",
-                  segment: str = ALL, n_boot: int = 1000, seed: int = 0, chunk_tokens: int = 4096) -> dict:
+                  segment: str = ALL, n_boot: int = 1000, seed: int = 0, chunk_tokens: int = 1024) -> dict:
     """Mean drift in an upper versus a lower band of layers, and their difference, with paired intervals.
 
     The paper's first claim ("RL mainly reshapes the routers of the upper layers") as one number: the

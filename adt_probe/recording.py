@@ -37,6 +37,9 @@ from adt_probe.architectures import ArchitectureSpec, architecture, get_module
 from adt_probe.segments import segment_tokens
 
 SCHEMA_VERSION = "1"
+#: zarr v2 on disk: v3 has no specified fixed-length string type yet (the segment labels), so v2 stores stay readable
+#: by every zarr implementation.
+ZARR_FORMAT = 2
 ROUTING_MODES = ("topk", "full", None)
 LENS_MODES = ("logit", "tuned", None)
 BACKENDS = ("nnsight", "hooks")
@@ -373,7 +376,7 @@ def _append_zarr(part: xr.Dataset, path: Path, first: bool) -> None:
     if first:
         if path.exists():
             raise RecordingError(f"{path} exists: choose a new out= path (a recording is never overwritten).")
-        part.to_zarr(str(path), mode="w-", consolidated=False)
+        part.to_zarr(str(path), mode="w-", consolidated=False, zarr_format=ZARR_FORMAT)
     else:
         part.drop_vars([v for v in ("layer", "expert", "k", "moe_layer") if v in part.coords]).to_zarr(
             str(path), append_dim="token", consolidated=False)

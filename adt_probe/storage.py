@@ -18,7 +18,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from adt_probe.recording import SCHEMA_VERSION
+from adt_probe.recording import SCHEMA_VERSION, ZARR_FORMAT
 
 SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
 TOKEN_COORDS = ("sequence", "position", "token_id", "segment")
@@ -51,7 +51,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if kind == "netcdf":
         ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
     else:
-        ds.to_zarr(tmp, mode="w", consolidated=True)
+        ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=ZARR_FORMAT)
     if path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)

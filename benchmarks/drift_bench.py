@@ -4,14 +4,13 @@
 
 Two synthetic top-k recordings shaped like Qwen3-Omni-30B-A3B's thinker (48 MoE layers, 128 experts, top-8) are
 written to zarr chunk by chunk (the RL one is the base with perturbed router logits), then ``gating_drift`` reads
-them lazily in a fresh subprocess that reports its wall time and peak RSS (``ru_maxrss``).
+them lazily in a fresh subprocess that reports its wall time and peak RSS (``VmHWM``, see benchmarks/memory.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.memory import peak_rss_mb
 
 LAYERS, EXPERTS, TOP_K, SEQ_LEN = 48, 128, 8, 1000
 
@@ -59,10 +60,10 @@ def measure(base: str, rl: str, n_boot: int) -> dict:
 
     t = time.perf_counter()
     a, b = adt_probe.open(base, check=False), adt_probe.open(rl, check=False)
-    drift = gating_drift(a, b, n_boot=n_boot, chunk_tokens=8192)
+    drift = gating_drift(a, b, n_boot=n_boot)
     seconds = time.perf_counter() - t
     js = drift.js.sel(segment="all").values
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
             "tokens": int(a.sizes["token"]), "token_layers_per_s": a.sizes["token"] * LAYERS / seconds,
             "js_lower_half": float(np.nanmean(js[: LAYERS // 2])), "js_upper_half": float(np.nanmean(js[LAYERS // 2:]))}
 

@@ -4,7 +4,7 @@
 
 Time: every method runs in one process, interleaved, ``--repeats`` times; the table shows medians and the ratio to
 the method's floor. Peak memory: each method runs once more in a fresh subprocess, which reports its peak RSS
-(``ru_maxrss``) and its RSS after loading the model, so the extra memory of the method is the difference.
+(``VmHWM``, see benchmarks/memory.py) and its RSS after loading the model; the method's extra memory is the difference.
 
 Methods (2,048 tokens: 4 sequences x 512):
   forward          plain ``model(**inputs)`` under no_grad (floor of routing-only recording)
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.memory import peak_rss_mb
 
 METHODS = ("forward", "record_routing", "floor_lens", "record_lens", "tl_lens", "record_lens_25")
 N_SEQ, SEQ_LEN = 4, 512
@@ -109,11 +110,11 @@ def one(name: str, method: str) -> dict:
     torch.set_num_threads(2)
     model, inputs = load(name)
     bridge = boot_bridge(model, name) if method == "tl_lens" else None
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mb()
     t = time.perf_counter()
     run(method, model, inputs, bridge)
     return {"seconds": time.perf_counter() - t, "rss_after_load_mb": base,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def timing(name: str, repeats: int) -> dict[str, list[float]]:

@@ -69,6 +69,19 @@ class TrainerState:
 
 # --- files and checksums -------------------------------------------------------------------------------------------
 
+def replace_dir(tmp: Path, final: Path, old: Path | None = None) -> None:
+    """Move a completely written folder ``tmp`` to ``final``; an existing ``final`` is swapped out first (to
+    ``old``) and deleted only once the new one is in place, so a crash never leaves neither."""
+    if final.exists():
+        old = old or final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+
+
 def sha256(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -222,14 +235,7 @@ def save_checkpoint(root: Path, state: TrainerState, model, processor, optimizer
         _write_json(tmp / "trainer_state" / "optimizer.json", opt_meta)
         _write_json(tmp / "trainer_state" / "state.json", asdict(state))
         write_manifest(tmp, state.step)  # last: its presence marks the folder complete
-        if final.exists():  # re-saving a step (after a resume): swap, never delete before the new one is in place
-            old = root / (TMP_PREFIX + "old-" + name)
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
+        replace_dir(tmp, final, old=root / (TMP_PREFIX + "old-" + name))
         if keep_last > 0:
             for _, path in list_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(path, ignore_errors=True)

@@ -148,7 +148,8 @@ class MiningConfig:
     """Curriculum mining between stages (implemented in ``rl.curriculum``; see ``rl.grpo.mine_items``).
 
     Each ``pool`` item gets ``k_rollouts`` completions from the current policy; items whose pass rate lies in
-    ``pass_band = [lo, hi]`` are kept (boundary cases); ``keep_hard`` also keeps items never solved (pass rate 0).
+    ``pass_band = [lo, hi]`` are kept (boundary cases); ``keep_hard`` also keeps items labelled
+    ``difficulty == "hard"`` (acoustically hard boundary cases).
     """
 
     k_rollouts: int = 8

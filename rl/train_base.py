@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from rl import collate, organism, prompts
-from rl.checkpoint import sha256
+from rl.checkpoint import replace_dir, sha256
 from rl.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items, make_item
 
 
@@ -220,14 +220,7 @@ def write_atomically(model, processor, out: Path, manifest: dict) -> None:
     manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
                          for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    replace_dir(tmp, out)
 
 
 def reevaluate(out: Path, eval_per_cell: int) -> None:

@@ -40,7 +40,7 @@ def tiny_organism(tokenizer):
     return organism.build_model(tokenizer, seed=0, num_hidden_layers=2).eval()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for the test (GRPO and judge tests: faster than two on a shared 2-core machine)."""
     before = torch.get_num_threads()
@@ -56,3 +56,11 @@ def tiny_dir(tmp_path_factory, tiny_organism, processor):
     tiny_organism.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tokenizer of the tiny text models in ``tests/tiny_lm.py`` (judges, TRL runs)."""
+    from tests import tiny_lm
+
+    return tiny_lm.build_tokenizer()

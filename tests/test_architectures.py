@@ -23,6 +23,7 @@ from adt_probe.architectures import (
     FAMILIES,
     ArchitectureSpec,
     UnknownArchitectureError,
+    _has,
     architecture,
     every_layer,
     get_module,
@@ -320,12 +321,6 @@ def assert_routing_matches(spec: ArchitectureSpec, model: nn.Module, c: Case, ou
         torch.testing.assert_close(spec.probs(logits).sum(-1), torch.ones(24), atol=1e-5, rtol=0)
 
 
-def _has(block: nn.Module, path: str) -> bool:
-    try:
-        get_module(block, path)
-    except AttributeError:
-        return False
-    return True
 
 
 def test_every_family_row_is_tested() -> None:

@@ -16,14 +16,6 @@ from tests import tiny_lm
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(model_dir, **mining):
     return config_from_dict({
         "model": str(model_dir), "seed": 3, "threads": 1,

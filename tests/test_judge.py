@@ -22,17 +22,7 @@ SCORE = "criteria-0-9"  # a score-token prompt (the in-process default is the li
 ALL = 10_000  # top_logprobs: every alternative (the test server allows it; OpenAI and vLLM cap it at 20)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_lm.build_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

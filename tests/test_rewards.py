@@ -5,7 +5,6 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 
 from rl import judge as J
 from rl.rewards import (
@@ -38,17 +37,7 @@ def columns(n=4, **extra):
     return cols
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_lm.build_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -47,13 +47,13 @@ class BaseTrainConfig:
     """Hyper-parameters of the supervised base training (recorded in the manifest)."""
 
     seed: int = 0
-    steps: int = 1000
+    steps: int = 700
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    mode_weights: tuple[float, float, float, float] = (0.30, 0.20, 0.35, 0.15)  # answer, describe, context, think
+    mode_weights: tuple[float, float, float, float] = (0.40, 0.25, 0.20, 0.15)  # answer, describe, context, think
     latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
     # First steps: describe only. A decoder trained from scratch learns the text prior first and then treats the
     # audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.

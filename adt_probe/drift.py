@@ -148,15 +148,15 @@ def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int)
         metrics, source = token_metrics(ca, cb, scoring)
         seg = segment_index(ca) if by == "segment" else np.zeros(ca.sizes["token"], np.int64)
         seqs = seq_index[sl]
+        slots_a, slots_b, ones = expert_counts(ca), expert_counts(cb), np.ones(len(seqs))  # once per chunk
         # Each token counts in its segment and in "all" (the last group).
         for groups in ([seg, np.full_like(seg, n_groups)] if by == "segment" else [seg]):
             for name, values in metrics.items():
                 s, c = per_sequence_sums(values, seqs, groups, n_seq, groups_total)
                 sums[name] = sums[name] + s
                 counts[name] = counts[name] + c
-            ones = np.ones(len(seqs))
-            la, _ = per_sequence_sums(expert_counts(ca), seqs, groups, n_seq, groups_total)
-            lb, _ = per_sequence_sums(expert_counts(cb), seqs, groups, n_seq, groups_total)
+            la, _ = per_sequence_sums(slots_a, seqs, groups, n_seq, groups_total)
+            lb, _ = per_sequence_sums(slots_b, seqs, groups, n_seq, groups_total)
             ln, _ = per_sequence_sums(ones, seqs, groups, n_seq, groups_total)
             load_a, load_b, load_n = load_a + la, load_b + lb, load_n + ln
     return sums, counts, (load_a, load_b, load_n), source

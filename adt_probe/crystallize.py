@@ -50,6 +50,18 @@ def _groups(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
     return segment_index(ds), seq_index, len(seq_ids)
 
 
+def segment_means(values: np.ndarray, seg: np.ndarray, seq: np.ndarray, n_seq: int, *, n_boot: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token-weighted means per segment plus ``"all"`` (last row), with sequence-bootstrap intervals.
+
+    ``values`` is (tokens, ...); returns estimate, lo, hi of shape (len(SEGMENTS) + 1, ...).
+    """
+    groups = len(SEGMENTS) + 1
+    s1, c1 = per_sequence_sums(values, seq, seg, n_seq, groups)
+    s2, c2 = per_sequence_sums(values, seq, np.full_like(seg, groups - 1), n_seq, groups)
+    return bootstrap_ratio(s1 + s2, c1 + c2, n_boot=n_boot, seed=seed)
+
+
 def crystallization(recording: xr.Dataset, *, lens: str = "logit", n_boot: int = 1000,
                     seed: int = 0) -> xr.Dataset:
     """Crystallization layers per token and lens curves per layer x segment, with sequence-bootstrap intervals.
@@ -75,22 +87,17 @@ def crystallization(recording: xr.Dataset, *, lens: str = "logit", n_boot: int =
     layer_of = crystallization_layer(top1)
     seg, seq, n_seq = _groups(recording)
     n_layers = top1.shape[1]
-    all_idx = len(SEGMENTS)
     data = {"crystallization_layer": ("token", layer_of)}
 
     def summarise(values: np.ndarray, name: str, dims: tuple[str, ...]) -> None:
-        s1, c1 = per_sequence_sums(values, seq, seg, n_seq, len(SEGMENTS) + 1)
-        s2, c2 = per_sequence_sums(values, seq, np.full_like(seg, all_idx), n_seq, len(SEGMENTS) + 1)
-        est, lo, hi = bootstrap_ratio(s1 + s2, c1 + c2, n_boot=n_boot, seed=seed)
+        est, lo, hi = segment_means(values, seg, seq, n_seq, n_boot=n_boot, seed=seed)
         for suffix, v in (("", est), ("_lo", lo), ("_hi", hi)):
             data[name + suffix] = (dims, v.T if v.ndim == 2 else v)
 
     summarise(layer_of, "mean_crystallization_layer", ("segment",))
     onehot = (layer_of[:, None] == np.arange(n_layers)).astype(np.float64)
     onehot[np.isnan(layer_of)] = np.nan
-    s1, c1 = per_sequence_sums(onehot, seq, seg, n_seq, len(SEGMENTS) + 1)
-    s2, c2 = per_sequence_sums(onehot, seq, np.full_like(seg, all_idx), n_seq, len(SEGMENTS) + 1)
-    data["layer_histogram"] = (("segment", "layer"), bootstrap_ratio(s1 + s2, c1 + c2, n_boot=0)[0])
+    data["layer_histogram"] = (("segment", "layer"), segment_means(onehot, seg, seq, n_seq, n_boot=0, seed=seed)[0])
     for name in CURVES:
         if name in recording:
             values = recording[name].values.astype(np.float64)
@@ -121,14 +128,10 @@ def compare_crystallization(base: xr.Dataset, rl: xr.Dataset, *, lens: str = "lo
     """
     check_same_tokens(base, rl)
     seg, seq, n_seq = _groups(base)
-    groups = len(SEGMENTS) + 1
     data = {}
 
     def paired(a: np.ndarray, b: np.ndarray, name: str, dims: tuple[str, ...]) -> None:
-        diff = b - a
-        s1, c1 = per_sequence_sums(diff, seq, seg, n_seq, groups)
-        s2, c2 = per_sequence_sums(diff, seq, np.full_like(seg, groups - 1), n_seq, groups)
-        est, lo, hi = bootstrap_ratio(s1 + s2, c1 + c2, n_boot=n_boot, seed=seed)
+        est, lo, hi = segment_means(b - a, seg, seq, n_seq, n_boot=n_boot, seed=seed)
         for suffix, v in (("", est), ("_lo", lo), ("_hi", hi)):
             data[name + suffix] = (dims, v.T if v.ndim == 2 else v)
 

@@ -36,15 +36,9 @@ def per_item(model, processor, items, max_new_tokens: int) -> dict[str, np.ndarr
             "reward": s.correct.astype(float) + 0.5 * s.well_formed.astype(float)}
 
 
-def paired_delta(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    rng = np.random.default_rng(seed)
-    d = b - a
-    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-    return float(d.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-
-
 def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed: int = 0,
         max_new_tokens: int = 96) -> xr.Dataset:
+    from rl.evaluate import mean_ci
     from rl.organism import load_organism
 
     base, processor = load_organism(base_path)
@@ -60,7 +54,8 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
             with transplant(model, donor, band):
                 got = per_item(model, processor, items, max_new_tokens)
             for m in metrics:
-                est, lo, hi = paired_delta(reference[direction][m], got[m], n_boot, seed)
+                ci = mean_ci(got[m] - reference[direction][m], n_boot=n_boot, seed=seed)  # paired over items
+                est, lo, hi = ci["value"], ci["lo"], ci["hi"]
                 data[f"{m}_delta"][b, d], data[f"{m}_delta_lo"][b, d], data[f"{m}_delta_hi"][b, d] = est, lo, hi
     ds = xr.Dataset({k: (("band", "direction"), v) for k, v in data.items()},
                     coords={"band": [f"{band[0]}-{band[-1]}" for band in bands],

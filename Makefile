@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/adt-probe demo --out demo
+	$(VENV)/bin/adt-probe reproduce --out demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -99,6 +99,28 @@ def expert_load(drift: xr.Dataset, segment: str = "all", title: str | None = Non
     return fig
 
 
+def router_weight_drift(weights: xr.Dataset, title: str | None = None) -> plt.Figure:
+    """Relative change of the router weights per layer (bar: whole router; whisker: range over experts' rows) next to
+    the relative change of the block's other weights (the reference: how much training moved that block at all)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    layers = weights["layer"].values
+    rel = weights["rel_change"].values
+    lo = np.nanmin(weights["rel_change_expert"].values, axis=1)
+    hi = np.nanmax(weights["rel_change_expert"].values, axis=1)
+    ax.bar(layers - 0.2, rel, width=0.4, color=OKABE_ITO[0], label="router",
+           yerr=np.vstack([np.clip(rel - lo, 0, None), np.clip(hi - rel, 0, None)]), capsize=2)
+    if "rel_change_other" in weights:
+        ax.bar(layers + 0.2, weights["rel_change_other"].values, width=0.4, color=OKABE_ITO[1], hatch="//",
+               label="other weights of the block")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel(r"$\|W_{RL} - W_{base}\| / \|W_{base}\|$")
+    ax.set_title(title or "Router weight drift (whiskers: range over experts)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
 def drift_trajectory(trajectory: xr.Dataset, metric: str = "js", layers: Sequence[int] | None = None,
                      segment: str = "all") -> plt.Figure:
     """Drift from the base along the checkpoints of a run (``step`` dimension), one line per layer."""

@@ -281,6 +281,9 @@ def record(model, inputs: Mapping, *, segments=None, routing: str | None = "topk
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         batch = _slice_inputs(inputs, start, stop, n)
+        # processors return fp32 audio features; a bf16/fp16 model needs them in its own dtype
+        dtype = next(model.parameters()).dtype
+        batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
         # Inputs go to the device of the first parameter (the embedding, under device_map="auto").
         device = next(model.parameters()).device
         resid, router_in = capture(model, spec, {k: v.to(device) if torch.is_tensor(v) else v

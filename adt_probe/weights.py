@@ -69,6 +69,18 @@ def check_compatible(a, b) -> ArchitectureSpec:
     return sa
 
 
+def _rel_change_other(spec: ArchitectureSpec, block_a, block_b) -> float:
+    """||theta_b - theta_a|| / ||theta_a|| over the block's parameters that are not router tensors."""
+    skip = {id(t) for t in _router_tensors(spec, block_a).values()}
+    num = den = 0.0
+    for (_, pa), (_, pb) in zip(block_a.named_parameters(), block_b.named_parameters()):
+        if id(pa) in skip:
+            continue
+        num += float((pb.detach().double() - pa.detach().double()).pow(2).sum())
+        den += float(pa.detach().double().pow(2).sum())
+    return (num ** 0.5) / max(den ** 0.5, 1e-30)
+
+
 def router_weight_drift(base, rl) -> xr.Dataset:
     """Relative change and cosine of router weights per layer and per expert.
 
@@ -79,12 +91,14 @@ def router_weight_drift(base, rl) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset: ``rel_change`` and ``cosine`` (layer), ``rel_change_expert`` and ``cosine_expert``
-    (layer x expert); dense layers hold NaN.
+    (layer x expert); dense layers hold NaN. ``rel_change_other`` (layer): the same relative change over all
+    *other* parameters of the block (attention, experts, norms), the reference a router change is read against:
+    a router that moved 1% in a block whose other weights moved 5% was not singled out by training.
     """
     base, rl = _as_model(base), _as_model(rl)
     spec = check_compatible(base, rl)
     n_layers = len(get_module(base, spec.layers))
-    rel, cos = np.full(n_layers, np.nan), np.full(n_layers, np.nan)
+    rel, cos, other = np.full(n_layers, np.nan), np.full(n_layers, np.nan), np.full(n_layers, np.nan)
     rel_e, cos_e = np.full((n_layers, spec.n_experts), np.nan), np.full((n_layers, spec.n_experts), np.nan)
     for i in spec.moe_layers:
         wa = _router_tensors(spec, get_module(base, spec.layers)[i])["weight"].detach().double()
@@ -94,8 +108,9 @@ def router_weight_drift(base, rl) -> xr.Dataset:
         rows = min(spec.n_experts, wa.shape[0])
         rel_e[i, :rows] = ((wb - wa).norm(dim=1) / wa.norm(dim=1).clamp_min(1e-30))[:rows].numpy()
         cos_e[i, :rows] = torch.nn.functional.cosine_similarity(wa, wb, dim=1)[:rows].numpy()
+        other[i] = _rel_change_other(spec, get_module(base, spec.layers)[i], get_module(rl, spec.layers)[i])
     return xr.Dataset({"rel_change": ("layer", rel), "cosine": ("layer", cos),
-                       "rel_change_expert": (("layer", "expert"), rel_e),
+                       "rel_change_other": ("layer", other), "rel_change_expert": (("layer", "expert"), rel_e),
                        "cosine_expert": (("layer", "expert"), cos_e)},
                       coords={"layer": np.arange(n_layers), "expert": np.arange(spec.n_experts)},
                       attrs={"kind": "router_weight_drift", "architecture": spec.family,

@@ -12,8 +12,8 @@ import sys
 
 #: subcommand -> (module with a ``main(argv)``, one-line help)
 COMMANDS = {
-    "demo": ("analyses.demo", "the main job on the embedded organism (what `make demo` runs)"),
-    "eval": ("rl.evaluate", "accuracy, think-rate and reference similarity of a model on items"),
+    "reproduce": ("analyses.reproduce", "the paper's pipeline end to end on the organism (what `make demo` runs)"),
+    "eval": ("rl.evaluate", "accuracy, think-rate, reference similarity and process score of a model on items"),
     "train-base": ("rl.train_base", "train the base model organism (refuses to overwrite the shipped one)"),
     "train": ("rl.grpo", "GRPO training of an audio model from a TOML/YAML config"),
     "record": ("analyses.record_pair", "record a base and an RL model on the same token sequences"),

@@ -46,8 +46,10 @@ def findings(recordings: Path, out: Path, *, n_boot: int = 1000, seed: int = 0) 
         if int(drift.n_tokens.sel(segment=segment)) == 0:
             continue
         contrast = band_contrast(base, rl, lower=lower, upper=upper, segment=segment, n_boot=n_boot, seed=seed)
+        floor = band_contrast(base, noise, lower=lower, upper=upper, segment=segment, n_boot=n_boot, seed=seed)
         result["drift"][segment] = {
-            "js_band_contrast": contrast, "ranking_js": rank_layers(drift, "js", segment),
+            "js_band_contrast": contrast, "js_band_contrast_noise": floor,
+            "ranking_js": rank_layers(drift, "js", segment),
             "layers_above_noise": [int(i) for i in np.flatnonzero(above_noise(drift, "js", segment).values)],
             "n_tokens": int(drift.n_tokens.sel(segment=segment))}
     segments = [s for s in ("think", "answer", "all") if int(drift.n_tokens.sel(segment=s)) > 0]

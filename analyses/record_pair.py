@@ -4,7 +4,8 @@
 
 The sequences are held-out prompts plus the RL model's own completions (``--source rl``, the default), or the base
 model's (``--source base``, the mirror check), teacher-forced through both models. Writes ``base.zarr``,
-``rl.zarr`` and ``base_noise.zarr`` (the base again with another batch composition: the noise floor's pair), plus
+``rl.zarr`` and ``base_noise.zarr`` (the base again in bfloat16 with another batch composition: the noise floor's pair;
+in fp32 on CPU a batch change alone moves the router logits by ~1e-7, a floor that any change clears), plus
 ``items.jsonl`` and ``completions.jsonl``.
 """
 
@@ -47,8 +48,11 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
     inputs = teacher_forced_inputs(processor, items, texts)
     attrs = {"source": source, "n_items": len(items)}
     paths = {}
+    import copy
+
+    base_bf16 = copy.deepcopy(base).to(torch.bfloat16)
     for name, model, bs in (("base", base, batch_size), ("rl", rl, batch_size),
-                            ("base_noise", base, max(1, batch_size // 2 + 1))):
+                            ("base_noise", base_bf16, max(1, batch_size // 2 + 1))):
         path = out / f"{name}.zarr"
         if path.exists():
             import shutil

@@ -37,20 +37,24 @@ def encode_prompts(processor, items: Sequence[Item], mode: prompts.Mode) -> Batc
 
 
 def encode_supervised(processor, items: Sequence[Item], modes: Sequence[str],
-                      targets: Sequence[str]) -> BatchFeature:
+                      targets: Sequence[str | tuple[str, str]]) -> BatchFeature:
     """Prompt + target sequences with ``labels`` = -100 everywhere except on the target tokens.
 
     A mode ``"context"`` writes the clip's facts into the prompt as text instead of the audio: the skill of answering
-    from written facts, which is what later makes a reasoning chain useful. ``"think"`` and ``"describe"`` keep audio.
+    from written facts, which is what later makes a reasoning chain useful. Other modes keep the audio and use their
+    own prompt. A target ``(read, trained)`` puts ``read`` after the prompt without a loss on it (text the model reads
+    as its own, but is not taught to write) and trains ``trained``; ``trained`` must start with a special token
+    (e.g. ``</think>``) so that its tokens do not depend on the text before it.
     """
+    targets = [t if isinstance(t, tuple) else ("", t) for t in targets]
     contexts = [it.meta["description"] if m == "context" else None for it, m in zip(items, modes)]
-    prompt_modes = ["answer" if m == "context" else m for m in modes]
-    texts = [prompt_texts(processor, [it], pm, contexts=[ctx])[0] + tgt
-             for it, pm, ctx, tgt in zip(items, prompt_modes, contexts, targets)]
+    prompt_modes = [{"context": "answer", "notes": "think"}.get(m, m) for m in modes]
+    texts = [prompt_texts(processor, [it], pm, contexts=[ctx])[0] + read + trained
+             for it, pm, ctx, (read, trained) in zip(items, prompt_modes, contexts, targets)]
     audio_items = [it for it, ctx in zip(items, contexts) if ctx is None]
     batch = encode(processor, texts, [it.audio for it in audio_items])
     tok = processor.tokenizer
-    target_lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
+    target_lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for _, t in targets]
     labels = torch.full_like(batch["input_ids"], -100)
     for row, n in enumerate(target_lens):  # left padding: the target is the last n tokens of every row
         labels[row, -n:] = batch["input_ids"][row, -n:]

@@ -33,12 +33,15 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 @torch.no_grad()
 def generate(model, processor, items: Sequence[Item], mode: prompts.Mode, *, max_new_tokens: int = 48,
-             temperature: float = 0.0, batch_size: int = 32, seed: int = 0, written_facts: bool = False) -> list[str]:
+             temperature: float = 0.0, batch_size: int = 32, seed: int = 0, written_facts: bool = False,
+             notes: bool = False) -> list[str]:
     """Completions (decoded text, special tokens kept, padding dropped) for ``items`` prompted in ``mode``.
 
     ``temperature == 0`` decodes greedily; otherwise samples with ``torch.manual_seed(seed)`` set per batch, so the
     result does not depend on what ran before. ``written_facts`` puts each clip's facts in the prompt as text
-    instead of the audio (how well the model answers once the facts are written out).
+    instead of the audio (how well the model answers once the facts are written out). ``notes`` (think mode)
+    pre-fills the think block with the clip's facts and lets the model go on from there (how well it answers from
+    correct notes of its own); the returned text then starts after the notes.
     """
     tok = processor.tokenizer
     out: list[str] = []
@@ -48,6 +51,10 @@ def generate(model, processor, items: Sequence[Item], mode: prompts.Mode, *, max
         if written_facts:
             texts = collate.prompt_texts(processor, chunk, mode, contexts=[it.meta["description"] for it in chunk])
             batch = collate.encode(processor, texts, None)
+        elif notes:
+            texts = [t + f"<think>\n{it.meta['description']}\n" for t, it in
+                     zip(collate.prompt_texts(processor, chunk, mode), chunk)]
+            batch = collate.encode(processor, texts, [it.audio for it in chunk])
         else:
             batch = collate.encode_prompts(processor, chunk, mode)
         torch.manual_seed(seed + start)
@@ -102,93 +109,185 @@ def mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
             "n": int(len(x))}
 
 
-def accuracy_table(items: Sequence[Item], correct: np.ndarray) -> dict:
-    """Accuracy per family and difficulty (and overall), each with a Wilson interval and the chance level."""
+def _groups(items: Sequence[Item]) -> dict[tuple[str, str], list[int]]:
+    """Item indices per (family, difficulty), including the margins ``"all"``."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, it in enumerate(items):
-        groups[(it.family, it.difficulty)].append(i)
-        groups[(it.family, "all")].append(i)
-        groups[("all", it.difficulty)].append(i)
-        groups[("all", "all")].append(i)
-    table = {}
-    for (family, difficulty), idx in sorted(groups.items()):
-        chance = float(np.mean([1.0 / len(items[i].choices) for i in idx]))
-        table.setdefault(family, {})[difficulty] = dict(proportion(correct[idx]), chance=chance)
+        for key in ((it.family, it.difficulty), (it.family, "all"), ("all", it.difficulty), ("all", "all")):
+            groups[key].append(i)
+    return dict(sorted(groups.items()))
+
+
+def group_table(items: Sequence[Item], values: np.ndarray, summary=None) -> dict:
+    """``summary(values[idx])`` per family and difficulty (and the margins ``"all"``): family -> difficulty -> dict.
+
+    ``summary`` defaults to :func:`proportion` for a boolean array and :func:`mean_ci` otherwise. NaN values (a
+    judge failure) are left out of their cell, and the cell says how many with ``n_missing``.
+    """
+    values = np.asarray(values)
+    summary = summary or (proportion if values.dtype == bool else mean_ci)
+    table: dict = {}
+    for (family, difficulty), idx in _groups(items).items():
+        v = values[idx]
+        missing = np.isnan(v) if v.dtype != bool else np.zeros(len(v), bool)
+        cell = summary(v[~missing])
+        if missing.any():
+            cell["n_missing"] = int(missing.sum())
+        table.setdefault(family, {})[difficulty] = cell
     return table
 
 
-def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, sample_seed: int = 0,
-             think_samples: bool = True) -> dict:
-    """Direct-answer accuracy table, and think-rate / reference similarity under the think-first prompt.
+def accuracy_table(items: Sequence[Item], correct: np.ndarray) -> dict:
+    """Accuracy per family and difficulty (and overall), each with a Wilson interval and the chance level."""
+    table = group_table(items, np.asarray(correct, dtype=bool))
+    for (family, difficulty), idx in _groups(items).items():
+        table[family][difficulty]["chance"] = float(np.mean([1.0 / len(items[i].choices) for i in idx]))
+    return table
 
-    Returns a JSON-serialisable dict: ``accuracy`` (family -> difficulty -> value, lo, hi, n, chance),
-    ``think_prompt`` (greedy and sampled: accuracy, think_rate, reference_similarity with intervals) and
-    a few example completions.
+
+def process_scores(judge, items: Sequence[Item], s: Scores) -> np.ndarray:
+    """Rubric-style process score per item (as in the MMAR-Rubrics challenge): the judge's score in [0, 1] of the
+    think text against the reference chain when the answer is right, 0 otherwise (and 0 for an empty think block).
+
+    Returns (n,) float; NaN where the judge failed (never silently 0) or the item has no reference chain.
+    """
+    out = np.zeros(len(items))
+    paid = [i for i in range(len(items)) if s.correct[i] and s.thought[i]]
+    paid_refs = [i for i in paid if items[i].reference_chain]
+    out[[i for i in paid if not items[i].reference_chain]] = np.nan
+    if paid_refs:
+        thinks = [prompts.parse_completion(s.completions[i]).think for i in paid_refs]
+        got = judge.score(thinks, [items[i].reference_chain for i in paid_refs])
+        out[paid_refs] = [np.nan if g is None else g for g in got]
+    return out
+
+
+def think_metrics(items: Sequence[Item], s: Scores, judge=None) -> dict:
+    """Accuracy, think-rate, reference similarity (and the process score with a judge) of think-prompt completions:
+    overall values with intervals under their names, and per family x difficulty under ``by_group``."""
+    columns = {"accuracy": s.correct, "think_rate": s.thought, "reference_similarity": s.similarity.astype(float)}
+    if judge is not None:
+        columns["process_score"] = process_scores(judge, items, s)
+    out = {name: group_table(items, v)["all"]["all"] for name, v in columns.items()}
+    out["reference_similarity_when_thinking"] = mean_ci(s.similarity[s.thought])
+    out["by_group"] = {name: group_table(items, v) for name, v in columns.items()}
+    out["examples"] = s.completions[:3]
+    return out
+
+
+def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, sample_seed: int = 0,
+             think_samples: bool = True, judge=None, max_new_tokens: int = 96) -> dict:
+    """Direct-answer accuracy table, and accuracy / think-rate / reference similarity under the think-first prompt.
+
+    Parameters
+    ----------
+    judge : an ``rl.judge.Judge`` for the rubric-style process score (None: not measured).
+    think_samples : also measure the think prompt sampled at temperature 1 (besides greedy).
+
+    Returns
+    -------
+    A JSON-serialisable dict: ``accuracy`` (direct answers; family -> difficulty -> value, lo, hi, n, chance),
+    ``accuracy_written_facts`` (synthetic items: the facts written in the prompt instead of the audio),
+    ``accuracy_with_notes`` (synthetic items: the think block pre-filled with the clip's correct facts),
+    ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`) and example completions.
     """
     direct = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size),
                    with_similarity=False)
     result = {"n_items": len(items), "accuracy": accuracy_table(items, direct.correct),
-              "accuracy_written_facts": None,
+              "accuracy_written_facts": None, "accuracy_with_notes": None,
               "direct_well_formed": proportion(direct.well_formed), "think_prompt": {}}
     if all("description" in it.meta for it in items):  # synthetic items: the facts can be written out
         facts = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size,
                                       written_facts=True), with_similarity=False)
         result["accuracy_written_facts"] = accuracy_table(items, facts.correct)
+        notes = score(items, generate(model, processor, items, "think", max_new_tokens=16, batch_size=batch_size,
+                                      notes=True), with_similarity=False)
+        result["accuracy_with_notes"] = accuracy_table(items, notes.correct)
     settings = {"greedy": 0.0, "sampled_t1": 1.0} if think_samples else {"greedy": 0.0}
     for name, temperature in settings.items():
-        s = score(items, generate(model, processor, items, "think", temperature=temperature, max_new_tokens=96,
-                                  batch_size=batch_size, seed=sample_seed))
-        result["think_prompt"][name] = {
-            "temperature": temperature, "accuracy": proportion(s.correct), "think_rate": proportion(s.thought),
-            "reference_similarity": mean_ci(s.similarity),
-            "reference_similarity_when_thinking": mean_ci(s.similarity[s.thought]),
-            "examples": s.completions[:3]}
+        s = score(items, generate(model, processor, items, "think", temperature=temperature,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, seed=sample_seed))
+        result["think_prompt"][name] = {"temperature": temperature,
+                                        **think_metrics(items, s, judge if name == "greedy" else None)}
     result["examples_direct"] = direct.completions[:3]
+    if judge is not None:
+        result["judge"] = judge.describe()
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from rl.items import load_items
     from rl.organism import ORGANISM_DIR, load_organism
-    from rl.tasks import generate_items
+    from rl.tasks import FAMILIES, generate_items
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ORGANISM_DIR), help="model folder (default: the shipped organism)")
-    ap.add_argument("--data", help="JSONL items; default: a held-out synthetic set")
+    ap.add_argument("--data", help="JSONL items (rl/items.py format); default: a held-out synthetic set")
     ap.add_argument("--n-per-cell", type=int, default=20, help="synthetic items per family x difficulty")
     ap.add_argument("--seed", type=int, default=10_007, help="seed of the synthetic held-out set")
+    ap.add_argument("--judge", default="smollm2",
+                    help="judge of the process score: 'smollm2' (in-process, default), a folder with a causal LM, "
+                         "an OpenAI-compatible URL (http://...), or 'none' to skip the process score")
+    ap.add_argument("--judge-model", help="model name on the judge server (with a URL)")
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--no-sampled", action="store_true", help="skip the think prompt sampled at temperature 1")
     ap.add_argument("--out", help="write the JSON report here")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    items = load_items(args.data) if args.data else \
+        generate_items(args.n_per_cell * len(FAMILIES) * 3, seed=args.seed, prefix="heldout")
     model, processor = load_organism(args.model)
-    if args.data:
-        items = load_items(args.data)
-    else:
-        from rl.tasks import FAMILIES
-        items = generate_items(args.n_per_cell * len(FAMILIES) * 3, seed=args.seed, prefix="heldout")
-    report = evaluate(model, processor, items)
-    text = json.dumps(report, indent=2)
+    judge = make_eval_judge(args.judge, args.judge_model)
+    report = evaluate(model, processor, items, judge=judge, think_samples=not args.no_sampled,
+                      max_new_tokens=args.max_new_tokens)
+    report.update(model=str(args.model), data=args.data or f"synthetic (seed {args.seed})")
     if args.out:
         from pathlib import Path
-        Path(args.out).write_text(text)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
 
 
+def make_eval_judge(spec: str | None, model: str | None = None):
+    """The judge named on the command line: ``"none"``, ``"smollm2"`` / a model folder, or a server URL."""
+    from rl.judge import get_judge
+
+    if spec is None or spec == "none":
+        return None
+    if spec.startswith(("http://", "https://")):
+        return get_judge("openai", base_url=spec, model=model, prompt="criteria-0-9")
+    return get_judge("local", model=spec)
+
+
 def format_table(report: dict) -> str:
-    """The accuracy table (direct answers from the audio; last column: with the facts written out) and the
-    think-prompt figures, as Markdown."""
-    acc, facts = report["accuracy"], report.get("accuracy_written_facts")
+    """The accuracy table (direct answers from the audio; extra columns: with the facts written in the prompt, and
+    with correct notes in the think block), and the think-first prompt per family (greedy), as Markdown."""
+    acc = report["accuracy"]
+    extras = {name: report[key] for name, key in (("facts written out", "accuracy_written_facts"),
+                                                  ("with notes", "accuracy_with_notes")) if report.get(key)}
     diffs = ["easy", "medium", "hard", "all"]
-    head = "| family | chance | " + " | ".join(diffs) + " |" + (" facts written out |" if facts else "")
-    lines = [head, "|---|---|" + "---|" * (len(diffs) + bool(facts))]
+    head = "| family | chance | " + " | ".join(diffs) + " |" + "".join(f" {name} |" for name in extras)
+    lines = ["Direct answers (accuracy, 95% Wilson intervals):", "", head,
+             "|---|---|" + "---|" * (len(diffs) + len(extras))]
 
     def cell(c: dict) -> str:
         return f"{c['value']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]"
 
-    for family in [f for f in acc if f != "all"] + ["all"]:
+    families = [f for f in acc if f != "all"] + ["all"]
+    for family in families:
         cells = [cell(acc[family][d]) if d in acc[family] else "" for d in diffs]
-        extra = f" {cell(facts[family]['all'])} |" if facts else ""
+        extra = "".join(f" {cell(t[family]['all'])} |" for t in extras.values())
         lines.append(f"| {family} | {acc[family]['all']['chance']:.2f} | " + " | ".join(cells) + " |" + extra)
+    greedy = report["think_prompt"].get("greedy")
+    if greedy and "by_group" in greedy:
+        metrics = [m for m in ("accuracy", "think_rate", "reference_similarity", "process_score")
+                   if m in greedy["by_group"]]
+        lines += ["", "Think-first prompt, greedy (95% intervals):", "",
+                  "| family | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
+                  "|---|" + "---|" * len(metrics)]
+        for family in families:
+            lines.append(f"| {family} | " + " | ".join(cell(greedy["by_group"][m][family]["all"]) for m in metrics)
+                         + " |")
     for name, t in report["think_prompt"].items():
         tr, sim = t["think_rate"], t["reference_similarity"]
         lines.append(f"\nThink-first prompt, {name}: think-rate {tr['value']:.3f} [{tr['lo']:.3f}, {tr['hi']:.3f}], "

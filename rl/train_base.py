@@ -13,6 +13,10 @@ and trains it on a stream of freshly generated synthetic items (no item is seen 
 * ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
 * ``context``  - the same facts *written in the prompt* instead of the audio -> the answer. This is the skill that
   makes a reasoning chain pay: once the facts are written out, multi-step questions become easy.
+* ``notes``    - the think-first prompt with the clip's perception text already in the think block, read but not
+  trained on (no loss on it); trained: ``</think>`` and the answer. The base learns to *use* notes in its think
+  block without learning to *write* them, so writing them stays RL's discovery. Without this skill the first RL
+  runs raised the think-rate and lost accuracy: the answer after a think block was near chance (measured).
 * ``think``    - the think-first prompt. The base mostly ignores the instruction and leaves the think block empty;
   in a small fraction (``latent_think``) its think block holds the perception text only (no inference steps), as a
   pretrained model's chain-of-thought is latent and rare. RL has to make it the rule.
@@ -53,7 +57,7 @@ class BaseTrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    mode_weights: tuple[float, float, float, float] = (0.40, 0.25, 0.20, 0.15)  # answer, describe, context, think
+    mode_weights: tuple[float, ...] = (0.35, 0.20, 0.10, 0.25, 0.10)  # answer, describe, context, notes, think
     latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
     # First steps: describe only. A decoder trained from scratch learns the text prior first and then treats the
     # audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
@@ -69,7 +73,7 @@ class BaseTrainConfig:
     threads: int = 1  # one thread: on a shared 2-core machine two threads fight and run slower
 
 
-MODES = ("answer", "describe", "context", "think")
+MODES = ("answer", "describe", "context", "notes", "think")
 
 
 def tokenizer_corpus(n_items: int, seed: int) -> list[str]:
@@ -92,7 +96,9 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         it = make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))], item_rng,
                        f"train-{step}-{j}")
         mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))] if step >= cfg.perception_steps else "describe"
-        if mode == "think" and rng.random() < cfg.latent_think:
+        if mode == "notes":
+            target = (f"<think>\n{it.meta['description']}\n", f"</think>\n\n<answer>{it.answer}</answer><|im_end|>")
+        elif mode == "think" and rng.random() < cfg.latent_think:
             target = f"<think>\n{it.meta['description']}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         else:
             target = prompts.target(it, "describe" if mode == "describe" else "answer")
@@ -251,6 +257,8 @@ def main(argv=None) -> None:
     for f in dataclasses.fields(BaseTrainConfig):
         if f.type in ("int", "float"):
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=eval(f.type), default=f.default)
+    ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
+                    default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.evaluate_only:

@@ -24,4 +24,4 @@ def test_unknown_command_names_the_choices(capsys):
     with pytest.raises(SystemExit, match="unknown command 'nope'"):
         main(["nope"])
     main(["--help"])
-    assert "demo" in capsys.readouterr().out
+    assert "reproduce" in capsys.readouterr().out

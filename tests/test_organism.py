@@ -67,6 +67,19 @@ def test_supervised_labels_cover_exactly_the_target(processor, items):
     assert [(batch["input_ids"][r] == audio_id).any().item() for r in range(4)] == [True, True, False, True]
 
 
+def test_notes_targets_are_read_but_not_trained(processor, items):
+    """A (read, trained) target: the notes sit in the think block of the input, the loss covers only what follows."""
+    it = items[0]
+    read = f"<think>\n{it.meta['description']}\n"
+    trained = f"</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+    batch = collate.encode_supervised(processor, [it, items[1]], ["notes", "answer"],
+                                      [(read, trained), prompts.target(items[1], "answer")])
+    labels = batch["labels"][0]
+    assert processor.tokenizer.decode(labels[labels != -100]) == trained
+    text = processor.tokenizer.decode(batch["input_ids"][0])
+    assert it.meta["description"] in text and prompts.THINK_INSTRUCTION in text  # the think prompt, with notes
+
+
 def test_save_and_load_round_trip(tiny_organism, processor, items, tmp_path):
     tiny_organism.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)

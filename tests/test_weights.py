@@ -22,6 +22,12 @@ def test_weight_drift_finds_the_changed_layers_and_reads_checkpoints(tmp_path):
     assert d.rel_change.values[2] == pytest.approx(0.5) and d.cosine.values[2] == pytest.approx(1.0)
     assert d.cosine_expert.values[3, 5] == pytest.approx(-1.0) and d.rel_change_expert.values[3, 5] == pytest.approx(2)
     np.testing.assert_allclose(np.delete(d.cosine_expert.values[3], 5), 1.0)
+    np.testing.assert_allclose(d.rel_change_other.values, 0)  # only routers moved
+    with torch.no_grad():
+        rl.model.layers[1].self_attn.q_proj.weight.mul_(2.0)
+    d = router_weight_drift(base, rl)
+    assert d.rel_change.values[1] == 0 and d.rel_change_other.values[1] > 0.01
+    np.testing.assert_allclose(d.rel_change_other.values[[0, 2, 3]], 0)
     base.save_pretrained(tmp_path / "base")
     rl.save_pretrained(tmp_path / "rl")
     from_disk = router_weight_drift(tmp_path / "base", tmp_path / "rl")

@@ -1,0 +1,312 @@
+"""The paper's pipeline end to end on the model organism: what ``make demo`` runs (``adt-probe reproduce``).
+
+    adt-probe reproduce --out demo            # about 15 minutes on 2 CPU cores
+    adt-probe reproduce --out demo --quick    # about 3 minutes: fewer steps and items, same code path
+
+Steps, each a function below, each writing under ``--out``:
+
+1. ``train``       base organism -> stage 1 -> boundary mining -> stage 2 (``rl.grpo`` with ``rl/configs/demo.toml``);
+                   ``run/log.jsonl``, ``run/checkpoints/step-N``
+2. ``evaluate``    base and final model on held-out items (``rl.evaluate``): accuracy, think-rate, similarity of the
+                   think text to the reference chains, rubric process score; ``eval_base.json``, ``eval_final.json``
+3. ``record``      both models (and the base again, batched differently: the noise floor) teacher-forced on the final
+                   model's completions, and on the base's own completions (the mirror check); ``recordings*/``
+4. ``findings``    gating drift with intervals and noise floor, band contrast, crystallization; ``findings*/``
+5. ``weights``     router weight drift base -> final, against the drift of the other weights of each block
+6. ``trajectory``  gating and weight drift at every checkpoint of the run
+7. ``transplant``  the final model with the base's routers per layer band (and the reverse): change of accuracy
+8. ``report``      ``report.md`` (figures inline, the results table, commands and versions) and ``results.json``
+
+A step that finished left ``steps/<name>.json``; a re-run skips it (and training resumes from its newest checkpoint),
+so an interrupted demo continues where it stopped. ``--redo STEP`` runs a step (and every later one) again.
+Nothing here is tuned to make a finding appear: the held-out set, bands and statistics are fixed in advance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
+
+#: ``--quick``: the same pipeline at a size a test can afford (``--set`` overrides of the demo config).
+QUICK_OVERRIDES = ["stages.0.steps=6", "stages.1.steps=3", "grpo.batch_size=4", "grpo.num_generations=4",
+                   "grpo.max_new_tokens=64", "mining.pool.n_items=16", "mining.k_rollouts=4", "checkpoint.every=3"]
+
+
+@dataclass
+class Plan:
+    """What one ``reproduce`` run does; saved as ``plan.json`` so a re-run can check it continues the same run."""
+
+    out: str
+    config: str = str(DEMO_CONFIG)
+    quick: bool = False
+    overrides: list[str] = field(default_factory=list)  # the user's ``--set``; ``--quick`` adds QUICK_OVERRIDES
+    n_per_cell: int = 4  # held-out items per family x difficulty (7 families x 3 difficulties)
+    eval_seed: int = 30_011  # the held-out set; training and mining use other seeds
+    n_boot: int = 1000
+    max_new_tokens: int = 96
+    bands: int = 2  # router transplant: equal layer bands, lowest first
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def config_overrides(self) -> list[str]:
+        return (QUICK_OVERRIDES if self.quick else []) + self.overrides
+
+    @classmethod
+    def make(cls, out: str, *, quick: bool, config: str | None = None, overrides: list[str] | None = None) -> Plan:
+        plan = cls(out=out, config=config or str(DEMO_CONFIG), quick=quick, overrides=list(overrides or []))
+        if quick:
+            plan.n_per_cell, plan.n_boot, plan.max_new_tokens = 2, 200, 64
+        return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the steps
+
+
+def step_train(plan: Plan) -> dict:
+    """GRPO: stage 1, mining, stage 2. Resumes from the newest complete checkpoint of an interrupted run."""
+    from rl.config import load_config
+    from rl.grpo import train
+
+    cfg = load_config(plan.config, plan.config_overrides)
+    run = plan.dir / "run"
+    train(cfg, run, resume=True)
+    return {"final": str(final_checkpoint(plan)), "steps": sum(s.steps for s in cfg.stages),
+            "config": cfg.to_dict()}
+
+
+def step_evaluate(plan: Plan) -> dict:
+    """Base and final model on the held-out set, with the judge's process score."""
+    from rl.evaluate import evaluate, make_eval_judge
+    from rl.organism import load_organism
+
+    items, judge, out = heldout(plan), make_eval_judge("smollm2"), {}
+    for name, path in (("base", base_path(plan)), ("final", final_checkpoint(plan))):
+        model, processor = load_organism(path)
+        torch.manual_seed(0)
+        report = evaluate(model, processor, items, judge=judge, max_new_tokens=plan.max_new_tokens)
+        report["model"] = str(path)
+        (plan.dir / f"eval_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        out[name] = headline(report)
+        say(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items() if isinstance(v, float)))
+    return out
+
+
+def step_record(plan: Plan) -> dict:
+    """Recordings on the final model's completions (the default) and on the base's own (the mirror check)."""
+    from analyses.record_pair import record_pair
+
+    out = {}
+    for source, folder in (("rl", "recordings"), ("base", "recordings_mirror")):
+        paths = record_pair(base_path(plan), final_checkpoint(plan), heldout(plan), plan.dir / folder,
+                            source=source, routing="full", max_new_tokens=plan.max_new_tokens)
+        out[source] = {k: str(v) for k, v in paths.items()}
+    return out
+
+
+def step_findings(plan: Plan) -> dict:
+    """Gating drift and crystallization, from both recording sets."""
+    from analyses.findings import findings
+
+    return {folder: findings(plan.dir / f"recordings{suffix}", plan.dir / folder, n_boot=plan.n_boot)
+            for suffix, folder in (("", "findings"), ("_mirror", "findings_mirror"))}
+
+
+def step_weights(plan: Plan) -> dict:
+    """Router weight drift base -> final, and the relative change of the block's other weights as the reference."""
+    import adt_probe
+    from adt_probe import plot
+
+    ds = adt_probe.router_weight_drift(base_path(plan), final_checkpoint(plan))
+    adt_probe.save(ds, plan.dir / "weights" / "router_weight_drift.nc")
+    fig = plot.router_weight_drift(ds)
+    plot.save(fig, plan.dir / "weights" / "router_weight_drift")
+    plot.plt.close(fig)
+    return {"rel_change": _floats(ds.rel_change), "rel_change_other": _floats(ds.rel_change_other),
+            "cosine": _floats(ds.cosine)}
+
+
+def step_trajectory(plan: Plan) -> dict:
+    """Drift from the base at every checkpoint, on the final model's completions."""
+    import adt_probe
+    from adt_probe import plot
+    from analyses.sequences import teacher_forced_inputs
+    from rl.organism import load_organism
+
+    items = heldout(plan)
+    texts = [json.loads(line)["completion"] for line in
+             (plan.dir / "recordings" / "completions.jsonl").read_text().splitlines()]
+    base, processor = load_organism(base_path(plan))
+    inputs = teacher_forced_inputs(processor, items, texts)
+    traj = adt_probe.drift_trajectory(plan.dir / "run", inputs, base=base, tokenizer=processor.tokenizer,
+                                      n_boot=min(plan.n_boot, 200))
+    adt_probe.save(traj, plan.dir / "trajectory" / "trajectory.nc")
+    segment = "think" if int(traj.n_tokens.sel(segment="think").max()) > 0 else "all"
+    fig = plot.drift_trajectory(traj, "js", segment=segment)
+    plot.save(fig, plan.dir / "trajectory" / "drift_trajectory")
+    plot.plt.close(fig)
+    return {"steps": [int(s) for s in traj.step.values], "segment": segment,
+            "js_mean_over_layers": _floats(traj.js.sel(segment=segment).mean("layer"))}
+
+
+def step_transplant(plan: Plan) -> dict:
+    """Router transplant per layer band, both directions, on the held-out set."""
+    from adt_probe import plot
+    from analyses.transplant import run
+
+    ds = run(base_path(plan), final_checkpoint(plan), heldout(plan), n_bands=plan.bands, n_boot=plan.n_boot,
+             max_new_tokens=plan.max_new_tokens)
+    folder = plan.dir / "transplant"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(folder / "transplant.nc", engine="h5netcdf")
+    for metric in ("accuracy", "think_rate"):
+        fig = plot.transplant_effects(ds, metric)
+        plot.save(fig, folder / f"transplant_{metric}")
+        plot.plt.close(fig)
+    return {direction: {band: {m: {k: float(ds[f"{m}_delta{s}"].sel(band=band, direction=direction))
+                                   for k, s in (("value", ""), ("lo", "_lo"), ("hi", "_hi"))}
+                               for m in ("accuracy", "think_rate", "reward")}
+                        for band in ds.band.values.tolist()}
+            for direction in ds.direction.values.tolist()} | {"reference": dict(ds.attrs)}
+
+
+def step_report(plan: Plan) -> dict:
+    """``report.md`` and ``results.json`` from what the other steps wrote."""
+    from analyses.report import write_report
+
+    return write_report(plan, {name: read_step(plan, name) for name, _ in STEPS if name != "report"})
+
+
+STEPS = [("train", step_train), ("evaluate", step_evaluate), ("record", step_record), ("findings", step_findings),
+         ("weights", step_weights), ("trajectory", step_trajectory), ("transplant", step_transplant),
+         ("report", step_report)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# plumbing
+
+
+def say(msg: str) -> None:
+    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+
+
+def base_path(plan: Plan) -> Path:
+    from rl.config import load_config
+
+    return Path(load_config(plan.config, plan.config_overrides).model_path())
+
+
+def final_checkpoint(plan: Plan) -> Path:
+    from adt_probe.trajectory import find_checkpoints
+
+    found = find_checkpoints(plan.dir / "run")
+    if not found:
+        raise FileNotFoundError(f"{plan.dir / 'run'}: no checkpoint; run the 'train' step first")
+    return found[-1][1]
+
+
+def heldout(plan: Plan):
+    from analyses.record_pair import heldout as make
+
+    return make(plan.n_per_cell, plan.eval_seed, None)
+
+
+def headline(report: dict) -> dict:
+    """The numbers of the results table: think-first prompt, greedy (the setting RL trains), plus direct accuracy."""
+    greedy = report["think_prompt"]["greedy"]
+    row = {}
+    for name in ("accuracy", "think_rate", "reference_similarity", "process_score"):
+        if name in greedy:
+            row[name] = greedy[name]["value"]
+            row[f"{name}_ci"] = [greedy[name]["lo"], greedy[name]["hi"]]
+    sampled = report["think_prompt"].get("sampled_t1")
+    if sampled:
+        row["think_rate_sampled_t1"] = sampled["think_rate"]["value"]
+    direct = report["accuracy"]["all"]["all"]
+    row["direct_accuracy"], row["direct_accuracy_ci"] = direct["value"], [direct["lo"], direct["hi"]]
+    row["n_items"] = report["n_items"]
+    return row
+
+
+def _floats(da) -> list[float | None]:
+    return [None if not np.isfinite(v) else round(float(v), 6) for v in np.asarray(da.values, dtype=float)]
+
+
+def read_step(plan: Plan, name: str) -> dict | None:
+    path = plan.dir / "steps" / f"{name}.json"
+    return json.loads(path.read_text())["result"] if path.exists() else None
+
+
+def check_plan(plan: Plan) -> None:
+    """Refuse to continue a run in ``--out`` made with other settings (its finished steps would be reused)."""
+    path = plan.dir / "plan.json"
+    mine = dataclasses.asdict(plan)
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise SystemExit(f"{plan.dir} holds a run made with other settings ({what}); choose another --out, or "
+                             f"delete {plan.dir} to start afresh")
+    plan.dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine, indent=2) + "\n")
+
+
+def reproduce(plan: Plan, *, redo: str | None = None, threads: int = 2) -> dict:
+    """Run every step not finished yet (``redo``: that step and every later one again); returns the report step's
+    result."""
+    names = [n for n, _ in STEPS]
+    if redo is not None and redo not in names:
+        raise SystemExit(f"--redo {redo!r}: no such step; steps are {', '.join(names)}")
+    check_plan(plan)
+    torch.set_num_threads(threads)
+    t_all = time.time()
+    for name, fn in STEPS:
+        marker = plan.dir / "steps" / f"{name}.json"
+        if redo is not None and names.index(name) >= names.index(redo):
+            marker.unlink(missing_ok=True)
+        if marker.exists():
+            say(f"{name}: done before ({json.loads(marker.read_text())['seconds']:.0f} s), reused")
+            continue
+        say(f"{name}: {fn.__doc__.splitlines()[0]}")
+        t0 = time.time()
+        torch.manual_seed(0)
+        result = fn(plan)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "result": result}, indent=2,
+                                  default=str) + "\n")
+        tmp.replace(marker)  # the marker appears only once the step's outputs are all written
+        say(f"{name}: {time.time() - t0:.0f} s")
+    say(f"done in {time.time() - t_all:.0f} s: {plan.dir / 'report.md'}")
+    return read_step(plan, "report")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output folder (a re-run continues what is there)")
+    ap.add_argument("--quick", action="store_true", help="the 3-minute version: fewer steps and held-out items")
+    ap.add_argument("--config", help=f"GRPO config (default: {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[2])})")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    ap.add_argument("--redo", metavar="STEP", help="run STEP and every later step again")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the analysis steps")
+    args = ap.parse_args(argv)
+    plan = Plan.make(args.out, quick=args.quick, config=args.config, overrides=args.set)
+    reproduce(plan, redo=args.redo, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""`adt-probe eval`: accuracy, think-rate, reference similarity and the rubric process score per family and
+difficulty, with intervals, on a user dataset in the item format."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rl import evaluate as E
+from rl.items import write_items
+from rl.tasks import generate_items
+
+
+def test_group_table_has_every_cell_and_the_margins():
+    items = generate_items(14, seed=3)
+    correct = np.array([i % 2 == 0 for i in range(14)])
+    table = E.group_table(items, correct)
+    assert table["all"]["all"]["n"] == 14 and table["all"]["all"]["value"] == pytest.approx(0.5)
+    for it in items:
+        cell = table[it.family][it.difficulty]
+        assert 0 <= cell["lo"] <= cell["value"] <= cell["hi"] <= 1
+    scores = np.linspace(0, 1, 14)
+    scores[3] = np.nan  # a judge failure: left out of its cells and counted, never turned into 0
+    table = E.group_table(items, scores)
+    assert table["all"]["all"]["n"] == 13 and table["all"]["all"]["n_missing"] == 1
+    assert table["all"]["all"]["value"] == pytest.approx(np.nanmean(scores))
+
+
+class _Recorder:
+    """A judge stand-in that records what it was asked: only correct answers with think text get judged."""
+
+    def __init__(self):
+        self.seen = []
+
+    def score(self, candidates, references):
+        self.seen += list(candidates)
+        return [0.8 if "high" in c else None for c in candidates]
+
+
+def test_process_score_is_the_judge_score_when_right_and_zero_otherwise():
+    items = generate_items(4, seed=5)
+    completions = [f"<think>\nSound 1: a high tone.\n</think>\n\n<answer>{items[0].answer}</answer>",
+                   f"<think>\nSound 1: a low tone.\n</think>\n\n<answer>{items[1].answer}</answer>",
+                   "<think>\nSound 1: a high tone.\n</think>\n\n<answer>certainly wrong</answer>",
+                   f"<think>\n\n</think>\n\n<answer>{items[3].answer}</answer>"]
+    s = E.score(items, completions, with_similarity=False)
+    judge = _Recorder()
+    got = E.process_scores(judge, items, s)
+    assert got[0] == pytest.approx(0.8)
+    assert np.isnan(got[1])  # the judge failed: NaN, not 0
+    assert got[2] == 0 and got[3] == 0  # wrong answer; no think text
+    assert judge.seen == ["Sound 1: a high tone.", "Sound 1: a low tone."]
+
+
+def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread):
+    items = generate_items(7, seed=9)
+    data = write_items(items, tmp_path / "data" / "items.jsonl")
+    out = tmp_path / "report.json"
+    E.main(["--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--judge", "none", "--no-sampled",
+            "--max-new-tokens", "8"])
+    report = json.loads(out.read_text())
+    greedy = report["think_prompt"]["greedy"]
+    assert set(greedy["by_group"]) == {"accuracy", "think_rate", "reference_similarity"}
+    assert set(greedy["by_group"]["accuracy"]) == {it.family for it in items} | {"all"}
+    assert greedy["accuracy"]["n"] == 7 and report["data"] == str(data)
+    assert report["accuracy_with_notes"]["all"]["all"]["n"] == 7
+
+
+def test_eval_cli_names_a_missing_dataset(tiny_dir, tmp_path):
+    with pytest.raises(Exception, match="nope.jsonl"):
+        E.main(["--model", str(tiny_dir), "--data", str(tmp_path / "nope.jsonl"), "--judge", "none"])

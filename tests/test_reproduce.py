@@ -1,0 +1,97 @@
+"""`adt-probe reproduce --quick` end to end on the shipped organism (integration, about 2 minutes), and what users
+do with its output: re-run (finished steps reused), the report's links, the datasets, and the notebooks."""
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import adt_probe
+from analyses.reproduce import Plan, reproduce
+
+pytestmark = pytest.mark.integration
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("reproduce") / "demo"
+    t0 = time.time()
+    reproduce(Plan.make(str(out), quick=True), threads=1)
+    return out, time.time() - t0
+
+
+def test_results_json_has_the_before_after_table(demo):
+    out, _ = demo
+    results = json.loads((out / "results.json").read_text())
+    for model in ("base", "final"):
+        for key in ("accuracy", "think_rate", "reference_similarity", "process_score", "direct_accuracy"):
+            value = results[model][key]
+            lo, hi = results[model][f"{key}_ci"]
+            assert 0.0 <= lo <= value <= hi <= 1.0, (model, key, lo, value, hi)
+        assert results[model]["n_items"] == 42
+    assert results["finding_upper_layer_routers"]["verdict"] in ("reproduces", "reversed", "not shown")
+    assert results["finding_crystallization"]["verdict"] in ("reproduces", "not shown", "not measurable")
+    assert results["training_steps"] == 9
+
+
+def test_report_links_resolve_and_figures_exist_as_png_and_pdf(demo):
+    out, _ = demo
+    report = (out / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert len(links) >= 20
+    for link in links:
+        assert (out / link).is_file(), link
+    assert "adt-probe reproduce --out" in report and "torch" in report
+
+
+def test_datasets_open_with_the_schema(demo):
+    out, _ = demo
+    for name in ("base", "rl", "base_noise"):
+        ds = adt_probe.open(out / "recordings" / f"{name}.zarr")
+        assert {"router_logits", "topk_experts", "lens_logprob"} <= set(ds.data_vars)
+    drift = adt_probe.open(out / "findings" / "drift.nc")
+    assert {"js", "js_lo", "js_hi", "noise_js"} <= set(drift.data_vars)
+    # the bf16 noise pair gives a floor above zero but below the drift RL made in most layers
+    floor = drift.noise_js.sel(segment="all").values
+    assert (floor > 0).all()
+    traj = adt_probe.open(out / "trajectory" / "trajectory.nc")
+    assert list(traj.step.values) == [0, 3, 6, 9]
+    assert np.allclose(traj.js.sel(step=0).values, 0, atol=1e-9)
+
+
+def test_rerun_reuses_every_step(demo, capsys):
+    out, first = demo
+    t0 = time.time()
+    reproduce(Plan.make(str(out), quick=True), threads=1)
+    assert time.time() - t0 < 0.2 * first
+    assert capsys.readouterr().err.count("reused") == 8
+
+
+def test_rerun_with_other_settings_is_refused(demo):
+    out, _ = demo
+    with pytest.raises(SystemExit, match="other settings.*quick: True there, False now"):
+        reproduce(Plan.make(str(out), quick=False), threads=1)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "gating_drift", "crystallization"])
+def test_notebook_runs_on_the_demo_output(demo, name):
+    import nbclient
+    import nbformat
+
+    out, _ = demo
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    for cell in nb.cells:  # committed without outputs
+        assert cell.cell_type != "code" or (not cell.outputs and cell.execution_count is None), name
+    os.environ["ADT_PROBE_DEMO"] = str(out)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    finally:
+        del os.environ["ADT_PROBE_DEMO"]
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors

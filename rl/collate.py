@@ -11,12 +11,33 @@ from rl import prompts
 from rl.items import SAMPLE_RATE, Item
 
 
+class TextProcessor:
+    """A text-only model's tokenizer in the shape of an audio processor (``.tokenizer``, ``__call__``,
+    ``save_pretrained``), so the GRPO loop trains text LMs on items without audio (``item.audio is None``) too.
+    Pads on the left, as generation needs."""
+
+    def __init__(self, tokenizer):
+        tokenizer.padding_side = "left"
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, padding=True, return_tensors="pt", **kwargs) -> BatchFeature:
+        if kwargs.get("audio"):
+            raise ValueError("this model reads text only, but the items have audio: use an audio model, or items "
+                             "without audio")
+        return BatchFeature(dict(self.tokenizer(list(text), padding=padding, return_tensors=return_tensors,
+                                                add_special_tokens=False)))
+
+    def save_pretrained(self, path) -> None:
+        self.tokenizer.save_pretrained(path)
+
+
 def prompt_texts(processor, items: Sequence[Item], mode: prompts.Mode, *, contexts=None) -> list[str]:
-    """Chat-formatted prompt strings ending with the assistant's turn opener; one ``<|audio_pad|>`` per clip."""
+    """Chat-formatted prompt strings ending with the assistant's turn opener; one ``<|audio_pad|>`` per clip
+    (none for a text-only item, ``item.audio is None``)."""
     contexts = contexts or [None] * len(items)
     return [processor.tokenizer.apply_chat_template(
-        prompts.messages(it, mode, audio=ctx is None, context=ctx), tokenize=False, add_generation_prompt=True)
-        for it, ctx in zip(items, contexts)]
+        prompts.messages(it, mode, audio=ctx is None and it.audio is not None, context=ctx), tokenize=False,
+        add_generation_prompt=True) for it, ctx in zip(items, contexts)]
 
 
 def encode(processor, texts: Sequence[str], audios: Sequence | None) -> BatchFeature:
@@ -27,7 +48,8 @@ def encode(processor, texts: Sequence[str], audios: Sequence | None) -> BatchFea
     BatchFeature with ``input_ids`` and ``attention_mask`` of shape (batch, seq) and, with audio,
     ``input_features`` (batch, 128, frames) and ``feature_attention_mask`` (batch, frames); 100 frames per second.
     """
-    kwargs = {"audio": list(audios), "sampling_rate": SAMPLE_RATE} if audios else {}
+    audios = [a for a in (audios or []) if a is not None]  # text-only items have none
+    kwargs = {"audio": audios, "sampling_rate": SAMPLE_RATE} if audios else {}
     return processor(text=list(texts), padding=True, return_tensors="pt", **kwargs)
 
 

@@ -196,10 +196,10 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch
     logp : (n, T), differentiable. entropy : (n, T), detached. Values past the mask are meaningless (mask them).
     """
     P = inputs["input_ids"].shape[1]
+    audio = {k: inputs[k] for k in ("input_features", "feature_attention_mask") if k in inputs}  # none: text LM
     out = model(input_ids=torch.cat([inputs["input_ids"], completion_ids], 1),
                 attention_mask=torch.cat([inputs["attention_mask"], completion_mask.long()], 1),
-                input_features=inputs.get("input_features"),
-                feature_attention_mask=inputs.get("feature_attention_mask"), use_cache=False)
+                use_cache=False, **audio)
     # Position P - 1 + t predicts completion token t; divide by the sampling temperature so that these are the
     # log-probs of the distribution the tokens were drawn from.
     logits = out.logits[:, P - 1:-1].float() / temperature  # (n, T, V)
@@ -506,6 +506,8 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
         "frac_reward_zero_std": zero_std / (num_sequences // G), "zero_std_groups": zero_std,
         **{f"rewards/{r.name}/mean": float(torch.nanmean(all_rewards[:, j])) for j, r in enumerate(run.rewards)},
         **{f"rewards/{r.name}/std": float(nanstd(all_rewards[:, j])) for j, r in enumerate(run.rewards)},
+        # None from a reward (a judge that failed for that completion) is left out, never paid as 0: counted here
+        **{f"rewards/{r.name}/missing": int(torch.isnan(all_rewards[:, j]).sum()) for j, r in enumerate(run.rewards)},
         "kl": kl / it_tokens if g.beta > 0 else None, "entropy": entropy / max(num_tokens, 1.0),
         "clip_ratio/low": clip_low / it_tokens, "clip_ratio/high": clip_high / it_tokens,
         "clip_ratio/region": clip_region / it_tokens,
@@ -513,6 +515,9 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
         "think_rate": thought / num_sequences, "accuracy": correct / num_sequences,
         "well_formed": well_formed / num_sequences,
     }
+    from rl.judge import process_stats
+
+    metrics.update({f"judge/{k}": v for k, v in process_stats().items()})  # cumulative, this process's judges
     # A few completions, one per prompt first, for completions.jsonl.
     order = [b * G + j for j in range(G) for b in range(n // G)][:cfg.logging.completions_per_step]
     samples = [{"item_id": ro.items[i].id, "question": ro.items[i].question, "answer": ro.items[i].answer,
@@ -560,7 +565,13 @@ def _seed_everything(seed: int) -> None:
 def _truncate_jsonl(path: Path, max_step: int) -> None:
     """Keep the lines of ``path`` with ``step <= max_step`` (a resumed run rewrites what came after)."""
     if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= max_step]
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                if json.loads(ln)["step"] <= max_step:
+                    keep.append(ln)
+            except (ValueError, KeyError):  # a line cut short by a crash (SIGKILL mid-write): dropped
+                continue
         path.write_text("".join(ln + "\n" for ln in keep))
 
 

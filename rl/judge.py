@@ -79,6 +79,7 @@ __all__ = [
     "format_reference",
     "get_judge",
     "make_judge",
+    "process_stats",
     "sanitize_candidate",
 ]
 
@@ -993,6 +994,13 @@ def make_judge(backend: str = "local", **kwargs) -> Judge:
 
 _JUDGES: dict[str, Judge] = {}
 _JUDGES_LOCK = threading.Lock()
+
+
+def process_stats() -> dict[str, float]:
+    """Counters summed over every judge this process built with :func:`get_judge` (cumulative; empty if none)."""
+    with _JUDGES_LOCK:
+        stats = [j.stats.as_dict() for j in _JUDGES.values()]
+    return {k: sum(s[k] for s in stats) for k in stats[0]} if stats else {}
 
 
 def get_judge(backend: str = "local", **kwargs) -> Judge:

@@ -424,3 +424,30 @@ def _to_toml(cfg: dict) -> str:
                 lines.append(f"[[{k}]]")
                 lines += [f"{kk} = {value(vv)}" for kk, vv in entry.items()]
     return "\n".join(lines) + "\n"
+
+
+def test_text_only_model_trains_with_the_same_loop(tok):
+    """A text LM (tiny Llama) on items without audio: the loop's text path (used by benchmarks/grpo_bench.py)."""
+    from accelerate import Accelerator
+
+    from rl.collate import TextProcessor
+    from rl.rewards_basic import resolve_rewards
+    from rl.tasks import generate_items
+    from tests import tiny_lm
+
+    cfg = config_from_dict({"grpo": {"num_generations": 2, "batch_size": 2, "max_new_tokens": 5},
+                            "stages": [{"name": "s", "steps": 1, "rewards": {"accuracy": 1.0, "test_tokens": 1.0}}]})
+    policy = tiny_lm.build_model(tok, seed=1)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    items = [Item(id=it.id, question=it.question, choices=it.choices, answer=it.answer, audio=None)
+             for it in generate_items(2, seed=1)]
+    processor = TextProcessor(tok)
+    assert "<|audio" not in collate.prompt_texts(processor, items, "think")[0]
+    optimizer, scheduler = grpo.build_optimizer(policy, cfg, 1e-2, 1)
+    run = grpo.Run(cfg, policy, policy, None, processor, Accelerator(cpu=True),
+                   resolve_rewards(cfg.stages[0].rewards), optimizer, scheduler, grpo.suppressed_token_ids(tok))
+    metrics, _ = grpo.train_step(run, items, step=0, max_steps=1)
+    assert metrics["completion_length"] > 0
+    assert any(not torch.equal(p, before[n]) for n, p in policy.named_parameters())
+    with pytest.raises(ValueError, match="reads text only"):
+        processor(text=["x"], audio=[np.zeros(10)])

@@ -283,3 +283,37 @@ def test_smollm2_default_judge():
     full = J.LocalJudge(judge.model, tokenizer=judge.tokenizer, model_id="x", reuse_prefix=False).score(CANDS,
                                                                                                          [REF] * 3)
     assert s == pytest.approx(full, abs=1e-4)
+
+
+# --- judge faults inside a training run ------------------------------------------------------------------------------
+
+def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh, tiny_dir, tmp_path, one_thread):
+    """A GRPO run whose reward asks a flaky judge server: failed judgements are left out of the reward (counted in
+    the log), the run completes; with a failure limit the run stops with a message naming the server and limit."""
+    from rl import grpo
+    from rl.config import config_from_dict
+    from rl.rewards import judge_for
+    from rl.rewards_basic import REWARDS
+    from tests.test_grpo_loop import tiny_config
+
+    def judged_reward(prompts, completions, completion_ids, *, reference_chain, **kwargs):
+        # every completion goes to the judge (the stage rewards only judge correct answers: too rare for a tiny model)
+        return judge_for(kwargs, "test_judged").score([c or "empty" for c in completions], reference_chain)
+
+    REWARDS["test_judged"] = judged_reward
+    fresh.fail_every = 2  # every second request answers HTTP 500
+    judge_kw = {"judge_backend": "openai", "judge_base_url": fresh.url, "judge_model": "tiny-judge",
+                "judge_retries": 0, "judge_max_workers": 1, "judge_top_logprobs": ALL}
+    try:
+        cfg = tiny_config(tiny_dir, reward_kwargs={"test_judged": {**judge_kw, "judge_max_failure_fraction": None}},
+                          stages=[{"name": "s", "steps": 2, "rewards": {"accuracy": 1.0, "test_judged": 1.0}}])
+        grpo.train(config_from_dict(cfg), tmp_path / "lenient")
+        log = [json.loads(line) for line in (tmp_path / "lenient" / "log.jsonl").read_text().splitlines()]
+        assert len(log) == 2 and sum(r["rewards/test_judged/missing"] for r in log) > 0
+        assert log[-1]["judge/failures"] > 0 and log[-1]["reward"] is not None
+        cfg["reward_kwargs"]["test_judged"]["judge_max_failure_fraction"] = 0.25
+        cfg["reward_kwargs"]["test_judged"]["judge_min_judgements"] = 4
+        with pytest.raises(J.JudgeFailureError, match=r"failed \(50%\).*max_failure_fraction=0\.25"):
+            grpo.train(config_from_dict(cfg), tmp_path / "strict")
+    finally:
+        REWARDS.pop("test_judged")

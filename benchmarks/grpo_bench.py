@@ -1,0 +1,143 @@
+"""Completions per second: this repository's GRPO loop (``rl/grpo.py``) vs ``trl.GRPOTrainer``, side by side.
+
+    python -m benchmarks.grpo_bench                 # about 2 minutes on 2 cores
+
+Same tiny Llama (``tests/tiny_lm.py``, the model the TRL reward test uses), same prompts (8 per step, chat-templated
+by ``rl.collate``), G = 8 completions each, 32 new tokens, pure sampling at T = 1, DAPO loss, one update per
+rollout, no KL term, the same two rewards (accuracy and format from ``rl.rewards_basic``), one torch thread each.
+Each trainer runs ``--steps`` steps; the first ``--warmup`` are dropped and the median step time of the rest gives
+completions/s. The two run alternately ``--repeats`` times in one process so that load on the machine hits both.
+Writes ``benchmarks/results/grpo_vs_trl.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPTS, G, NEW_TOKENS, LR = 8, 8, 32, 1e-5
+
+
+def items():
+    from rl.items import Item
+    from rl.tasks import generate_items
+
+    out = []
+    for it in generate_items(PROMPTS, seed=4):  # text-only copies: the tiny Llama reads no audio
+        out.append(Item(id=it.id, question=it.question, choices=it.choices, answer=it.answer, audio=None,
+                        family=it.family, difficulty=it.difficulty))
+    return out
+
+
+def ours(tok, steps: int) -> list[float]:
+    """Seconds per step of rl.grpo.train_step."""
+    from accelerate import Accelerator
+
+    from rl.collate import TextProcessor
+    from rl.config import config_from_dict
+    from rl.grpo import Run, build_optimizer, suppressed_token_ids, train_step
+    from rl.rewards_basic import resolve_rewards
+    from tests import tiny_lm
+
+    cfg = config_from_dict({"grpo": {"num_generations": G, "batch_size": PROMPTS, "max_new_tokens": NEW_TOKENS,
+                                     "temperature": 1.0, "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
+                                     "mask_truncated_completions": False},
+                            "optim": {"lr": LR, "lr_schedule": "constant", "warmup_steps": 0},
+                            "stages": [{"name": "bench", "steps": steps,
+                                        "rewards": {"accuracy": 1.0, "format": 0.25}}]})
+    policy = tiny_lm.build_model(tok, seed=1)
+    acc = Accelerator(cpu=True)
+    optimizer, scheduler = build_optimizer(policy, cfg, LR, steps)
+    run = Run(cfg, policy, policy, None, TextProcessor(tok), acc, resolve_rewards(cfg.stages[0].rewards),
+              optimizer, scheduler, suppressed_token_ids(tok))
+    batch, times = items(), []
+    torch.manual_seed(0)
+    for step in range(steps):
+        t0 = time.perf_counter()
+        train_step(run, batch, step=step, max_steps=steps)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def trl_times(tok, steps: int) -> list[float]:
+    """Seconds per step of trl.GRPOTrainer (generation included: it happens inside the training step)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rl import collate
+    from rl.collate import TextProcessor
+    from rl.rewards_basic import accuracy_reward, format_reward
+    from tests import tiny_lm
+
+    its = items()
+    texts = collate.prompt_texts(TextProcessor(tok), its, "think")
+    data = Dataset.from_dict({"prompt": texts * steps, "answer": [it.answer for it in its] * steps})
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times, self.t0 = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.t0)
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = GRPOConfig(output_dir=tmp, per_device_train_batch_size=PROMPTS * G, num_generations=G,
+                          max_completion_length=NEW_TOKENS, max_steps=steps, learning_rate=LR, loss_type="dapo",
+                          beta=0.0, num_iterations=1, temperature=1.0, top_k=0, top_p=1.0, shuffle_dataset=False,
+                          reward_weights=[1.0, 0.25], report_to="none", save_strategy="no", use_cpu=True,
+                          bf16=False, seed=0, disable_tqdm=True, logging_steps=10_000, lr_scheduler_type="constant")
+        trainer = GRPOTrainer(model=tiny_lm.build_model(tok, seed=1), reward_funcs=[accuracy_reward, format_reward],
+                              args=args, train_dataset=data, processing_class=tok, callbacks=[clock])
+        trainer.train()
+    return clock.times
+
+
+def main(argv=None) -> None:
+    from tests import tiny_lm
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grpo_vs_trl.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tok = tiny_lm.build_tokenizer()
+    runs: dict[str, list[float]] = {"adt_probe": [], "trl": []}
+    for r in range(args.repeats):
+        for name, fn in (("adt_probe", ours), ("trl", trl_times)):
+            times = fn(tok, args.steps)[args.warmup:]
+            runs[name].append(statistics.median(times))
+            print(f"repeat {r}: {name} median step {runs[name][-1]:.3f} s", flush=True)
+    per_s = {name: PROMPTS * G / statistics.median(v) for name, v in runs.items()}
+    import trl
+
+    result = {"completions_per_second": per_s, "ratio_adt_probe_over_trl": per_s["adt_probe"] / per_s["trl"],
+              "median_step_seconds_per_repeat": runs, "setting": {
+                  "model": "tests/tiny_lm.py Llama (2 layers, hidden 32)", "prompts_per_step": PROMPTS, "G": G,
+                  "max_new_tokens": NEW_TOKENS, "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
+                  "steps": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
+                  "threads": args.threads},
+              "versions": {"torch": torch.__version__, "trl": trl.__version__}}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "median_step_seconds_per_repeat"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

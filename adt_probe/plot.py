@@ -77,6 +77,28 @@ def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str
     return fig
 
 
+def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: str = "all") -> plt.Figure:
+    """Per layer, the drift made by the router (same input, other router), by its input (same router, other
+    input) and in total, each with its 95% interval (``adt_probe.decompose.router_decomposition``)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    layers = decomposition["layer"].values
+    effects = list(decomposition["effect"].values)
+    width = 0.8 / len(effects)
+    for i, effect in enumerate(effects):
+        sel = decomposition.sel(effect=effect, segment=segment)
+        est = sel[metric].values
+        err = np.vstack([est - sel[f"{metric}_lo"].values, sel[f"{metric}_hi"].values - est])
+        ax.bar(layers + (i - (len(effects) - 1) / 2) * width, est, width=width, yerr=np.clip(err, 0, None),
+               capsize=2, color=OKABE_ITO[i], hatch=("", "//", "..")[i % 3], label=str(effect))
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel(LABELS.get(metric, metric))
+    ax.set_title(f"What made the drift: the router or its input ({segment})")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
 def expert_load(drift: xr.Dataset, segment: str = "all", title: str | None = None) -> plt.Figure:
     """Heatmaps of expert load (layer x expert): base, RL, and the shift (diverging, centred at 0)."""
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharey=True)

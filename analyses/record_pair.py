@@ -41,7 +41,11 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
 
     out.mkdir(parents=True, exist_ok=True)
     base, processor = load_organism(base_path)
-    rl, _ = load_organism(rl_path)
+    rl, rl_processor = load_organism(rl_path)
+    if processor.tokenizer.get_vocab() != rl_processor.tokenizer.get_vocab():
+        raise ValueError(f"{base_path} and {rl_path} have different tokenizers: the same token ids would mean "
+                         "different text to the two models. Compare an RL model with the base it was trained from.")
+    adt_probe.weights.check_compatible(base, rl)  # same architecture, layers, experts
     texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens)
     (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
                                                    for it, t in zip(items, texts)))

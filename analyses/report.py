@@ -7,6 +7,10 @@ The verdicts are computed from the intervals with rules fixed here, before any r
   difference of the Jensen-Shannon drift has a 95% interval above 0 and above the same difference for the noise
   pair, and some upper layer's drift clears the noise floor; it is *reversed* when the interval lies below 0;
   otherwise *not shown*;
+* is it the routers? The same upper-minus-lower contrast for the *router effect* (the base and the RL router reading
+  the same RL stream, ``adt_probe.decompose``) and for the *input effect* (the base router reading the base and the
+  RL stream): "mostly the routers" when the router effect's difference lies above the input effect's (intervals
+  apart), "mostly their inputs" in the reverse case;
 * finding 2 ("reasoning tokens crystallize progressively in the upper layers") *reproduces* when the RL model's
   think tokens crystallize, on average, in the upper half of the layers (interval above the midpoint) and later
   than its answer tokens (intervals apart); otherwise *not shown*, with the numbers.
@@ -69,6 +73,23 @@ def finding_routers(findings: dict, weights: dict | None) -> dict:
     return out
 
 
+def router_or_input(decompose: dict) -> dict:
+    """Which part of the upper-band excess drift the routers themselves made, and which their inputs made."""
+    router = decompose["js_band_contrast_router"]["difference"]
+    inputs = decompose["js_band_contrast_input"]["difference"]
+    if router["lo"] > inputs["hi"]:
+        verdict = "mostly the routers"
+    elif inputs["lo"] > router["hi"]:
+        verdict = "mostly their inputs"
+    else:
+        verdict = "both, not separable here"
+    return {"verdict": verdict, "router_upper_minus_lower": router, "input_upper_minus_lower": inputs,
+            "router_upper": decompose["js_band_contrast_router"]["upper"],
+            "router_lower": decompose["js_band_contrast_router"]["lower"],
+            "input_upper": decompose["js_band_contrast_input"]["upper"],
+            "input_lower": decompose["js_band_contrast_input"]["lower"], "segment": decompose["segment"]}
+
+
 def finding_crystallization(findings: dict, n_layers: int) -> dict:
     """Verdict and numbers of finding 2 from ``findings.json``."""
     c = findings["crystallization"]
@@ -114,6 +135,7 @@ def write_report(plan, steps: dict) -> dict:
     f1 = finding_routers(steps["findings"]["findings"], steps["weights"])
     f2 = finding_crystallization(steps["findings"]["findings"], n_layers)
     f1_mirror = finding_routers(steps["findings"]["findings_mirror"], None)
+    f1["who"] = router_or_input(steps["decompose"])
     seconds = {name: json.loads((d / "steps" / f"{name}.json").read_text())["seconds"]
                for name in steps if (d / "steps" / f"{name}.json").exists()}
     training_figure(d / "run" / "log.jsonl", d / "figures" / "training")
@@ -151,6 +173,15 @@ def write_report(plan, steps: dict) -> dict:
                f"{_pct(f1['router_weight_rel_change'])} (other weights of the same blocks: "
                f"{_pct(f1['other_weight_rel_change'])}). Mirror check on the base's own completions: "
                f"difference {_ci(f1_mirror['js_upper_minus_lower'], 4)}, verdict {f1_mirror['verdict']}.")
+    who = f1["who"]
+    who_text = (f"Drift per layer mixes two causes: the router weights changed, and so did the stream they read (every "
+                f"earlier block changed too, and such changes accumulate with depth). Holding the input fixed (the "
+                f"base and the RL router on the same RL stream; {who['segment']} tokens): router effect upper "
+                f"{_ci(who['router_upper'], 5)}, lower {_ci(who['router_lower'], 5)}, difference "
+                f"**{_ci(who['router_upper_minus_lower'], 5)}**; holding the router fixed (the base router on the base "
+                f"and on the RL stream): input effect upper {_ci(who['input_upper'], 5)}, lower "
+                f"{_ci(who['input_lower'], 5)}, difference **{_ci(who['input_upper_minus_lower'], 5)}**. "
+                f"The upper-layer excess is made by: **{who['verdict']}**.")
     if f2.get("think"):
         t, a = f2["think"], f2["answer"]
         f2_text = (f"Mean crystallization layer (first layer from which the logit lens's top-1 equals the final "
@@ -187,7 +218,10 @@ checkpoint `{os.path.relpath(train['final'], d)}`.
 
 {f1_text}
 
+{who_text}
+
 {fig(figs['drift_js'][0], JS_CAPTION)}
+{fig(str(d / 'decompose' / 'drift_decomposition'), 'Drift per layer made by the router, by its input, and in total')}
 {fig(figs['drift_top1'][0], 'Top-1 expert agreement between base and RL per layer')}
 {fig(figs['expert_load'][0], 'Expert load, base vs RL, and the shift')}
 {fig(str(d / 'weights' / 'router_weight_drift'), WEIGHT_CAPTION)}
@@ -213,8 +247,9 @@ final model accuracy {tr['reference'].get('rl_accuracy', float('nan')):.3f}, bas
     {cmd}
 
 Steps and seconds: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}. Everything above is in
-`results.json`; the datasets are in `recordings*/` (zarr), `findings*/`, `weights/`, `trajectory/` and `transplant/`
-(netCDF), the run in `run/`. Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.
+`results.json`; the datasets are in `recordings*/` (zarr), `findings*/`, `decompose/`, `weights/`, `trajectory/`
+and `transplant/` (netCDF), the run in `run/`.
+Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.
 """
     (d / "report.md").write_text(md)
     return results

@@ -12,6 +12,7 @@ Steps, each a function below, each writing under ``--out``:
 3. ``record``      both models (and the base again, batched differently: the noise floor) teacher-forced on the final
                    model's completions, and on the base's own completions (the mirror check); ``recordings*/``
 4. ``findings``    gating drift with intervals and noise floor, band contrast, crystallization; ``findings*/``
+   ``decompose``   the drift split into what the routers did (same input, other router) and what their inputs did
 5. ``weights``     router weight drift base -> final, against the drift of the other weights of each block
 6. ``trajectory``  gating and weight drift at every checkpoint of the run
 7. ``transplant``  the final model with the base's routers per layer band (and the reverse): change of accuracy
@@ -125,6 +126,37 @@ def step_findings(plan: Plan) -> dict:
             for suffix, folder in (("", "findings"), ("_mirror", "findings_mirror"))}
 
 
+def step_decompose(plan: Plan) -> dict:
+    """Split the gating drift into the router effect and the input effect, per layer (adt_probe.decompose)."""
+    import adt_probe
+    from adt_probe import plot
+    from adt_probe.decompose import base_router_views, effect_pairs, router_decomposition
+    from adt_probe.drift import band_contrast
+    from analyses.findings import halves
+    from rl.organism import load_organism
+
+    rec_dir, folder = plan.dir / "recordings", plan.dir / "decompose"
+    base, processor = load_organism(base_path(plan))
+    rl, _ = load_organism(final_checkpoint(plan))
+    inputs = recorded_inputs(plan, processor)
+    base_rec, rl_rec = adt_probe.open(rec_dir / "base.zarr").load(), adt_probe.open(rec_dir / "rl.zarr").load()
+    views = base_router_views(rl, base, inputs, rl_recording=rl_rec, tokenizer=processor.tokenizer)
+    adt_probe.save(views, folder / "rl_streams_base_routers.zarr")
+    dec = router_decomposition(base, rl, inputs, base_recording=base_rec, rl_recording=rl_rec, views=views,
+                               n_boot=plan.n_boot)
+    adt_probe.save(dec, folder / "decomposition.nc")
+    total = dec.sel(effect="total")
+    lower, upper = halves(total)
+    segment = "think" if int(total.n_tokens.sel(segment="think")) > 0 else "all"
+    fig = plot.drift_decomposition(dec, "js", segment)
+    plot.save(fig, folder / "drift_decomposition")
+    plot.plt.close(fig)
+    return {"segment": segment, "bands": {"lower": lower, "upper": upper},
+            **{f"js_band_contrast_{k}": band_contrast(a, b, lower=lower, upper=upper, segment=segment,
+                                                      n_boot=plan.n_boot)
+               for k, (a, b) in effect_pairs(base_rec, rl_rec, views).items()}}
+
+
 def step_weights(plan: Plan) -> dict:
     """Router weight drift base -> final, and the relative change of the block's other weights as the reference."""
     import adt_probe
@@ -143,14 +175,10 @@ def step_trajectory(plan: Plan) -> dict:
     """Drift from the base at every checkpoint, on the final model's completions."""
     import adt_probe
     from adt_probe import plot
-    from analyses.sequences import teacher_forced_inputs
     from rl.organism import load_organism
 
-    items = heldout(plan)
-    texts = [json.loads(line)["completion"] for line in
-             (plan.dir / "recordings" / "completions.jsonl").read_text().splitlines()]
     base, processor = load_organism(base_path(plan))
-    inputs = teacher_forced_inputs(processor, items, texts)
+    inputs = recorded_inputs(plan, processor)
     traj = adt_probe.drift_trajectory(plan.dir / "run", inputs, base=base, tokenizer=processor.tokenizer,
                                       n_boot=min(plan.n_boot, 200))
     adt_probe.save(traj, plan.dir / "trajectory" / "trajectory.nc")
@@ -191,8 +219,8 @@ def step_report(plan: Plan) -> dict:
 
 
 STEPS = [("train", step_train), ("evaluate", step_evaluate), ("record", step_record), ("findings", step_findings),
-         ("weights", step_weights), ("trajectory", step_trajectory), ("transplant", step_transplant),
-         ("report", step_report)]
+         ("decompose", step_decompose), ("weights", step_weights), ("trajectory", step_trajectory),
+         ("transplant", step_transplant), ("report", step_report)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -222,6 +250,15 @@ def heldout(plan: Plan):
     from analyses.record_pair import heldout as make
 
     return make(plan.n_per_cell, plan.eval_seed, None)
+
+
+def recorded_inputs(plan: Plan, processor):
+    """The teacher-forced inputs of ``recordings/``: held-out prompts plus the final model's completions."""
+    from analyses.sequences import teacher_forced_inputs
+
+    path = plan.dir / "recordings" / "completions.jsonl"
+    texts = [json.loads(line)["completion"] for line in path.read_text().splitlines()]
+    return teacher_forced_inputs(processor, heldout(plan), texts)
 
 
 def headline(report: dict) -> dict:

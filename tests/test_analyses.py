@@ -43,6 +43,35 @@ def test_record_findings_and_transplant(pair, tmp_path):
     assert set(effects.data_vars) >= {"accuracy_delta", "accuracy_delta_lo", "reward_delta_hi"}
 
 
+def test_record_pair_refuses_models_that_do_not_belong_together(pair, tmp_path, tiny_organism, tokenizer):
+    from rl import organism
+    from rl.train_base import tokenizer_corpus
+
+    base, _ = pair
+    other_tok = organism.train_tokenizer(tokenizer_corpus(50, seed=9), vocab_size=300)
+    other = organism.build_model(other_tok, seed=0, num_hidden_layers=2)
+    other.save_pretrained(tmp_path / "other_tok")
+    organism.build_processor(other_tok).save_pretrained(tmp_path / "other_tok")
+    items = generate_items(2, seed=3)
+    with pytest.raises(ValueError, match="different tokenizers"):
+        record_pair.record_pair(base, tmp_path / "other_tok", items, tmp_path / "rec")
+    more = organism.build_model(tokenizer, seed=0, num_hidden_layers=3)  # another layer count
+    more.save_pretrained(tmp_path / "more")
+    organism.build_processor(tokenizer).save_pretrained(tmp_path / "more")
+    with pytest.raises(ValueError, match="differ in moe_layers"):
+        record_pair.record_pair(base, tmp_path / "more", items, tmp_path / "rec")
+    assert not (tmp_path / "rec" / "base.zarr").exists()  # refused before anything was written
+
+
+def test_nan_audio_features_are_refused(tiny_organism, processor):
+    from rl import collate
+
+    batch = collate.encode_prompts(processor, generate_items(2, seed=3), "think")
+    batch["input_features"][0, 3, 5] = float("nan")
+    with pytest.raises(adt_probe.RecordingError, match="'input_features' holds 1 NaN or infinite"):
+        adt_probe.record(tiny_organism, batch, tokenizer=processor.tokenizer)
+
+
 def test_drift_trajectory_over_a_real_run(tmp_path, tiny_dir, processor, items):
     """Two GRPO steps with a checkpoint each, then drift from the base along them."""
     import yaml

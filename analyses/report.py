@@ -32,8 +32,11 @@ WEIGHT_CAPTION = "Router weight drift per layer, next to the other weights of th
 
 
 def _ci(v: dict | None, digits: int = 3) -> str:
+    """``value [lo, hi]``; values below 0.01 in three significant digits (drift in bits is often that small)."""
     if not v:
         return "n/a"
+    if max(abs(v["value"]), abs(v["lo"]), abs(v["hi"])) < 0.01:
+        return f"{v['value']:.3g} [{v['lo']:.3g}, {v['hi']:.3g}]"
     return f"{v['value']:.{digits}f} [{v['lo']:.{digits}f}, {v['hi']:.{digits}f}]"
 
 

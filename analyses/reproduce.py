@@ -180,7 +180,7 @@ def step_trajectory(plan: Plan) -> dict:
     base, processor = load_organism(base_path(plan))
     inputs = recorded_inputs(plan, processor)
     traj = adt_probe.drift_trajectory(plan.dir / "run", inputs, base=base, tokenizer=processor.tokenizer,
-                                      n_boot=min(plan.n_boot, 200))
+                                      routing="full", n_boot=min(plan.n_boot, 200))  # as in `findings`
     adt_probe.save(traj, plan.dir / "trajectory" / "trajectory.nc")
     segment = "think" if int(traj.n_tokens.sel(segment="think").max()) > 0 else "all"
     fig = plot.drift_trajectory(traj, "js", segment=segment)

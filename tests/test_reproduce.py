@@ -69,7 +69,7 @@ def test_rerun_reuses_every_step(demo, capsys):
     t0 = time.time()
     reproduce(Plan.make(str(out), quick=True), threads=1)
     assert time.time() - t0 < 0.2 * first
-    assert capsys.readouterr().err.count("reused") == 8
+    assert capsys.readouterr().err.count("reused") == 9
 
 
 def test_rerun_with_other_settings_is_refused(demo):

@@ -496,7 +496,8 @@ class LocalJudge(Judge):
 
                 try:
                     tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(path))
-                    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+                    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32,
+                                                                 use_safetensors=True)
                 except (OSError, ValueError) as exc:
                     raise JudgeUnavailableError(f"cannot load the judge model from {path}: {exc}") from exc
                 model_id = model_id or str(path.resolve())

@@ -141,7 +141,7 @@ def load_organism(path: str | Path = ORGANISM_DIR, *, dtype: torch.dtype = torch
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model in {path}: expected config.json and model.safetensors there. "
                                 "Train the organism with `python -m rl.train_base` or pass the right folder.")
-    model = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+    model = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
     return model.eval(), load_processor(path)
 
 

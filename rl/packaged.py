@@ -58,5 +58,5 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)  # a crash mid-conversion leaves no half cache behind
-    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype, use_safetensors=True)
     return model.eval(), AutoTokenizer.from_pretrained(str(target))

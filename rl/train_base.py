@@ -43,7 +43,7 @@ import torch
 
 from rl import collate, organism, prompts
 from rl.checkpoint import replace_dir, sha256
-from rl.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items, make_item
+from rl.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, generate_items, make_item
 
 
 @dataclass
@@ -61,6 +61,9 @@ class BaseTrainConfig:
     # answer after correct notes was no better than the direct answer (0.62 vs 0.62); at 0.35 and 900 steps, 0.83 vs
     # 0.75, so writing notes can pay and RL has something to find.
     mode_weights: tuple[float, ...] = (0.30, 0.15, 0.10, 0.35, 0.10)
+    # Multi-step families: the share of their direct-answer examples kept (the rest become notes examples), so they
+    # stay hard to answer directly and easy from notes: reasoning has to pay in accuracy there.
+    direct_multistep: float = 1.0
     latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
     # First steps: describe only. A decoder trained from scratch learns the text prior first and then treats the
     # audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
@@ -99,6 +102,9 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         it = make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))], item_rng,
                        f"train-{step}-{j}")
         mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))] if step >= cfg.perception_steps else "describe"
+        if mode == "answer" and cfg.direct_multistep < 1 and it.family in MULTI_STEP \
+                and rng.random() >= cfg.direct_multistep:  # no draw at 1.0: the shipped recipe's stream
+            mode = "notes"
         if mode == "notes":
             target = (f"<think>\n{it.meta['description']}\n", f"</think>\n\n<answer>{it.answer}</answer><|im_end|>")
         elif mode == "think" and rng.random() < cfg.latent_think:

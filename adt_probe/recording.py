@@ -314,6 +314,9 @@ def record(model, inputs: Mapping, *, segments=None, routing: str | None = "topk
         store = zarr.open_group(str(out), mode="a")
         store.attrs.update(attrs_all)
         zarr.consolidate_metadata(str(out))
+        from adt_probe.integrity import write_checksums
+
+        write_checksums(out)
         return xr.open_zarr(str(out))
     ds = xr.concat(parts, dim="token", data_vars="minimal", coords="minimal", compat="override",
                    join="override") if len(parts) > 1 else parts[0]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import xarray as xr
 
+from adt_probe.integrity import verify_checksums, write_checksums
 from adt_probe.recording import SCHEMA_VERSION, ZARR_FORMAT
 
 SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
@@ -50,8 +51,10 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "netcdf":
         ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
+        write_checksums(tmp, target=path)
     else:
         ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=ZARR_FORMAT)
+        write_checksums(tmp)
     if path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -61,15 +64,22 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
 def open(path: str | os.PathLike, *, check: bool = True) -> xr.Dataset:  # noqa: A001 - mirrors xarray.open_*
     """Open a Dataset written by ``save`` or ``record(out=...)``; lazy for zarr.
 
+    ``check`` verifies the checksums written with the file (it reads every byte once: pass ``check=False`` to skip
+    that and the schema check) and the schema.
+
     Raises
     ------
     FileNotFoundError : nothing at ``path``.
-    SchemaError : unreadable, or not an adt-probe Dataset of this schema version.
+    SchemaError : unreadable, altered since it was written (checksum), or not an adt-probe Dataset of this schema
+        version.
     """
     path = Path(path)
     kind = _kind(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or store")
+    if check and (problem := verify_checksums(path)):
+        raise SchemaError(f"{path}: {problem}; the file was changed or damaged after it was written. Record or save "
+                          "it again.")
     try:
         ds = (xr.open_dataset(path, engine="h5netcdf") if kind == "netcdf"
               else xr.open_zarr(path, consolidated=None))

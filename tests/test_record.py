@@ -128,12 +128,35 @@ def test_save_open_round_trip(full, tmp_path, suffix):
 def test_open_names_the_damaged_file(full, tmp_path):
     path = adt_probe.save(full, tmp_path / "rec.nc")
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: cannot be read"):
+    with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: checksum check failed: rec\.nc differs"):
         adt_probe.open(path)
+    with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: cannot be read"):
+        adt_probe.open(path, check=False)
     foreign = tmp_path / "foreign.nc"
     xr.Dataset({"x": ("token", np.arange(3))}).to_netcdf(foreign, engine="h5netcdf")
     with pytest.raises(adt_probe.SchemaError, match="no schema_version"):
         adt_probe.open(foreign)
+
+
+def test_altered_files_fail_their_checksum(full, tmp_path, tiny_organism, inputs, processor):
+    nc = adt_probe.save(full, tmp_path / "rec.nc")
+    data = bytearray(nc.read_bytes())
+    data[-100] ^= 0x01  # one flipped bit: still a readable file, but not the data that was written
+    nc.write_bytes(bytes(data))
+    with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: checksum check failed"):
+        adt_probe.open(nc)
+    store = adt_probe.save(full, tmp_path / "rec.zarr")
+    chunk = next(p for p in sorted((store / "lens_logprob").iterdir()) if not p.name.startswith("."))
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    with pytest.raises(adt_probe.SchemaError, match=r"checksum check failed: lens_logprob/.* differs"):
+        adt_probe.open(store)
+    chunk.unlink()
+    with pytest.raises(adt_probe.SchemaError, match=r"checksum check failed: lens_logprob/.* is missing"):
+        adt_probe.open(store)
+    streamed = tmp_path / "streamed.zarr"
+    record(tiny_organism, inputs, tokenizer=processor.tokenizer, batch_size=2, out=streamed)
+    assert (streamed / "adt_probe_checksums.json").exists()
+    adt_probe.open(streamed)  # verifies
 
 
 # --- bad input --------------------------------------------------------------------------------------------------

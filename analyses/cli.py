@@ -19,6 +19,9 @@ COMMANDS = {
     "record": ("analyses.record_pair", "record a base and an RL model on the same token sequences"),
     "findings": ("analyses.findings", "gating drift and crystallization from recordings, with figures"),
     "transplant": ("analyses.transplant", "router transplant per layer band: change of accuracy and reward"),
+    "decompose": ("analyses.decompose", "gating drift split into what the routers and what their inputs made"),
+    "weights": ("analyses.weights", "router weight drift between two checkpoints"),
+    "trajectory": ("analyses.trajectory", "drift from the base at every checkpoint of a run"),
 }
 
 

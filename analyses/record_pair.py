@@ -49,6 +49,10 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
     texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens)
     (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
                                                    for it, t in zip(items, texts)))
+    from rl.items import write_items
+
+    write_items(items, out / "items.jsonl")  # with completions.jsonl: the recorded sequences, rebuilt by
+    # analyses.sequences.recorded_inputs
     inputs = teacher_forced_inputs(processor, items, texts)
     attrs = {"source": source, "n_items": len(items)}
     paths = {}

@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
@@ -128,66 +127,25 @@ def step_findings(plan: Plan) -> dict:
 
 def step_decompose(plan: Plan) -> dict:
     """Split the gating drift into the router effect and the input effect, per layer (adt_probe.decompose)."""
-    import adt_probe
-    from adt_probe import plot
-    from adt_probe.decompose import base_router_views, effect_pairs, router_decomposition
-    from adt_probe.drift import band_contrast
-    from analyses.findings import halves
-    from rl.organism import load_organism
+    from analyses.decompose import run
 
-    rec_dir, folder = plan.dir / "recordings", plan.dir / "decompose"
-    base, processor = load_organism(base_path(plan))
-    rl, _ = load_organism(final_checkpoint(plan))
-    inputs = recorded_inputs(plan, processor)
-    base_rec, rl_rec = adt_probe.open(rec_dir / "base.zarr").load(), adt_probe.open(rec_dir / "rl.zarr").load()
-    views = base_router_views(rl, base, inputs, rl_recording=rl_rec, tokenizer=processor.tokenizer)
-    adt_probe.save(views, folder / "rl_streams_base_routers.zarr")
-    dec = router_decomposition(base, rl, inputs, base_recording=base_rec, rl_recording=rl_rec, views=views,
-                               n_boot=plan.n_boot)
-    adt_probe.save(dec, folder / "decomposition.nc")
-    total = dec.sel(effect="total")
-    lower, upper = halves(total)
-    segment = "think" if int(total.n_tokens.sel(segment="think")) > 0 else "all"
-    fig = plot.drift_decomposition(dec, "js", segment)
-    plot.save(fig, folder / "drift_decomposition")
-    plot.plt.close(fig)
-    return {"segment": segment, "bands": {"lower": lower, "upper": upper},
-            **{f"js_band_contrast_{k}": band_contrast(a, b, lower=lower, upper=upper, segment=segment,
-                                                      n_boot=plan.n_boot)
-               for k, (a, b) in effect_pairs(base_rec, rl_rec, views).items()}}
+    return run(base_path(plan), final_checkpoint(plan), plan.dir / "recordings", plan.dir / "decompose",
+               n_boot=plan.n_boot)
 
 
 def step_weights(plan: Plan) -> dict:
     """Router weight drift base -> final, and the relative change of the block's other weights as the reference."""
-    import adt_probe
-    from adt_probe import plot
+    from analyses.weights import run
 
-    ds = adt_probe.router_weight_drift(base_path(plan), final_checkpoint(plan))
-    adt_probe.save(ds, plan.dir / "weights" / "router_weight_drift.nc")
-    fig = plot.router_weight_drift(ds)
-    plot.save(fig, plan.dir / "weights" / "router_weight_drift")
-    plot.plt.close(fig)
-    return {"rel_change": _floats(ds.rel_change), "rel_change_other": _floats(ds.rel_change_other),
-            "cosine": _floats(ds.cosine)}
+    return run(base_path(plan), final_checkpoint(plan), plan.dir / "weights")
 
 
 def step_trajectory(plan: Plan) -> dict:
     """Drift from the base at every checkpoint, on the final model's completions."""
-    import adt_probe
-    from adt_probe import plot
-    from rl.organism import load_organism
+    from analyses.trajectory import run
 
-    base, processor = load_organism(base_path(plan))
-    inputs = recorded_inputs(plan, processor)
-    traj = adt_probe.drift_trajectory(plan.dir / "run", inputs, base=base, tokenizer=processor.tokenizer,
-                                      routing="full", n_boot=min(plan.n_boot, 200))  # as in `findings`
-    adt_probe.save(traj, plan.dir / "trajectory" / "trajectory.nc")
-    segment = "think" if int(traj.n_tokens.sel(segment="think").max()) > 0 else "all"
-    fig = plot.drift_trajectory(traj, "js", segment=segment)
-    plot.save(fig, plan.dir / "trajectory" / "drift_trajectory")
-    plot.plt.close(fig)
-    return {"steps": [int(s) for s in traj.step.values], "segment": segment,
-            "js_mean_over_layers": _floats(traj.js.sel(segment=segment).mean("layer"))}
+    return run(plan.dir / "run", base_path(plan), plan.dir / "recordings", plan.dir / "trajectory",
+               n_boot=min(plan.n_boot, 200))
 
 
 def step_transplant(plan: Plan) -> dict:
@@ -252,15 +210,6 @@ def heldout(plan: Plan):
     return make(plan.n_per_cell, plan.eval_seed, None)
 
 
-def recorded_inputs(plan: Plan, processor):
-    """The teacher-forced inputs of ``recordings/``: held-out prompts plus the final model's completions."""
-    from analyses.sequences import teacher_forced_inputs
-
-    path = plan.dir / "recordings" / "completions.jsonl"
-    texts = [json.loads(line)["completion"] for line in path.read_text().splitlines()]
-    return teacher_forced_inputs(processor, heldout(plan), texts)
-
-
 def headline(report: dict) -> dict:
     """The numbers of the results table: think-first prompt, greedy (the setting RL trains), plus direct accuracy."""
     greedy = report["think_prompt"]["greedy"]
@@ -276,10 +225,6 @@ def headline(report: dict) -> dict:
     row["direct_accuracy"], row["direct_accuracy_ci"] = direct["value"], [direct["lo"], direct["hi"]]
     row["n_items"] = report["n_items"]
     return row
-
-
-def _floats(da) -> list[float | None]:
-    return [None if not np.isfinite(v) else round(float(v), 6) for v in np.asarray(da.values, dtype=float)]
 
 
 def read_step(plan: Plan, name: str) -> dict | None:

@@ -28,3 +28,18 @@ def teacher_forced_inputs(processor, items: Sequence[Item], texts: Sequence[str]
     prompts = collate.prompt_texts(processor, items, mode)
     full = [p + t.split("<|im_end|>")[0] + "<|im_end|>" for p, t in zip(prompts, texts)]
     return collate.encode(processor, full, [it.audio for it in items])
+
+
+def recorded_inputs(recordings, processor):
+    """The teacher-forced inputs a recordings folder (``adt-probe record``) was made on: its ``items.jsonl`` and
+    ``completions.jsonl``, through ``processor``."""
+    import json
+    from pathlib import Path
+
+    from rl.items import load_items
+
+    folder = Path(recordings)
+    items = load_items(folder / "items.jsonl")
+    by_id = {json.loads(line)["id"]: json.loads(line)["completion"]
+             for line in (folder / "completions.jsonl").read_text().splitlines()}
+    return teacher_forced_inputs(processor, items, [by_id[it.id] for it in items])

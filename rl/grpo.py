@@ -556,6 +556,17 @@ def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
     return mined
 
 
+def start_judges(weights: dict[str, float], reward_kwargs: dict[str, dict], say) -> None:
+    """Build the judges of a stage's rewards now rather than at the first paid completion: an unreachable server or a
+    missing model fails before any training, and the judge's memory is part of the warm-up, not a jump mid-run."""
+    from rl.rewards import DEFAULT_W, JUDGE_REWARDS, judge_for
+
+    for name in weights:
+        kwargs = reward_kwargs.get(name, {})
+        if name in JUDGE_REWARDS and kwargs.get("w", DEFAULT_W) > 0:
+            say(f"reward {name!r}: judge {judge_for(kwargs, name).describe()}")
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -666,6 +677,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             items, mined_ids = load_data(stage.data, where=where), None
         rewards = resolve_rewards(stage.rewards, cfg.reward_kwargs)
         check_requirements(rewards, items, where=where)
+        start_judges(stage.rewards, cfg.reward_kwargs, say)
         lr = cfg.optim.lr if stage.lr is None else stage.lr
         optimizer, scheduler = build_optimizer(policy, cfg, lr, stage.steps * cfg.grpo.num_iterations)
         stream = PromptStream(len(items), [cfg.seed, si], stage.data.shuffle, state.data_position if here else None)

@@ -317,3 +317,17 @@ def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh,
             grpo.train(config_from_dict(cfg), tmp_path / "strict")
     finally:
         REWARDS.pop("test_judged")
+
+
+def test_training_with_an_unreachable_judge_stops_before_the_first_step(tiny_dir, tmp_path):
+    from rl import grpo
+    from rl.config import config_from_dict
+    from tests.test_grpo_loop import tiny_config
+
+    cfg = tiny_config(tiny_dir, reward_kwargs={"llm_judge": {"judge_backend": "openai", "judge_model": "x",
+                                                             "judge_base_url": f"http://127.0.0.1:{_free_port()}/v1",
+                                                             "judge_timeout": 2, "judge_retries": 0}},
+                      stages=[{"name": "s", "steps": 1, "rewards": {"accuracy": 1.0, "llm_judge": 1.0}}])
+    with pytest.raises(J.JudgeUnavailableError, match="127.0.0.1"):
+        grpo.train(config_from_dict(cfg), tmp_path / "out")
+    assert not (tmp_path / "out" / "log.jsonl").exists()  # no step ran

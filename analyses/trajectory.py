@@ -1,0 +1,48 @@
+"""Gating and router weight drift from the base at every checkpoint of a run (``adt-probe trajectory``).
+
+    adt-probe trajectory --run demo/run --base rl/assets/organism --recordings demo/recordings --out demo/trajectory
+
+The sequences are those of ``--recordings`` (``adt-probe record``'s folder: ``items.jsonl`` + ``completions.jsonl``),
+teacher-forced through the base and every checkpoint. Writes ``trajectory.nc`` and the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import adt_probe
+from adt_probe import plot
+
+
+def run(run_dir, base_path, recordings, out: Path, *, n_boot: int = 200) -> dict:
+    """Compute, save and plot the trajectory; returns the steps and the layer-mean JS per step."""
+    from analyses.sequences import recorded_inputs
+    from rl.organism import load_organism
+
+    base, processor = load_organism(base_path)
+    traj = adt_probe.drift_trajectory(run_dir, recorded_inputs(recordings, processor), base=base,
+                                      tokenizer=processor.tokenizer, routing="full", n_boot=n_boot)
+    adt_probe.save(traj, out / "trajectory.nc")
+    segment = "think" if int(traj.n_tokens.sel(segment="think").max()) > 0 else "all"
+    fig = plot.drift_trajectory(traj, "js", segment=segment)
+    plot.save(fig, out / "drift_trajectory")
+    plot.plt.close(fig)
+    return {"steps": [int(s) for s in traj.step.values], "segment": segment,
+            "js_mean_over_layers": [round(float(v), 6) for v in traj.js.sel(segment=segment).mean("layer").values]}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="the run folder (checkpoints/step-N inside)")
+    ap.add_argument("--base", required=True, help="base model folder (step 0)")
+    ap.add_argument("--recordings", required=True, help="an `adt-probe record` folder: the sequences")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n-boot", type=int, default=200)
+    args = ap.parse_args(argv)
+    print(json.dumps(run(args.run, args.base, args.recordings, Path(args.out), n_boot=args.n_boot), indent=1))
+
+
+if __name__ == "__main__":
+    main()

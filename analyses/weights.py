@@ -1,0 +1,41 @@
+"""Router weight drift between two checkpoints, next to the drift of the blocks' other weights (``adt-probe weights``).
+
+    adt-probe weights --base rl/assets/organism --rl demo/run/checkpoints/step-000045 --out demo/weights
+
+Writes ``router_weight_drift.nc`` and the figure (PNG and PDF). No data needed: it compares the parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+import adt_probe
+from adt_probe import plot
+
+
+def run(base, rl, out: Path) -> dict:
+    """Compute, save and plot; returns per-layer ``rel_change``, ``rel_change_other`` and ``cosine``."""
+    ds = adt_probe.router_weight_drift(base, rl)
+    adt_probe.save(ds, out / "router_weight_drift.nc")
+    fig = plot.router_weight_drift(ds)
+    plot.save(fig, out / "router_weight_drift")
+    plot.plt.close(fig)
+    return {name: [None if not np.isfinite(v) else round(float(v), 6) for v in ds[name].values]
+            for name in ("rel_change", "rel_change_other", "cosine")}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="base model folder")
+    ap.add_argument("--rl", required=True, help="RL model folder")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    print(json.dumps(run(args.base, args.rl, Path(args.out)), indent=1))
+
+
+if __name__ == "__main__":
+    main()

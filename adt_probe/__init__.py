@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from adt_probe import plot, testing
 from adt_probe.architectures import ArchitectureSpec, UnknownArchitectureError, architecture, get_module
 from adt_probe.crystallize import compare_crystallization, crystallization, crystallization_layer
+from adt_probe.decompose import router_decomposition
 from adt_probe.drift import DriftInputError, band_contrast, gating_drift
 from adt_probe.recording import RecordingError, record
 from adt_probe.segments import SEGMENTS, segment_tokens
@@ -27,5 +28,5 @@ from adt_probe.weights import router_weight_drift, transplant
 __all__ = ["ArchitectureSpec", "DriftInputError", "RecordingError", "SEGMENTS", "SchemaError", "TunedLens",
            "UnknownArchitectureError", "architecture", "band_contrast", "check_schema", "compare_crystallization",
            "crystallization", "crystallization_layer", "drift_trajectory", "gating_drift", "get_module", "open",
-           "plot", "record", "router_weight_drift", "save", "segment_tokens", "testing", "train_tuned_lens",
-           "transplant"]
+           "plot", "record", "router_decomposition", "router_weight_drift", "save", "segment_tokens", "testing",
+           "train_tuned_lens", "transplant"]

@@ -9,7 +9,9 @@ the method's floor. Peak memory: each method runs once more in a fresh subproces
 Methods (2,048 tokens: 4 sequences x 512):
   forward          plain ``model(**inputs)`` under no_grad (floor of routing-only recording)
   record_routing   ``record(routing="topk", lens=None)``
-  floor_lens       forward with hidden states + one unembedding per layer (the floor of any per-layer lens)
+  floor_lens       forward with hidden states + one unembedding per layer into a reused buffer (the floor of any
+                   per-layer lens)
+  floor_lens_plain the same with each unembedding into a fresh tensor, as ``unembed(norm(h))`` is usually written
   record_lens      ``record(routing="topk", lens="logit")``
   tl_lens          TransformerLens ``run_with_cache`` + the same lens statistics on its cached residuals
   record_lens_25   ``record(lens="logit", lens_segments=["think"])`` with a quarter of the tokens labelled think
@@ -30,8 +32,10 @@ import torch
 
 from benchmarks.memory import peak_rss_mb
 
-METHODS = ("forward", "record_routing", "floor_lens", "record_lens", "tl_lens", "record_lens_25")
+METHODS = ("forward", "record_routing", "floor_lens", "floor_lens_plain", "record_lens", "tl_lens",
+           "record_lens_25")
 N_SEQ, SEQ_LEN = 4, 512
+CHUNK = 512  # record's default chunk_tokens
 
 
 def load(name: str):
@@ -62,10 +66,19 @@ def run(method: str, model, inputs, bridge=None) -> None:
         elif method == "record_routing":
             adt_probe.record(model, inputs, routing="topk", lens=None, batch_size=N_SEQ)
         elif method == "floor_lens":
+            # The strictest floor: the same chunks as record's lens, each written into one reused buffer.
+            hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[1:]
+            norm, unembed = adt_probe.get_module(model, spec.final_norm), adt_probe.get_module(model, spec.unembed)
+            z = torch.empty(CHUNK, unembed.weight.shape[0])
+            for h in hidden:
+                for chunk in h.reshape(-1, h.shape[-1]).split(CHUNK):
+                    torch.mm(norm(chunk), unembed.weight.T, out=z[: len(chunk)])
+        elif method == "floor_lens_plain":
+            # What a user would write: the same unembeddings, each into a freshly allocated tensor.
             hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[1:]
             norm, unembed = adt_probe.get_module(model, spec.final_norm), adt_probe.get_module(model, spec.unembed)
             for h in hidden:
-                for chunk in h.reshape(-1, h.shape[-1]).split(512):
+                for chunk in h.reshape(-1, h.shape[-1]).split(CHUNK):
                     unembed(norm(chunk))
         elif method == "record_lens":
             adt_probe.record(model, inputs, routing="topk", lens="logit", batch_size=N_SEQ)
@@ -92,10 +105,10 @@ def boot_bridge(model, name: str):
     import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
     from transformer_lens.model_bridge import TransformerBridge
 
-    from rl.packaged import cache_dir
+    from rl.packaged import packaged_folder
 
     tl_helpers._ensure_torchvision = lambda: False  # it would pip-install torchvision over the pinned torch
-    path = cache_dir() / "smollm2-135m-instruct"
+    path = packaged_folder("smollm2")
     from transformers import AutoTokenizer
 
     return TransformerBridge.boot_transformers(str(path), hf_model=model, tokenizer=AutoTokenizer.from_pretrained(path))
@@ -132,7 +145,8 @@ def timing(name: str, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-FLOOR = {"forward": None, "record_routing": "forward", "floor_lens": None, "record_lens": "floor_lens",
+FLOOR = {"forward": None, "record_routing": "forward", "floor_lens": None, "floor_lens_plain": "floor_lens",
+         "record_lens": "floor_lens",
          "tl_lens": "floor_lens", "record_lens_25": "record_lens"}
 
 

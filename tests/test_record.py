@@ -206,6 +206,55 @@ def test_bad_modes_name_the_choices(tiny_organism, inputs):
         record(tiny_organism, inputs, lens="tuned")
 
 
+# --- the lens statistics against a direct computation ---------------------------------------------------------
+
+def naive_lens(resid, targets, model, translator=None):
+    """log_softmax of every layer's full (tokens, vocab) logits, the statistics read off directly."""
+    rows = {k: [] for k in ("lens_logprob", "lens_rank", "lens_entropy", "lens_kl_final", "lens_top1")}
+    final = torch.log_softmax(model.lm_head(model.model.norm(resid[-1])).float(), -1)
+    for layer, h in enumerate(resid):
+        if translator is not None and layer < len(resid) - 1:
+            h = translator(h, layer)
+        z = model.lm_head(model.model.norm(h)).float()
+        logp = torch.log_softmax(z, -1)
+        t = targets.clamp(min=0)[:, None]
+        rows["lens_logprob"].append(torch.where(targets >= 0, logp.gather(1, t)[:, 0], torch.nan))
+        rows["lens_rank"].append(torch.where(targets >= 0, (z > z.gather(1, t)).sum(-1), -1))
+        rows["lens_entropy"].append(-(logp.exp() * logp).sum(-1))
+        rows["lens_kl_final"].append((final.exp() * (final - logp)).sum(-1).clamp(min=0))
+        rows["lens_top1"].append(z.argmax(-1))
+    return {k: torch.stack(v, 1).numpy() for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_tokens", [7, 512])
+@pytest.mark.parametrize("cross_by_product_after", [0, 16])
+def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_by_product_after, monkeypatch):
+    """Every statistic, every layer, chunks that do not divide the token count, a bf16 model, a translator, and
+    both ways of computing KL's cross term."""
+    from adt_probe import recording
+    from adt_probe.recording import lens_statistics
+
+    monkeypatch.setattr(recording, "CROSS_BY_PRODUCT_AFTER", cross_by_product_after)
+
+    model = tiny_llama().to(dtype)
+    gen = torch.Generator().manual_seed(3)
+    resid = [torch.randn(23, 32, generator=gen).to(dtype) * (1 + i) for i in range(3)]
+    targets = torch.randint(0, 96, (23,), generator=gen)
+    targets[[4, 22]] = -1
+    shift = torch.randn(32, generator=gen).to(dtype)
+    translator = lambda h, layer: h + shift * (layer + 1)
+    spec = adt_probe.architecture(model)
+    with torch.no_grad():
+        for tr in (None, translator):
+            mine = lens_statistics(resid, targets, spec, model, translator=tr, chunk_tokens=chunk_tokens)
+            ref = naive_lens(resid, targets, model, translator=tr)
+            for name in ("lens_logprob", "lens_entropy", "lens_kl_final"):
+                np.testing.assert_allclose(mine[name], ref[name], atol=2e-5, rtol=1e-5, err_msg=name)
+            for name in ("lens_rank", "lens_top1"):
+                np.testing.assert_array_equal(mine[name], ref[name], err_msg=name)
+
+
 # --- dense models: the lens alone, equal to TransformerLens -----------------------------------------------------
 
 def test_dense_model_records_the_lens_only():
@@ -246,13 +295,13 @@ def test_logit_lens_equals_transformer_lens_on_smollm2(monkeypatch):
     import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
     from transformer_lens.model_bridge import TransformerBridge
 
-    from rl.packaged import cache_dir, load_smollm2
+    from rl.packaged import load_smollm2, packaged_folder
 
     monkeypatch.setattr(tl_helpers, "_ensure_torchvision", lambda: False)
     model, tok = load_smollm2()
     # The bridge switches the shared model to eager attention; recording after booting compares the lens itself,
     # not the ~1e-5 differences between attention kernels.
-    bridge = TransformerBridge.boot_transformers(str(cache_dir() / "smollm2-135m-instruct"), hf_model=model,
+    bridge = TransformerBridge.boot_transformers(str(packaged_folder("smollm2")), hf_model=model,
                                                  tokenizer=tok)
     text = tok.apply_chat_template([{"role": "user", "content": "Is the highest tone also the longest? Think."}],
                                    tokenize=False, add_generation_prompt=True) + "<think>Sound 1 is high.</think>"

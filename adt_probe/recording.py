@@ -183,7 +183,7 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
         return out
     device = resid[-1].device
     with torch.no_grad():
-        vocab = unembed(norm(resid[-1][:1])).shape[-1]
+        vocab = getattr(unembed, "out_features", None) or unembed(norm(resid[-1][:1])).shape[-1]
         chunk_tokens = chunk_tokens or default_chunk_tokens(vocab)
         rows_max = min(n, chunk_tokens)
         # z: this layer's logits; p: its softmax, then the rank comparison; p_final: the model's own distribution

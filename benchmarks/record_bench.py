@@ -65,21 +65,18 @@ def run(method: str, model, inputs, bridge=None) -> None:
             model(**inputs, use_cache=False)
         elif method == "record_routing":
             adt_probe.record(model, inputs, routing="topk", lens=None, batch_size=N_SEQ)
-        elif method == "floor_lens":
-            # The strictest floor: the same chunks as record's lens, each written into one reused buffer.
+        elif method in ("floor_lens", "floor_lens_plain"):
+            # The same chunks as record's lens; the strict floor writes each into one reused buffer, the plain one
+            # allocates a fresh tensor each time, as a user would write it.
             hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[1:]
             norm, unembed = adt_probe.get_module(model, spec.final_norm), adt_probe.get_module(model, spec.unembed)
-            z = torch.empty(CHUNK, unembed.weight.shape[0])
+            z = torch.empty(CHUNK, unembed.weight.shape[0]) if method == "floor_lens" else None
             for h in hidden:
                 for chunk in h.reshape(-1, h.shape[-1]).split(CHUNK):
-                    torch.mm(norm(chunk), unembed.weight.T, out=z[: len(chunk)])
-        elif method == "floor_lens_plain":
-            # What a user would write: the same unembeddings, each into a freshly allocated tensor.
-            hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[1:]
-            norm, unembed = adt_probe.get_module(model, spec.final_norm), adt_probe.get_module(model, spec.unembed)
-            for h in hidden:
-                for chunk in h.reshape(-1, h.shape[-1]).split(CHUNK):
-                    unembed(norm(chunk))
+                    if z is None:
+                        unembed(norm(chunk))
+                    else:
+                        torch.mm(norm(chunk), unembed.weight.T, out=z[: len(chunk)])
         elif method == "record_lens":
             adt_probe.record(model, inputs, routing="topk", lens="logit", batch_size=N_SEQ)
         elif method == "record_lens_25":

@@ -560,7 +560,7 @@ def start_judges(weights: dict[str, float], reward_kwargs: dict[str, dict], say)
     """Build the judges of a stage's rewards now rather than at the first paid completion: an unreachable server or a
     missing model fails before any training, and the judge's memory is part of the warm-up, not a jump mid-run."""
     from rl.embedding import embed
-    from rl.rewards import DEFAULT_W, JUDGE_REWARDS, judge_for
+    from rl.rewards import DEFAULT_W, EMBEDDING_REWARDS, JUDGE_REWARDS, judge_for
 
     for name in weights:
         kwargs = reward_kwargs.get(name, {})
@@ -569,7 +569,7 @@ def start_judges(weights: dict[str, float], reward_kwargs: dict[str, dict], say)
             judge = judge_for(kwargs, name)
             judge.warm_up()
             say(f"reward {name!r}: judge {judge.describe()}")
-        if name == "hybrid_reasoning" and w < 1:  # the embedding half
+        if name in EMBEDDING_REWARDS and w < 1:
             embed(["warm-up"], kwargs.get("embedding_model"))
 
 

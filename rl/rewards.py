@@ -34,11 +34,13 @@ import numpy as np
 from rl.prompts import parse_completion
 from rl.rewards_basic import register_reward
 
-__all__ = ["DEFAULT_W", "JUDGE_REWARDS", "adaptive_think_accuracy_reward", "consistency_reward",
+__all__ = ["DEFAULT_W", "EMBEDDING_REWARDS", "JUDGE_REWARDS", "adaptive_think_accuracy_reward", "consistency_reward",
            "hybrid_reasoning_reward", "judge_for", "llm_judge_reward"]
 
 #: The rewards that call the judge (``rl.grpo`` builds their judges when a stage starts).
 JUDGE_REWARDS = ("hybrid_reasoning", "llm_judge")
+#: The rewards that embed the think text when w < 1 (``rl.grpo`` loads the embedder when a stage starts).
+EMBEDDING_REWARDS = ("hybrid_reasoning",)
 
 #: Weight of the judge in the hybrid reward, chosen by benchmarks/judge_validity.py (see its results JSON) for the
 #: default in-process judge (SmolLM2-135M, prompt ``restate-likelihood``). Re-measure it for another judge.

@@ -266,7 +266,7 @@ def validate_inputs(model, inputs: Mapping, tokenizer=None) -> None:
         if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise RecordingError(f"input {key!r} holds {bad} NaN or infinite values: the audio (or its features) is "
-                                 "broken. Check the clips (rl.items.load_items rejects NaN samples) and recompute "
+                                 "broken. Check the clips (rl.data.items.load_items rejects NaN samples) and recompute "
                                  "the features with the processor.")
     config = getattr(model.config, "text_config", None) or model.config
     vocab = getattr(config, "vocab_size", None)

@@ -14,8 +14,8 @@ import sys
 COMMANDS = {
     "reproduce": ("analyses.reproduce", "the paper's pipeline end to end on the organism (what `make demo` runs)"),
     "eval": ("rl.evaluate", "accuracy, think-rate, reference similarity and process score of a model on items"),
-    "train-base": ("rl.train_base", "train the base model organism (refuses to overwrite the shipped one)"),
-    "train": ("rl.grpo", "GRPO training of an audio model from a TOML/YAML config"),
+    "train-base": ("rl.organism.train_base", "train the base model organism (refuses to overwrite the shipped one)"),
+    "train": ("rl.train.grpo", "GRPO training of an audio model from a TOML/YAML config"),
     "record": ("analyses.record_pair", "record a base and an RL model on the same token sequences"),
     "findings": ("analyses.findings", "gating drift and crystallization from recordings, with figures"),
     "transplant": ("analyses.transplant", "router transplant per layer band: change of accuracy and reward"),

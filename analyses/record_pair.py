@@ -22,8 +22,8 @@ import adt_probe
 
 def heldout(n_per_cell: int, seed: int, data: str | None):
     """The evaluation items: a JSONL file, or ``n_per_cell`` synthetic items per family x difficulty."""
-    from rl.items import load_items
-    from rl.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
+    from rl.data.items import load_items
+    from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
 
     if data:
         return load_items(data)
@@ -49,7 +49,7 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
     texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens)
     (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
                                                    for it, t in zip(items, texts)))
-    from rl.items import write_items
+    from rl.data.items import write_items
 
     write_items(items, out / "items.jsonl")  # with completions.jsonl: the recorded sequences, rebuilt by
     # analyses.sequences.recorded_inputs

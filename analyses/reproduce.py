@@ -5,7 +5,8 @@
 
 Steps, each a function below, each writing under ``--out``:
 
-1. ``train``       base organism -> stage 1 -> boundary mining -> stage 2 (``rl.grpo`` with ``rl/configs/demo.toml``);
+1. ``train``       base organism -> stage 1 -> boundary mining -> stage 2
+   (``rl.train.grpo`` with ``rl/configs/demo.toml``);
                    ``run/log.jsonl``, ``run/checkpoints/step-N``
 2. ``evaluate``    base and final model on held-out items (``rl.evaluate``): accuracy, think-rate, similarity of the
                    think text to the reference chains, rubric process score; ``eval_base.json``, ``eval_final.json``
@@ -78,8 +79,8 @@ class Plan:
 
 def step_train(plan: Plan) -> dict:
     """GRPO: stage 1, mining, stage 2. Resumes from the newest complete checkpoint of an interrupted run."""
-    from rl.config import load_config
-    from rl.grpo import train
+    from rl.train.config import load_config
+    from rl.train.grpo import train
 
     cfg = load_config(plan.config, plan.config_overrides)
     run = plan.dir / "run"
@@ -190,7 +191,7 @@ def say(msg: str) -> None:
 
 
 def base_path(plan: Plan) -> Path:
-    from rl.config import load_config
+    from rl.train.config import load_config
 
     return Path(load_config(plan.config, plan.config_overrides).model_path())
 

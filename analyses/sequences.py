@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rl import collate
+from rl.data import collate
+from rl.data.items import Item
 from rl.evaluate import generate
-from rl.items import Item
 
 
 def completions(model, processor, items: Sequence[Item], *, mode: str = "think", temperature: float = 0.0,
@@ -36,7 +36,7 @@ def recorded_inputs(recordings, processor):
     import json
     from pathlib import Path
 
-    from rl.items import load_items
+    from rl.data.items import load_items
 
     folder = Path(recordings)
     items = load_items(folder / "items.jsonl")

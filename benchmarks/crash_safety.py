@@ -3,7 +3,8 @@ time, and compare the final parameters with an uninterrupted run's.
 
     python -m benchmarks.crash_safety --kills 10            # about 3 minutes on 2 cores
 
-Each attempt starts ``python -m rl.grpo --resume`` on the same output folder and kills it with SIGKILL either after a
+Each attempt starts ``python -m rl.train.grpo --resume`` on the same output folder and kills it with SIGKILL
+either after a
 random delay or the moment a temporary checkpoint folder (``.tmp-step-*``) appears, i.e. in the middle of a
 checkpoint write. After each kill it checks that no half-written checkpoint is listed as complete. Once ``--kills``
 kills landed, the run is resumed to the end. Writes ``benchmarks/results/crash_safety.json``: the kills, the
@@ -30,7 +31,7 @@ OVERRIDES = ["stages.0.steps=24", "checkpoint.every=1", "checkpoint.keep_last=3"
 
 
 def command(out: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "rl.grpo", "--config", str(CONFIG), "--out", str(out)]
+    cmd = [sys.executable, "-m", "rl.train.grpo", "--config", str(CONFIG), "--out", str(out)]
     for o in OVERRIDES:
         cmd += ["--set", o]
     return cmd + (["--resume"] if resume else [])
@@ -41,14 +42,14 @@ def env() -> dict:
 
 
 def final_params(out: Path) -> dict[str, np.ndarray]:
-    from rl.checkpoint import list_checkpoints
+    from rl.train.checkpoint import list_checkpoints
 
     return load_file(str(list_checkpoints(out / "checkpoints")[-1][1] / "model.safetensors"))
 
 
 def attempt(out: Path, rng: np.random.Generator, mode: str, max_delay: float) -> dict:
     """Start a resuming run and kill it (mode "random": after a random delay; "checkpoint": inside a save)."""
-    from rl.checkpoint import list_checkpoints
+    from rl.train.checkpoint import list_checkpoints
 
     root = out / "checkpoints"
     def newest() -> int:
@@ -76,7 +77,7 @@ def attempt(out: Path, rng: np.random.Generator, mode: str, max_delay: float) ->
 
 
 def main(argv=None) -> None:
-    from rl.checkpoint import list_checkpoints, verify
+    from rl.train.checkpoint import list_checkpoints, verify
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=10)

@@ -3,8 +3,8 @@
     python -m benchmarks.grpo_bench                 # about 2 minutes on 2 cores
 
 Same tiny Llama (``tests/tiny_lm.py``, the model the TRL reward test uses), same prompts (8 per step, chat-templated
-by ``rl.collate``), G = 8 completions each, 32 new tokens, pure sampling at T = 1, DAPO loss, one update per
-rollout, no KL term, the same two rewards (accuracy and format from ``rl.rewards_basic``), one torch thread each.
+by ``rl.data.collate``), G = 8 completions each, 32 new tokens, pure sampling at T = 1, DAPO loss, one update per
+rollout, no KL term, the same two rewards (accuracy and format from ``rl.rewards.registry``), one torch thread each.
 Each trainer runs ``--steps`` steps; the first ``--warmup`` are dropped and the median step time of the rest gives
 completions/s. The two run alternately ``--repeats`` times in one process so that load on the machine hits both.
 Writes ``benchmarks/results/grpo_vs_trl.json``.
@@ -29,8 +29,8 @@ PROMPTS, G, NEW_TOKENS, LR = 8, 8, 32, 1e-5
 
 
 def items():
-    from rl.items import Item
-    from rl.tasks import generate_items
+    from rl.data.items import Item
+    from rl.data.tasks import generate_items
 
     out = []
     for it in generate_items(PROMPTS, seed=4):  # text-only copies: the tiny Llama reads no audio
@@ -40,13 +40,13 @@ def items():
 
 
 def ours(tok, steps: int) -> list[float]:
-    """Seconds per step of rl.grpo.train_step."""
+    """Seconds per step of rl.train.grpo.train_step."""
     from accelerate import Accelerator
 
-    from rl.collate import TextProcessor
-    from rl.config import config_from_dict
-    from rl.grpo import Run, build_optimizer, suppressed_token_ids, train_step
-    from rl.rewards_basic import resolve_rewards
+    from rl.data.collate import TextProcessor
+    from rl.rewards.registry import resolve_rewards
+    from rl.train.config import config_from_dict
+    from rl.train.grpo import Run, build_optimizer, suppressed_token_ids, train_step
     from tests import tiny_lm
 
     cfg = config_from_dict({"grpo": {"num_generations": G, "batch_size": PROMPTS, "max_new_tokens": NEW_TOKENS,
@@ -75,9 +75,9 @@ def trl_times(tok, steps: int) -> list[float]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl import collate
-    from rl.collate import TextProcessor
-    from rl.rewards_basic import accuracy_reward, format_reward
+    from rl.data import collate
+    from rl.data.collate import TextProcessor
+    from rl.rewards.registry import accuracy_reward, format_reward
     from tests import tiny_lm
 
     its = items()

@@ -57,7 +57,7 @@ ATTACKS = {
 def cases(n_items: int, seed: int) -> list[dict]:
     """Clean think texts: a paraphrase of the reference (good) and one with wrong facts (poor), per item."""
     from benchmarks.judge_validity import paraphrase, wrong_facts
-    from rl.tasks import generate_items
+    from rl.data.tasks import generate_items
 
     rng = np.random.default_rng(seed)
     out = []

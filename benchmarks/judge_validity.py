@@ -2,7 +2,7 @@
 
     python -m benchmarks.judge_validity [--items 60] [--out benchmarks/results/judge_validity.json]
 
-For each organism item (``rl.tasks``, all families) the reference chain is rewritten into
+For each organism item (``rl.data.tasks``, all families) the reference chain is rewritten into
 
 * a **positive**: a paraphrase -- "Sound 1" -> "the first sound", "high" -> "high-pitched", "short" -> "brief",
   "A, so B." -> "B, since A.", perception clauses reordered -- every fact and step kept, in order;
@@ -172,7 +172,7 @@ def paired_aurocs(scores: np.ndarray, cases: list[dict], mask: np.ndarray | None
 
 
 def embedding_scores(cases: list[dict]) -> np.ndarray:
-    from rl.embedding import similarity
+    from rl.rewards.embedding import similarity
 
     sims = similarity([c["text"] for c in cases], [" ".join(c["reference"]) for c in cases])
     return np.clip(sims, 0.0, 1.0)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--prompts", nargs="*", help="judge prompt variants (default: all of rl.judge.PROMPTS)")
     ap.add_argument("--judge-models", nargs="+", default=["smollm2", "gemma3-270m"],
-                    help="packaged judge models (keys of rl.packaged.PACKAGED), compared side by side")
+                    help="packaged judge models (keys of rl.judge.packaged.PACKAGED), compared side by side")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/judge_validity.json")
@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     from rl import judge as J
-    from rl.packaged import PACKAGED
-    from rl.tasks import generate_items
+    from rl.data.tasks import generate_items
+    from rl.judge.packaged import PACKAGED
 
     t_start = time.time()
     items = generate_items(args.items, seed=args.seed, difficulty=("easy", "medium", "hard"), prefix="val")

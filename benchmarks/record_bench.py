@@ -47,7 +47,7 @@ def load(name: str):
         model, processor = load_organism()
         vocab = model.config.text_config.vocab_size
     else:
-        from rl.packaged import load_smollm2
+        from rl.judge.packaged import load_smollm2
 
         model, _ = load_smollm2()
         vocab = model.config.vocab_size
@@ -102,7 +102,7 @@ def boot_bridge(model, name: str):
     import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
     from transformer_lens.model_bridge import TransformerBridge
 
-    from rl.packaged import packaged_folder
+    from rl.judge.packaged import packaged_folder
 
     tl_helpers._ensure_torchvision = lambda: False  # it would pip-install torchvision over the pinned torch
     path = packaged_folder("smollm2")

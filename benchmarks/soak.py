@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
     args = ap.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
-    cmd = [sys.executable, "-m", "rl.grpo", "--config", str(CONFIG), "--out", args.work]
+    cmd = [sys.executable, "-m", "rl.train.grpo", "--config", str(CONFIG), "--out", args.work]
     for o in OVERRIDES:
         cmd += ["--set", o]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}

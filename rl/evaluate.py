@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rl import collate, prompts
-from rl.items import Item
+from rl.data import prompts
+from rl.data.items import Item
+from rl.train.rollout import Sampling, sample
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -31,39 +32,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-@torch.no_grad()
 def generate(model, processor, items: Sequence[Item], mode: prompts.Mode, *, max_new_tokens: int = 48,
              temperature: float = 0.0, batch_size: int = 32, seed: int = 0, written_facts: bool = False,
              notes: bool = False) -> list[str]:
-    """Completions (decoded text, special tokens kept, padding dropped) for ``items`` prompted in ``mode``.
+    """Completions (decoded text, special tokens kept, cut before the first EOS) for ``items`` prompted in ``mode``.
 
-    ``temperature == 0`` decodes greedily; otherwise samples with ``torch.manual_seed(seed)`` set per batch, so the
-    result does not depend on what ran before. ``written_facts`` puts each clip's facts in the prompt as text
-    instead of the audio (how well the model answers once the facts are written out). ``notes`` (think mode)
-    pre-fills the think block with the clip's facts and lets the model go on from there (how well it answers from
-    correct notes of its own); the returned text then starts after the notes.
+    The same sampling rules as GRPO (``rl.train.rollout.sample``). ``temperature == 0`` decodes greedily; otherwise
+    samples with ``torch.manual_seed(seed + start)`` set per batch, so the result does not depend on what ran before.
+    ``written_facts`` puts each clip's facts in the prompt as text instead of the audio (how well the model answers
+    once the facts are written out). ``notes`` (think mode) pre-fills the think block with the clip's facts and lets
+    the model go on from there (how well it answers from correct notes of its own); the text then starts after them.
     """
-    tok = processor.tokenizer
-    out: list[str] = []
     model.eval()
+    sampling = Sampling(1, temperature, max_new_tokens)
+    device = next(model.parameters()).device
+    out: list[str] = []
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        if written_facts:
-            texts = collate.prompt_texts(processor, chunk, mode, contexts=[it.meta["description"] for it in chunk])
-            batch = collate.encode(processor, texts, None)
-        elif notes:
-            texts = [t + f"<think>\n{it.meta['description']}\n" for t, it in
-                     zip(collate.prompt_texts(processor, chunk, mode), chunk)]
-            batch = collate.encode(processor, texts, [it.audio for it in chunk])
-        else:
-            batch = collate.encode_prompts(processor, chunk, mode)
         torch.manual_seed(seed + start)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
-            dict(do_sample=False)
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id, **sampling)
-        new = ids[:, batch["input_ids"].shape[1]:]
-        out += [tok.decode(row[row != tok.pad_token_id], skip_special_tokens=False) for row in new]
+        out += sample(model, processor, items[start:start + batch_size], sampling, mode=mode, device=device,
+                      written_facts=written_facts, notes=notes).texts
     return out
 
 
@@ -85,7 +72,7 @@ def score(items: Sequence[Item], completions: Sequence[str], *, with_similarity:
     thought = np.array([p.thought for p in parsed])
     sims = np.zeros(len(items), dtype=np.float32)
     if with_similarity and thought.any():
-        from rl.embedding import similarity
+        from rl.rewards.embedding import similarity
 
         idx = np.flatnonzero(thought)
         refs = [" ".join(items[i].reference_chain or []) for i in idx]
@@ -216,9 +203,9 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from rl.items import load_items
+    from rl.data.items import load_items
+    from rl.data.tasks import FAMILIES, generate_items
     from rl.organism import ORGANISM_DIR, load_organism
-    from rl.tasks import FAMILIES, generate_items
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ORGANISM_DIR), help="model folder (default: the shipped organism)")

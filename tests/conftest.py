@@ -12,7 +12,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def items():
-    from rl.tasks import generate_items
+    from rl.data.tasks import generate_items
 
     return generate_items(14, seed=11)
 
@@ -20,7 +20,7 @@ def items():
 @pytest.fixture(scope="session")
 def tokenizer():
     from rl import organism
-    from rl.train_base import tokenizer_corpus
+    from rl.organism.train_base import tokenizer_corpus
 
     return organism.train_tokenizer(tokenizer_corpus(200, seed=1), vocab_size=400)
 

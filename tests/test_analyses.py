@@ -8,7 +8,7 @@ import torch
 
 import adt_probe
 from analyses import findings, record_pair, transplant
-from rl.tasks import generate_items
+from rl.data.tasks import generate_items
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_record_findings_and_transplant(pair, tmp_path):
 
 def test_record_pair_refuses_models_that_do_not_belong_together(pair, tmp_path, tiny_organism, tokenizer):
     from rl import organism
-    from rl.train_base import tokenizer_corpus
+    from rl.organism.train_base import tokenizer_corpus
 
     base, _ = pair
     other_tok = organism.train_tokenizer(tokenizer_corpus(50, seed=9), vocab_size=300)
@@ -64,7 +64,7 @@ def test_record_pair_refuses_models_that_do_not_belong_together(pair, tmp_path, 
 
 
 def test_nan_audio_features_are_refused(tiny_organism, processor):
-    from rl import collate
+    from rl.data import collate
 
     batch = collate.encode_prompts(processor, generate_items(2, seed=3), "think")
     batch["input_features"][0, 3, 5] = float("nan")
@@ -76,7 +76,8 @@ def test_drift_trajectory_over_a_real_run(tmp_path, tiny_dir, processor, items):
     """Two GRPO steps with a checkpoint each, then drift from the base along them."""
     import yaml
 
-    from rl import collate, grpo
+    from rl.data import collate
+    from rl.train import grpo
 
     cfg = tiny_config(tiny_dir, optim={"lr": 3e-2})  # a large step, so the routers visibly move
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))

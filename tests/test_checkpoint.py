@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from rl import checkpoint as ckpt
-from rl import grpo
-from rl.config import config_from_dict
-from rl.rewards_basic import register_reward
+from rl.rewards.registry import register_reward
+from rl.train import checkpoint as ckpt
+from rl.train import grpo
+from rl.train.config import config_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

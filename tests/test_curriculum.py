@@ -1,5 +1,6 @@
 """Curriculum mining: the selection rule, rollouts of the tiny organism (think mode, seeded, RNG-neutral, the same
-counts however the pool is split over processes), and a two-stage run of rl.grpo (stage 1 -> mining -> stage 2)."""
+counts however the pool is split over processes), and a two-stage run of
+rl.train.grpo (stage 1 -> mining -> stage 2)."""
 
 import json
 import types
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from rl import curriculum, grpo
-from rl.config import config_from_dict
-from rl.items import Item
+from rl.data.items import Item
+from rl.train import curriculum, grpo
+from rl.train.config import config_from_dict
 from tests import tiny_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,13 +49,13 @@ def test_selection_rule():
 def test_mining_with_the_tiny_organism(tiny_organism, processor, items, tiny_dir, monkeypatch):
     cfg = _cfg(tiny_dir, pass_band=[0.0, 1.0], keep_hard=False)
     seen = []
-    real = grpo.sample_completions
+    real = curriculum.sample
 
-    def spy(policy, proc, chunk, run_cfg, device):
-        seen.append((run_cfg.prompt_mode, run_cfg.grpo.num_generations, run_cfg.grpo.temperature, len(chunk)))
-        return real(policy, proc, chunk, run_cfg, device)
+    def spy(policy, proc, chunk, sampling, *, mode, device):
+        seen.append((mode, sampling.num_generations, sampling.temperature, len(chunk)))
+        return real(policy, proc, chunk, sampling, mode=mode, device=device)
 
-    monkeypatch.setattr(grpo, "sample_completions", spy)
+    monkeypatch.setattr(curriculum, "sample", spy)
     rng_before = torch.get_rng_state()
     kept = curriculum.mine_boundary_items(tiny_organism, processor, items, cfg.mining, cfg=cfg, accelerator=_acc())
     assert torch.equal(torch.get_rng_state(), rng_before)  # the training RNG stream is untouched
@@ -152,7 +153,7 @@ def test_two_stage_run_end_to_end(tmp_path, tiny_dir):
     state = json.loads((out / "checkpoints/step-000002/trainer_state/state.json").read_text())
     mined = state["mined_item_ids"]
     rates = curriculum.LAST_MINING["pass_rates"]
-    from rl.tasks import generate_items
+    from rl.data.tasks import generate_items
 
     pool = generate_items(9, seed=21, difficulty=["medium", "hard"], prefix="pool")
     expected = curriculum.select_items(pool, rates, pass_band=[0.5, 1.0], keep_hard=True, max_items=3)

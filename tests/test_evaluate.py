@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rl import evaluate as E
-from rl.items import write_items
-from rl.tasks import generate_items
+from rl.data.items import write_items
+from rl.data.tasks import generate_items
 
 
 def test_group_table_has_every_cell_and_the_margins():

@@ -7,17 +7,15 @@ import socket
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from rl import collate, grpo
-from rl.config import ConfigError, config_from_dict, load_config
-from rl.items import Item, write_items
-from rl.rewards_basic import (
+from rl.data import collate
+from rl.data.items import Item, write_items
+from rl.rewards.registry import (
     REWARDS,
     accuracy_reward,
     check_requirements,
@@ -27,6 +25,8 @@ from rl.rewards_basic import (
     register_reward,
     resolve_rewards,
 )
+from rl.train import grpo, rollout
+from rl.train.config import ConfigError, config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "rl" / "configs"
@@ -213,16 +213,16 @@ def test_logprobs_are_those_of_the_sampling_distribution(tiny_organism, processo
     tok = processor.tokenizer
     batch = {k: v.repeat_interleave(2, 0) for k, v in collate.encode_prompts(processor, items[:2], "think").items()}
     torch.manual_seed(1)
-    suppress = grpo.suppressed_token_ids(tok)
+    suppress = rollout.suppressed_token_ids(tok)
     assert tok.audio_token_id in suppress and tok.eos_token_id not in suppress
     out = tiny_organism.generate(**batch, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=6,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                  suppress_tokens=suppress, output_scores=True, return_dict_in_generate=True)
     comp = out.sequences[:, batch["input_ids"].shape[1]:]
-    mask, _ = grpo.eos_mask(comp, tok.eos_token_id)
+    mask, _ = rollout.eos_mask(comp, tok.eos_token_id)
     expected = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        logp, entropy = grpo.token_logprobs(tiny_organism, batch, comp, mask, 0.7, suppress)
+        logp, entropy = rollout.token_logprobs(tiny_organism, batch, comp, mask, 0.7, suppress)
     assert torch.allclose(logp[mask.bool()], expected[mask.bool()], atol=1e-4)
     assert (entropy >= 0).all()
 
@@ -266,7 +266,7 @@ def test_mined_stage_uses_the_curriculum_hook(tmp_path, tiny_dir, monkeypatch):
         calls.append(len(pool))
         return pool[1:3]
 
-    monkeypatch.setitem(sys.modules, "rl.curriculum", types.SimpleNamespace(mine_boundary_items=mine_boundary_items))
+    monkeypatch.setattr(grpo, "mine_boundary_items", mine_boundary_items)
     cfg = tiny_config(tiny_dir, mining={"k_rollouts": 2, "pool": {"n_items": 4, "seed": 9, "prefix": "pool"}},
                       stages=[{"name": "s1", "steps": 1, "rewards": {"accuracy": 1.0}, "data": {"n_items": 2}},
                               {"name": "s2", "steps": 1, "rewards": {"test_tokens": 1.0},
@@ -325,7 +325,7 @@ def test_cli_reports_config_errors(tmp_path):
 def test_train_subcommand_is_registered():
     from analyses.cli import COMMANDS
 
-    assert COMMANDS["train"][0] == "rl.grpo"
+    assert COMMANDS["train"][0] == "rl.train.grpo"
 
 
 def test_one_process_is_plain_pytorch(tiny_organism):
@@ -341,9 +341,9 @@ def test_one_process_is_plain_pytorch(tiny_organism):
 
 DDP_SCRIPT = """
 import hashlib, sys, torch
-from rl import grpo
-from rl.config import load_config
-from rl.rewards_basic import register_reward
+from rl.train import grpo, rollout
+from rl.train.config import load_config
+from rl.rewards.registry import register_reward
 
 @register_reward("test_tokens")
 def tokens_reward(prompts, completions, completion_ids, **kwargs):
@@ -430,9 +430,9 @@ def test_text_only_model_trains_with_the_same_loop(tok):
     """A text LM (tiny Llama) on items without audio: the loop's text path (used by benchmarks/grpo_bench.py)."""
     from accelerate import Accelerator
 
-    from rl.collate import TextProcessor
-    from rl.rewards_basic import resolve_rewards
-    from rl.tasks import generate_items
+    from rl.data.collate import TextProcessor
+    from rl.data.tasks import generate_items
+    from rl.rewards.registry import resolve_rewards
     from tests import tiny_lm
 
     cfg = config_from_dict({"grpo": {"num_generations": 2, "batch_size": 2, "max_new_tokens": 5},
@@ -445,7 +445,7 @@ def test_text_only_model_trains_with_the_same_loop(tok):
     assert "<|audio" not in collate.prompt_texts(processor, items, "think")[0]
     optimizer, scheduler = grpo.build_optimizer(policy, cfg, 1e-2, 1)
     run = grpo.Run(cfg, policy, policy, None, processor, Accelerator(cpu=True),
-                   resolve_rewards(cfg.stages[0].rewards), optimizer, scheduler, grpo.suppressed_token_ids(tok))
+                   resolve_rewards(cfg.stages[0].rewards), optimizer, scheduler, rollout.suppressed_token_ids(tok))
     metrics, _ = grpo.train_step(run, items, step=0, max_steps=1)
     assert metrics["completion_length"] > 0
     assert any(not torch.equal(p, before[n]) for n, p in policy.named_parameters())

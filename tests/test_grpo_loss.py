@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rl.grpo import compute_advantages, eos_mask, grpo_loss, k3_kl, lr_factor, nanstd
+from rl.train.grpo import compute_advantages, grpo_loss, k3_kl, lr_factor, nanstd
+from rl.train.rollout import eos_mask
 
 EPS = 1e-4  # the advantage functions' std offset
 

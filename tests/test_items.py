@@ -1,4 +1,4 @@
-"""Tests for rl.items: the JSONL item format, its loader and writer, on real files in tmp_path."""
+"""Tests for rl.data.items: the JSONL item format, its loader and writer, on real files in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rl.items import SAMPLE_RATE, Item, ItemFormatError, iter_items, load_audio, load_items, write_items
+from rl.data.items import SAMPLE_RATE, Item, ItemFormatError, iter_items, load_audio, load_items, write_items
 
 PCM16_TOL = 1 / 32768 + 1e-7
 

@@ -156,7 +156,7 @@ def test_local_judge_from_a_folder_and_its_errors(tiny, tmp_path):
 
 
 def test_a_packaged_judge_that_is_not_installed_says_how_to_install_it(monkeypatch):
-    from rl import packaged
+    from rl.judge import packaged
 
     monkeypatch.setitem(packaged.PACKAGED, "absent", packaged.PackagedModel(
         "An absent model", "absent-model-gguf", "absent_model_gguf_xyz", "pip install absent-model-gguf", "absent"))
@@ -308,10 +308,10 @@ def test_smollm2_default_judge():
 def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh, tiny_dir, tmp_path, one_thread):
     """A GRPO run whose reward asks a flaky judge server: failed judgements are left out of the reward (counted in
     the log), the run completes; with a failure limit the run stops with a message naming the server and limit."""
-    from rl import grpo
-    from rl.config import config_from_dict
-    from rl.rewards import judge_for
-    from rl.rewards_basic import REWARDS
+    from rl.rewards.reasoning import judge_for
+    from rl.rewards.registry import REWARDS
+    from rl.train import grpo
+    from rl.train.config import config_from_dict
     from tests.test_grpo_loop import tiny_config
 
     def judged_reward(prompts, completions, completion_ids, *, reference_chain, **kwargs):
@@ -338,8 +338,8 @@ def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh,
 
 
 def test_training_with_an_unreachable_judge_stops_before_the_first_step(tiny_dir, tmp_path):
-    from rl import grpo
-    from rl.config import config_from_dict
+    from rl.train import grpo
+    from rl.train.config import config_from_dict
     from tests.test_grpo_loop import tiny_config
 
     cfg = tiny_config(tiny_dir, reward_kwargs={"llm_judge": {"judge_backend": "openai", "judge_model": "x",

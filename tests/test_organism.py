@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
 
-from rl import collate, organism, prompts
-from rl.items import SAMPLE_RATE
+from rl import organism
+from rl.data import collate, prompts
+from rl.data.items import SAMPLE_RATE
 
 
 def test_special_tokens_are_single_ids(tokenizer):
@@ -97,7 +98,7 @@ def test_load_organism_missing_folder_says_what_to_do(tmp_path):
 
 
 def test_train_base_refuses_to_overwrite(tmp_path):
-    from rl import train_base
+    from rl.organism import train_base
 
     (tmp_path / "model.safetensors").write_bytes(b"precious")
     with pytest.raises(SystemExit, match="refusing to overwrite"):
@@ -106,7 +107,7 @@ def test_train_base_refuses_to_overwrite(tmp_path):
 
 
 def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
-    from rl import train_base
+    from rl.organism import train_base
 
     out = tmp_path / "org"
     train_base.main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--tokenizer-corpus-items", "50",
@@ -121,7 +122,7 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
 
 
 def test_frame_labels_follow_the_timeline(items):
-    from rl.train_base import frame_labels
+    from rl.organism.train_base import frame_labels
 
     it = items[0]
     labels = frame_labels(it, 26)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rl import prompts
-from rl.prompts import parse_completion
+from rl.data import prompts
+from rl.data.prompts import parse_completion
 
 
 @pytest.mark.parametrize("text, think, answer, well_formed", [

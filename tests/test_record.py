@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import adt_probe
 from adt_probe import RecordingError, record
-from rl import collate
+from rl.data import collate
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def test_logit_lens_equals_transformer_lens_on_smollm2(monkeypatch):
     import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
     from transformer_lens.model_bridge import TransformerBridge
 
-    from rl.packaged import load_smollm2, packaged_folder
+    from rl.judge.packaged import load_smollm2, packaged_folder
 
     monkeypatch.setattr(tl_helpers, "_ensure_torchvision", lambda: False)
     model, tok = load_smollm2()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rl import judge as J
-from rl.rewards import (
+from rl.rewards.reasoning import (
     adaptive_think_accuracy_reward,
     consistency_reward,
     hybrid_reasoning_reward,
@@ -15,7 +15,7 @@ from rl.rewards import (
     llm_judge_reward,
     think_conclusion,
 )
-from rl.rewards_basic import REWARDS, accuracy_reward, check_requirements, format_reward, get_reward, resolve_rewards
+from rl.rewards.registry import REWARDS, accuracy_reward, check_requirements, format_reward, get_reward, resolve_rewards
 from tests import tiny_lm
 from tests.judge_server import ModelServer
 
@@ -58,7 +58,7 @@ def test_consistency_on_hand_made_completions():
 
 
 def test_consistency_understands_every_task_family():
-    from rl.tasks import FAMILIES, generate_items
+    from rl.data.tasks import FAMILIES, generate_items
 
     items = generate_items(3 * len(FAMILIES), seed=5)
     for it in items:  # the reference chain's conclusion agrees with the item's answer
@@ -73,7 +73,7 @@ def test_consistency_understands_every_task_family():
 # --- judge rewards ---------------------------------------------------------------------------------------------------
 
 def test_hybrid_and_llm_judge_pay_only_for_correct_answers(judge_dir):
-    from rl.embedding import similarity
+    from rl.rewards.embedding import similarity
 
     kw = {"judge_model": str(judge_dir), "judge_batch_size": 4}
     judge = judge_for(kw, "test")
@@ -127,7 +127,7 @@ def test_judge_rewards_need_reference_chains(judge_dir):
 
 
 def test_registry_and_the_trainers_requirement_check():
-    from rl.items import Item
+    from rl.data.items import Item
 
     for name in ("consistency", "hybrid_reasoning", "llm_judge", "adaptive_think_accuracy"):
         assert get_reward(name) is REWARDS[name]

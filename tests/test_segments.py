@@ -5,7 +5,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from adt_probe.segments import SEGMENTS, segment_tokens
-from rl import collate
+from rl.data import collate
 
 
 def runs(labels) -> list[str]:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from rl.items import SAMPLE_RATE
-from rl.tasks import (
+from rl.data.items import SAMPLE_RATE
+from rl.data.tasks import (
     DIFFICULTY_BANDS,
     FAMILIES,
     MULTI_STEP,

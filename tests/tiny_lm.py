@@ -16,8 +16,8 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def corpus() -> list[str]:
     """Text the tokenizer learns its merges from: judge prompts, reference chains, completions (no "Yes"/"No")."""
+    from rl.data.tasks import generate_items
     from rl.judge import PROMPTS
-    from rl.tasks import generate_items
 
     lines = []
     for it in generate_items(21, seed=3):

@@ -1,10 +1,10 @@
 """Curriculum mining between stages: boundary cases picked by the current policy's own pass rate.
 
-``rl.grpo`` calls :func:`mine_boundary_items` when a stage takes ``data.source = "mined"``. Every item of the
+``rl.train.grpo`` calls :func:`mine_boundary_items` when a stage takes ``data.source = "mined"``. Every item of the
 ``[mining]`` pool gets ``k_rollouts`` think-mode completions from the current policy, sampled at the training
-temperature exactly as GRPO samples (``rl.grpo.sample_completions``: same generation config, multimodal placeholder
+temperature exactly as GRPO samples (``rl.train.rollout.sample``: same generation config, multimodal placeholder
 tokens suppressed), in batches. The pass rate of an item is the fraction of its completions whose answer is right
-(``rl.rewards_basic.accuracy_reward``). Kept:
+(``rl.rewards.registry.accuracy_reward``). Kept:
 
 1. items with ``pass_band[0] <= pass rate <= pass_band[1]`` -- solved sometimes, not reliably: the boundary cases;
 2. with ``keep_hard``, also every item whose ``difficulty`` is ``"hard"`` (the acoustically hard cases, whatever the
@@ -21,7 +21,9 @@ is used in eval mode, as the GRPO loop keeps it.
 
 Examples
 --------
->>> from rl.items import Item
+>>> from rl.data.items import Item
+from rl.rewards.registry import accuracy_reward
+from rl.train.rollout import Sampling, sample
 >>> pool = [Item(id=str(i), question="q", choices=["a", "b"], answer="a", audio=None, difficulty=d)
 ...         for i, d in enumerate(["easy", "medium", "medium", "hard"])]
 >>> select_items(pool, [0.0, 0.25, 0.5, 1.0], pass_band=[0.125, 0.625], keep_hard=True, max_items=0)
@@ -30,14 +32,15 @@ Examples
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from rl.items import Item
+from rl.data.items import Item
+from rl.rewards.registry import accuracy_reward
+from rl.train.rollout import Sampling, sample
 
 __all__ = ["LAST_MINING", "mine_boundary_items", "pass_counts", "select_items"]
 
@@ -64,11 +67,7 @@ def pass_counts(policy, processor, pool: Sequence[Item], *, k: int, cfg, device,
                 chunk_items: int | None = None) -> np.ndarray:
     """Correct answers out of ``k`` think-mode rollouts per item, for the chunks this process owns (zeros for the
     others); shape (len(pool),) float64. Chunk c (``chunk_items`` items) is sampled under seed ``(cfg.seed, c)``."""
-    from rl.grpo import sample_completions
-    from rl.rewards_basic import accuracy_reward
-
-    run_cfg = dataclasses.replace(cfg, prompt_mode="think",
-                                  grpo=dataclasses.replace(cfg.grpo, num_generations=k))
+    sampling = Sampling(k, cfg.grpo.temperature, cfg.grpo.max_new_tokens)
     size = max(1, chunk_items or cfg.grpo.batch_size)
     counts = np.zeros(len(pool), dtype=np.float64)
     devices = [device] if torch.device(device).type == "cuda" else []
@@ -78,20 +77,21 @@ def pass_counts(policy, processor, pool: Sequence[Item], *, k: int, cfg, device,
         chunk = list(pool[start:start + size])
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, _SEED_SALT, c]).generate_state(1)[0]))
-            ro = sample_completions(policy, processor, chunk, run_cfg, device)
+            ro = sample(policy, processor, chunk, sampling, mode="think", device=device)
         correct = accuracy_reward(ro.prompts, ro.texts, [[] for _ in ro.texts], answer=[it.answer for it in ro.items])
         counts[start:start + len(chunk)] = np.asarray(correct, dtype=np.float64).reshape(len(chunk), k).sum(1)
     return counts
 
 
 def mine_boundary_items(policy, processor, pool: Sequence[Item], mining, *, cfg, accelerator) -> list[Item]:
-    """The ``[mining]`` hook of ``rl.grpo``: the pool items whose pass rate under ``policy`` makes them boundary cases.
+    """The ``[mining]`` hook of ``rl.train.grpo``: the pool items whose pass rate under ``policy`` makes them
+    boundary cases.
 
     Parameters
     ----------
     policy : the current (unwrapped) model; processor : its processor.
     pool : candidate items (``cfg.mining.pool``).
-    mining : ``rl.config.MiningConfig`` -- ``k_rollouts``, ``pass_band``, ``keep_hard``, ``max_items``.
+    mining : ``rl.train.config.MiningConfig`` -- ``k_rollouts``, ``pass_band``, ``keep_hard``, ``max_items``.
     cfg : the run's ``TrainConfig`` (generation settings: temperature, max_new_tokens, batch_size, seed).
     accelerator : an ``accelerate.Accelerator`` (``process_index``, ``num_processes``, ``device``, ``reduce``).
 

@@ -2,7 +2,7 @@
 of stage 2 and Audio-Thinker's adaptive think-accuracy reward.
 
 All have TRL's signature ``f(prompts, completions, completion_ids, **columns) -> list[float | None]`` and register
-themselves in ``rl.rewards_basic.REWARDS`` on import (``get_reward`` imports this module on a registry miss), so a
+themselves in ``rl.rewards.registry.REWARDS`` on import (``get_reward`` imports this module on a registry miss), so a
 config names them::
 
     [[stages]]
@@ -11,7 +11,7 @@ config names them::
     [reward_kwargs.hybrid_reasoning]
     w = 0.5                      # weight of the judge; 1 - w goes to the embedding similarity
     judge_backend = "local"      # or "openai" with judge_base_url = "http://localhost:8000/v1", judge_model = "..."
-    judge_model = "smollm2"      # or "gemma3-270m" (rl.packaged.PACKAGED), or a folder with any causal LM
+    judge_model = "smollm2"      # or "gemma3-270m" (rl.judge.packaged.PACKAGED), or a folder with any causal LM
     judge_prompt = "restate-likelihood"   # rl.judge.PROMPTS; a large judge: "criteria-0-9" (score tokens)
 
 Keyword arguments starting with ``judge_`` configure the judge (``rl.judge.make_judge`` without the prefix:
@@ -31,15 +31,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rl.prompts import parse_completion
-from rl.rewards_basic import register_reward
+from rl.data.prompts import parse_completion
+from rl.rewards.registry import register_reward
 
 __all__ = ["DEFAULT_W", "EMBEDDING_REWARDS", "JUDGE_REWARDS", "adaptive_think_accuracy_reward", "consistency_reward",
            "hybrid_reasoning_reward", "judge_for", "llm_judge_reward"]
 
-#: The rewards that call the judge (``rl.grpo`` builds their judges when a stage starts).
+#: The rewards that call the judge (``rl.train.grpo`` builds their judges when a stage starts).
 JUDGE_REWARDS = ("hybrid_reasoning", "llm_judge")
-#: The rewards that embed the think text when w < 1 (``rl.grpo`` loads the embedder when a stage starts).
+#: The rewards that embed the think text when w < 1 (``rl.train.grpo`` loads the embedder when a stage starts).
 EMBEDDING_REWARDS = ("hybrid_reasoning",)
 
 #: Weight of the judge in the hybrid reward, chosen by benchmarks/judge_validity.py (see its results JSON) for the
@@ -205,7 +205,7 @@ def hybrid_reasoning_reward(prompts: list, completions: list, completion_ids: li
     judged = judge_for(kwargs, "hybrid_reasoning").score(thinks, [refs[i] for i in paid]) if w > 0 \
         else [0.0] * len(paid)
     if w < 1:
-        from rl.embedding import similarity
+        from rl.rewards.embedding import similarity
 
         cos = np.clip(similarity(thinks, [_reference_text(refs[i]) for i in paid], embedding_model), 0.0, 1.0)
     else:

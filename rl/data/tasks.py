@@ -12,7 +12,7 @@ hard boundary cases, at 0 they are easy.
 
 Examples
 --------
->>> from rl.tasks import generate_items
+>>> from rl.data.tasks import generate_items
 >>> items = generate_items(4, seed=0, families=["highest_longest"], difficulty="easy")
 >>> items[0].question
 'Is the highest tone also the longest?'
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl.items import SAMPLE_RATE, Item
+from rl.data.items import SAMPLE_RATE, Item
 
 CLIP_SECONDS = 2.0
 

@@ -5,7 +5,7 @@ A completion has the Qwen3 shape ``<think>...</think>`` then the reply; for a qu
 
 Examples
 --------
->>> from rl.prompts import parse_completion
+>>> from rl.data.prompts import parse_completion
 >>> parse_completion("<think>\\nSound 1: a high tone.\\n</think>\\n\\n<answer>yes</answer>")
 Completion(think='Sound 1: a high tone.', answer='yes', has_think_block=True, well_formed=True)
 """
@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from rl.items import Item
+from rl.data.items import Item
 
 SYSTEM = "You are an audio assistant. Listen to the clip and answer."
 DESCRIBE = "Describe each sound in order."

@@ -1,6 +1,7 @@
 """Train the base model organism: perceive a clip and answer directly, never reason in ``<think>``.
 
-``python -m rl.train_base --out DIR`` builds the tokenizer from the task corpus, a fresh tiny Qwen3-Omni-MoE thinker,
+``python -m rl.organism.train_base --out DIR`` builds the tokenizer from the task corpus, a fresh tiny
+Qwen3-Omni-MoE thinker,
 and trains it on a stream of freshly generated synthetic items (no item is seen twice), in three phases:
 
 1. the audio encoder alone, with linear heads on frame-level acoustic facts (``encoder_steps``). Without it the
@@ -41,9 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rl import collate, organism, prompts
-from rl.checkpoint import replace_dir, sha256
-from rl.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, generate_items, make_item
+from rl import organism
+from rl.data import collate, prompts
+from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, generate_items, make_item
+from rl.train.checkpoint import replace_dir, sha256
 
 
 @dataclass
@@ -135,7 +137,7 @@ def frame_labels(item, n_frames: int) -> dict[str, torch.Tensor]:
     ``sound``: 0 silence, 1-5 pitch level of a tone, 6 noise; ``ordinal``: 0 silence, else the sound's number (1-5);
     ``onset``: a sound starts in this frame. Loudness and duration are -100 (ignored) on silent frames.
     """
-    from rl.items import SAMPLE_RATE
+    from rl.data.items import SAMPLE_RATE
 
     seconds = len(item.audio) / SAMPLE_RATE
     centres = (np.arange(n_frames) + 0.5) * seconds / n_frames

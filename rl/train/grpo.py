@@ -13,19 +13,19 @@ signature. One step:
 6. **loss**        clipped surrogate per token, ``-min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)``
                    (+ ``beta`` * k3 KL to a reference model), aggregated ``grpo`` / ``dapo`` / ``dr_grpo``;
                    ``num_iterations`` optimiser steps reuse the same rollouts, ``rho = pi / pi_old``
-7. **checkpoint**  every N steps and at each stage end (``rl.checkpoint``)
+7. **checkpoint**  every N steps and at each stage end (``rl.train.checkpoint``)
 
 The loss and advantage functions are pure functions of tensors (unit-tested against hand-computed values). The model
 stays in ``eval()`` mode throughout: no dropout, so the log-probs of the sampling policy and of the trained policy
 come from the same function (the importance ratio is exactly 1 on the first pass, as the theory says).
 
-Data parallel: ``accelerate launch --num_processes N -m rl.grpo ...`` (on CPU with accelerate 1.x:
+Data parallel: ``accelerate launch --num_processes N -m rl.train.grpo ...`` (on CPU with accelerate 1.x:
 ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...``, gloo; its ``--cpu`` flag starts a
 single process unless MPI is configured). Each process samples its share of the prompts;
 rewards are gathered so groups and batch statistics are global; loss denominators are global too, so N processes
 compute the same update as one process with the whole batch. With one process it is plain PyTorch.
 
-Run ``python -m rl.grpo --config rl/configs/smoke.toml --out runs/smoke`` (``--resume`` continues a run).
+Run ``python -m rl.train.grpo --config rl/configs/smoke.toml --out runs/smoke`` (``--resume`` continues a run).
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rl import checkpoint as ckpt
-from rl import collate, prompts
-from rl.config import ConfigError, DataConfig, TrainConfig, load_config
-from rl.items import Item
-from rl.rewards_basic import Reward, check_requirements, compute_rewards, item_columns, resolve_rewards
+from rl.data import prompts
+from rl.data.items import Item
+from rl.rewards.registry import Reward, check_requirements, compute_rewards, item_columns, resolve_rewards
+from rl.train import checkpoint as ckpt
+from rl.train import rollout
+from rl.train.config import ConfigError, DataConfig, TrainConfig, load_config
+from rl.train.curriculum import mine_boundary_items
+from rl.train.rollout import Rollout, Sampling, suppressed_token_ids, token_logprobs
 
 # ==================================================================================================================
 # 1. Prompts
@@ -60,12 +63,12 @@ from rl.rewards_basic import Reward, check_requirements, compute_rewards, item_c
 def load_data(data: DataConfig, *, where: str) -> list[Item]:
     """The items of a ``synthetic`` or ``jsonl`` data spec; ValueError if there are none."""
     if data.source == "synthetic":
-        from rl.tasks import generate_items
+        from rl.data.tasks import generate_items
 
         items = generate_items(data.n_items, seed=data.seed, families=data.families, difficulty=data.difficulties,
                                prefix=data.prefix)
     elif data.source == "jsonl":
-        from rl.items import load_items
+        from rl.data.items import load_items
 
         items = load_items(data.path)
     else:
@@ -108,108 +111,17 @@ class PromptStream:
 # ==================================================================================================================
 
 
-@dataclass
-class Rollout:
-    """G completions of each of B prompts; N = B * G rows, row ``b * G + j`` is completion j of prompt b.
-
-    inputs : the prompt batch repeated per completion: ``input_ids`` / ``attention_mask`` (N, P) left padded,
-        ``input_features`` (N, 128, frames), ``feature_attention_mask`` (N, frames).
-    completion_ids : (N, T) sampled tokens; T <= max_new_tokens, pad after EOS.
-    completion_mask : (N, T) float, 1 on the completion's tokens up to and including its first EOS.
-    truncated : (N,) bool, no EOS within max_new_tokens.
-    prompts : N chat-formatted prompt strings; texts : N decoded completions (special tokens kept, EOS dropped).
-    items : N items (each prompt's item repeated G times).
-    """
-
-    inputs: dict[str, torch.Tensor]
-    completion_ids: torch.Tensor
-    completion_mask: torch.Tensor
-    truncated: torch.Tensor
-    prompts: list[str]
-    texts: list[str]
-    items: list[Item]
-
-
-#: Tokenizer attributes of the multimodal placeholder and delimiter tokens. A completion must never contain one: the
-#: teacher-forced pass would look for audio (or image) features for it and fail, or shift the rotary positions.
-PLACEHOLDER_TOKENS = ("audio_token", "image_token", "video_token", "audio_bos_token", "audio_eos_token",
-                      "vision_bos_token", "vision_eos_token")
-
-
-def suppressed_token_ids(tokenizer) -> list[int]:
-    """Ids of the tokenizer's multimodal placeholder tokens (those it has), never sampled in a completion."""
-    ids = {tokenizer.convert_tokens_to_ids(t) for name in PLACEHOLDER_TOKENS if (t := getattr(tokenizer, name, None))}
-    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
-
-
-def eos_mask(completion_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) ids -> ((N, T) float mask up to and including the first EOS, (N,) bool: no EOS at all)."""
-    is_eos = (completion_ids == eos_token_id).int()
-    before = is_eos.cumsum(1) - is_eos  # EOS tokens strictly before each position: > 0 means past the end
-    return (before == 0).float(), is_eos.sum(1) == 0
-
-
-@torch.no_grad()
 def sample_completions(policy, processor, items: list[Item], cfg: TrainConfig, device: torch.device) -> Rollout:
-    """Step 2: sample ``cfg.grpo.num_generations`` completions for each item with ``policy.generate``.
-
-    ``policy`` is the unwrapped model (generation never goes through DistributedDataParallel).
-    """
-    from transformers import GenerationConfig
-
-    G, tok = cfg.grpo.num_generations, processor.tokenizer
-    texts = collate.prompt_texts(processor, items, cfg.prompt_mode)
-    batch = collate.encode(processor, texts, [it.audio for it in items])  # (B, P), (B, 128, frames), ...
-    inputs = {k: v.repeat_interleave(G, dim=0).to(device) for k, v in batch.items()}  # every row tensor -> (B*G, ...)
-    # An explicit GenerationConfig: pure sampling at `temperature` (no top-k / top-p / penalties from the model's
-    # defaults) with the placeholder tokens suppressed, so the sampling distribution is exactly the one step 3 scores.
-    gen = GenerationConfig(do_sample=True, temperature=cfg.grpo.temperature, top_k=0, top_p=1.0,
-                           max_new_tokens=cfg.grpo.max_new_tokens, pad_token_id=tok.pad_token_id,
-                           eos_token_id=tok.eos_token_id, suppress_tokens=suppressed_token_ids(tok) or None)
-    ids = policy.generate(**inputs, generation_config=gen)  # (N, P + T)
-    completion_ids = ids[:, inputs["input_ids"].shape[1]:]  # (N, T)
-    mask, truncated = eos_mask(completion_ids, tok.eos_token_id)
-    keep = mask.bool() & (completion_ids != tok.eos_token_id)
-    decoded = [tok.decode(row[m], skip_special_tokens=False) for row, m in zip(completion_ids, keep)]
-    return Rollout(inputs, completion_ids, mask, truncated, [t for t in texts for _ in range(G)], decoded,
-                   [it for it in items for _ in range(G)])
+    """Step 2: ``cfg.grpo.num_generations`` completions for each item at the run's temperature (``rl.train.rollout``:
+    placeholders suppressed, pure temperature sampling, masked after the first EOS). ``policy`` is unwrapped."""
+    g = cfg.grpo
+    return rollout.sample(policy, processor, items, Sampling(g.num_generations, g.temperature, g.max_new_tokens),
+                          mode=cfg.prompt_mode, device=device)
 
 
 # ==================================================================================================================
-# 3. Per-token log-probabilities
+# 3. Per-token log-probabilities (rl.train.rollout.token_logprobs)
 # ==================================================================================================================
-
-
-def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                   completion_mask: torch.Tensor, temperature: float,
-                   suppress: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced ``log softmax(logits / temperature)`` of each completion token, and the policy's entropy there.
-
-    Parameters
-    ----------
-    inputs : prompt tensors of n rows (``input_ids`` (n, P), ``attention_mask`` (n, P), audio features).
-    completion_ids, completion_mask : (n, T).
-    suppress : token ids generation never samples (``suppressed_token_ids``): their logits are -inf here too.
-
-    Returns
-    -------
-    logp : (n, T), differentiable. entropy : (n, T), detached. Values past the mask are meaningless (mask them).
-    """
-    P = inputs["input_ids"].shape[1]
-    audio = {k: inputs[k] for k in ("input_features", "feature_attention_mask") if k in inputs}  # none: text LM
-    out = model(input_ids=torch.cat([inputs["input_ids"], completion_ids], 1),
-                attention_mask=torch.cat([inputs["attention_mask"], completion_mask.long()], 1),
-                use_cache=False, **audio)
-    # Position P - 1 + t predicts completion token t; divide by the sampling temperature so that these are the
-    # log-probs of the distribution the tokens were drawn from.
-    logits = out.logits[:, P - 1:-1].float() / temperature  # (n, T, V)
-    if suppress:
-        logits = logits.index_fill(-1, torch.tensor(suppress, device=logits.device), -math.inf)
-    logp_all = logits.log_softmax(-1)
-    logp = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # (n, T)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all.clamp(min=-1e30)).nansum(-1)  # (n, T); 0 * -inf counts as 0
-    return logp, entropy
 
 
 def _rows(inputs: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
@@ -533,18 +445,12 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
 
 
 def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
-    """Stage data from the policy's own rollouts: ``rl.curriculum.mine_boundary_items`` picks items of the
+    """Stage data from the policy's own rollouts: ``rl.train.curriculum.mine_boundary_items`` picks items of the
     ``[mining]`` pool by pass rate.
 
     The miner's contract: ``mine_boundary_items(policy, processor, pool, mining, *, cfg, accelerator) -> list[Item]``,
     a subset of ``pool`` (a resume rebuilds the pool and selects the saved ids), the same on every process.
     """
-    try:
-        from rl.curriculum import mine_boundary_items
-    except ImportError as exc:
-        raise NotImplementedError(
-            "a stage takes mined items (data.source = 'mined') but curriculum mining is not available: "
-            f"rl.curriculum.mine_boundary_items cannot be imported ({exc})") from exc
     pool = load_data(cfg.mining.pool, where="mining.pool")
     mined = mine_boundary_items(policy, processor, pool, cfg.mining, cfg=cfg, accelerator=accelerator)
     pool_ids = {it.id for it in pool}
@@ -552,15 +458,15 @@ def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
         raise ValueError(f"curriculum mining kept no items of {len(pool)} (pass_band {cfg.mining.pass_band}); "
                          "widen the band or enlarge the pool")
     if any(it.id not in pool_ids for it in mined):
-        raise ValueError("rl.curriculum.mine_boundary_items returned items that are not in the pool")
+        raise ValueError("rl.train.curriculum.mine_boundary_items returned items that are not in the pool")
     return mined
 
 
 def start_judges(weights: dict[str, float], reward_kwargs: dict[str, dict], say) -> None:
     """Build the judges of a stage's rewards now rather than at the first paid completion: an unreachable server or a
     missing model fails before any training, and the judge's memory is part of the warm-up, not a jump mid-run."""
-    from rl.embedding import embed
-    from rl.rewards import DEFAULT_W, EMBEDDING_REWARDS, JUDGE_REWARDS, judge_for
+    from rl.rewards.embedding import embed
+    from rl.rewards.reasoning import DEFAULT_W, EMBEDDING_REWARDS, JUDGE_REWARDS, judge_for
 
     for name in weights:
         kwargs = reward_kwargs.get(name, {})
@@ -730,7 +636,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="Configs: rl/configs/*.toml. Data parallel: accelerate launch -m rl.grpo ...")
+                                 epilog="Configs: rl/configs/*.toml. Data parallel: "
+                                 "accelerate launch -m rl.train.grpo ...")
     ap.add_argument("--config", required=True, help="TOML or YAML run configuration")
     ap.add_argument("--out", required=True, help="output folder: log.jsonl, completions.jsonl, checkpoints/")
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")

@@ -6,9 +6,9 @@ the item fields repeated once per completion -- ``id``, ``question``, ``choices`
 ``family``, ``difficulty``, ``meta`` -- plus ``trainer_state`` (``.global_step``, ``.max_steps``, as TRL's). So the same
 function runs unchanged in ``trl.GRPOTrainer`` on a text dataset with those columns.
 
-Registering a reward (e.g. in ``rl/rewards.py``, which :func:`get_reward` imports on first miss)::
+Registering a reward (importing ``rl.rewards`` registers every reward of the package)::
 
-    from rl.rewards_basic import register_reward
+    from rl.rewards.registry import register_reward
 
     @register_reward("hybrid", requires=("reference_chain",))
     def hybrid_reward(prompts, completions, completion_ids, *, answer, reference_chain, **kwargs):
@@ -35,15 +35,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl.prompts import parse_completion
+from rl.data.prompts import parse_completion
 
 RewardFunc = Callable[..., list]
 
 #: name -> reward function. Add with :func:`register_reward`.
 REWARDS: dict[str, RewardFunc] = {}
-
-#: Modules imported on a registry miss, so their ``@register_reward`` lines run (another engineer's judge rewards).
-EXTENSION_MODULES = ("rl.rewards",)
 
 
 def register_reward(name: str | None = None, *, requires: Sequence[str] = ()) -> Callable[[RewardFunc], RewardFunc]:
@@ -103,13 +100,6 @@ def get_reward(name: str) -> RewardFunc:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"reward {name!r}: cannot import {attr!r} from {module!r} ({exc})") from exc
-    if name not in REWARDS:
-        for module in EXTENSION_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:  # the module exists but one of its imports is missing: say so
-                    raise
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)} "
                          "(or give 'package.module:function')")

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from transformers import BatchFeature
 
-from rl import prompts
-from rl.items import SAMPLE_RATE, Item
+from rl.data import prompts
+from rl.data.items import SAMPLE_RATE, Item
 
 
 class TextProcessor:

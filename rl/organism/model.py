@@ -29,10 +29,10 @@ from transformers import (
 )
 from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import Qwen3OmniMoeProcessor
 
-from rl import prompts
-from rl.items import SAMPLE_RATE
+from rl.data import prompts
+from rl.data.items import SAMPLE_RATE
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ORGANISM_DIR = ASSETS / "organism"
 
 #: Qwen3-Omni's special tokens plus the reasoning and answer delimiters. Order fixes their ids.
@@ -140,7 +140,7 @@ def load_organism(path: str | Path = ORGANISM_DIR, *, dtype: torch.dtype = torch
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model in {path}: expected config.json and model.safetensors there. "
-                                "Train the organism with `python -m rl.train_base` or pass the right folder.")
+                                "Train the organism with `python -m rl.organism.train_base` or pass the right folder.")
     model = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
     return model.eval(), load_processor(path)
 

@@ -141,9 +141,9 @@ def write_report(plan, steps: dict) -> dict:
     f1["who"] = router_or_input(steps["decompose"])
     seconds = {name: json.loads((d / "steps" / f"{name}.json").read_text())["seconds"]
                for name in steps if (d / "steps" / f"{name}.json").exists()}
-    training_figure(d / "run" / "log.jsonl", d / "figures" / "training")
+    training_figure(d / "runs" / f"seed-{plan.seeds[0]}" / "log.jsonl", d / "figures" / "training")
     results = {
-        "base": ev["base"], "final": ev["final"],
+        "base": ev["base"], "final": ev["final"], "change": ev["change"], "seeds": ev["seeds"],
         "held_out": {"n_items": ev["base"]["n_items"], "seed": plan.eval_seed, "n_per_cell": plan.n_per_cell,
                      "setting": "think-first prompt, greedy decoding; direct_accuracy: answer prompt"},
         "finding_upper_layer_routers": f1, "finding_upper_layer_routers_mirror": f1_mirror,
@@ -163,8 +163,9 @@ def write_report(plan, steps: dict) -> dict:
         f" --set {o}" for o in plan.overrides)
     table = ["| model | accuracy | think-rate | similarity to reference | process score | direct-answer accuracy |",
              "|---|---|---|---|---|---|"]
-    for name in ("base", "final"):
-        r = ev[name]
+    rows = [("base", ev["base"]), *((f"RL seed {s}", r) for s, r in ev["seeds"].items()),
+            (f"RL, {len(ev['seeds'])} seeds pooled", ev["final"]), ("change (RL - base)", ev["change"])]
+    for name, r in rows:
         table.append(f"| {name} | {_row_ci(r, 'accuracy')} | {_row_ci(r, 'think_rate')} | "
                      f"{_row_ci(r, 'reference_similarity')} | {_row_ci(r, 'process_score')} | "
                      f"{_row_ci(r, 'direct_accuracy')} |")

@@ -29,12 +29,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
+from rl.organism import load_organism
+from rl.train.checkpoint import find_latest
+from rl.train.config import load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
 
@@ -56,6 +63,8 @@ class Plan:
     n_boot: int = 1000
     max_new_tokens: int = 96
     bands: int = 2  # router transplant: equal layer bands, lowest first
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # RL runs: run-to-run variation needs several
+    jobs: int = 2  # RL runs trained at once, one thread each (2 cores: 1.4x the throughput of one 2-thread run)
 
     @property
     def dir(self) -> Path:
@@ -69,7 +78,7 @@ class Plan:
     def make(cls, out: str, *, quick: bool, config: str | None = None, overrides: list[str] | None = None) -> Plan:
         plan = cls(out=out, config=config or str(DEMO_CONFIG), quick=quick, overrides=list(overrides or []))
         if quick:
-            plan.n_per_cell, plan.n_boot, plan.max_new_tokens = 2, 200, 64
+            plan.n_per_cell, plan.n_boot, plan.max_new_tokens, plan.seeds = 2, 200, 64, [0, 1]
         return plan
 
 
@@ -78,32 +87,53 @@ class Plan:
 
 
 def step_train(plan: Plan) -> dict:
-    """GRPO: stage 1, mining, stage 2. Resumes from the newest complete checkpoint of an interrupted run."""
-    from rl.train.config import load_config
-    from rl.train.grpo import train
-
+    """GRPO on every seed: stage 1, mining, stage 2. Each run resumes from its newest complete checkpoint."""
     cfg = load_config(plan.config, plan.config_overrides)
-    run = plan.dir / "run"
-    train(cfg, run, resume=True)
-    return {"final": str(final_checkpoint(plan)), "steps": sum(s.steps for s in cfg.stages),
-            "config": cfg.to_dict()}
+    pending = list(plan.seeds)
+    running: list[tuple[int, subprocess.Popen, object]] = []
+    while pending or running:
+        while pending and len(running) < plan.jobs:
+            seed = pending.pop(0)
+            folder = run_dir(plan, seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            log = open(folder / "train.log", "a")  # noqa: SIM115  (closed when the process ends)
+            command = [sys.executable, "-m", "rl.train.grpo", "--config", plan.config, "--out", str(folder),
+                       "--resume", "--set", f"seed={seed}", "--set", "threads=1",
+                       *[a for o in plan.config_overrides for a in ("--set", o)]]
+            say(f"train seed {seed}: {folder / 'train.log'}")
+            running.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(1.0)
+        for entry in [r for r in running if r[1].poll() is not None]:
+            seed, proc, log = entry
+            log.close()
+            running.remove(entry)
+            if proc.returncode:
+                for _, other, other_log in running:
+                    other.terminate()
+                    other_log.close()
+                raise SystemExit(f"training seed {seed} failed (exit {proc.returncode}); its log: "
+                                 f"{run_dir(plan, seed) / 'train.log'}. Re-run to resume.")
+    return {"final": {str(s): str(final_checkpoint(plan, s)) for s in plan.seeds},
+            "steps": sum(s.steps for s in cfg.stages), "config": cfg.to_dict()}
 
 
 def step_evaluate(plan: Plan) -> dict:
-    """Base and final model on the held-out set, with the judge's process score."""
-    from rl.evaluate import evaluate, make_eval_judge
-    from rl.organism import load_organism
-
-    items, judge, out = heldout(plan), make_eval_judge("smollm2"), {}
-    for name, path in (("base", base_path(plan)), ("final", final_checkpoint(plan))):
+    """Base and every seed's final model on the held-out set, with the judge's process score; the final models
+    pooled with a hierarchical interval (seeds, then items)."""
+    items, judge = heldout(plan), make_eval_judge("smollm2")
+    reports = {}
+    for name, path in (("base", base_path(plan)), *((f"seed-{s}", final_checkpoint(plan, s)) for s in plan.seeds)):
         model, processor = load_organism(path)
         torch.manual_seed(0)
         report = evaluate(model, processor, items, judge=judge, max_new_tokens=plan.max_new_tokens)
         report["model"] = str(path)
         (plan.dir / f"eval_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        out[name] = headline(report)
-        say(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items() if isinstance(v, float)))
-    return out
+        reports[name] = report
+        say(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline(report).items() if isinstance(v, float)))
+    seeds = [reports[f"seed-{s}"] for s in plan.seeds]
+    return {"base": headline(reports["base"]), "final": pooled_headline(seeds),
+            "change": pooled_headline(seeds, minus=reports["base"]),
+            "seeds": {str(s): headline(r) for s, r in zip(plan.seeds, seeds)}}
 
 
 def step_record(plan: Plan) -> dict:
@@ -145,7 +175,7 @@ def step_trajectory(plan: Plan) -> dict:
     """Drift from the base at every checkpoint, on the final model's completions."""
     from analyses.trajectory import run
 
-    return run(plan.dir / "run", base_path(plan), plan.dir / "recordings", plan.dir / "trajectory",
+    return run(run_dir(plan), base_path(plan), plan.dir / "recordings", plan.dir / "trajectory",
                n_boot=min(plan.n_boot, 200))
 
 
@@ -191,18 +221,21 @@ def say(msg: str) -> None:
 
 
 def base_path(plan: Plan) -> Path:
-    from rl.train.config import load_config
-
     return Path(load_config(plan.config, plan.config_overrides).model_path())
 
 
-def final_checkpoint(plan: Plan) -> Path:
-    from adt_probe.trajectory import find_checkpoints
+def run_dir(plan: Plan, seed: int | None = None) -> Path:
+    """The RL run of ``seed`` (default: the first seed, the run the single-run analyses read)."""
+    return plan.dir / "runs" / f"seed-{plan.seeds[0] if seed is None else seed}"
 
-    found = find_checkpoints(plan.dir / "run")
-    if not found:
-        raise FileNotFoundError(f"{plan.dir / 'run'}: no checkpoint; run the 'train' step first")
-    return found[-1][1]
+
+def final_checkpoint(plan: Plan, seed: int | None = None) -> Path:
+    """The newest complete checkpoint of the run of ``seed`` (default: the first seed)."""
+    folder = run_dir(plan, seed) / "checkpoints"
+    found = find_latest(folder, say)
+    if found is None:
+        raise FileNotFoundError(f"{folder}: no complete checkpoint; run the 'train' step first")
+    return found
 
 
 def heldout(plan: Plan):
@@ -225,6 +258,27 @@ def headline(report: dict) -> dict:
     direct = report["accuracy"]["all"]["all"]
     row["direct_accuracy"], row["direct_accuracy_ci"] = direct["value"], [direct["lo"], direct["hi"]]
     row["n_items"] = report["n_items"]
+    return row
+
+
+#: The per-item outcomes pooled over seeds: results-table name -> ``per_item`` key of ``rl.evaluate.evaluate``.
+POOLED = {"accuracy": "accuracy", "think_rate": "think_rate", "reference_similarity": "reference_similarity",
+          "process_score": "process_score", "direct_accuracy": "direct_correct"}
+
+
+def pooled_headline(reports: list[dict], minus: dict | None = None) -> dict:
+    """The headline numbers of several runs on the same items, each with a hierarchical interval (runs, then items);
+    with ``minus``, the paired change from that report (the base) item by item."""
+    row = {}
+    for name, key in POOLED.items():
+        if not all(key in r["per_item"] for r in reports):
+            continue
+        values = np.array([[np.nan if v is None else float(v) for v in r["per_item"][key]] for r in reports])
+        if minus is not None:
+            values = values - np.array([np.nan if v is None else float(v) for v in minus["per_item"][key]])
+        ci = hierarchical_mean_ci(values)
+        row[name], row[f"{name}_ci"] = ci["value"], [ci["lo"], ci["hi"]]
+    row["n_items"], row["n_runs"] = reports[0]["n_items"], len(reports)
     return row
 
 

@@ -149,17 +149,58 @@ def process_scores(judge, items: Sequence[Item], s: Scores) -> np.ndarray:
     return out
 
 
-def think_metrics(items: Sequence[Item], s: Scores, judge=None) -> dict:
-    """Accuracy, think-rate, reference similarity (and the process score with a judge) of think-prompt completions:
-    overall values with intervals under their names, and per family x difficulty under ``by_group``."""
+def think_columns(items: Sequence[Item], s: Scores, judge=None) -> dict[str, np.ndarray]:
+    """Per-item outcomes of think-prompt completions, each (n,): ``accuracy`` and ``think_rate`` (bool),
+    ``reference_similarity`` (float) and, with a judge, ``process_score`` (float, NaN where the judge failed)."""
     columns = {"accuracy": s.correct, "think_rate": s.thought, "reference_similarity": s.similarity.astype(float)}
     if judge is not None:
         columns["process_score"] = process_scores(judge, items, s)
+    return columns
+
+
+def think_metrics(items: Sequence[Item], s: Scores, columns: dict[str, np.ndarray]) -> dict:
+    """Accuracy, think-rate, reference similarity (and the process score with a judge) of think-prompt completions:
+    overall values with intervals under their names, and per family x difficulty under ``by_group``."""
     out = {name: group_table(items, v)["all"]["all"] for name, v in columns.items()}
     out["reference_similarity_when_thinking"] = mean_ci(s.similarity[s.thought])
     out["by_group"] = {name: group_table(items, v) for name, v in columns.items()}
     out["examples"] = s.completions[:3]
     return out
+
+
+def per_item(items: Sequence[Item], direct: Scores, think_columns: dict[str, np.ndarray]) -> dict:
+    """Each item's outcomes (item order), so runs can be pooled with a hierarchical interval over runs and items:
+    ``id``, ``family``, ``difficulty``, ``direct_correct``, and the greedy think prompt's :func:`think_columns`
+    (None where the judge failed)."""
+    out = {"id": [it.id for it in items], "family": [it.family for it in items],
+           "difficulty": [it.difficulty for it in items], "direct_correct": direct.correct.tolist()}
+    for name, v in think_columns.items():
+        out[name] = [None if isinstance(x, float) and math.isnan(x) else x for x in v.tolist()]
+    return out
+
+
+def hierarchical_mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean over runs and items with a two-level percentile bootstrap: resample runs, then items within each run.
+
+    Parameters
+    ----------
+    values : (runs, items) float, NaN where an outcome is missing (left out of its run's mean, and counted).
+
+    Returns
+    -------
+    ``{"value", "lo", "hi", "n_runs", "n_items", "n_missing"}``; ``value`` is the mean of the run means. With one run
+    the interval is the items' bootstrap alone.
+    """
+    values = np.asarray(values, dtype=float)
+    runs, n = values.shape
+    rng = np.random.default_rng(seed)
+    pick_runs = rng.integers(0, runs, size=(n_boot, runs))  # (B, runs)
+    pick_items = rng.integers(0, n, size=(n_boot, runs, n))  # (B, runs, n)
+    boots = np.nanmean(np.nanmean(values[pick_runs[..., None], pick_items], axis=2), axis=1)  # (B,)
+    tail = (1 - level) / 2
+    return {"value": float(np.nanmean(np.nanmean(values, axis=1))), "lo": float(np.nanquantile(boots, tail)),
+            "hi": float(np.nanquantile(boots, 1 - tail)), "n_runs": int(runs), "n_items": int(n),
+            "n_missing": int(np.isnan(values).sum())}
 
 
 def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, sample_seed: int = 0,
@@ -194,8 +235,10 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
     for name, temperature in settings.items():
         s = score(items, generate(model, processor, items, "think", temperature=temperature,
                                   max_new_tokens=max_new_tokens, batch_size=batch_size, seed=sample_seed))
-        result["think_prompt"][name] = {"temperature": temperature,
-                                        **think_metrics(items, s, judge if name == "greedy" else None)}
+        columns = think_columns(items, s, judge if name == "greedy" else None)
+        result["think_prompt"][name] = {"temperature": temperature, **think_metrics(items, s, columns)}
+        if name == "greedy":
+            result["per_item"] = per_item(items, direct, columns)
     result["examples_direct"] = direct.completions[:3]
     if judge is not None:
         result["judge"] = judge.describe()

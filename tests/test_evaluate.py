@@ -69,3 +69,19 @@ def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread):
 def test_eval_cli_names_a_missing_dataset(tiny_dir, tmp_path):
     with pytest.raises(Exception, match="nope.jsonl"):
         E.main(["--model", str(tiny_dir), "--data", str(tmp_path / "nope.jsonl"), "--judge", "none"])
+
+
+def test_hierarchical_interval_widens_with_run_to_run_variation():
+    rng = np.random.default_rng(0)
+    items = rng.random(200) < 0.6  # the same items in every run
+    same = np.stack([items, items, items]).astype(float)  # (runs, items): three identical runs
+    shifted = np.stack([items & (rng.random(200) < p) for p in (0.5, 0.8, 1.0)]).astype(float)
+    a, b = E.hierarchical_mean_ci(same, seed=1), E.hierarchical_mean_ci(shifted, seed=1)
+    assert np.isclose(a["value"], items.mean()) and a["lo"] < a["value"] < a["hi"]
+    assert np.isclose(b["value"], shifted.mean(1).mean())
+    # runs that disagree add their spread to the items' sampling error
+    assert (b["hi"] - b["lo"]) > (a["hi"] - a["lo"])
+    with_gap = same.copy()
+    with_gap[0, :10] = np.nan
+    c = E.hierarchical_mean_ci(with_gap, seed=1)
+    assert c["n_missing"] == 10 and np.isfinite(c["lo"])

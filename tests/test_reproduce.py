@@ -28,12 +28,19 @@ def demo(tmp_path_factory, one_thread):
 def test_results_json_has_the_before_after_table(demo):
     out, _ = demo
     results = json.loads((out / "results.json").read_text())
-    for model in ("base", "final"):
+    rows = {"base": results["base"], "final": results["final"], **{f"seed {s}": r for s, r in results["seeds"].items()}}
+    assert sorted(results["seeds"]) == ["0", "1"] and results["final"]["n_runs"] == 2
+    for model, row in rows.items():
         for key in ("accuracy", "think_rate", "reference_similarity", "process_score", "direct_accuracy"):
-            value = results[model][key]
-            lo, hi = results[model][f"{key}_ci"]
+            value = row[key]
+            lo, hi = row[f"{key}_ci"]
             assert 0.0 <= lo <= value <= hi <= 1.0, (model, key, lo, value, hi)
-        assert results[model]["n_items"] == 42
+        assert row["n_items"] == 42
+    for key in ("accuracy", "think_rate"):  # the pooled change is the mean of the seeds' paired changes
+        seeds = [results["seeds"][s][key] - results["base"][key] for s in ("0", "1")]
+        assert np.isclose(results["change"][key], np.mean(seeds))
+        lo, hi = results["change"][f"{key}_ci"]
+        assert -1.0 <= lo <= results["change"][key] <= hi <= 1.0
     assert results["finding_upper_layer_routers"]["verdict"] in ("reproduces", "reversed", "not shown")
     assert results["finding_crystallization"]["verdict"] in ("reproduces", "not shown", "not measurable")
     assert results["training_steps"] == 9

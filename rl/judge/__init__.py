@@ -29,9 +29,10 @@ Examples
 """
 
 from rl.judge.base import Judge, JudgeError, JudgeFailureError, JudgeStats, JudgeUnavailableError, sum_stats
-from rl.judge.build import BACKENDS, make_judge
+from rl.judge.build import BACKENDS, SharedJudge, make_judge
 from rl.judge.local import LocalJudge
 from rl.judge.prompts import (
+    DEFAULT_HYBRID_WEIGHT,
     DEFAULT_PROMPT,
     DEFAULT_SERVER_PROMPT,
     PROMPTS,
@@ -45,7 +46,7 @@ from rl.judge.prompts import (
 )
 from rl.judge.server import OpenAIJudge
 
-__all__ = ["BACKENDS", "DEFAULT_PROMPT", "DEFAULT_SERVER_PROMPT", "PROMPTS", "SCALES", "Judge", "JudgeError",
-           "JudgeFailureError", "JudgePrompt", "JudgeStats", "JudgeUnavailableError", "LocalJudge", "OpenAIJudge",
-           "Scale", "collapse_repetition", "format_reference", "get_prompt", "make_judge", "sanitize_candidate",
-           "sum_stats"]
+__all__ = ["BACKENDS", "DEFAULT_HYBRID_WEIGHT", "DEFAULT_PROMPT", "DEFAULT_SERVER_PROMPT", "PROMPTS", "SCALES",
+           "Judge", "JudgeError", "JudgeFailureError", "JudgePrompt", "JudgeStats", "JudgeUnavailableError",
+           "LocalJudge", "OpenAIJudge", "Scale", "SharedJudge", "collapse_repetition", "format_reference", "get_prompt",
+           "make_judge", "sanitize_candidate", "sum_stats"]

@@ -1,12 +1,14 @@
-"""A judge from settings: the one place that maps a backend name to its class."""
+"""A judge from settings: the one place that maps a backend name to its class, and a judge shared by a run."""
 
 from __future__ import annotations
+
+import threading
 
 from rl.judge.base import Judge
 from rl.judge.local import LocalJudge
 from rl.judge.server import OpenAIJudge
 
-__all__ = ["BACKENDS", "make_judge"]
+__all__ = ["BACKENDS", "SharedJudge", "make_judge"]
 
 #: backend name -> judge class
 BACKENDS: dict[str, type[Judge]] = {"local": LocalJudge, "openai": OpenAIJudge}
@@ -30,3 +32,32 @@ def make_judge(backend: str = "local", **kwargs) -> Judge:
     if backend == "openai" and not kwargs.get("base_url"):
         raise ValueError("judge backend 'openai' needs base_url (e.g. 'http://localhost:8000/v1')")
     return BACKENDS[backend](**kwargs)
+
+
+class SharedJudge:
+    """A judge built with :func:`make_judge` on first use, then shared by every reward it is given to (one model
+    loaded per run, however many rewards and stages ask it).
+
+    Examples
+    --------
+    >>> shared = SharedJudge("local", model="smollm2", batch_size=16)
+    >>> shared.built is None  # nothing is loaded until a reward needs it
+    True
+    """
+
+    def __init__(self, backend: str = "local", **settings):
+        self.backend, self.settings = backend, settings
+        self._judge: Judge | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Judge:
+        """The judge, built now if it was not yet (JudgeUnavailableError if it cannot be)."""
+        with self._lock:
+            if self._judge is None:
+                self._judge = make_judge(self.backend, **self.settings)
+            return self._judge
+
+    @property
+    def built(self) -> Judge | None:
+        """The judge if it has been built, else None (reading metrics never loads a model)."""
+        return self._judge

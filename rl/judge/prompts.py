@@ -28,8 +28,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PROMPT", "DEFAULT_SERVER_PROMPT", "PROMPTS", "SCALES", "SENTINEL", "JudgePrompt", "Scale",
-           "collapse_repetition", "format_reference", "get_prompt", "sanitize_candidate"]
+__all__ = ["DEFAULT_HYBRID_WEIGHT", "DEFAULT_PROMPT", "DEFAULT_SERVER_PROMPT", "PROMPTS", "SCALES", "SENTINEL",
+           "JudgePrompt", "Scale", "collapse_repetition", "format_reference", "get_prompt", "sanitize_candidate"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,9 @@ PROMPTS: dict[str, JudgePrompt] = {p.name: p for p in (
 DEFAULT_PROMPT = "restate-likelihood"
 #: The server judge's default: a score-token prompt (works through /v1/chat/completions with any large judge).
 DEFAULT_SERVER_PROMPT = "criteria-0-9"
+#: The judge's share of the hybrid reasoning reward (``weight * judge + (1 - weight) * embedding cosine``), chosen by
+#: benchmarks/judge_validity.py for the default in-process judge and prompt. Re-measure it for another judge.
+DEFAULT_HYBRID_WEIGHT = 0.5
 
 
 def get_prompt(prompt: str | JudgePrompt) -> JudgePrompt:

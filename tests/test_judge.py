@@ -11,8 +11,12 @@ import pytest
 import torch
 
 from rl import judge as J
+from rl.rewards import REWARDS, JudgedReward
+from rl.train import grpo
+from rl.train.config import config_from_dict
 from tests import tiny_lm
 from tests.judge_server import ModelServer
+from tests.test_grpo_loop import tiny_config
 
 REF = ["Sound 1: a high tone, long, loud.", "Sound 2: a low tone, short, quiet.", "So the first tone is higher."]
 CANDS = ["The first sound is high-pitched and long. The second is low. So the first is higher.",
@@ -332,32 +336,36 @@ def test_smollm2_default_judge():
 
 # --- judge faults inside a training run ------------------------------------------------------------------------------
 
+class JudgesEverything(JudgedReward):
+    """Every completion goes to the judge (the stage rewards judge only correct answers: too rare for a tiny model)."""
+
+    name = "test_judged"
+
+    def __call__(self, prompts, completions, completion_ids, *, reference_chain, **columns):
+        return self.judge.score([c or "empty" for c in completions], reference_chain)
+
+
 def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh, tiny_dir, tmp_path, one_thread):
-    """A GRPO run whose reward asks a flaky judge server: failed judgements are left out of the reward (counted in
-    the log), the run completes; with a failure limit the run stops with a message naming the server and limit."""
-    from rl.rewards.reasoning import judge_for
-    from rl.rewards.registry import REWARDS
-    from rl.train import grpo
-    from rl.train.config import config_from_dict
-    from tests.test_grpo_loop import tiny_config
-
-    def judged_reward(prompts, completions, completion_ids, *, reference_chain, **kwargs):
-        # every completion goes to the judge (the stage rewards only judge correct answers: too rare for a tiny model)
-        return judge_for(kwargs, "test_judged").score([c or "empty" for c in completions], reference_chain)
-
-    REWARDS["test_judged"] = judged_reward
+    """A GRPO run whose reward asks a flaky judge server (the [judge] table): failed judgements are left out of the
+    advantage (advantage 0, counted in the log), the run completes; with a failure limit the run stops with a message
+    naming the server and limit."""
+    REWARDS["test_judged"] = JudgesEverything
     fresh.fail_every = 2  # every second request answers HTTP 500
-    judge_kw = {"judge_backend": "openai", "judge_base_url": fresh.url, "judge_model": "tiny-judge",
-                "judge_retries": 0, "judge_max_workers": 1, "judge_top_logprobs": ALL}
+    judge = {"backend": "openai", "base_url": fresh.url, "model": "tiny-judge", "retries": 0, "max_workers": 1,
+             "top_logprobs": ALL}
     try:
-        cfg = tiny_config(tiny_dir, reward_kwargs={"test_judged": {**judge_kw, "judge_max_failure_fraction": None}},
+        cfg = tiny_config(tiny_dir, judge={**judge, "max_failure_fraction": None},
+                          logging={"progress_bar": False, "completions_per_step": 4},
                           stages=[{"name": "s", "steps": 2, "rewards": {"accuracy": 1.0, "test_judged": 1.0}}])
         grpo.train(config_from_dict(cfg), tmp_path / "lenient")
         log = [json.loads(line) for line in (tmp_path / "lenient" / "log.jsonl").read_text().splitlines()]
         assert len(log) == 2 and sum(r["rewards/test_judged/missing"] for r in log) > 0
+        assert sum(r["failed_judgements"] for r in log) == sum(r["rewards/test_judged/missing"] for r in log)
         assert log[-1]["judge/failures"] > 0 and log[-1]["reward"] is not None
-        cfg["reward_kwargs"]["test_judged"]["judge_max_failure_fraction"] = 0.25
-        cfg["reward_kwargs"]["test_judged"]["judge_min_judgements"] = 4
+        samples = [json.loads(line) for line in (tmp_path / "lenient" / "completions.jsonl").read_text().splitlines()]
+        failed = [s for s in samples if s["rewards"]["test_judged"] is None]
+        assert failed and all(s["advantage"] == 0.0 for s in failed)  # masked, not trained as a 0 score
+        cfg["judge"].update(max_failure_fraction=0.25, min_judgements=4)
         with pytest.raises(J.JudgeFailureError, match=r"failed \(50%\).*max_failure_fraction=0\.25"):
             grpo.train(config_from_dict(cfg), tmp_path / "strict")
     finally:
@@ -365,13 +373,8 @@ def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh,
 
 
 def test_training_with_an_unreachable_judge_stops_before_the_first_step(tiny_dir, tmp_path):
-    from rl.train import grpo
-    from rl.train.config import config_from_dict
-    from tests.test_grpo_loop import tiny_config
-
-    cfg = tiny_config(tiny_dir, reward_kwargs={"llm_judge": {"judge_backend": "openai", "judge_model": "x",
-                                                             "judge_base_url": f"http://127.0.0.1:{_free_port()}/v1",
-                                                             "judge_timeout": 2, "judge_retries": 0}},
+    cfg = tiny_config(tiny_dir, judge={"backend": "openai", "model": "x", "timeout": 2, "retries": 0,
+                                       "base_url": f"http://127.0.0.1:{_free_port()}/v1"},
                       stages=[{"name": "s", "steps": 1, "rewards": {"accuracy": 1.0, "llm_judge": 1.0}}])
     with pytest.raises(J.JudgeUnavailableError, match="127.0.0.1"):
         grpo.train(config_from_dict(cfg), tmp_path / "out")

@@ -7,10 +7,8 @@ tokens and likelihood) and both layouts (prefix KV reused, or each prompt run wh
 
 Examples
 --------
->>> judge = LocalJudge()  # doctest: +SKIP
->>> judge.score(["The first sound is high, so the first."], [["Sound 1: a high tone.", "So the first."]]
-...             )  # doctest: +SKIP
-[0.31]
+>>> LocalJudge("gemma3-270m", batch_size=16).describe()  # doctest: +SKIP
+"LocalJudge(gemma-3-270m, prompt='restate-likelihood')"
 """
 
 from __future__ import annotations

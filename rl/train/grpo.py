@@ -391,6 +391,30 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
         if run.ref_model is not None else None
 
     # 6. num_iterations optimiser updates on these rollouts; each a gradient accumulation over the chunks.
+    sums = update(run, ro, mask, advantages, chunks, old_logp, ref_logp, num_sequences=num_sequences,
+                  num_tokens=num_tokens)
+    sums["num_tokens"] = num_tokens
+    metrics = step_metrics(run, ro, all_rewards, failed, sums, zero_std)
+    # A few completions, one per prompt first, for completions.jsonl.
+    order = [b * G + j for j in range(G) for b in range(n // G)][:cfg.logging.completions_per_step]
+    samples = [{"item_id": ro.items[i].id, "question": ro.items[i].question, "answer": ro.items[i].answer,
+                "completion": ro.texts[i], "truncated": bool(ro.truncated[i]), "advantage": float(advantages[i]),
+                "rewards": {r.name: (None if math.isnan(v := float(local_rewards[i, j])) else v)
+                            for j, r in enumerate(run.rewards)}} for i in order]
+    return metrics, samples
+
+
+def update(run: Run, ro: Rollout, mask: torch.Tensor, advantages: torch.Tensor, chunks: list[slice],
+           old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, *, num_sequences: int,
+           num_tokens: float) -> dict[str, float]:
+    """Step 6: ``num_iterations`` optimiser updates on one rollout, each a gradient accumulation over ``chunks`` of
+    its rows. ``mask`` (n, T) the tokens that count; ``advantages`` (n,); ``old_logp`` / ``ref_logp`` (n, T) or None;
+    ``num_sequences`` and ``num_tokens`` the whole batch's loss denominators.
+
+    Returns sums over the updates: ``loss``, ``clip_low``, ``clip_high``, ``clip_region``, ``kl``, ``tokens``, the
+    sampling policy's ``entropy`` and the mean ``grad_norm``.
+    """
+    g, acc, world = run.cfg.grpo, run.accelerator, run.accelerator.num_processes
     sums = dict.fromkeys(("loss", "clip_low", "clip_high", "clip_region", "kl", "tokens", "entropy"), 0.0)
     grad_norms = []
     params = [p for p in run.policy.parameters() if p.requires_grad]
@@ -413,21 +437,14 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
                 sums[k] += float(stats[k])
             if it == 0:  # entropy of the policy that sampled
                 sums["entropy"] += float((entropy * mask[sl]).sum())
-        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+        max_norm = run.cfg.optim.max_grad_norm if run.cfg.optim.max_grad_norm > 0 else float("inf")
         grad_norms.append(float(acc.clip_grad_norm_(params, max_norm)))
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
 
-    sums["grad_norm"], sums["num_tokens"] = float(np.mean(grad_norms)), num_tokens
-    metrics = step_metrics(run, ro, all_rewards, failed, sums, zero_std)
-    # A few completions, one per prompt first, for completions.jsonl.
-    order = [b * G + j for j in range(G) for b in range(n // G)][:cfg.logging.completions_per_step]
-    samples = [{"item_id": ro.items[i].id, "question": ro.items[i].question, "answer": ro.items[i].answer,
-                "completion": ro.texts[i], "truncated": bool(ro.truncated[i]), "advantage": float(advantages[i]),
-                "rewards": {r.name: (None if math.isnan(v := float(local_rewards[i, j])) else v)
-                            for j, r in enumerate(run.rewards)}} for i in order]
-    return metrics, samples
+    sums["grad_norm"] = float(np.mean(grad_norms))
+    return sums
 
 
 def step_metrics(run: Run, ro: Rollout, all_rewards: torch.Tensor, failed: torch.Tensor, sums: dict[str, float],

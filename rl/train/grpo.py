@@ -49,7 +49,8 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from rl.data import prompts
-from rl.data.items import Item
+from rl.data.items import Item, load_items
+from rl.data.tasks import generate_items
 from rl.judge import SharedJudge, sum_stats
 from rl.organism import load_organism
 from rl.rewards.registry import (
@@ -74,13 +75,9 @@ from rl.train.rollout import Rollout, Sampling, suppressed_token_ids, token_logp
 def load_data(data: DataConfig, *, where: str) -> list[Item]:
     """The items of a ``synthetic`` or ``jsonl`` data spec; ValueError if there are none."""
     if data.source == "synthetic":
-        from rl.data.tasks import generate_items
-
         items = generate_items(data.n_items, seed=data.seed, families=data.families, difficulty=data.difficulties,
                                prefix=data.prefix)
     elif data.source == "jsonl":
-        from rl.data.items import load_items
-
         items = load_items(data.path)
     else:
         raise ValueError(f"{where}: source {data.source!r} is not loaded from a file (see mine_items)")

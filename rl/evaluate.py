@@ -280,13 +280,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def make_eval_judge(spec: str | None, model: str | None = None):
     """The judge named on the command line: ``"none"``, ``"smollm2"`` / a model folder, or a server URL."""
-    from rl.judge import get_judge
+    from rl.judge import DEFAULT_SERVER_PROMPT, make_judge
 
     if spec is None or spec == "none":
         return None
     if spec.startswith(("http://", "https://")):
-        return get_judge("openai", base_url=spec, model=model, prompt="criteria-0-9")
-    return get_judge("local", model=spec)
+        return make_judge("openai", base_url=spec, model=model, prompt=DEFAULT_SERVER_PROMPT)
+    return make_judge("local", model=spec)
 
 
 def format_table(report: dict) -> str:

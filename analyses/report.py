@@ -214,8 +214,9 @@ is right, 0 otherwise (MMAR-Rubrics style). Direct-answer accuracy: the answer-o
 {chr(10).join(table)}
 
 Sampled at temperature 1, the think-rate is {ev['base'].get('think_rate_sampled_t1', float('nan')):.3f} (base) and
-{ev['final'].get('think_rate_sampled_t1', float('nan')):.3f} (final). Training: {train['steps']} GRPO steps; final
-checkpoint `{os.path.relpath(train['final'], d)}`.
+{', '.join(f"{r.get('think_rate_sampled_t1', float('nan')):.3f}" for r in ev['seeds'].values())} (RL seeds). Training:
+{train['steps']} GRPO steps per seed; final checkpoints
+{', '.join(f"`{os.path.relpath(path, d)}`" for path in train['final'].values())}.
 
 {fig(str(d / 'figures' / 'training'), 'Reward, think-rate and accuracy of the rollouts per step')}
 ## Finding 1: does RL mostly reshape the routers of the upper layers? **{f1['verdict']}**

@@ -185,3 +185,20 @@ def test_train_base_resumes_exactly(tmp_path):
     assert history_b[-1]["step"] == history[-1]["step"] == 4
     with pytest.raises(SystemExit, match="another config"):
         train(_tiny_cfg(lr=5e-4), log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_train_base_changes_its_decoder_plan_from_the_encoder_checkpoint(tmp_path):
+    """The checkpoint at the end of the encoder phase accepts other decoder options (steps, phases, mix), not other
+    encoder options: the encoder's clips are a stream of their own."""
+    from rl import checkpoint as ckpt
+    from rl.train_base import train
+
+    train(_tiny_cfg(steps=1, perception_steps=1, text_steps=0), log=lambda _: None, checkpoint_dir=tmp_path)
+    for _, path in ckpt.list_checkpoints(tmp_path)[1:]:
+        shutil.rmtree(path)  # keep only the encoder checkpoint (decoder step 0)
+    with pytest.raises(SystemExit, match="encoder_lr"):
+        train(_tiny_cfg(encoder_lr=1e-4), log=lambda _: None, checkpoint_dir=tmp_path, resume=True)
+    lines = []
+    _, _, history, _ = train(_tiny_cfg(steps=2, mode_weights=(0.5, 0.0, 0.5, 0.0, 0.0)), log=lines.append,
+                             checkpoint_dir=tmp_path, resume=True)
+    assert history[-1]["step"] == 2 and any("resuming" in line for line in lines)

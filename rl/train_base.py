@@ -53,7 +53,7 @@ class BaseTrainConfig:
 
     seed: int = 0
     # Decoder steps over all phases: perception (describe only), text (facts as text only), then the skill mix.
-    steps: int = 1100
+    steps: int = 750
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
@@ -72,11 +72,11 @@ class BaseTrainConfig:
     latent_chain: float = 0.5
     # First decoder steps: describe only. A decoder trained from scratch learns the text prior first and then treats
     # the audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
-    perception_steps: int = 100
+    perception_steps: int = 80
     # Then text only: answers from facts written in the prompt or in the think block, no audio. Combining facts is a
     # text skill; v2 trained it only inside the mix (10%) and answered multi-step questions from written facts no
     # better than from the audio (0.58 and 0.13).
-    text_steps: int = 350
+    text_steps: int = 300
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
     encoder_steps: int = 400

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +150,21 @@ def process_scores(judge, items: Sequence[Item], s: Scores) -> np.ndarray:
     return out
 
 
+_FACT = re.compile(r"^Sound \d+: ")
+
+
+def inference_steps(item: Item) -> list[str]:
+    """The inference steps of an item's reference chain: its statements that are not perception facts
+    (``"Sound 2 is higher than Sound 1."``, not ``"Sound 2: a high tone, long, loud."``)."""
+    return [step for step in item.reference_chain or [] if not _FACT.match(step)]
+
+
+def holds_inference(items: Sequence[Item], s: Scores) -> np.ndarray:
+    """(n,) bool: the think text states at least one of its item's inference steps word for word."""
+    thinks = [prompts.parse_completion(c).think for c in s.completions]
+    return np.array([any(step in think for step in inference_steps(it)) for it, think in zip(items, thinks)])
+
+
 def think_columns(items: Sequence[Item], s: Scores, judge=None) -> dict[str, np.ndarray]:
     """Per-item outcomes of think-prompt completions, each (n,): ``accuracy`` and ``think_rate`` (bool),
     ``reference_similarity`` (float) and, with a judge, ``process_score`` (float, NaN where the judge failed)."""
@@ -163,6 +179,8 @@ def think_metrics(items: Sequence[Item], s: Scores, columns: dict[str, np.ndarra
     overall values with intervals under their names, and per family x difficulty under ``by_group``."""
     out = {name: group_table(items, v)["all"]["all"] for name, v in columns.items()}
     out["reference_similarity_when_thinking"] = mean_ci(s.similarity[s.thought])
+    # How often the think text already holds a step of reasoning (not only perception): what RL can reinforce.
+    out["inference_statement_rate"] = proportion(holds_inference(items, s))
     out["by_group"] = {name: group_table(items, v) for name, v in columns.items()}
     out["examples"] = s.completions[:3]
     return out
@@ -320,9 +338,11 @@ def format_table(report: dict) -> str:
                          + " |")
     for name, t in report["think_prompt"].items():
         tr, sim = t["think_rate"], t["reference_similarity"]
+        inference = t.get("inference_statement_rate")
         lines.append(f"\nThink-first prompt, {name}: think-rate {tr['value']:.3f} [{tr['lo']:.3f}, {tr['hi']:.3f}], "
                      f"similarity to reference {sim['value']:.3f} [{sim['lo']:.3f}, {sim['hi']:.3f}], "
-                     f"accuracy {t['accuracy']['value']:.3f}")
+                     f"accuracy {t['accuracy']['value']:.3f}"
+                     + (f", think text with an inference step {inference['value']:.3f}" if inference else ""))
     return "\n".join(lines)
 
 

@@ -27,6 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from adt_probe.integrity import versions  # noqa: E402
+
 JS_CAPTION = "Gating drift (Jensen-Shannon) per layer, 95% bootstrap intervals over sequences; grey: noise floor"
 WEIGHT_CAPTION = "Router weight drift per layer, next to the other weights of the block"
 
@@ -275,14 +277,3 @@ def _pct(by_band: dict | None) -> str:
         return "n/a"
     return ", ".join(f"{band} {100 * v:.2f}%" for band, v in by_band.items() if v is not None)
 
-
-def versions() -> dict:
-    import platform
-
-    import torch
-    import transformers
-
-    import adt_probe
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "adt_probe": adt_probe.__version__, "platform": platform.platform()}

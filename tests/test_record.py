@@ -131,7 +131,7 @@ def test_open_names_the_damaged_file(full, tmp_path):
     with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: checksum check failed: rec\.nc differs"):
         adt_probe.open(path)
     with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: cannot be read"):
-        adt_probe.open(path, check=False)
+        adt_probe.open(path, verify=False)
     foreign = tmp_path / "foreign.nc"
     xr.Dataset({"x": ("token", np.arange(3))}).to_netcdf(foreign, engine="h5netcdf")
     with pytest.raises(adt_probe.SchemaError, match="no schema_version"):

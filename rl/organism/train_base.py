@@ -42,12 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adt_probe.integrity import file_manifest, versions
 from rl import organism
 from rl.data import collate, prompts
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, generate_items, make_item
 from rl.evaluate import inference_steps
 from rl.train import checkpoint as ckpt
-from rl.train.checkpoint import replace_dir, sha256
+from rl.train.checkpoint import replace_dir
 
 
 @dataclass
@@ -341,8 +342,7 @@ def write_atomically(model, processor, out: Path, manifest: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-                         for p in sorted(tmp.iterdir()) if p.is_file()}
+    manifest["files"] = file_manifest(tmp)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     replace_dir(tmp, out)
 
@@ -408,16 +408,13 @@ def main(argv=None) -> None:
 
     report = evaluate(model, processor, heldout_items(cfg))
     print(format_table(report))
-    import transformers
-
     manifest = {
         "what": "adt-probe model organism: tiny Qwen3OmniMoeThinkerForConditionalGeneration, base (no reasoning)",
         "train_config": dataclasses.asdict(cfg), "seed": cfg.seed,
         "model_config": {"text": organism.TEXT_CONFIG, "audio": organism.AUDIO_CONFIG},
         "parameters": sum(p.numel() for p in model.parameters()),
         "training_seconds": round(seconds, 1), "eval_seconds": round(time.time() - t_eval, 1),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": sys.version.split()[0]},
+        "versions": versions(),
         "machine": {"threads": cfg.threads}, "loss_history": history, "heldout": report,
     }
     write_atomically(model, processor, out, manifest)

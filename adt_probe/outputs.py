@@ -37,39 +37,58 @@ def unique_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-@contextlib.contextmanager
-def exclusive_lock(lock_path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created, and removed again on exit) while the block runs.
+class ExclusiveLock:
+    """An exclusive ``flock`` on ``path`` (created, and removed again on release), held until :meth:`release`, the
+    end of a ``with`` block, or the object's deletion (so a local variable holds it for a function's duration).
 
     Raises
     ------
     OutputBusyError : another process holds it; ``what`` names the output in the message.
     """
-    lock_path = Path(lock_path)
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path = Path(path)
+        self.fd: int | None = None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputBusyError(f"{what} is being written by another process right now (it holds "
+                                      f"{self.path}); wait for it to finish or choose another output path") from None
+            # The holder before us may have removed the file between our open and our lock: then we locked a file
+            # nobody else will see; try again on the current one.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise OutputBusyError(f"{what} is being written by another process right now (it holds {lock_path}); "
-                                  "wait for it to finish or choose another output path") from None
-        # The holder before us may have removed the file between our open and our lock: then we locked a file
-        # nobody else will see; try again on the current one.
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
+        self.fd = fd
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)  # while still held, so no other process can have locked this inode
-        os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # while still held, so no other process can have locked this inode
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> ExclusiveLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def exclusive_lock(lock_path: str | os.PathLike, what: str) -> ExclusiveLock:
+    """Take an :class:`ExclusiveLock` on ``lock_path`` (use as ``with exclusive_lock(...):``)."""
+    return ExclusiveLock(lock_path, what)
 
 
 def check_writable(folder: Path) -> None:

@@ -38,14 +38,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import adt_probe
+from adt_probe.outputs import output_dir
+from analyses import checkpoints
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
 from rl.organism import load_organism
-from rl.train.checkpoint import find_latest
 from rl.train.config import load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
 
 #: ``--quick``: the same pipeline at a size a test can afford (``--set`` overrides of the demo config).
+#: what ``reproduce`` writes in ``--out`` (and, with ``--overwrite``, the only names it replaces there)
+WRITES = ["plan.json", "steps", "runs", "eval_*.json", "recordings", "recordings_mirror",
+          "findings", "findings_mirror", "decompose", "weights", "trajectory", "transplant", "figures", "report.md",
+          "results.json"]
+
 QUICK_OVERRIDES = ["stages.0.steps=6", "stages.1.steps=3", "grpo.batch_size=4", "grpo.num_generations=4",
                    "grpo.max_new_tokens=64", "mining.pool.n_items=16", "mining.k_rollouts=4", "checkpoint.every=3"]
 
@@ -123,7 +130,7 @@ def step_evaluate(plan: Plan) -> dict:
     items, judge = heldout(plan), make_eval_judge("smollm2")
     reports = {}
     for name, path in (("base", base_path(plan)), *((f"seed-{s}", final_checkpoint(plan, s)) for s in plan.seeds)):
-        model, processor = load_organism(path)
+        model, processor = load_organism(checkpoints.model_folder(path))
         torch.manual_seed(0)
         report = evaluate(model, processor, items, judge=judge, max_new_tokens=plan.max_new_tokens)
         report["model"] = str(path)
@@ -188,7 +195,7 @@ def step_transplant(plan: Plan) -> dict:
              max_new_tokens=plan.max_new_tokens)
     folder = plan.dir / "transplant"
     folder.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(folder / "transplant.nc", engine="h5netcdf")
+    adt_probe.save(ds, folder / "transplant.nc")
     for metric in ("accuracy", "think_rate"):
         fig = plot.transplant_effects(ds, metric)
         plot.save(fig, folder / f"transplant_{metric}")
@@ -231,11 +238,10 @@ def run_dir(plan: Plan, seed: int | None = None) -> Path:
 
 def final_checkpoint(plan: Plan, seed: int | None = None) -> Path:
     """The newest complete checkpoint of the run of ``seed`` (default: the first seed)."""
-    folder = run_dir(plan, seed) / "checkpoints"
-    found = find_latest(folder, say)
-    if found is None:
-        raise FileNotFoundError(f"{folder}: no complete checkpoint; run the 'train' step first")
-    return found
+    folder = run_dir(plan, seed)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no run; run the 'train' step first")
+    return checkpoints.latest(folder)  # damaged or incomplete checkpoints are skipped with a line saying why
 
 
 def heldout(plan: Plan):
@@ -302,13 +308,23 @@ def check_plan(plan: Plan) -> None:
     path.write_text(json.dumps(mine, indent=2) + "\n")
 
 
-def reproduce(plan: Plan, *, redo: str | None = None, threads: int = 2) -> dict:
+def reproduce(plan: Plan, *, redo: str | None = None, threads: int = 2, overwrite: bool = False) -> dict:
     """Run every step not finished yet (``redo``: that step and every later one again); returns the report step's
-    result."""
+    result.
+
+    ``plan.out`` must be new, empty, or an earlier ``reproduce`` output (``overwrite``: a folder with other files,
+    which are left alone); it is locked while the run goes on, so a second ``reproduce`` there stops at once.
+    """
     names = [n for n, _ in STEPS]
     if redo is not None and redo not in names:
         raise SystemExit(f"--redo {redo!r}: no such step; steps are {', '.join(names)}")
-    check_plan(plan)
+    with output_dir(plan.dir, tool="adt-probe reproduce", writes=WRITES, overwrite=overwrite):
+        check_plan(plan)
+        return _run_steps(plan, redo, threads)
+
+
+def _run_steps(plan: Plan, redo: str | None, threads: int) -> dict:
+    names = [n for n, _ in STEPS]
     torch.set_num_threads(threads)
     t_all = time.time()
     for name, fn in STEPS:
@@ -340,9 +356,11 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     ap.add_argument("--redo", metavar="STEP", help="run STEP and every later step again")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the analysis steps")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="run in a non-empty --out that reproduce did not write (its other files are left alone)")
     args = ap.parse_args(argv)
     plan = Plan.make(args.out, quick=args.quick, config=args.config, overrides=args.set)
-    reproduce(plan, redo=args.redo, threads=args.threads)
+    reproduce(plan, redo=args.redo, threads=args.threads, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

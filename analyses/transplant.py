@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+import adt_probe
 from adt_probe import plot
+from adt_probe.outputs import output_dir
 from adt_probe.weights import transplant
+from analyses import checkpoints
+
+WRITES = ["transplant.nc", "transplant.nc.sha256.json", "transplant.json", "transplant_accuracy.png",
+          "transplant_accuracy.pdf", "transplant_reward.png", "transplant_reward.pdf", "transplant_think_rate.png",
+          "transplant_think_rate.pdf"]
 
 
 def bands_of(n_layers: int, n_bands: int) -> list[list[int]]:
@@ -37,12 +44,13 @@ def per_item(model, processor, items, max_new_tokens: int) -> dict[str, np.ndarr
 
 
 def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed: int = 0,
-        max_new_tokens: int = 96) -> xr.Dataset:
+        max_new_tokens: int = 96, allow_unverified: bool = False) -> xr.Dataset:
+    """Transplant effects per band and direction (both model folders verified first: ``analyses.checkpoints``)."""
     from rl.evaluate import mean_ci
     from rl.organism import load_organism
 
-    base, processor = load_organism(base_path)
-    rl, _ = load_organism(rl_path)
+    base, processor = load_organism(checkpoints.model_folder(base_path, allow_unverified=allow_unverified))
+    rl, _ = load_organism(checkpoints.model_folder(rl_path, allow_unverified=allow_unverified))
     n_layers = base.config.text_config.num_hidden_layers
     bands = bands_of(n_layers, n_bands)
     reference = {"rl <- base": per_item(rl, processor, items, max_new_tokens),
@@ -80,16 +88,19 @@ def main(argv=None) -> None:
     ap.add_argument("--n-per-cell", type=int, default=4)
     ap.add_argument("--seed", type=int, default=30_011)
     ap.add_argument("--bands", type=int, default=2, help="number of equal layer bands")
+    checkpoints.add_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = run(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), n_bands=args.bands)
-    ds.to_netcdf(out / "transplant.nc", engine="h5netcdf")
-    (out / "transplant.json").write_text(json.dumps(ds.to_dict(data="list"), indent=2, default=str) + "\n")
-    for metric in ("accuracy", "reward"):
-        fig = plot.transplant_effects(ds, metric)
-        plot.save(fig, out / f"transplant_{metric}")
-        plot.plt.close(fig)
+    with output_dir(out, tool="adt-probe transplant", writes=WRITES, overwrite=args.overwrite,
+                    inputs=[args.base, args.rl] + ([args.data] if args.data else [])):
+        ds = run(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), n_bands=args.bands,
+                 allow_unverified=args.allow_unverified)
+        adt_probe.save(ds, out / "transplant.nc", overwrite=args.overwrite)
+        (out / "transplant.json").write_text(json.dumps(ds.to_dict(data="list"), indent=2, default=str) + "\n")
+        for metric in ("accuracy", "reward"):
+            fig = plot.transplant_effects(ds, metric)
+            plot.save(fig, out / f"transplant_{metric}")
+            plot.plt.close(fig)
     print(ds.to_dataframe().round(3).to_string())
 
 

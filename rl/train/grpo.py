@@ -48,6 +48,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
+from adt_probe.outputs import LOCK, exclusive_lock
 from rl.data import prompts
 from rl.data.items import Item, load_items
 from rl.data.tasks import generate_items
@@ -552,6 +553,7 @@ class Session:
     ref_model: torch.nn.Module | None
     processor: object
     judge: SharedJudge
+    lock: object = None  # the main process's exclusive lock on ``out``: a second run there stops at once
 
     @property
     def root(self) -> Path:
@@ -605,8 +607,10 @@ def _open_session(cfg: TrainConfig, out: Path, resume: bool, acc) -> Session:
     if cfg.grpo.batch_size % world:
         raise ConfigError(f"{cfg.source}: grpo.batch_size = {cfg.grpo.batch_size} does not split over {world} "
                           "processes")
+    lock = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        lock = exclusive_lock(out / LOCK, f"the training run in {out}")  # before touching another run's temp dirs
         ckpt.remove_temp_dirs(out / "checkpoints", say)
     acc.wait_for_everyone()
     start, state = _resume_point(cfg, out / "checkpoints", resume, world, say)
@@ -626,7 +630,7 @@ def _open_session(cfg: TrainConfig, out: Path, resume: bool, acc) -> Session:
             else:
                 _truncate_jsonl(path, state.step)
     return Session(cfg, acc, say, out, state, start, model, acc.unwrap_model(model), ref_model, processor,
-                   SharedJudge(cfg.judge.backend, **cfg.judge.settings()))
+                   SharedJudge(cfg.judge.backend, **cfg.judge.settings()), lock)
 
 
 def _enter_stage(se: Session, si: int) -> tuple[Run, list[Item], PromptStream]:

@@ -32,6 +32,10 @@ class OutputBusyError(OutputError):
     """Another process is writing the same output right now."""
 
 
+class DiskSpaceError(OSError):
+    """Not enough free space for what is about to be written (checked before writing; nothing was changed)."""
+
+
 def unique_tmp(path: Path) -> Path:
     """A hidden sibling name for writing ``path`` before it is renamed into place, unique per process and call."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -180,9 +184,11 @@ def output_dir(out: str | os.PathLike, *, tool: str, writes: Sequence[str], over
 
 
 def free_space_check(folder: Path, needed: int, what: str) -> None:
-    """Raise ``OSError(ENOSPC)`` naming ``what`` if ``folder``'s file system has less than ``needed`` bytes free."""
-    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    """Raise :class:`DiskSpaceError` (ENOSPC) naming ``what`` if ``folder``'s file system has less than ``needed``
+    bytes free."""
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize
     if free < needed:
-        raise OSError(errno.ENOSPC, f"not enough free space to write {what}: about {needed / 2**20:.0f} MiB needed, "
-                                    f"{free / 2**20:.0f} MiB free in {folder}. Free space or choose another path; "
-                                    "nothing was changed")
+        raise DiskSpaceError(errno.ENOSPC, f"not enough free space to write {what}: about {needed / 2**20:.0f} MiB "
+                                           f"needed, {free / 2**20:.0f} MiB free in {folder}. Free space or choose "
+                                           "another path; nothing was changed")

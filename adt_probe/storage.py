@@ -20,7 +20,7 @@ from pathlib import Path
 import xarray as xr
 
 from adt_probe.integrity import ZARR_MANIFEST, ChecksumError, read_json, sidecar, verify_checksums, write_checksums
-from adt_probe.outputs import OutputError, exclusive_lock, free_space_check, unique_tmp
+from adt_probe.outputs import DiskSpaceError, OutputError, exclusive_lock, free_space_check, unique_tmp
 from adt_probe.recording import SCHEMA_VERSION, ZARR_FORMAT
 
 SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
@@ -115,8 +115,12 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
                 _write_netcdf(ds, tmp, path)
             else:
                 _write_zarr(ds, tmp, path)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and not isinstance(err, DiskSpaceError):
+                kept = f"the previous {path.name} is as it was and " if path.exists() else ""
+                raise OSError(err.errno, f"writing {path} failed ({err.strerror or err}); nothing was changed: "
+                                         f"{kept}no temporary file is left. Free space or choose another path") from err
             raise
     return path
 

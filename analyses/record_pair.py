@@ -56,8 +56,9 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
     its newest complete checkpoint), ``out`` is claimed (not the input data's folder, not a folder of someone
     else's files unless ``overwrite``, writable, locked), and the items are checked to fit the model's context.
     """
-    from rl.evaluate import check_fits
+    from rl.evaluate import check_fits, check_items
 
+    check_items(items, str(data or "items"))
     base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
     rl_path = checkpoints.model_folder(rl_path, allow_unverified=allow_unverified)
     with output_dir(out, tool="adt-probe record", writes=WRITES, overwrite=overwrite,

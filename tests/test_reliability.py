@@ -183,9 +183,9 @@ def test_record_overwrite_replaces_only_what_it_writes(base, tmp_path, items):
 def test_a_second_writer_gets_a_clear_error(tmp_path):
     ds = synthetic_recording()
     target = tmp_path / "r.zarr"
-    with exclusive_lock(tmp_path / ".r.zarr.lock", str(target)):  # what a first save holds while it writes
-        with pytest.raises(OutputBusyError, match=r"r\.zarr is being written by another process right now"):
-            adt_probe.save(ds, target)
+    first = exclusive_lock(tmp_path / ".r.zarr.lock", str(target))  # what a first save holds while it writes
+    with first, pytest.raises(OutputBusyError, match=r"r\.zarr is being written by another process right now"):
+        adt_probe.save(ds, target)
     adt_probe.save(ds, target)
     assert unique_tmp(target) != unique_tmp(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
@@ -207,9 +207,9 @@ def test_a_second_writer_in_another_process_is_refused(tmp_path):
 def test_two_trainings_into_one_out(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    with exclusive_lock(out / LOCK, f"the training run in {out}"):  # the first run, still going
-        with pytest.raises(OutputBusyError, match=r"the training run in .*run is being written by another process"):
-            grpo.main(["--config", str(ROOT / "rl" / "configs" / "smoke.toml"), "--out", str(out)])
+    first = exclusive_lock(out / LOCK, f"the training run in {out}")  # the first run, still going
+    with first, pytest.raises(OutputBusyError, match=r"the training run in .*run is being written by another process"):
+        grpo.main(["--config", str(ROOT / "rl" / "configs" / "smoke.toml"), "--out", str(out)])
     assert not (out / "log.jsonl").exists() and not (out / "checkpoints").exists()
 
 

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,6 +40,13 @@ class DiskSpaceError(OSError):
 def unique_tmp(path: Path) -> Path:
     """A hidden sibling name for writing ``path`` before it is renamed into place, unique per process and call."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_tmps(path: Path) -> None:
+    """Delete temporaries of ``path`` left by a writer that was killed; call it only while holding ``path``'s lock
+    (every live writer holds it for as long as its temporary exists, so any one found then is stale)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 class ExclusiveLock:
@@ -175,6 +183,7 @@ def output_dir(out: str | os.PathLike, *, tool: str, writes: Sequence[str], over
     check_target_folder(out, tool, writes, overwrite)
     check_writable(out)
     with exclusive_lock(out / LOCK, str(out)):
+        remove_stale_tmps(out / LEDGER)
         ledger = read_ledger(out) or {}
         entries = sorted(set(ledger.get("writes", [])) | set(writes)) if ledger.get("tool") == tool else list(writes)
         tmp = unique_tmp(out / LEDGER)

@@ -20,7 +20,14 @@ from pathlib import Path
 import xarray as xr
 
 from adt_probe.integrity import ZARR_MANIFEST, ChecksumError, read_json, sidecar, verify_checksums, write_checksums
-from adt_probe.outputs import DiskSpaceError, OutputError, exclusive_lock, free_space_check, unique_tmp
+from adt_probe.outputs import (
+    DiskSpaceError,
+    OutputError,
+    exclusive_lock,
+    free_space_check,
+    remove_stale_tmps,
+    unique_tmp,
+)
 from adt_probe.recording import SCHEMA_VERSION, ZARR_FORMAT
 
 SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
@@ -108,6 +115,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
     kind = _kind(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(path.with_name(f".{path.name}.lock"), str(path)):
+        remove_stale_tmps(path)
         _replaceable(path, kind, overwrite)
         tmp = unique_tmp(path)
         try:
@@ -143,7 +151,7 @@ def _write_zarr(ds: xr.Dataset, tmp: Path, path: Path) -> None:
     ds.to_zarr(tmp, mode="w-", consolidated=True, zarr_format=ZARR_FORMAT)
     write_checksums(tmp)
     if path.exists():  # checked by _replaceable: our own earlier store (or an overwritable one)
-        old = unique_tmp(path.with_name(path.name + ".old"))
+        old = unique_tmp(path)  # a stale-temporary name: a crash right here leaves nothing a later save keeps
         path.rename(old)
         os.replace(tmp, path)
         shutil.rmtree(old)

@@ -56,6 +56,7 @@ def run(tmp_path, tiny_organism, processor):
     for step in (1, 2):
         ckpt.save_checkpoint(root, ckpt.TrainerState(step=step), tiny_organism, processor, opt)
     flip_bit(root / "step-000002" / "model.safetensors")
+    (root.parent / "config.json").write_text("{}\n")  # the run config the trainer writes beside its checkpoints
     return root.parent
 
 

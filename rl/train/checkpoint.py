@@ -231,7 +231,7 @@ def resolve(path: Path, *, allow_unverified: bool = False, log: Callable[[str], 
     CheckpointError : a run folder with no checkpoint that verifies, or a model folder that fails its check.
     """
     path = Path(path)
-    if list_checkpoints(path) and not (path / "config.json").is_file():
+    if list_checkpoints(path):  # a model folder never holds step-NNNNNN folders (a run folder has a config.json too)
         latest = find_latest(path, log)
         if latest is None:
             raise CheckpointError(f"{path}: a run folder with no complete checkpoint (every step-NNNNNN failed "

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,20 @@ def final_params(out: Path) -> dict[str, np.ndarray]:
     return load_file(str(list_checkpoints(out / "checkpoints")[-1][1] / "model.safetensors"))
 
 
+def kill_when(proc: subprocess.Popen, delay: float | None, in_save: Callable[[], bool]) -> tuple[float, bool] | None:
+    """SIGKILL ``proc`` once ``delay`` seconds have passed (None: never) or the moment ``in_save()`` is true.
+
+    Returns (seconds after start, whether it was inside a save), or None if the process ended by itself first."""
+    t0 = time.time()
+    while proc.poll() is None:
+        elapsed, saving = time.time() - t0, in_save()
+        if (delay is not None and elapsed >= delay) or saving:
+            proc.send_signal(signal.SIGKILL)
+            return round(elapsed, 3), saving
+        time.sleep(0.002)
+    return None
+
+
 def attempt(out: Path, rng: np.random.Generator, mode: str, max_delay: float) -> dict:
     """Start a resuming run and kill it (mode "random": after a random delay; "checkpoint": inside a save)."""
     root = out / "checkpoints"
@@ -69,17 +84,11 @@ def attempt(out: Path, rng: np.random.Generator, mode: str, max_delay: float) ->
     before = newest()
     proc = subprocess.Popen(command(out, resume=True), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    t0, delay, killed = time.time(), float(rng.uniform(2.0, 0.6 * max_delay)), None
-    while proc.poll() is None:
-        elapsed = time.time() - t0
-        # "checkpoint": kill inside the second save of this attempt (after one more step got saved, so the run moves on)
-        writing = (mode == "checkpoint" and root.is_dir() and newest() > before
-                   and any(p.name.startswith(".tmp-") for p in root.iterdir()))
-        if (mode == "random" and elapsed >= delay) or writing:
-            proc.send_signal(signal.SIGKILL)
-            killed = {"mode": mode, "after_s": round(elapsed, 3), "during_checkpoint_write": writing}
-            break
-        time.sleep(0.002)
+    delay = float(rng.uniform(2.0, 0.6 * max_delay)) if mode == "random" else None
+    # "checkpoint": kill inside the second save of this attempt (after one more step got saved, so the run moves on)
+    hit = kill_when(proc, delay, lambda: (mode == "checkpoint" and root.is_dir() and newest() > before
+                                          and any(p.name.startswith(".tmp-") for p in root.iterdir())))
+    killed = hit and {"mode": mode, "after_s": hit[0], "during_checkpoint_write": hit[1]}
     output = proc.communicate()[0]
     return {"killed": killed, "returncode": proc.returncode,
             "resume_lines": [ln for ln in output.splitlines() if "resuming" in ln or "skipping" in ln
@@ -186,15 +195,10 @@ def kill_analysis(target: str, work: Path, out: Path, rng: np.random.Generator, 
     """Start ``target`` on ``out`` and SIGKILL it after a random delay ("random") or inside a save ("save")."""
     proc = subprocess.Popen(analysis_command(target, work, out), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    t0, delay, killed = time.time(), float(rng.uniform(0.2, 0.95) * seconds), None
-    while proc.poll() is None:
-        elapsed = time.time() - t0
-        saving = mode == "save" and out.is_dir() and any(".tmp-" in p.name for p in out.iterdir())
-        if (mode == "random" and elapsed >= delay) or saving:
-            proc.send_signal(signal.SIGKILL)
-            killed = {"mode": mode, "after_s": round(elapsed, 3), "during_save": saving}
-            break
-        time.sleep(0.002)
+    delay = float(rng.uniform(0.2, 0.95) * seconds) if mode == "random" else None
+    hit = kill_when(proc, delay, lambda: mode == "save" and out.is_dir() and any(".tmp-" in p.name
+                                                                                 for p in out.iterdir()))
+    killed = hit and {"mode": mode, "after_s": hit[0], "during_save": hit[1]}
     err = proc.communicate()[1]
     return {"killed": killed, "returncode": proc.returncode, "stderr_tail": err.strip().splitlines()[-1:]}
 

@@ -47,12 +47,12 @@ from rl.train.config import load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
 
-#: ``--quick``: the same pipeline at a size a test can afford (``--set`` overrides of the demo config).
 #: what ``reproduce`` writes in ``--out`` (and, with ``--overwrite``, the only names it replaces there)
 WRITES = ["plan.json", "steps", "runs", "eval_*.json", "recordings", "recordings_mirror",
           "findings", "findings_mirror", "decompose", "weights", "trajectory", "transplant", "figures", "report.md",
           "results.json"]
 
+#: ``--quick``: the same pipeline at a size a test can afford (``--set`` overrides of the demo config).
 QUICK_OVERRIDES = ["stages.0.steps=6", "stages.1.steps=3", "grpo.batch_size=4", "grpo.num_generations=4",
                    "grpo.max_new_tokens=64", "mining.pool.n_items=16", "mining.k_rollouts=4", "checkpoint.every=3"]
 

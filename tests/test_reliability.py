@@ -19,7 +19,7 @@ import adt_probe
 from adt_probe.outputs import LOCK, OutputBusyError, OutputError, exclusive_lock, unique_tmp
 from adt_probe.testing import synthetic_recording
 from analyses import checkpoints, record_pair, trajectory, weights
-from analyses.reproduce import Plan, final_checkpoint
+from analyses.reproduce import Plan, final_checkpoint, run_dir
 from rl.data.items import load_items, write_items
 from rl.evaluate import PreflightError, check_fits, evaluate
 from rl.evaluate import main as eval_main
@@ -51,7 +51,7 @@ def base(tmp_path_factory, tiny_organism, processor):
 @pytest.fixture
 def run(tmp_path, tiny_organism, processor):
     """A run folder with checkpoints at steps 1 and 2 (written by the trainer's own save), the newest damaged."""
-    root = tmp_path / "demo" / "run" / "checkpoints"
+    root = tmp_path / "demo" / "runs" / "seed-0" / "checkpoints"  # where reproduce --out demo trains its first seed
     opt = torch.optim.AdamW(tiny_organism.parameters())
     for step in (1, 2):
         ckpt.save_checkpoint(root, ckpt.TrainerState(step=step), tiny_organism, processor, opt)
@@ -84,7 +84,8 @@ def test_record_names_a_damaged_checkpoint_before_loading_it(base, tmp_path, tin
 def test_corrupt_newest_checkpoint_is_skipped_by_reproduce_trajectory_and_compare(run, base, recordings, tmp_path,
                                                                                   capfd):
     step1 = run / "checkpoints" / "step-000001"
-    assert final_checkpoint(Plan.make(str(run.parent), quick=True)) == step1  # reproduce
+    plan = Plan.make(str(tmp_path / "demo"), quick=True)
+    assert run_dir(plan) == run and final_checkpoint(plan) == step1  # reproduce
     assert checkpoints.model_folder(run) == step1  # record / weights / transplant / decompose given the run folder
     weights.run(base, run, tmp_path / "weights")
     result = trajectory.run(run, base, recordings, tmp_path / "trajectory", n_boot=10)

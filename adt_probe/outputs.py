@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -115,17 +116,18 @@ def check_writable(folder: Path) -> None:
             from None
 
 
-def _overlaps(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
-
-
-def check_not_inputs(out: Path, inputs: Iterable[str | os.PathLike]) -> None:
-    """Refuse an output folder that is, holds or lies inside the folder of an input file (the user's data)."""
+def check_not_inputs(out: Path, inputs: Iterable[str | os.PathLike], writes: Sequence[str] = ()) -> None:
+    """Refuse an output folder that is, or lies inside, the folder of an input (the user's data, a model folder),
+    and one above an input where an input sits at a name the tool writes (``writes``: names, glob patterns allowed)."""
     out = out.resolve()
     for inp in inputs:
         inp = Path(inp).resolve()
         folder = inp if inp.is_dir() else inp.parent
-        if _overlaps(out, folder) or out in inp.parents:
+        clash = out == folder or folder in out.parents
+        if not clash and out in inp.parents:
+            first = inp.relative_to(out).parts[0]
+            clash = any(fnmatch.fnmatch(first, w) for w in writes)
+        if clash:
             raise OutputError(f"--out {out} overlaps the input data in {folder} ({inp.name}): adt-probe never writes "
                               "into the input data's folder, so the data cannot be replaced. Choose an output folder "
                               "outside it.")
@@ -179,7 +181,7 @@ def output_dir(out: str | os.PathLike, *, tool: str, writes: Sequence[str], over
     OutputBusyError : another process is writing ``out``.
     """
     out = Path(out)
-    check_not_inputs(out, inputs)
+    check_not_inputs(out, inputs, writes)
     check_target_folder(out, tool, writes, overwrite)
     check_writable(out)
     with exclusive_lock(out / LOCK, str(out)):

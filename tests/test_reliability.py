@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import adt_probe
-from adt_probe.outputs import LOCK, OutputBusyError, OutputError, exclusive_lock, unique_tmp
+from adt_probe.outputs import LOCK, OutputBusyError, OutputError, check_not_inputs, exclusive_lock, unique_tmp
 from adt_probe.testing import synthetic_recording
 from analyses import checkpoints, record_pair, trajectory, weights
 from analyses.reproduce import Plan, final_checkpoint, run_dir
@@ -167,6 +167,16 @@ def test_record_never_writes_into_the_input_datas_folder(base, tmp_path, items):
         with pytest.raises(OutputError, match=r"overlaps the input data in .*data"):
             record_pair.record_pair(base, base, loaded, out, data=data, overwrite=True)
     assert all(p.read_bytes() == b for p, b in wavs.items()) and not (tmp_path / "data" / "out").exists()
+
+
+def test_an_output_folder_above_the_inputs_is_refused_only_where_it_would_write_over_them(tmp_path):
+    run = tmp_path / "demo" / "runs" / "seed-0"
+    run.mkdir(parents=True)
+    check_not_inputs(tmp_path / "demo", [run], writes=["recordings", "eval_*.json"])  # writes beside it: fine
+    with pytest.raises(OutputError, match="overlaps the input data"):
+        check_not_inputs(tmp_path / "demo", [run], writes=["runs"])
+    with pytest.raises(OutputError, match="overlaps the input data"):
+        check_not_inputs(run / "out", [run], writes=["recordings"])
 
 
 def test_record_overwrite_replaces_only_what_it_writes(base, tmp_path, items):

@@ -191,13 +191,22 @@ def inspect(target: str, out: Path, reference: dict[str, dict[str, np.ndarray]])
     return state
 
 
+def temporaries(out: Path) -> set[str]:
+    """Names of save temporaries directly in ``out``."""
+    return {p.name for p in out.iterdir() if ".tmp-" in p.name} if out.is_dir() else set()
+
+
 def kill_analysis(target: str, work: Path, out: Path, rng: np.random.Generator, mode: str, seconds: float) -> dict:
     """Start ``target`` on ``out`` and SIGKILL it after a random delay ("random") or inside a save ("save")."""
     proc = subprocess.Popen(analysis_command(target, work, out), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    delay = float(rng.uniform(0.2, 0.95) * seconds) if mode == "random" else None
-    hit = kill_when(proc, delay, lambda: mode == "save" and out.is_dir() and any(".tmp-" in p.name
-                                                                                 for p in out.iterdir()))
+    delay = float(rng.uniform(0.4, 1.0) * seconds) if mode == "random" else None
+    stale = temporaries(out)  # left by an earlier kill: only a new one means a save is under way
+
+    def saving() -> bool:
+        return mode == "save" and bool(temporaries(out) - stale)
+
+    hit = kill_when(proc, delay, saving)
     killed = hit and {"mode": mode, "after_s": hit[0], "during_save": hit[1]}
     err = proc.communicate()[1]
     return {"killed": killed, "returncode": proc.returncode, "stderr_tail": err.strip().splitlines()[-1:]}

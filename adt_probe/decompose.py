@@ -260,12 +260,29 @@ def layer_effects(effects: xr.Dataset, *, segment: str = ALL, n_boot: int = 1000
     return ds
 
 
-def router_decomposition(base_model, rl_model, inputs: Mapping, *, tokenizer=None, segment: str = ALL,
-                         batch_size: int = 8, n_boot: int = 1000, seed: int = 0) -> xr.Dataset:
-    """:func:`router_effects` summarised per layer (:func:`layer_effects`): the router term, the input term and the
-    total of the router-logit change, with their shares and routing changes, for tokens of ``segment``."""
+def router_decomposition(base_model, rl_model, inputs: Mapping, *, tokenizer=None, batch_size: int = 8,
+                         n_boot: int = 1000, seed: int = 0) -> xr.Dataset:
+    """:func:`router_effects` summarised per layer (:func:`layer_effects`) for every segment and ``"all"``.
+
+    Returns
+    -------
+    xarray.Dataset, dims ``segment``, ``layer``, ``effect`` (router, input, total): ``rel_change``, ``share``,
+    ``topk_change``, ``top1_flip``, ``js`` (each + ``_lo``/``_hi``), ``n_tokens`` (segment); NaN for a segment
+    without tokens. ``plot.drift_decomposition(dec, "js", "think")`` draws it.
+    """
     effects = router_effects(base_model, rl_model, inputs, tokenizer=tokenizer, batch_size=batch_size)
-    return layer_effects(effects, segment=segment, n_boot=n_boot, seed=seed)
+    present = set(effects["segment"].values.astype(str))
+    parts = []
+    for segment in (*SEGMENTS, ALL):
+        if segment == ALL or segment in present:
+            parts.append(layer_effects(effects, segment=segment, n_boot=n_boot, seed=seed))
+        else:
+            empty = layer_effects(effects, segment=ALL, n_boot=0) * np.nan
+            parts.append(empty.assign(n_tokens=0))
+    out = xr.concat(parts, dim=xr.DataArray([*SEGMENTS, ALL], dims="segment", name="segment"))
+    out.attrs = {**effects.attrs, "kind": "router_decomposition", "n_boot": n_boot,
+                 "interval": "95% percentile bootstrap over sequences"}
+    return out
 
 
 def band_sums(effects: xr.Dataset, quantity: str, *, lower: Sequence[int], upper: Sequence[int],
@@ -307,7 +324,8 @@ def band_sums(effects: xr.Dataset, quantity: str, *, lower: Sequence[int], upper
 
 def band_ratio(sums: np.ndarray) -> np.ndarray:
     """Upper-band mean over lower-band mean from :func:`band_sums` column sums (..., 4)."""
-    return (sums[..., 0] / sums[..., 1]) / (sums[..., 2] / sums[..., 3])
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 when nothing changed: NaN, counted by callers
+        return (sums[..., 0] / sums[..., 1]) / (sums[..., 2] / sums[..., 3])
 
 
 def band_mean(which: str):

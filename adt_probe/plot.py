@@ -29,7 +29,9 @@ LABELS = {"js": "Jensen-Shannon divergence (bits)", "kl": "KL(base || RL) (nats)
           "topk_jaccard": "top-k Jaccard overlap", "top1_agreement": "top-1 agreement",
           "entropy_delta": "routing entropy change (nats)", "lens_logprob": "log-prob of next token (nats)",
           "lens_rank": "rank of next token", "lens_kl_final": "KL(final || lens) (nats)",
-          "lens_entropy": "lens entropy (nats)"}
+          "lens_entropy": "lens entropy (nats)", "rel_change": "relative router-logit change",
+          "share": "share of the router-logit change", "topk_change": "top-k set change rate",
+          "top1_flip": "top-1 flip rate"}
 
 
 def _style(i: int) -> dict:
@@ -88,8 +90,8 @@ def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str
 
 
 def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: str = "all") -> plt.Figure:
-    """Per layer, the drift made by the router (same input, other router), by its input (same router, other
-    input) and in total, each with its 95% interval (``adt_probe.decompose.router_decomposition``)."""
+    """Per layer, the change made by the router term (same input, other router), by the input term (same router,
+    other input) and in total, each with its 95% interval (``adt_probe.decompose.router_decomposition``)."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     layers = decomposition["layer"].values
     effects = list(decomposition["effect"].values)
@@ -99,7 +101,7 @@ def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: 
         est = sel[metric].values
         err = np.vstack([est - sel[f"{metric}_lo"].values, sel[f"{metric}_hi"].values - est])
         ax.bar(layers + (i - (len(effects) - 1) / 2) * width, est, width=width, yerr=np.clip(err, 0, None),
-               capsize=2, color=OKABE_ITO[i], hatch=("", "//", "..")[i % 3], label=str(effect))
+               capsize=2, color=OKABE_ITO[i], hatch=("", "//", "..")[i % 3], label=f"{effect} (95% CI)")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(LABELS.get(metric, metric))
     ax.legend(frameon=False, fontsize=8)

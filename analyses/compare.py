@@ -270,8 +270,9 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
     if all(ok):
         u = _interval(sums, upper_share, n_boot=n_boot, seed=seed, strata=strata)
         d = _interval(sums, upper_share_delta, n_boot=n_boot, seed=seed, strata=strata)
+        ub = _interval([x[:, [2, 3, 0, 1]] for x in sums], upper_share, n_boot=n_boot, seed=seed, strata=strata)
     else:
-        u = d = {"value": float("nan"), "lo": float("nan"), "hi": float("nan")}
+        u = d = ub = {"value": float("nan"), "lo": float("nan"), "hi": float("nan")}
     b0, r0, info0 = base_streams[0], rl_streams[0], infos[0]
     both_right = (info0["output_rank"] == 0) & (info0["base_output_rank"] == 0)
     token_sets = {"think": keeps[0], "answer": info0["segment"] == "answer",
@@ -283,7 +284,8 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
     token_sets.update(groups or {})
     curves = {g: settling_curves(b0, r0, info0["sequence"], keep, n_layers, n_boot=n_boot, seed=seed)
               for g, keep in token_sets.items()}
-    return {"upper_share_rl": u, "delta_upper_share": d, "n_sequences": n_seq, "first_upper_block": first_upper,
+    return {"upper_share_rl": u, "upper_share_base": ub, "delta_upper_share": d, "n_sequences": n_seq,
+            "first_upper_block": first_upper,
             "n_layers": n_layers, "curves": curves}
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from string import Template
 
 import matplotlib
 
@@ -277,3 +278,165 @@ def _pct(by_band: dict | None) -> str:
         return "n/a"
     return ", ".join(f"{band} {100 * v:.2f}%" for band, v in by_band.items() if v is not None)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The report of ``adt-probe compare``: a template filled from ``findings.json``, the verdict rules beside it.
+
+COMPARE_TEMPLATE = Template("""# adt-probe compare
+
+Base `$base` against RL $rl, on $n_items items of `$data` ($source_text). Rules: `analyses.verdicts`,
+sha256 `$rules_hash` (the same hash is in `findings.json`; rules are fixed before results are seen).
+
+$warnings
+## Finding 1: does RL mainly reshape the routers of the upper layers? **$v1**
+
+$why1
+
+| | lower band $lower | upper band $upper |
+|---|---|---|
+$band_rows
+
+Upper/lower ratio of the router term at fixed input: **$ratio** ($ratio_method; $ratio_nan NaN replicates).
+Uniform random router updates of the same relative size on the same tokens give ratios $nulls.
+
+> Rule: $rule1
+
+$fig_router_effect
+$fig_router_share
+### Controls without retraining
+
+Random-direction updates with the RL update's own norm per tensor ($control_k draws each). Router term at fixed
+input (relative), lower / upper band:
+
+| update | router term | input term | RL's router term over the control's |
+|---|---|---|---|
+$control_rows
+
+$fig_controls
+## Finding 2: do reasoning tokens crystallize progressively in the upper layers? **$v2**
+
+$why2
+
+Share of settled think tokens that settle in the upper band (blocks $first_upper and later): RL $u_rl, base on the
+same tokens $u_base, difference $du. Think tokens whose prediction appears only at the output: base $never_base,
+RL $never_rl.
+
+| tokens | n | settled by E (base / RL) | by the last lower block (base / RL) | output only (base / RL) |
+|---|---|---|---|---|
+$group_rows
+
+> Rule: $rule2
+
+$fig_settling
+$mirror
+## Numbers and rules
+
+Every number above, with its interval method and NaN-replicate count, is in `findings.json` (`verdicts`, `routers`,
+`decomposition`, `controls`, `crystallization`$mirror_key). Figures: PNG (300 dpi) and PDF in `figures/`.
+""")
+
+
+def _fmt(v: dict | None, digits: int = 3) -> str:
+    """``value [lo, hi]`` from an interval record; n/a when missing."""
+    if not v or v.get("value") is None:
+        return "n/a"
+    def num(x):
+        return "nan" if x is None or x != x else (f"{x:.{digits}g}" if abs(x) < 0.01 else f"{x:.{digits}f}")
+    return f"{num(v['value'])} [{num(v.get('lo'))}, {num(v.get('hi'))}]"
+
+
+def _figure(findings: dict, name: str, caption: str, base: Path) -> str:
+    paths = findings.get("figures", {}).get(name)
+    if not paths:
+        return ""
+    png = os.path.relpath(paths[0], base)
+    return f"![{caption}]({png})\n\n*{caption}* ([PDF]({Path(png).with_suffix('.pdf')}))\n"
+
+
+def _band_rows(r: dict) -> str:
+    labels = {"rel_router": "router term, relative (fixed input)", "rel_input": "input term, relative",
+              "share_router": "router share of the change", "topk_change_router": "top-k change rate at fixed input",
+              "top1_flip_router": "top-1 flip rate at fixed input", "js_router": "JS at fixed input (bits)",
+              "topk_change_total": "top-k change rate, total", "js_total": "JS, total (bits)"}
+    return "\n".join(f"| {label} | {_fmt(r['band'][q]['lower'], 4)} | {_fmt(r['band'][q]['upper'], 4)} |"
+                     for q, label in labels.items() if q in r["band"])
+
+
+def _control_rows(c: dict | None) -> str:
+    if not c:
+        return "| (not run) | | | |"
+    rows = [f"| RL | {c['rl']['rel_router']['lower']:.4g} / {c['rl']['rel_router']['upper']:.4g} | "
+            f"{c['rl']['rel_input']['lower']:.4g} / {c['rl']['rel_input']['upper']:.4g} | 1 |"]
+    names = {"routers": "random: routers only", "others": "random: all but routers", "all": "random: everything"}
+    for part, label in names.items():
+        m, ratio = c[part]["mean"], c[part]["rl_over_control_rel_router"]
+        rows.append(f"| {label} | {m['rel_router']['lower']:.4g} / {m['rel_router']['upper']:.4g} | "
+                    f"{m['rel_input']['lower']:.4g} / {m['rel_input']['upper']:.4g} | "
+                    f"{_maybe(ratio['lower'])} / {_maybe(ratio['upper'])} |")
+    return "\n".join(rows)
+
+
+def _maybe(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3g}"
+
+
+def _group_rows(cr: dict) -> str:
+    rows = []
+    last_lower = cr["first_upper_block"] - 1
+    for g, c in cr["curves"].items():
+        if "rl" not in c:
+            rows.append(f"| {g} | 0 | | | |")
+            continue
+        i_e, i_l = c["stream"].index(-1), c["stream"].index(last_lower)
+        rows.append(f"| {g} | {c['n_tokens']} | {c['base']['value'][i_e]:.3f} / {c['rl']['value'][i_e]:.3f} | "
+                    f"{c['base']['value'][i_l]:.3f} / {c['rl']['value'][i_l]:.3f} | "
+                    f"{c['never_settled']['base']['value']:.3f} / {c['never_settled']['rl']['value']:.3f} |")
+    return "\n".join(rows)
+
+
+def compare_report_text(findings: dict, base: Path) -> str:
+    """The report of one ``findings.json`` (``base``: the folder figure paths are made relative to)."""
+    inp, r, cr, v = findings["inputs"], findings["routers"], findings["crystallization"], findings["verdicts"]
+    think = cr["curves"].get("think", {})
+    never = think.get("never_settled", {})
+    mirror = findings.get("mirror")
+    mirror_text = ""
+    if mirror:
+        mirror_text = (f"## Mirror: on the base model's own completions\n\nFinding 1: **"
+                       f"{mirror['verdicts']['upper_routers']['verdict']}** (ratio {_fmt(mirror['routers']['ratio'])}"
+                       f"); finding 2: **{mirror['verdicts']['crystallization']['verdict']}** "
+                       f"({mirror['verdicts']['crystallization']['why']}).\n")
+    return COMPARE_TEMPLATE.substitute(
+        base=inp["base"], rl=", ".join(f"`{p}`" for p in inp["rl"]), n_items=inp["n_items"], data=inp["data"],
+        source_text=("each RL model's own greedy completions, teacher-forced through both models"
+                     if inp["source"] == "rl" else "the items' reference chains, teacher-forced"),
+        rules_hash=findings["stamp"]["rules_hash"],
+        warnings="".join(f"**Warning:** {w}\n\n" for w in findings.get("warnings", [])),
+        v1=v["upper_routers"]["verdict"], why1=v["upper_routers"]["why"], rule1=v["upper_routers"]["rule"],
+        lower=r["bands"]["lower"], upper=r["bands"]["upper"], band_rows=_band_rows(r), ratio=_fmt(r["ratio"]),
+        ratio_method=r["ratio"].get("method", ""), ratio_nan=r["ratio"].get("n_nan", 0),
+        nulls=", ".join(_maybe(x) for x in r["null_ratios"]) or "none (--nulls 0)",
+        fig_router_effect=_figure(findings, "router_effect", "Relative router-logit change per layer: router term "
+                                  "at fixed input, input term and total, 95% CI; grey: uniform random router "
+                                  "updates; dotted: band boundary", base),
+        fig_router_share=_figure(findings, "router_share", "Share of the router-logit change made by the router "
+                                 "and the input term per layer (exact split; they add up to 1), 95% CI", base),
+        control_k=(findings.get("controls") or {}).get("k", 0), control_rows=_control_rows(findings.get("controls")),
+        fig_controls=_figure(findings, "controls", "RL next to random-direction updates of RL's own per-tensor "
+                             "norm: router and input terms per band (whiskers: range over draws)", base),
+        v2=v["crystallization"]["verdict"], why2=v["crystallization"]["why"], rule2=v["crystallization"]["rule"],
+        first_upper=cr["first_upper_block"], u_rl=_fmt(cr["upper_share_rl"]),
+        u_base=_fmt(cr.get("upper_share_base")),
+        du=_fmt(cr["delta_upper_share"]), never_base=_fmt(never.get("base")), never_rl=_fmt(never.get("rl")),
+        group_rows=_group_rows(cr),
+        fig_settling=_figure(findings, "settling", "Share of tokens settled by each stream (E: embedding), base "
+                             "solid, RL dashed, 95% CI; legend: share settling only at the output", base),
+        mirror=mirror_text, mirror_key=", `mirror`" if mirror else "")
+
+
+def write_compare_report(findings: dict, path: Path) -> Path:
+    """Write ``report.md`` for ``adt-probe compare``."""
+    path = Path(path)
+    path.write_text(compare_report_text(findings, path.parent))
+    return path

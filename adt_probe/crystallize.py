@@ -249,6 +249,8 @@ def upper_share_sums(base_stream: np.ndarray, rl_stream: np.ndarray, sequence: n
                      first_upper: int, n_layers: int) -> np.ndarray:
     """Per-sequence sums ``[upper_rl, settled_rl, upper_base, settled_base]`` (n_seq, 4) for the share of settled
     tokens that settle in a block ``>= first_upper`` (the output-only bin excluded from both counts)."""
+    if not keep.any():
+        return np.zeros((0, 4))
     seq_ids, seq = np.unique(sequence[keep], return_inverse=True)
     cols = []
     for st in (rl_stream[keep], base_stream[keep]):

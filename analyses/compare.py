@@ -108,7 +108,7 @@ def strata_of(items, sequence: np.ndarray) -> np.ndarray | None:
         return None
     out = np.array([labels[int(s)] for s in sequence])
     counts = {s: int((out == s).sum()) for s in set(out)}
-    return out if min(counts.values()) >= 2 else None  # a stratum of one sequence has nothing to resample
+    return out if counts and min(counts.values()) >= 2 else None  # a stratum of one sequence: nothing to resample
 
 
 def content_groups(tokenizer, token_ids: np.ndarray, segments: np.ndarray) -> np.ndarray:

@@ -12,8 +12,11 @@ Steps, each a function below, each writing under ``--out``:
                    think text to the reference chains, rubric process score; ``eval_base.json``, ``eval_final.json``
 3. ``record``      both models (and the base again, batched differently: the noise floor) teacher-forced on the final
                    model's completions, and on the base's own completions (the mirror check); ``recordings*/``
-4. ``findings``    gating drift with intervals and noise floor, band contrast, crystallization; ``findings*/``
-   ``decompose``   the drift split into what the routers did (same input, other router) and what their inputs did
+4. ``compare``     ``adt-probe compare`` of the base and the final model (``analyses.compare``, the same code): both
+                   verdicts by the rules of ``analyses.verdicts``, the router effect at fixed input with random-update
+                   calibration and matched-norm controls, settling curves, mirror; ``compare/``
+   ``findings``    gating drift with intervals and noise floor, band contrast, crystallization; ``findings*/``
+   ``decompose``   the exact split of the router-logit change into router term and input term
 5. ``weights``     router weight drift base -> final, against the drift of the other weights of each block
 6. ``trajectory``  gating and weight drift at every checkpoint of the run
 7. ``transplant``  the final model with the base's routers per layer band (and the reverse): change of accuracy
@@ -155,6 +158,19 @@ def step_record(plan: Plan) -> dict:
     return out
 
 
+def step_compare(plan: Plan) -> dict:
+    """Both verdicts and their numbers: ``adt-probe compare`` of the base and every seed's final model (several
+    runs: hierarchical intervals over runs, then sequences)."""
+    from analyses.compare import compare
+
+    finals = [final_checkpoint(plan, s) for s in plan.seeds]
+    findings = compare(base_path(plan), finals, heldout(plan), plan.dir / "compare",
+                       n_nulls=2 if plan.quick else 5, n_boot=plan.n_boot, max_new_tokens=plan.max_new_tokens,
+                       data_path=f"held-out synthetic set (seed {plan.eval_seed}, {plan.n_per_cell} per cell)")
+    return {"verdicts": {k: v["verdict"] for k, v in findings["verdicts"].items()},
+            "findings": str(plan.dir / "compare" / "findings.json")}
+
+
 def step_findings(plan: Plan) -> dict:
     """Gating drift and crystallization, from both recording sets."""
     from analyses.findings import findings
@@ -214,7 +230,8 @@ def step_report(plan: Plan) -> dict:
     return write_report(plan, {name: read_step(plan, name) for name, _ in STEPS if name != "report"})
 
 
-STEPS = [("train", step_train), ("evaluate", step_evaluate), ("record", step_record), ("findings", step_findings),
+STEPS = [("train", step_train), ("evaluate", step_evaluate), ("compare", step_compare), ("record", step_record),
+         ("findings", step_findings),
          ("decompose", step_decompose), ("weights", step_weights), ("trajectory", step_trajectory),
          ("transplant", step_transplant), ("report", step_report)]
 

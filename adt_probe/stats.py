@@ -155,9 +155,11 @@ def bca_interval(per_seq: np.ndarray, statistic, *, n_boot: int = 1000, seed: in
             # every resample gives the same value (two identical models, say): the interval is that value
             return _interval(theta, np.array([]), theta, theta, "degenerate (every resample equal)", n_boot)
         if strata is None:
-            res = bootstrap((np.arange(n),), lambda idx, axis=-1: statistic(per_seq[idx].sum(-2)),
-                            n_resamples=n_boot, method="BCa", confidence_level=level, vectorized=True,
-                            random_state=np.random.default_rng(seed))
+            with warnings.catch_warnings():  # NaN replicates make scipy's BCa NaN: handled (counted) below
+                warnings.simplefilter("ignore")
+                res = bootstrap((np.arange(n),), lambda idx, axis=-1: statistic(per_seq[idx].sum(-2)),
+                                n_resamples=n_boot, method="BCa", confidence_level=level, vectorized=True,
+                                random_state=np.random.default_rng(seed))
             reps = res.bootstrap_distribution
             lo, hi = res.confidence_interval
             if not (np.isfinite(lo) and np.isfinite(hi)) and np.isfinite(reps).any():  # NaN replicates: BCa on the rest

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from adt_probe.architectures import ArchitectureSpec, get_module
+from adt_probe.architectures import ArchitectureSpec, architecture, get_module
 from adt_probe.drift import ALL, segment_index
 from adt_probe.recording import capture_hooks
 from adt_probe.segments import SEGMENTS, segment_tokens
@@ -139,8 +139,19 @@ def _tokens_of(batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, batch.get("attention_mask", torch.ones_like(ids)).bool()
 
 
+def capture_router_inputs(model, inputs: Mapping, *, batch_size: int = 8) -> list[dict[int, torch.Tensor]]:
+    """The input of every router, per batch of ``batch_size`` sequences: ``[{layer: (batch, seq, hidden)}, ...]``.
+
+    Pass it as ``router_effects(..., base_inputs=...)`` to compare one base with many models (controls) without
+    running the base again; it holds tokens x MoE layers x hidden floats, so keep it for small models only.
+    """
+    spec = architecture(model)
+    return [capture_hooks(model, spec, batch)[1] for batch in batches(inputs, batch_size)]
+
+
 def router_effects(base_model, rl_model, inputs: Mapping, *, tokenizer=None, segments=None,
-                   nulls: Sequence[Mapping[int, torch.Tensor]] = (), batch_size: int = 8) -> xr.Dataset:
+                   nulls: Sequence[Mapping[int, torch.Tensor]] = (), batch_size: int = 8,
+                   base_inputs: Sequence[Mapping[int, torch.Tensor]] | None = None) -> xr.Dataset:
     """The exact router / input split of every router-logit change, per token x MoE layer.
 
     Parameters
@@ -152,6 +163,8 @@ def router_effects(base_model, rl_model, inputs: Mapping, *, tokenizer=None, seg
     segments : (batch, seq) labels instead of the tokenizer's.
     nulls : random router updates, each ``{layer: ΔW (experts, hidden)}``, evaluated at the same inputs.
     batch_size : sequences per forward pass.
+    base_inputs : :func:`capture_router_inputs` of ``base_model`` on ``inputs`` with this ``batch_size`` (skips
+        the base's pass).
 
     Returns
     -------
@@ -174,9 +187,9 @@ def router_effects(base_model, rl_model, inputs: Mapping, *, tokenizer=None, seg
         segments = (segment_tokens(getattr(tokenizer, "tokenizer", tokenizer), ids_all, mask_all)
                     if tokenizer is not None else np.full(tuple(ids_all.shape), "other", dtype="<U6"))
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in batches(inputs, batch_size):
+    for b, batch in enumerate(batches(inputs, batch_size)):
         flat = _tokens_of(batch)[1].reshape(-1)
-        _, xb_all = capture_hooks(base_model, spec, batch)
+        xb_all = base_inputs[b] if base_inputs is not None else capture_hooks(base_model, spec, batch)[1]
         _, xr_all = capture_hooks(rl_model, spec, batch)
         per_layer = []
         for lay in layers:

@@ -37,7 +37,15 @@ from adt_probe.crystallize import (
     upper_share_delta,
     upper_share_sums,
 )
-from adt_probe.decompose import band_mean, band_ratio, band_sums, layer_effects, router_effects, token_groups
+from adt_probe.decompose import (
+    band_mean,
+    band_ratio,
+    band_sums,
+    capture_router_inputs,
+    layer_effects,
+    router_effects,
+    token_groups,
+)
 from adt_probe.stats import bca_interval, hierarchical_interval
 from adt_probe.weights import check_compatible, random_update, router_nulls, router_parameter_names, update_norms
 from analyses import verdicts
@@ -207,7 +215,8 @@ def controls(base, rl, inputs, items, *, tokenizer=None, k: int = 5, seed: int =
     upper/lower ratio of each draw, and how RL's router effect compares (RL over the draws' mean)."""
     norms = update_norms(base, rl)
     routers = router_parameter_names(base)
-    rl_eff = router_effects(base, rl, inputs, tokenizer=tokenizer, batch_size=batch_size)
+    cached = capture_router_inputs(base, inputs, batch_size=batch_size)  # the base once for all 3 x k draws
+    rl_eff = router_effects(base, rl, inputs, tokenizer=tokenizer, batch_size=batch_size, base_inputs=cached)
     lower, upper = halves(rl_eff["layer"].values)
     segment = segment_for([rl_eff])
 
@@ -225,7 +234,8 @@ def controls(base, rl, inputs, items, *, tokenizer=None, k: int = 5, seed: int =
     for part in CONTROL_PARTS:
         chosen = {n: v for n, v in norms.items() if part == "all" or (part == "routers") == (n in routers)}
         draws = [summary(router_effects(base, random_update(base, part=part, norms=chosen, seed=seed + j), inputs,
-                                        tokenizer=tokenizer, batch_size=batch_size)) for j in range(k)]
+                                        tokenizer=tokenizer, batch_size=batch_size, base_inputs=cached))
+                 for j in range(k)]
         mean = {q: {b: float(np.mean([d[q][b] for d in draws])) for b in ("lower", "upper")}
                 for q in ("rel_router", "rel_input", "topk_change_router", "top1_flip_router")}
         out[part] = {"draws": draws, "mean": mean,

@@ -455,13 +455,24 @@ def figures(findings: dict, folder: Path) -> dict:
     return paths
 
 
+def expand_runs(paths) -> list[str]:
+    """``--rl`` values: a checkpoint folder, or a folder whose sub-folders are checkpoints (one per run)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        subs = sorted(q for q in p.iterdir() if (q / "config.json").exists()) if p.is_dir() else []
+        out += [str(p)] if (p / "config.json").exists() or not subs else [str(q) for q in subs]
+    return out
+
+
 def main(argv=None) -> None:
     from rl.data.items import load_items
 
     ap = argparse.ArgumentParser(prog="adt-probe compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="base checkpoint folder")
-    ap.add_argument("--rl", required=True, action="append", help="RL checkpoint folder (repeat for several runs)")
+    ap.add_argument("--rl", required=True, action="append",
+                    help="RL checkpoint folder (repeat for several runs), or a folder of run checkpoints")
     ap.add_argument("--data", required=True, help="JSONL items (rl.data.items format)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--seed", type=int, default=0)
@@ -474,7 +485,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     try:
         items = load_items(args.data)
-        result = compare(args.base, args.rl, items, Path(args.out), seed=args.seed, n_nulls=args.nulls,
+        result = compare(args.base, expand_runs(args.rl), items, Path(args.out), seed=args.seed, n_nulls=args.nulls,
                          n_boot=args.n_boot, max_new_tokens=args.max_new_tokens, source=args.source,
                          mirror=not args.no_mirror, data_path=args.data)
     except CompareInputError as err:

@@ -7,6 +7,11 @@ next token is decided early. The paper's claim, "reasoning tokens crystallize pr
 becomes: the distribution of this layer (and the per-layer curves of log-prob, rank and KL to the final layer) for
 ``think`` tokens, compared with ``answer`` tokens and between the base and the RL model.
 
+``settling_stream`` adds the embedding stream (the input of block 0, :func:`embedding_top1`) as a row before block 0
+and keeps tokens whose prediction appears only at the output apart from those that settle in the last block;
+``settling_curves`` gives "settled by stream s" curves of two models on the same tokens with paired intervals, and
+``upper_share_intervals`` the share of settled tokens that settle in the upper band (finding 2's statistic).
+
 Examples
 --------
 >>> cryst = crystallization(rl_recording)                                        # doctest: +SKIP

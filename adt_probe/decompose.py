@@ -21,6 +21,9 @@ captured; nothing is transplanted), token by token, and keeps per token x layer:
   over the two real streams (``x_b`` and ``x_r``: symmetric); the input effect likewise with the router held fixed
   (averaged over ``W_b`` and ``W_r``), and the total between ``(W_b, x_b)`` and ``(W_r, x_r)``.
 
+A selection-only bias (DeepSeek-V3's ``e_score_correction_bias``) changes which experts are chosen but no logit: it
+enters the routing changes (with its router), not the logit norms.
+
 Random-update nulls (``nulls=``) are extra router changes ``ΔW_k`` evaluated at the same inputs: their relative
 router-logit change ``sum ||ΔW_k x̄|| / sum ||W̄ x̄||`` says how much a layer's logits move under a router update of
 a given relative size (layers differ in sensitivity), which is what a band contrast has to be calibrated against.
@@ -48,7 +51,7 @@ from adt_probe.stats import bootstrap_ratio, per_sequence_sums
 from adt_probe.weights import check_compatible, router_tensors
 
 EFFECTS = ("router", "input", "total")
-#: per-token quantities kept per effect; ``norm`` is a logit-vector norm, the rest are routing changes
+#: routing changes kept per token and effect (beside the logit-vector norms and projections)
 ROUTING_METRICS = ("topk_change", "top1_flip", "js")
 
 
@@ -64,8 +67,8 @@ def router_params(model, spec: ArchitectureSpec) -> dict[int, tuple[torch.Tensor
     return out
 
 
-def _logits(spec: ArchitectureSpec, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """Linear router logits (tokens, experts), float64, before any soft-cap."""
+def _logits(w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Linear router logits (tokens, experts), float64, before any soft-cap (``_route`` applies it)."""
     return F.linear(x, w, b)
 
 
@@ -116,8 +119,8 @@ def _layer_effects(spec: ArchitectureSpec, pb, pr, xb: torch.Tensor, xr_: torch.
     for j, v in enumerate(null_terms):
         out[f"norm_null_{j}"] = v.norm(dim=-1)
     k = spec.top_k
-    r_bb, r_rr = _route(spec, _logits(spec, wb, bb, xb), sb), _route(spec, _logits(spec, wr, br, xr_), sr)
-    r_br, r_rb = _route(spec, _logits(spec, wb, bb, xr_), sb), _route(spec, _logits(spec, wr, br, xb), sr)
+    r_bb, r_rr = _route(spec, _logits(wb, bb, xb), sb), _route(spec, _logits(wr, br, xr_), sr)
+    r_br, r_rb = _route(spec, _logits(wb, bb, xr_), sb), _route(spec, _logits(wr, br, xb), sr)
     pairs = {"router": [(r_bb, r_rb), (r_br, r_rr)], "input": [(r_bb, r_br), (r_rb, r_rr)], "total": [(r_bb, r_rr)]}
     for effect, items in pairs.items():
         changes = [_routing_change(a, b, k) for a, b in items]

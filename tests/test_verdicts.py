@@ -106,7 +106,7 @@ def test_router_logits_from_captured_inputs_match_the_recording(organism):
     _, x = capture_hooks(base, spec, small)
     mask = small["attention_mask"].bool().reshape(-1)
     for layer, (w, b, _) in router_params(base, spec).items():
-        z = _logits(spec, w, b, x[layer].reshape(-1, w.shape[1])[mask].double())
+        z = _logits(w, b, x[layer].reshape(-1, w.shape[1])[mask].double())
         np.testing.assert_allclose(z.numpy(), rec["router_logits"].sel(layer=layer).values, rtol=1e-4, atol=1e-5)
 
 

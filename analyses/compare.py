@@ -260,12 +260,13 @@ def settling_of(model, inputs, *, tokenizer=None, batch_size: int = 8) -> tuple[
     return stream, info
 
 
-def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer=None, groups=None,
+def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer=None, token_labels=content_groups,
                             n_boot: int = 1000, seed: int = 0) -> dict:
     """Finding 2's numbers: U(RL), dU (hierarchical with several runs), and curves per token group of the first run.
 
-    ``infos``: per run, :func:`settling_of`'s dict of the RL model plus ``base_output_rank``; ``groups``: extra
-    ``{name: (tokens,) bool}`` of the first run (user labels).
+    ``infos``: per run, :func:`settling_of`'s dict of the RL model plus ``base_output_rank``; ``token_labels``: a
+    function ``(tokenizer, token_ids (tokens,), segments (tokens,)) -> labels (tokens,)`` giving each token a group
+    ("" for none): every label becomes a token group of its own (default: the organism's content tokens).
     """
     n_layers = infos[0]["n_layers"]
     first_upper = n_layers // 2
@@ -287,11 +288,10 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
     both_right = (info0["output_rank"] == 0) & (info0["base_output_rank"] == 0)
     token_sets = {"think": keeps[0], "answer": info0["segment"] == "answer",
                   "think, both outputs right": keeps[0] & both_right}
-    if tokenizer is not None:
-        labels = content_groups(tokenizer, info0["token_id"], info0["segment"])
-        for g in ("attribute", "count", "answer_word"):
+    if tokenizer is not None and token_labels is not None:
+        labels = np.asarray(token_labels(tokenizer, info0["token_id"], info0["segment"])).astype(str)
+        for g in sorted(set(labels) - {""}):
             token_sets[g] = labels == g
-    token_sets.update(groups or {})
     curves = {g: settling_curves(b0, r0, info0["sequence"], keep, n_layers, n_boot=n_boot, seed=seed)
               for g, keep in token_sets.items()}
     return {"upper_share_rl": u, "upper_share_base": ub, "delta_upper_share": d, "n_sequences": n_seq,
@@ -323,7 +323,7 @@ def inputs_for(model, processor, items, source: str, max_new_tokens: int) -> tup
 
 
 def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int, n_boot: int,
-            batch_size: int = 8, with_controls: bool = True) -> dict:
+            batch_size: int = 8, with_controls: bool = True, token_labels=content_groups) -> dict:
     """Both findings on given inputs (one per RL run); returns numbers, verdicts and the datasets to save."""
     f1 = router_finding(base, rls, inputs_list, items, tokenizer=tokenizer, n_nulls=n_nulls, seed=seed,
                         n_boot=n_boot, batch_size=batch_size)
@@ -334,7 +334,8 @@ def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int
         base_streams.append(b)
         rl_streams.append(r)
         infos.append({**r_info, "base_output_rank": b_info["output_rank"]})
-    f2 = crystallization_numbers(base_streams, rl_streams, infos, items, tokenizer=tokenizer, n_boot=n_boot,
+    f2 = crystallization_numbers(base_streams, rl_streams, infos, items, tokenizer=tokenizer,
+                                 token_labels=token_labels, n_boot=n_boot,
                                  seed=seed)
     v2 = verdicts.crystallization(f2["upper_share_rl"], f2["delta_upper_share"], n_sequences=f2["n_sequences"])
     layers = layer_effects(f1["effects"][0], segment=f1["numbers"]["segment"], n_boot=n_boot, seed=seed)
@@ -373,9 +374,13 @@ def _null_per_layer(effects, segment: str) -> dict:
 
 def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: int = 5, n_boot: int = 1000,
             max_new_tokens: int = 96, source: str = "rl", mirror: bool = True, batch_size: int = 8,
-            data_path: str = "data") -> dict:
+            data_path: str = "data", token_labels=content_groups) -> dict:
     """Run every analysis of a base against one or several RL checkpoints; write ``findings.json``, figures and
-    ``report.md`` to ``out``. Returns the findings."""
+    ``report.md`` to ``out``. Returns the findings.
+
+    ``token_labels(tokenizer, token_ids, segments) -> labels``: the user's token groups for the settling curves
+    (default :func:`content_groups`, the organism's content tokens; None: segments only).
+    """
     from analyses.report import write_compare_report
 
     check_items(items, need_reference=source == "reference", path=data_path)
@@ -394,7 +399,7 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
     texts = [inputs_for(rl, processor, items, source, max_new_tokens) for rl in rls]
     _write_completions(out / "completions_rl.jsonl", items, [t for t, _ in texts], rl_paths)
     main_result = analyse(base, rls, [i for _, i in texts], items, tokenizer=processor.tokenizer, n_nulls=n_nulls,
-                          seed=seed, n_boot=n_boot, batch_size=batch_size)
+                          seed=seed, n_boot=n_boot, batch_size=batch_size, token_labels=token_labels)
     datasets = main_result.pop("_datasets")
     findings = {"stamp": verdicts.stamp(), "verdicts": main_result.pop("verdicts"), **main_result,
                 "inputs": {"base": str(base_path), "rl": [str(p) for p in rl_paths], "data": data_path,
@@ -405,7 +410,7 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
         b_texts, b_inputs = inputs_for(base, processor, items, "rl", max_new_tokens)
         _write_completions(out / "completions_base.jsonl", items, [b_texts], [base_path])
         m = analyse(base, rls[:1], [b_inputs], items, tokenizer=processor.tokenizer, n_nulls=n_nulls, seed=seed,
-                    n_boot=n_boot, batch_size=batch_size, with_controls=False)
+                    n_boot=n_boot, batch_size=batch_size, with_controls=False, token_labels=token_labels)
         m.pop("_datasets")
         findings["mirror"] = {"on": "the base model's own completions (first RL run)", **m}
     for name, ds in datasets.items():

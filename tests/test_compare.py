@@ -97,3 +97,34 @@ def test_the_command_line_reports_a_bad_pair_in_one_line(tiny_dir, tiny_organism
     with pytest.raises(SystemExit, match="adt-probe compare: .*different tokenizers"):
         main(["compare", "--base", str(tiny_dir), "--rl", str(other), "--data", str(tmp_path / "items.jsonl"),
               "--out", str(tmp_path / "o")])
+
+
+def test_settling_numbers_on_known_streams_with_user_token_labels():
+    """Hand-made settling streams: shares, the output-only bin, the paired difference and user-given token groups."""
+    from types import SimpleNamespace
+
+    from analyses.compare import crystallization_numbers
+
+    n_layers, per_seq = 4, 4  # streams -1 (embedding) .. 2; 3 = only at the output
+    seq = np.repeat(np.arange(10), per_seq)
+    base = np.tile([-1.0, 0.0, 2.0, 3.0], 10)  # settled: E, block 0, block 2 (upper), output only
+    rl = np.tile([-1.0, 2.0, 2.0, 3.0], 10)  # one more token settles in the upper band
+    info = {"sequence": seq, "segment": np.array(["think"] * len(seq)), "token_id": np.arange(len(seq)) % per_seq,
+            "output_rank": np.zeros(len(seq), int), "base_output_rank": np.zeros(len(seq), int), "n_layers": n_layers}
+    items = [SimpleNamespace(family="f", difficulty="easy")] * 10
+
+    def labels(tokenizer, token_ids, segments):
+        return np.where(token_ids == 1, "my_group", "")
+
+    f = crystallization_numbers([base], [rl], [info], items, tokenizer=object(), token_labels=labels, n_boot=100)
+    assert f["upper_share_rl"]["value"] == pytest.approx(2 / 3)
+    assert f["upper_share_base"]["value"] == pytest.approx(1 / 3)
+    assert f["delta_upper_share"]["value"] == pytest.approx(1 / 3)
+    think = f["curves"]["think"]
+    assert think["stream"] == [-1, 0, 1, 2]
+    assert think["base"]["value"] == pytest.approx([0.25, 0.5, 0.5, 0.75])
+    assert think["never_settled"]["rl"]["value"] == pytest.approx(0.25)
+    mine = f["curves"]["my_group"]
+    assert mine["n_tokens"] == 10 and mine["delta"]["value"] == pytest.approx([0, -1, -1, 0])
+    v = verdicts.crystallization(f["upper_share_rl"], f["delta_upper_share"], n_sequences=f["n_sequences"])
+    assert v["verdict"] == "reproduces"  # every sequence moves the same way: a degenerate, exact interval

@@ -31,6 +31,9 @@ ROUTER_MARGIN = 1.5
 MIN_SEQUENCES = 8
 #: finding 2: share of settled think tokens that must settle in the upper band
 UPPER_SHARE = 0.5
+#: finding 2: smallest RL-minus-base shift of that share that counts (a random weight change of a few percent moves
+#: it by about 0.01 on the organism)
+MIN_SHIFT = 0.05
 
 UPPER_ROUTERS_RULE = (
     "Finding 1 (RL mainly reshapes the routers of the upper layers). Statistic R: the relative router-logit change at "
@@ -54,8 +57,9 @@ CRYSTALLIZATION_RULE = (
     "the output, the share settling in a block of the upper half of the layers; dU = U(RL) - U(base) on the same "
     "tokens (paired); 95% BCa intervals over sequences (hierarchical with several RL runs). Verdict: 'inconclusive' "
     f"if fewer than {MIN_SEQUENCES} sequences carry think tokens or an interval is undefined; 'reproduces' if "
-    f"U(RL)'s lower bound exceeds {UPPER_SHARE} and dU's lower bound exceeds 0; 'reversed' if U(RL)'s upper bound is "
-    f"below {UPPER_SHARE} and dU's upper bound is below 0; otherwise 'not shown'.")
+    f"U(RL)'s lower bound exceeds {UPPER_SHARE}, dU's lower bound exceeds 0 and dU >= {MIN_SHIFT}; 'reversed' if "
+    f"U(RL)'s upper bound is below {UPPER_SHARE}, dU's upper bound is below 0 and dU <= -{MIN_SHIFT}; otherwise "
+    "'not shown'.")
 
 RULES = {"upper_routers": UPPER_ROUTERS_RULE, "crystallization": CRYSTALLIZATION_RULE}
 #: sha256 of this module's source: changes with any rule text, threshold or decision function
@@ -113,18 +117,21 @@ def crystallization(upper_share_rl: dict, delta_upper_share: dict, *, n_sequence
     n_sequences : sequences with think tokens.
     """
     u, d = upper_share_rl, delta_upper_share
-    numbers = {"upper_share_rl": u, "delta_upper_share": d, "threshold": UPPER_SHARE, "n_sequences": int(n_sequences)}
+    numbers = {"upper_share_rl": u, "delta_upper_share": d, "threshold": UPPER_SHARE, "min_shift": MIN_SHIFT,
+               "n_sequences": int(n_sequences)}
     if n_sequences < MIN_SEQUENCES or not _finite(u.get("lo"), u.get("hi"), d.get("lo"), d.get("hi")):
         return _verdict("crystallization", "inconclusive",
                         f"{n_sequences} sequences with think tokens (need {MIN_SEQUENCES}) or an undefined interval",
                         numbers)
-    if u["lo"] > UPPER_SHARE and d["lo"] > 0:
+    if u["lo"] > UPPER_SHARE and d["lo"] > 0 and d["value"] >= MIN_SHIFT:
         return _verdict("crystallization", "reproduces",
-                        f"U(RL) lower bound {u['lo']:.3g} > {UPPER_SHARE} and dU lower bound {d['lo']:.3g} > 0",
+                        f"U(RL) lower bound {u['lo']:.3g} > {UPPER_SHARE}, dU = {d['value']:.3g} [{d['lo']:.3g}, "
+                        f"{d['hi']:.3g}] above 0 and >= {MIN_SHIFT}",
                         numbers)
-    if u["hi"] < UPPER_SHARE and d["hi"] < 0:
+    if u["hi"] < UPPER_SHARE and d["hi"] < 0 and d["value"] <= -MIN_SHIFT:
         return _verdict("crystallization", "reversed",
-                        f"U(RL) upper bound {u['hi']:.3g} < {UPPER_SHARE} and dU upper bound {d['hi']:.3g} < 0",
+                        f"U(RL) upper bound {u['hi']:.3g} < {UPPER_SHARE}, dU = {d['value']:.3g} [{d['lo']:.3g}, "
+                        f"{d['hi']:.3g}] below 0 and <= -{MIN_SHIFT}",
                         numbers)
     return _verdict("crystallization", "not shown",
                     f"U(RL) = {u['value']:.3g} [{u['lo']:.3g}, {u['hi']:.3g}], dU = {d['value']:.3g} "

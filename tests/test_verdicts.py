@@ -133,7 +133,8 @@ def test_too_few_sequences_are_inconclusive_and_unmoved_routers_not_shown():
 
 @pytest.mark.parametrize(("u", "d", "expected"), [
     (ci(0.7, 0.6, 0.8), ci(0.2, 0.1, 0.3), "reproduces"), (ci(0.3, 0.2, 0.4), ci(-0.2, -0.3, -0.1), "reversed"),
-    (ci(0.7, 0.6, 0.8), ci(0.0, -0.1, 0.1), "not shown"), (ci(0.2, 0.2, 0.2), ci(0.0, 0.0, 0.0), "not shown")])
+    (ci(0.7, 0.6, 0.8), ci(0.0, -0.1, 0.1), "not shown"), (ci(0.2, 0.2, 0.2), ci(0.0, 0.0, 0.0), "not shown"),
+    (ci(0.1, 0.08, 0.12), ci(-0.01, -0.02, -0.002), "not shown")])  # a shift below MIN_SHIFT: not a finding
 def test_crystallization_rule(u, d, expected):
     assert verdicts.crystallization(u, d, n_sequences=20)["verdict"] == expected
 

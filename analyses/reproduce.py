@@ -180,7 +180,7 @@ def step_findings(plan: Plan) -> dict:
 
 
 def step_decompose(plan: Plan) -> dict:
-    """Split the gating drift into the router effect and the input effect, per layer (adt_probe.decompose)."""
+    """The exact split of the router-logit change into router term and input term, per layer (adt_probe.decompose)."""
     from analyses.decompose import run
 
     return run(base_path(plan), final_checkpoint(plan), plan.dir / "recordings", plan.dir / "decompose",
@@ -218,7 +218,7 @@ def step_transplant(plan: Plan) -> dict:
         plot.plt.close(fig)
     return {direction: {band: {m: {k: float(ds[f"{m}_delta{s}"].sel(band=band, direction=direction))
                                    for k, s in (("value", ""), ("lo", "_lo"), ("hi", "_hi"))}
-                               for m in ("accuracy", "think_rate", "reward")}
+                               for m in ("accuracy", "think_rate", "reward", "kl_to_rl", "think_logprob")}
                         for band in ds.band.values.tolist()}
             for direction in ds.direction.values.tolist()} | {"reference": dict(ds.attrs)}
 

@@ -48,7 +48,7 @@ from adt_probe.decompose import (
 )
 from adt_probe.stats import bca_interval, hierarchical_interval
 from adt_probe.weights import check_compatible, random_update, router_nulls, router_parameter_names, update_norms
-from analyses import verdicts
+from analyses import checkpoints, verdicts
 
 #: band quantities reported beside the verdict's ratio (see ``adt_probe.decompose.band_sums``)
 BAND_QUANTITIES = ("rel_router", "rel_input", "rel_total", "share_router", "topk_change_router", "top1_flip_router",
@@ -374,12 +374,13 @@ def _null_per_layer(effects, segment: str) -> dict:
 
 def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: int = 5, n_boot: int = 1000,
             max_new_tokens: int = 96, source: str = "rl", mirror: bool = True, batch_size: int = 8,
-            data_path: str = "data", token_labels=content_groups) -> dict:
+            data_path: str = "data", token_labels=content_groups, allow_unverified: bool = False) -> dict:
     """Run every analysis of a base against one or several RL checkpoints; write ``findings.json``, figures and
     ``report.md`` to ``out``. Returns the findings.
 
     ``token_labels(tokenizer, token_ids, segments) -> labels``: the user's token groups for the settling curves
-    (default :func:`content_groups`, the organism's content tokens; None: segments only).
+    (default :func:`content_groups`, the organism's content tokens; None: segments only). Model folders are
+    verified against their manifest first (``analyses.checkpoints``; ``allow_unverified`` for your own models).
     """
     from analyses.report import write_compare_report
 
@@ -387,6 +388,8 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
     if not rl_paths:
         raise CompareInputError("no --rl checkpoint given")
     torch.manual_seed(seed)
+    base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
+    rl_paths = [checkpoints.model_folder(p, allow_unverified=allow_unverified) for p in rl_paths]
     base, processor = load(base_path)
     rls, warnings = [], []
     for path in rl_paths:
@@ -472,6 +475,7 @@ def expand_runs(paths) -> list[str]:
 
 def main(argv=None) -> None:
     from rl.data.items import load_items
+    from rl.train.checkpoint import CheckpointError
 
     ap = argparse.ArgumentParser(prog="adt-probe compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -487,13 +491,16 @@ def main(argv=None) -> None:
     ap.add_argument("--source", choices=["rl", "reference"], default="rl",
                     help="teacher-force the RL model's completions (default) or the items' reference chains")
     ap.add_argument("--no-mirror", action="store_true", help="skip the mirror on the base's own completions")
+    ap.add_argument("--allow-unverified", action="store_true",
+                    help="load model folders that have no manifest.json (your own model) without checksum "
+                         "verification; a warning is printed")
     args = ap.parse_args(argv)
     try:
         items = load_items(args.data)
         result = compare(args.base, expand_runs(args.rl), items, Path(args.out), seed=args.seed, n_nulls=args.nulls,
                          n_boot=args.n_boot, max_new_tokens=args.max_new_tokens, source=args.source,
-                         mirror=not args.no_mirror, data_path=args.data)
-    except CompareInputError as err:
+                         mirror=not args.no_mirror, data_path=args.data, allow_unverified=args.allow_unverified)
+    except (CompareInputError, CheckpointError) as err:
         sys.exit(f"adt-probe compare: {err}")
     for name, v in result["verdicts"].items():
         print(f"{name}: {v['verdict']} ({v['why']})")

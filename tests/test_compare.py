@@ -22,7 +22,7 @@ def rl_dir(tmp_path_factory, tiny_organism, processor):
 
 
 def run(base, rl, items, out, **kw):
-    opts = {"n_nulls": 2, "n_boot": 50, "max_new_tokens": 8, "batch_size": 16, **kw}
+    opts = {"n_nulls": 2, "n_boot": 50, "max_new_tokens": 8, "batch_size": 16, "allow_unverified": True, **kw}
     return compare(base, rl if isinstance(rl, list) else [rl], items, out, **opts)
 
 
@@ -96,7 +96,7 @@ def test_the_command_line_reports_a_bad_pair_in_one_line(tiny_dir, tiny_organism
     write_items(items[:4], tmp_path / "items.jsonl")
     with pytest.raises(SystemExit, match="adt-probe compare: .*different tokenizers"):
         main(["compare", "--base", str(tiny_dir), "--rl", str(other), "--data", str(tmp_path / "items.jsonl"),
-              "--out", str(tmp_path / "o")])
+              "--out", str(tmp_path / "o"), "--allow-unverified"])
 
 
 def test_settling_numbers_on_known_streams_with_user_token_labels():

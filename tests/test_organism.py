@@ -149,7 +149,10 @@ def test_sample_batch_phases():
     items, modes, _ = sample_batch(cfg, 0)
     assert set(modes) == {"describe"} and all(it.audio is not None for it in items)
     items, modes, targets = sample_batch(cfg, 2)
-    assert set(modes) == {"context", "notes"} and all(it.audio is None for it in items)
+    assert set(modes) == {"context", "notes", "chain"} and all(it.audio is None for it in items)
+    for it, mode, target in zip(items, modes, targets):  # "chain" writes the inference steps, nothing else
+        if mode == "chain":
+            assert target.startswith("<think>\n" + " ".join(it.reference_chain[len(it.meta["levels"]):]) + "\n</think>")
     again = sample_batch(cfg, 2)
     assert [it.question for it in again[0]] == [it.question for it in items] and again[2] == targets
 

@@ -208,15 +208,15 @@ def test_train_base_changes_its_decoder_plan_from_the_encoder_checkpoint(tmp_pat
 
 
 def test_shipped_organism_matches_its_manifest():
-    """The shipped weights are the ones the manifest measured (sha256), the architecture of organism v3 (12 MoE
-    layers, 8 experts, top-2) and at most 25 MB."""
+    """The shipped weights are the ones the manifest measured (sha256): every layer MoE, top-2 of at least 8 experts,
+    at most 25 MB."""
     from rl.checkpoint import sha256
 
     manifest = organism.read_manifest()
     for name, meta in manifest["files"].items():
         assert sha256(organism.ORGANISM_DIR / name) == meta["sha256"], name
     text = json.loads((organism.ORGANISM_DIR / "config.json").read_text())["text_config"]
-    assert text["num_hidden_layers"] >= 12 and text["num_experts"] >= 8 and text["num_experts_per_tok"] == 2
+    assert text["num_experts"] >= 8 and text["num_experts_per_tok"] == 2
     assert text["mlp_only_layers"] == [] and text["decoder_sparse_step"] == 1
     assert (organism.ORGANISM_DIR / "model.safetensors").stat().st_size <= 25_000_000
     assert manifest["heldout"]["n_items"] == 420 and manifest["train_config"]["seed"] == manifest["seed"]

@@ -112,7 +112,8 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
 
     out = tmp_path / "org"
     train_base.main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--tokenizer-corpus-items", "50",
-                     "--eval-per-cell", "1", "--encoder-steps", "2", "--perception-steps", "1"])
+                     "--eval-per-cell", "1", "--encoder-steps", "2", "--perception-steps", "1",
+                     "--checkpoint-dir", str(tmp_path / "checkpoints")])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["train_config"]["steps"] == 2 and manifest["heldout"]["n_items"] == 21
     for name, meta in manifest["files"].items():
@@ -120,6 +121,7 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
     model, _ = organism.load_organism(out)
     assert model.config.text_config.num_experts == 8
     assert not list(tmp_path.glob("*.tmp"))  # the temporary folder was renamed into place
+    assert "training done" in (tmp_path / "checkpoints" / "train.log").read_text()
 
 
 def test_frame_labels_follow_the_timeline(items):

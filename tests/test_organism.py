@@ -114,7 +114,8 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
 
     out = tmp_path / "org"
     train_base.main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--tokenizer-corpus-items", "50",
-                     "--eval-per-cell", "1", "--encoder-steps", "2", "--perception-steps", "1"])
+                     "--eval-per-cell", "1", "--encoder-steps", "2", "--perception-steps", "1",
+                     "--checkpoint-dir", str(tmp_path / "checkpoints")])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["train_config"]["steps"] == 2 and manifest["heldout"]["n_items"] == 21
     assert set(manifest["files"]) >= {"model.safetensors", "config.json"}
@@ -122,6 +123,7 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
     model, _ = organism.load_organism(out)
     assert model.config.text_config.num_experts == 8
     assert not list(tmp_path.glob("*.tmp"))  # the temporary folder was renamed into place
+    assert "training done" in (tmp_path / "checkpoints" / "train.log").read_text()
 
 
 def test_frame_labels_follow_the_timeline(items):
@@ -151,7 +153,10 @@ def test_sample_batch_phases():
     items, modes, _ = sample_batch(cfg, 0)
     assert set(modes) == {"describe"} and all(it.audio is not None for it in items)
     items, modes, targets = sample_batch(cfg, 2)
-    assert set(modes) == {"context", "notes"} and all(it.audio is None for it in items)
+    assert set(modes) == {"context", "notes", "chain"} and all(it.audio is None for it in items)
+    for it, mode, target in zip(items, modes, targets):  # "chain" writes the inference steps, nothing else
+        if mode == "chain":
+            assert target.startswith("<think>\n" + " ".join(it.reference_chain[len(it.meta["levels"]):]) + "\n</think>")
     again = sample_batch(cfg, 2)
     assert [it.question for it in again[0]] == [it.question for it in items] and again[2] == targets
 
@@ -204,3 +209,18 @@ def test_train_base_changes_its_decoder_plan_from_the_encoder_checkpoint(tmp_pat
     _, _, history, _ = train(_tiny_cfg(steps=2, mode_weights=(0.5, 0.0, 0.5, 0.0, 0.0)), log=lines.append,
                              checkpoint_dir=tmp_path, resume=True)
     assert history[-1]["step"] == 2 and any("resuming" in line for line in lines)
+
+
+def test_shipped_organism_matches_its_manifest():
+    """The shipped weights are the ones the manifest measured (sha256): every layer MoE, top-2 of at least 8 experts,
+    at most 25 MB."""
+    from rl.checkpoint import sha256
+
+    manifest = organism.read_manifest()
+    for name, meta in manifest["files"].items():
+        assert sha256(organism.ORGANISM_DIR / name) == meta["sha256"], name
+    text = json.loads((organism.ORGANISM_DIR / "config.json").read_text())["text_config"]
+    assert text["num_experts"] >= 8 and text["num_experts_per_tok"] == 2
+    assert text["mlp_only_layers"] == [] and text["decoder_sparse_step"] == 1
+    assert (organism.ORGANISM_DIR / "model.safetensors").stat().st_size <= 25_000_000
+    assert manifest["heldout"]["n_items"] == 420 and manifest["train_config"]["seed"] == manifest["seed"]

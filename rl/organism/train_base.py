@@ -57,7 +57,7 @@ class BaseTrainConfig:
 
     seed: int = 0
     # Decoder steps over all phases: perception (describe only), text (facts as text only), then the skill mix.
-    steps: int = 1000
+    steps: int = 3200
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
@@ -76,16 +76,22 @@ class BaseTrainConfig:
     latent_chain: float = 0.5
     # First decoder steps: describe only. A decoder trained from scratch learns the text prior first and then treats
     # the audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
-    perception_steps: int = 80
+    perception_steps: int = 200
     # Then text only: answers from facts written in the prompt or in the think block, no audio. Combining facts is a
     # text skill; v2 trained it only inside the mix (10%) and answered multi-step questions from written facts no
     # better than from the audio (0.58 and 0.13).
-    text_steps: int = 600
+    text_steps: int = 2000
     # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
     # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written
     # facts, every comparison stayed at chance (pitch 0.47, duration 0.47); the steps put the loss where the comparison
     # is made ("Sound 2 is higher than Sound 1."), a dense signal for the skill the direct answer needs.
-    text_chain: float = 0.3
+    text_chain: float = 0.4
+    # v3b measured (after 364 text steps, chain share 0.3): the written steps were right for two sounds (pitch 0.92
+    # after the chain) but direct answers from written facts stayed at chance (pitch 0.33, multi-step 0.27-0.53).
+    # So the chain examples internalize their steps (Deng et al. 2024, stepwise internalization): over the text phase
+    # they leave out a growing prefix of the inference steps, up to this fraction of them at its end (1: none left,
+    # the answer follows the facts directly).
+    internalize: float = 1.0
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
     encoder_steps: int = 400
@@ -158,7 +164,11 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
                 and rng.random() >= cfg.direct_multistep:
             mode = "notes"
         if mode == "chain":
-            target = f"<think>\n{' '.join(inference_steps(it))}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+            steps = inference_steps(it)
+            # Stepwise internalization: a prefix that grows over the text phase is left out of the written steps.
+            progress = (step - cfg.perception_steps) / max(1, cfg.text_steps)
+            steps = steps[int(cfg.internalize * progress * len(steps)):]
+            target = f"<think>\n{' '.join(steps)}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         elif mode == "notes":
             target = (f"<think>\n{it.meta['description']}\n", f"</think>\n\n<answer>{it.answer}</answer><|im_end|>")
         elif mode == "think" and rng.random() < cfg.latent_think:

@@ -88,9 +88,10 @@ def per_sequence_sums(values: np.ndarray, sequence: np.ndarray, groups: np.ndarr
     cell = sequence.astype(np.int64) * n_groups + groups.astype(np.int64)
     # A sparse (cells x tokens) indicator times the values: one pass, much faster than np.add.at.
     indicator = sparse.csr_matrix((np.ones(n), (cell, np.arange(n))), shape=(n_seq * n_groups, n))
-    flat_v = np.where(ok, values, 0.0).reshape(n, -1)
+    width = int(np.prod(values.shape[1:], dtype=np.int64))  # explicit: reshape(0, -1) is ambiguous
+    flat_v = np.where(ok, values, 0.0).reshape(n, width)
     sums = indicator @ flat_v
-    counts = indicator @ ok.reshape(n, -1).astype(np.float64)
+    counts = indicator @ ok.reshape(n, width).astype(np.float64)
     shape = (n_seq, n_groups, *values.shape[1:])
     return sums.reshape(shape), counts.reshape(shape)
 

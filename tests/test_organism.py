@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
 
+from adt_probe.integrity import sha256
 from rl import organism
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE
@@ -214,8 +215,6 @@ def test_train_base_changes_its_decoder_plan_from_the_encoder_checkpoint(tmp_pat
 def test_shipped_organism_matches_its_manifest():
     """The shipped weights are the ones the manifest measured (sha256): every layer MoE, top-2 of at least 8 experts,
     at most 25 MB."""
-    from rl.checkpoint import sha256
-
     manifest = organism.read_manifest()
     for name, meta in manifest["files"].items():
         assert sha256(organism.ORGANISM_DIR / name) == meta["sha256"], name

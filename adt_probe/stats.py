@@ -49,6 +49,10 @@ def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000,
     counts = np.broadcast_to(np.asarray(counts, dtype=np.float64), sums.shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = sums.sum(0) / counts.sum(0)
+        if n_boot > 0 and sums.shape[0] < 2:
+            warnings.warn(f"{sums.shape[0]} sequence: a bootstrap over sequences needs at least 2, so the intervals "
+                          "are NaN. Record more sequences (or pass n_boot=0 to ask for no interval).", RuntimeWarning,
+                          stacklevel=2)
         if n_boot <= 0 or sums.shape[0] < 2:
             nan = np.full(estimate.shape, np.nan)
             return estimate, nan, nan

@@ -126,9 +126,11 @@ def test_planted_router_changes_top_the_ranking_and_the_rest_stays_at_noise(plan
     rl = plant(base, planted)
     ids = torch.randint(0, 96, (16, 24), generator=torch.Generator().manual_seed(3))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    rec_base = adt_probe.record(base, inputs, routing="full", lens=None, batch_size=16)
-    rec_base_again = adt_probe.record(base, inputs, routing="full", lens=None, batch_size=5)  # another composition
-    rec_rl = adt_probe.record(rl, inputs, routing="full", lens=None, batch_size=16)
+    rec_base = adt_probe.record(base, inputs, routing="full", lens=None,
+                                options=adt_probe.RecordOptions(batch_size=16))
+    rec_base_again = adt_probe.record(base, inputs, routing="full", lens=None,
+                                      options=adt_probe.RecordOptions(batch_size=5))  # another composition
+    rec_rl = adt_probe.record(rl, inputs, routing="full", lens=None, options=adt_probe.RecordOptions(batch_size=16))
     d = gating_drift(rec_base, rec_rl, noise=(rec_base, rec_base_again), n_boot=200)
     assert sorted(rank_layers(d, "js")[: len(planted)]) == planted
     clears = above_noise(d, "js").values

@@ -65,11 +65,25 @@ def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000,
         for start in range(0, flat_s.shape[1], block):
             sl = slice(start, start + block)
             reps = (w @ flat_s[:, sl]) / (w @ flat_c[:, sl])  # NaN where a replicate drew no token of a cell
-            with warnings.catch_warnings():  # cells with no token at all stay NaN, silently
-                warnings.simplefilter("ignore", RuntimeWarning)
-                lo[sl], hi[sl] = np.nanquantile(reps, [alpha, 1 - alpha], axis=0)
+            lo[sl], hi[sl] = _percentiles(reps, alpha)
         lo, hi = lo.reshape(estimate.shape), hi.reshape(estimate.shape)
     return estimate, lo, hi
+
+
+def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The alpha and 1 - alpha quantiles of each column of (replicates, cells), ignoring NaN replicates.
+
+    ``np.nanquantile`` loops over columns in Python; only the columns that hold a NaN need it (cells whose every
+    replicate is NaN, no token at all, stay NaN silently).
+    """
+    lo, hi = np.full(reps.shape[1], np.nan), np.full(reps.shape[1], np.nan)
+    nan = np.isnan(reps)
+    clean, partial = ~nan.any(0), nan.any(0) & ~nan.all(0)
+    if clean.any():
+        lo[clean], hi[clean] = np.quantile(reps[:, clean], [alpha, 1 - alpha], axis=0)
+    if partial.any():
+        lo[partial], hi[partial] = np.nanquantile(reps[:, partial], [alpha, 1 - alpha], axis=0)
+    return lo, hi
 
 
 def per_sequence_sums(values: np.ndarray, sequence: np.ndarray, groups: np.ndarray, n_seq: int,

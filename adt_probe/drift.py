@@ -334,7 +334,7 @@ def band_contrast(base: xr.Dataset, rl: xr.Dataset, *, lower: list[int], upper: 
     -------
     dict with ``lower``, ``upper`` and ``difference`` (each ``{"value", "lo", "hi"}``), ``metric``, ``segment``.
     """
-    from adt_probe.stats import replicate_weights
+    from adt_probe.stats import can_resample, replicate_weights
 
     check_same_tokens(base, rl)
     sums, counts, _, _ = _accumulate(base, rl, "segment", chunk_tokens)
@@ -345,6 +345,8 @@ def band_contrast(base: xr.Dataset, rl: xr.Dataset, *, lower: list[int], upper: 
         band = {name: (w @ s[:, idx].sum(1)) / (w @ c[:, idx].sum(1)) for name, idx in
                 (("lower", list(lower)), ("upper", list(upper)))}
     band["difference"] = band["upper"] - band["lower"]
+    if not can_resample(s.shape[0], n_boot):
+        band = {name: np.r_[v[0], np.nan] for name, v in band.items()}  # no interval: lo = hi = NaN
     summary = {name: {"value": float(v[0]), "lo": float(np.nanquantile(v[1:], 0.025)),
                       "hi": float(np.nanquantile(v[1:], 0.975))} for name, v in band.items()}
     return {**summary, "metric": metric, "segment": segment, "lower_layers": list(lower),

@@ -29,6 +29,15 @@ def replicate_weights(n_seq: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_seq, np.full(n_seq, 1.0 / n_seq), size=n_boot).astype(np.float64)
 
 
+def can_resample(n_seq: int, n_boot: int) -> bool:
+    """Whether a bootstrap over ``n_seq`` sequences gives an interval; warns when replicates were asked for but there
+    are fewer than 2 sequences (every replicate would be the estimate: the intervals are NaN instead)."""
+    if n_boot > 0 and n_seq < 2:
+        warnings.warn(f"{n_seq} sequence: a bootstrap over sequences needs at least 2, so the intervals are NaN. "
+                      "Record more sequences (or pass n_boot=0 to ask for no interval).", RuntimeWarning, stacklevel=3)
+    return n_boot > 0 and n_seq >= 2
+
+
 def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95, block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token-weighted mean with a percentile bootstrap interval over sequences.
@@ -49,11 +58,7 @@ def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000,
     counts = np.broadcast_to(np.asarray(counts, dtype=np.float64), sums.shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = sums.sum(0) / counts.sum(0)
-        if n_boot > 0 and sums.shape[0] < 2:
-            warnings.warn(f"{sums.shape[0]} sequence: a bootstrap over sequences needs at least 2, so the intervals "
-                          "are NaN. Record more sequences (or pass n_boot=0 to ask for no interval).", RuntimeWarning,
-                          stacklevel=2)
-        if n_boot <= 0 or sums.shape[0] < 2:
+        if not can_resample(sums.shape[0], n_boot):
             nan = np.full(estimate.shape, np.nan)
             return estimate, nan, nan
         w = replicate_weights(sums.shape[0], n_boot, seed)

@@ -406,3 +406,9 @@ def test_one_sequence_has_nan_intervals_and_says_so():
     with pytest.warns(RuntimeWarning, match="1 sequence: a bootstrap over sequences needs at least 2"):
         est, lo, hi = bootstrap_ratio(np.array([[2.0]]), np.array([[1.0]]), n_boot=10)
     assert est[0] == 2.0 and np.isnan(lo[0]) and np.isnan(hi[0])
+    one = adt_probe.testing.synthetic_recording(n_sequences=1, seq_len=16, n_layers=4, seed=1)
+    other = adt_probe.testing.synthetic_recording(n_sequences=1, seq_len=16, n_layers=4, seed=2)
+    other = other.assign_coords(token_id=one.token_id)
+    with pytest.warns(RuntimeWarning, match="1 sequence"):
+        band = adt_probe.band_contrast(one, other, lower=[0, 1], upper=[2, 3], n_boot=20)
+    assert np.isfinite(band["difference"]["value"]) and np.isnan(band["difference"]["lo"])

@@ -143,9 +143,9 @@ def _normalised_topk(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return experts, (w / np.where(total > 0, total, 1.0)).astype(np.float64), valid
 
 
-def _plogp_ratio(p: np.ndarray, m: np.ndarray) -> np.ndarray:
+def _xlogx(p: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(p > 0, p * (np.log(p) - np.log(m)), 0.0).sum(-1)
+        return np.where(p > 0, p * np.log(p), 0.0)
 
 
 def topk_token_metrics(a: xr.Dataset, b: xr.Dataset) -> dict[str, np.ndarray]:
@@ -154,18 +154,26 @@ def topk_token_metrics(a: xr.Dataset, b: xr.Dataset) -> dict[str, np.ndarray]:
 
     Returns the metrics it can compute this way (``js``, ``kl`` (NaN), ``topk_jaccard``, ``top1_agreement``,
     ``entropy_delta``), each (tokens, layers); equal to ``token_metrics`` (tested).
+
+    Notes
+    -----
+    JS(a, b) = H(m) - (H(a) + H(b)) / 2 with m = (a + b) / 2: on base's experts m = (w_a + w_b at them) / 2, on the
+    experts only rl selected m = w_b / 2.
     """
     ea, wa, va = _normalised_topk(a)
     eb, wb, vb = _normalised_topk(b)
-    same = (ea[..., :, None] == eb[..., None, :]) & va[..., :, None] & vb[..., None, :]  # (tokens, layers, k, k)
-    wb_at_a = (same * wb[..., None, :]).sum(-1)  # the rl weight of each of base's experts (0 if not selected)
-    wa_at_b = (same * wa[..., :, None]).sum(-2)
-    js = (0.5 * _plogp_ratio(wa, 0.5 * (wa + wb_at_a)) + 0.5 * _plogp_ratio(wb, 0.5 * (wb + wa_at_b))) / np.log(2)
-    inter = (ea[..., :, None] == eb[..., None, :]).any(-1).sum(-1)
+    equal = ea[..., :, None] == eb[..., None, :]  # (tokens, layers, k, k)
+    same = equal & va[..., :, None] & vb[..., None, :]
+    in_b = same.any(-1)  # base's slot j holds an expert rl also selected
+    wb_at_a = np.where(in_b, np.take_along_axis(wb, same.argmax(-1), -1), 0.0)
+    only_b = np.where(same.any(-2), 0.0, 0.5 * wb)
+    xa, xb = _xlogx(wa).sum(-1), _xlogx(wb).sum(-1)  # -H(a), -H(b)
+    m_log_m = _xlogx(0.5 * (wa + wb_at_a)).sum(-1) + _xlogx(only_b).sum(-1)
+    js = (0.5 * xa + 0.5 * xb - m_log_m) / np.log(2)
+    inter = equal.any(-1).sum(-1)
     k = ea.shape[-1]
     out = {"js": js, "kl": np.full(js.shape, np.nan), "topk_jaccard": inter / (2 * k - inter),
-           "top1_agreement": (ea[..., 0] == eb[..., 0]).astype(np.float64),
-           "entropy_delta": _plogp_ratio(wa, np.ones_like(wa)) - _plogp_ratio(wb, np.ones_like(wb))}
+           "top1_agreement": (ea[..., 0] == eb[..., 0]).astype(np.float64), "entropy_delta": xa - xb}
     dense = (ea < 0).all(-1)
     for v in out.values():
         v[dense] = np.nan

@@ -67,8 +67,15 @@ def _plain_linear(unembed, x: torch.Tensor) -> bool:
             and x.dtype == torch.float32 and not unembed._forward_hooks and not unembed._forward_pre_hooks)
 
 
+#: vocabulary sizes up to which a row-wise dot product is ``vecdot`` (a small temporary; many tiny ``bmm`` batches
+#: cost more: 0.9 vs 8.5 ms at 512 x 640), above which it is a ``bmm`` (no (rows, vocab) temporary to fault in)
+ROWDOT_VECDOT_UP_TO = 8192
+
+
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product of two (rows, vocab) tensors, shape (rows,), without an elementwise temporary."""
+    """Row-wise dot product of two (rows, vocab) tensors, shape (rows,)."""
+    if a.shape[-1] <= ROWDOT_VECDOT_UP_TO:
+        return torch.linalg.vecdot(a, b)
     return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 

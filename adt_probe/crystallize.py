@@ -28,7 +28,7 @@ import xarray as xr
 from adt_probe.architectures import architecture, get_module
 from adt_probe.decompose import batches
 from adt_probe.drift import ALL, check_same_tokens, segment_index
-from adt_probe.segments import SEGMENTS
+from adt_probe.segments import segment_names
 from adt_probe.stats import bca_interval, bootstrap_ratio, per_sequence_sums
 
 CURVES = ("lens_logprob", "lens_rank", "lens_kl_final", "lens_entropy")
@@ -54,17 +54,19 @@ def crystallization_layer(top1: np.ndarray) -> np.ndarray:
 
 
 def _groups(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per token: index into ``segment_names(ds.segment)``, index of its sequence; and the number of sequences."""
     seq_ids, seq_index = np.unique(ds["sequence"].values, return_inverse=True)
     return segment_index(ds), seq_index, len(seq_ids)
 
 
 def segment_means(values: np.ndarray, seg: np.ndarray, seq: np.ndarray, n_seq: int, *, n_boot: int,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  seed: int, n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token-weighted means per segment plus ``"all"`` (last row), with sequence-bootstrap intervals.
 
-    ``values`` is (tokens, ...); returns estimate, lo, hi of shape (len(SEGMENTS) + 1, ...).
+    ``values`` is (tokens, ...), ``seg`` indexes ``n_segments`` segment names; returns estimate, lo, hi of shape
+    (n_segments + 1, ...).
     """
-    groups = len(SEGMENTS) + 1
+    groups = n_segments + 1
     s1, c1 = per_sequence_sums(values, seq, seg, n_seq, groups)
     s2, c2 = per_sequence_sums(values, seq, np.full_like(seg, groups - 1), n_seq, groups)
     return bootstrap_ratio(s1 + s2, c1 + c2, n_boot=n_boot, seed=seed)
@@ -94,28 +96,30 @@ def crystallization(recording: xr.Dataset, *, lens: str = "logit", n_boot: int =
     top1 = recording["lens_top1"].values
     layer_of = crystallization_layer(top1)
     seg, seq, n_seq = _groups(recording)
+    names = segment_names(recording["segment"].values)
     n_layers = top1.shape[1]
     data = {"crystallization_layer": ("token", layer_of)}
 
     def summarise(values: np.ndarray, name: str, dims: tuple[str, ...]) -> None:
-        est, lo, hi = segment_means(values, seg, seq, n_seq, n_boot=n_boot, seed=seed)
+        est, lo, hi = segment_means(values, seg, seq, n_seq, n_boot=n_boot, seed=seed, n_segments=len(names))
         for suffix, v in (("", est), ("_lo", lo), ("_hi", hi)):
             data[name + suffix] = (dims, v.T if v.ndim == 2 else v)
 
     summarise(layer_of, "mean_crystallization_layer", ("segment",))
     onehot = (layer_of[:, None] == np.arange(n_layers)).astype(np.float64)
     onehot[np.isnan(layer_of)] = np.nan
-    data["layer_histogram"] = (("segment", "layer"), segment_means(onehot, seg, seq, n_seq, n_boot=0, seed=seed)[0])
+    data["layer_histogram"] = (("segment", "layer"), segment_means(onehot, seg, seq, n_seq, n_boot=0, seed=seed,
+                                                                      n_segments=len(names))[0])
     for name in CURVES:
         if name in recording:
             values = recording[name].values.astype(np.float64)
             if name == "lens_rank":
                 values = np.where(values < 0, np.nan, values)
             summarise(values, name, ("layer", "segment"))
-    ds = xr.Dataset(data, coords={"segment": [*SEGMENTS, ALL], "layer": recording["layer"].values,
+    ds = xr.Dataset(data, coords={"segment": [*names, ALL], "layer": recording["layer"].values,
                                   "sequence": ("token", recording["sequence"].values),
                                   "token_segment": ("token", recording["segment"].values)})
-    ds["n_tokens"] = ("segment", np.array([(seg == i).sum() for i in range(len(SEGMENTS))] + [len(seg)]))
+    ds["n_tokens"] = ("segment", np.array([(seg == i).sum() for i in range(len(names))] + [len(seg)]))
     ds.attrs = {"kind": "crystallization", "lens": lens, "n_boot": n_boot, "seed": seed,
                 "model": str(recording.attrs.get("model_path", "")),
                 "interval": "95% percentile bootstrap over sequences",
@@ -136,10 +140,11 @@ def compare_crystallization(base: xr.Dataset, rl: xr.Dataset, *, lens: str = "lo
     """
     check_same_tokens(base, rl)
     seg, seq, n_seq = _groups(base)
+    names = segment_names(base["segment"].values)
     data = {}
 
     def paired(a: np.ndarray, b: np.ndarray, name: str, dims: tuple[str, ...]) -> None:
-        est, lo, hi = segment_means(b - a, seg, seq, n_seq, n_boot=n_boot, seed=seed)
+        est, lo, hi = segment_means(b - a, seg, seq, n_seq, n_boot=n_boot, seed=seed, n_segments=len(names))
         for suffix, v in (("", est), ("_lo", lo), ("_hi", hi)):
             data[name + suffix] = (dims, v.T if v.ndim == 2 else v)
 
@@ -152,7 +157,7 @@ def compare_crystallization(base: xr.Dataset, rl: xr.Dataset, *, lens: str = "lo
             if name == "lens_rank":
                 a, b = np.where(a < 0, np.nan, a), np.where(b < 0, np.nan, b)
             paired(a, b, f"delta_{name}", ("layer", "segment"))
-    out = xr.Dataset(data, coords={"segment": [*SEGMENTS, ALL], "layer": base["layer"].values})
+    out = xr.Dataset(data, coords={"segment": [*names, ALL], "layer": base["layer"].values})
     for label, ds in (("base", base), ("rl", rl)):
         c = crystallization(ds, lens=lens, n_boot=0)
         out[f"{label}_mean_layer"] = c["mean_crystallization_layer"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from adt_probe.segments import SEGMENTS
+from adt_probe.segments import segment_names
 from adt_probe.stats import bootstrap_ratio, per_sequence_sums
 
 TOKEN_METRICS = ("js", "kl", "topk_jaccard", "top1_agreement", "entropy_delta")
@@ -120,13 +120,93 @@ def expert_counts(ds: xr.Dataset) -> np.ndarray:
     return counts
 
 
-def segment_index(ds: xr.Dataset) -> np.ndarray:
-    """Index into ``SEGMENTS`` of every token's segment, shape (tokens,)."""
-    names, inverse = np.unique(ds["segment"].values.astype(str), return_inverse=True)
-    unknown = set(names) - set(SEGMENTS)
-    if unknown:
-        raise DriftInputError(f"unknown segment labels {sorted(unknown)}; expected {SEGMENTS}")
-    return np.array([SEGMENTS.index(s) for s in names], np.int64)[inverse]
+def segment_index(ds: xr.Dataset, names: list[str] | None = None) -> np.ndarray:
+    """Index into ``names`` (default ``segment_names(ds.segment)``: the chat segments, then the user's own labels) of
+    every token's segment, shape (tokens,)."""
+    names = names if names is not None else segment_names(ds["segment"].values)
+    found, inverse = np.unique(ds["segment"].values.astype(str), return_inverse=True)
+    missing = set(found) - set(names)
+    if missing:
+        raise DriftInputError(f"segment labels {sorted(missing)} are not among {names}")
+    return np.array([names.index(s) for s in found], np.int64)[inverse]
+
+
+# --- the streaming kernel: per (sequence, segment) sums over chunks of tokens --------------------------------------
+
+def _normalised_topk(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Experts (tokens, layers, k), their weights renormalised to sum 1 (float64, 0 on empty slots) and the valid
+    mask, exactly as ``router_probs`` scatters them over experts."""
+    experts, weights = ds["topk_experts"].values, ds["topk_weights"].values
+    valid = experts >= 0
+    w = np.where(valid, weights, 0.0)
+    total = w.sum(-1, keepdims=True)
+    return experts, (w / np.where(total > 0, total, 1.0)).astype(np.float64), valid
+
+
+def _xlogx(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * np.log(p), 0.0)
+
+
+def topk_token_metrics(a: xr.Dataset, b: xr.Dataset) -> dict[str, np.ndarray]:
+    """``token_metrics`` of two top-k-only chunks on the k selected experts: O(k^2) per token and layer instead of
+    O(experts) (the distributions are zero outside the top-k, so every sum runs over the union of the two sets).
+
+    Returns the metrics it can compute this way (``js``, ``kl`` (NaN), ``topk_jaccard``, ``top1_agreement``,
+    ``entropy_delta``), each (tokens, layers); equal to ``token_metrics`` (tested).
+
+    Notes
+    -----
+    JS(a, b) = H(m) - (H(a) + H(b)) / 2 with m = (a + b) / 2: on base's experts m = (w_a + w_b at them) / 2, on the
+    experts only rl selected m = w_b / 2.
+    """
+    ea, wa, va = _normalised_topk(a)
+    eb, wb, vb = _normalised_topk(b)
+    equal = ea[..., :, None] == eb[..., None, :]  # (tokens, layers, k, k)
+    same = equal & va[..., :, None] & vb[..., None, :]
+    in_b = same.any(-1)  # base's slot j holds an expert rl also selected
+    wb_at_a = np.where(in_b, np.take_along_axis(wb, same.argmax(-1), -1), 0.0)
+    only_b = np.where(same.any(-2), 0.0, 0.5 * wb)
+    xa, xb = _xlogx(wa).sum(-1), _xlogx(wb).sum(-1)  # -H(a), -H(b)
+    m_log_m = _xlogx(0.5 * (wa + wb_at_a)).sum(-1) + _xlogx(only_b).sum(-1)
+    js = (0.5 * xa + 0.5 * xb - m_log_m) / np.log(2)
+    inter = equal.any(-1).sum(-1)
+    k = ea.shape[-1]
+    out = {"js": js, "kl": np.full(js.shape, np.nan), "topk_jaccard": inter / (2 * k - inter),
+           "top1_agreement": (ea[..., 0] == eb[..., 0]).astype(np.float64), "entropy_delta": xa - xb}
+    dense = (ea < 0).all(-1)
+    for v in out.values():
+        v[dense] = np.nan
+    no_dist = ~va.any(-1) | ~vb.any(-1)
+    for name in ("js", "kl", "entropy_delta"):
+        out[name][no_dist] = np.nan
+    return out
+
+
+def _chunk_metrics(ca: xr.Dataset, cb: xr.Dataset, scoring: str) -> tuple[dict[str, np.ndarray], str]:
+    """Per token x layer metrics of one chunk: on the top-k sets when the recordings hold no full router logits."""
+    if "router_logits" in ca or "router_logits" in cb:
+        return token_metrics(ca, cb, scoring)
+    fast = topk_token_metrics(ca, cb)
+    if set(TOKEN_METRICS) - set(fast):  # a metric the top-k kernel does not know: computed over all experts
+        fast.update({k: v for k, v in token_metrics(ca, cb, scoring)[0].items() if k not in fast})
+    return {k: fast[k] for k in TOKEN_METRICS}, "topk"
+
+
+def _slot_sums(ds: xr.Dataset, cell: np.ndarray, n_cells: int) -> np.ndarray:
+    """Top-k slots each expert fills, summed per cell: (n_cells, layers, experts), with one ``bincount`` instead of
+    a (tokens, layers, experts) indicator."""
+    experts = ds["topk_experts"].values.astype(np.int64)
+    n_layers, n_experts = experts.shape[1], ds.sizes["expert"]
+    index = (cell[:, None, None] * n_layers + np.arange(n_layers)[None, :, None]) * n_experts + experts
+    index = index[experts >= 0]
+    return np.bincount(index, minlength=n_cells * n_layers * n_experts).reshape(n_cells, n_layers, n_experts)
+
+
+def _read_block(ds: xr.Dataset, chunk_tokens: int) -> int:
+    """Tokens read from storage at a time: a whole store chunk when that is larger (each is decompressed once)."""
+    chunks = ds["topk_experts"].chunks
+    return max(chunk_tokens, int(chunks[0][0]) if chunks else chunk_tokens)
 
 
 def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int):
@@ -135,30 +215,39 @@ def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int)
     seq_all = a["sequence"].values
     seq_ids, seq_index = np.unique(seq_all, return_inverse=True)
     n_seq = len(seq_ids)
-    n_groups = len(SEGMENTS) if by == "segment" else 0
+    names = segment_names(a["segment"].values)
+    n_groups = len(names) if by == "segment" else 0
     groups_total = n_groups + 1  # the last group is "all"
     sums = {m: 0.0 for m in TOKEN_METRICS}
     counts = dict(sums)
-    load_a = load_b = load_n = 0.0
+    load_a = np.zeros((n_seq, groups_total, a.sizes["layer"], a.sizes["expert"]))
+    load_b, load_n = np.zeros_like(load_a), 0.0
     source = "topk"
     n = a.sizes["token"]
-    for start in range(0, n, chunk_tokens):
-        sl = slice(start, min(n, start + chunk_tokens))
-        ca, cb = a.isel(token=sl).load(), b.isel(token=sl).load()
-        metrics, source = token_metrics(ca, cb, scoring)
-        seg = segment_index(ca) if by == "segment" else np.zeros(ca.sizes["token"], np.int64)
-        seqs = seq_index[sl]
-        slots_a, slots_b, ones = expert_counts(ca), expert_counts(cb), np.ones(len(seqs))  # once per chunk
-        # Each token counts in its segment and in "all" (the last group).
-        for groups in ([seg, np.full_like(seg, n_groups)] if by == "segment" else [seg]):
-            for name, values in metrics.items():
-                s, c = per_sequence_sums(values, seqs, groups, n_seq, groups_total)
-                sums[name] = sums[name] + s
-                counts[name] = counts[name] + c
-            la, _ = per_sequence_sums(slots_a, seqs, groups, n_seq, groups_total)
-            lb, _ = per_sequence_sums(slots_b, seqs, groups, n_seq, groups_total)
-            ln, _ = per_sequence_sums(ones, seqs, groups, n_seq, groups_total)
-            load_a, load_b, load_n = load_a + la, load_b + lb, load_n + ln
+    block = _read_block(a, chunk_tokens)
+    for block_start in range(0, n, block):
+        blk = slice(block_start, min(n, block_start + block))
+        ba, bb = a.isel(token=blk).load(), b.isel(token=blk).load()
+        for start in range(0, blk.stop - blk.start, chunk_tokens):
+            sl = slice(start, min(blk.stop - blk.start, start + chunk_tokens))
+            ca, cb = ba.isel(token=sl), bb.isel(token=sl)
+            metrics, source = _chunk_metrics(ca, cb, scoring)
+            seg = segment_index(ca, names) if by == "segment" else np.zeros(ca.sizes["token"], np.int64)
+            seqs = seq_index[block_start + sl.start: block_start + sl.stop]
+            first = seqs.min()  # a chunk spans few sequences: count slots only over those
+            span = int(seqs.max() - first + 1)
+            # Each token counts in its segment and in "all" (the last group).
+            for groups in ([seg, np.full_like(seg, n_groups)] if by == "segment" else [seg]):
+                for name, values in metrics.items():
+                    s, c = per_sequence_sums(values, seqs, groups, n_seq, groups_total)
+                    sums[name] = sums[name] + s
+                    counts[name] = counts[name] + c
+                cell = (seqs - first) * groups_total + groups
+                for load, chunk in ((load_a, ca), (load_b, cb)):
+                    load[first: first + span] += _slot_sums(chunk, cell, span * groups_total).reshape(
+                        span, groups_total, *load.shape[2:])
+                ln, _ = per_sequence_sums(np.ones(len(seqs)), seqs, groups, n_seq, groups_total)
+                load_n = load_n + ln
     return sums, counts, (load_a, load_b, load_n), source
 
 
@@ -187,7 +276,7 @@ def gating_drift(base: xr.Dataset, rl: xr.Dataset, *, by: str | None = "segment"
         raise ValueError(f"by={by!r}: use 'segment' or None")
     check_same_tokens(base, rl)
     sums, counts, (la, lb, ln), source = _accumulate(base, rl, by, chunk_tokens)
-    segments = [*SEGMENTS, ALL] if by == "segment" else [ALL]
+    segments = [*segment_names(base["segment"].values), ALL] if by == "segment" else [ALL]
     layer = base["layer"].values
     data, dims = {}, ("layer", "segment")
     for name in TOKEN_METRICS:
@@ -253,17 +342,19 @@ def band_contrast(base: xr.Dataset, rl: xr.Dataset, *, lower: list[int], upper: 
     -------
     dict with ``lower``, ``upper`` and ``difference`` (each ``{"value", "lo", "hi"}``), ``metric``, ``segment``.
     """
-    from adt_probe.stats import replicate_weights
+    from adt_probe.stats import can_resample, replicate_weights
 
     check_same_tokens(base, rl)
     sums, counts, _, _ = _accumulate(base, rl, "segment", chunk_tokens)
-    g = [*SEGMENTS, ALL].index(segment)
+    g = [*segment_names(base["segment"].values), ALL].index(segment)
     s, c = sums[metric][:, g, :], counts[metric][:, g, :]  # (seq, layer)
     w = np.vstack([np.ones(s.shape[0]), replicate_weights(s.shape[0], n_boot, seed)])  # row 0: the estimate
     with np.errstate(invalid="ignore", divide="ignore"):
         band = {name: (w @ s[:, idx].sum(1)) / (w @ c[:, idx].sum(1)) for name, idx in
                 (("lower", list(lower)), ("upper", list(upper)))}
     band["difference"] = band["upper"] - band["lower"]
+    if not can_resample(s.shape[0], n_boot):
+        band = {name: np.r_[v[0], np.nan] for name, v in band.items()}  # no interval: lo = hi = NaN
     summary = {name: {"value": float(v[0]), "lo": float(np.nanquantile(v[1:], 0.025)),
                       "hi": float(np.nanquantile(v[1:], 0.975))} for name, v in band.items()}
     return {**summary, "metric": metric, "segment": segment, "lower_layers": list(lower),

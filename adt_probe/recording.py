@@ -5,14 +5,15 @@ input of every router and the residual stream after every decoder block, and der
 
 * routing - router logits recomputed in fp32 from the router's input and weight (so their meaning never depends on
   what a transformers release returns), the top-k experts and their weights exactly as the model selects them;
-* lens - for the residual stream after block ``i``: final norm, unembedding, log-softmax (logit lens; or a tuned
-  lens' translator first), then per token the log-prob and rank of the realised next token, the entropy, the KL
+* lens - for the residual stream after block ``i``: a lens object (``LogitLens()``, a ``TunedLens``; see
+  ``adt_probe.lens``), then per token the log-prob and rank of the realised next token, the entropy, the KL
   divergence from the model's own output distribution and the top-1 token. It works in chunks of tokens, so
   layers x tokens x vocabulary is never held in memory.
 
 Dataset layout (see ``SCHEMA_VERSION``): dims ``token, layer, expert, k``; token coordinates ``sequence``,
-``position``, ``token_id``, ``segment``; layer coordinate ``moe_layer`` (False for dense blocks, whose routing
-variables hold -1 / NaN).
+``position``, ``token_id``, ``segment`` (and ``token_str`` with a tokenizer); layer coordinate ``moe_layer`` (False
+for dense blocks, whose routing variables hold -1 / NaN); every variable has ``long_name``, ``units`` and
+``description`` attributes.
 
 Examples
 --------
@@ -20,14 +21,18 @@ Examples
 >>> batch = processor(text=texts, audio=clips, return_tensors="pt", padding=True)   # doctest: +SKIP
 >>> ds = record(model, batch, tokenizer=processor.tokenizer)                        # doctest: +SKIP
 >>> ds.topk_experts.sel(layer=7).to_series().head()                               # doctest: +SKIP
+>>> ds = record(model, ["Is it high? <think>yes</think>"], tokenizer=tokenizer, lens=None)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +40,7 @@ import xarray as xr
 
 from adt_probe.architectures import ArchitectureSpec, architecture, get_module
 from adt_probe.integrity import versions
+from adt_probe.lens import Lens, LogitLens, check_lens, lens_statistics
 from adt_probe.segments import segment_tokens
 
 SCHEMA_VERSION = "1"
@@ -42,7 +48,6 @@ SCHEMA_VERSION = "1"
 #: by every zarr implementation.
 ZARR_FORMAT = 2
 ROUTING_MODES = ("topk", "full", None)
-LENS_MODES = ("logit", "tuned", None)
 BACKENDS = ("nnsight", "hooks")
 
 
@@ -97,146 +102,71 @@ def capture_nnsight(model, spec: ArchitectureSpec, inputs: Mapping) -> Captured:
     return [_first(r) for r in resid], router_in
 
 
-# --- the lens -------------------------------------------------------------------------------------------------------
+# --- inputs: text, token lists or what a processor returns -------------------------------------------------------
 
-def _plain_linear(unembed, x: torch.Tensor) -> bool:
-    """True when the unembedding is exactly ``x @ weight.T`` in fp32 (bias-free, hook-free ``nn.Linear``)."""
-    return (isinstance(unembed, torch.nn.Linear) and unembed.bias is None and unembed.weight.dtype == torch.float32
-            and x.dtype == torch.float32 and not unembed._forward_hooks and not unembed._forward_pre_hooks)
+def _is_text_list(x) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, str) and len(x) > 0 and all(isinstance(t, str) for t in x)
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product of two (rows, vocab) tensors, shape (rows,), without an elementwise temporary."""
-    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+def _pad_rows(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Ragged rows of ints -> (len(rows), longest) int64, right-padded with ``value``."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-#: layers beyond which KL's cross term sum(p_f z) comes from one (p_f W) product per chunk instead of a pass per layer
-CROSS_BY_PRODUCT_AFTER = 16
-
-
-def _logit_statistics(z: torch.Tensor, target: torch.Tensor, *, p: torch.Tensor, scratch: torch.Tensor
-                      ) -> dict[str, torch.Tensor]:
-    """Statistics of logits z (rows, vocab) for targets (rows, 1): each (rows,).
-
-    Writes softmax(z) into ``p`` and uses ``scratch`` (may be ``p``: it is read before) for the rank comparison.
-    Returns ``log_z`` (log partition), ``logprob`` (of the target, nats), ``rank`` (0 = top), ``entropy`` (nats) and
-    ``top1``.
-    """
-    zmax, top1 = z.max(dim=-1)
-    torch.softmax(z, dim=-1, out=p)
-    log_z = zmax - p.gather(1, top1[:, None])[:, 0].log()  # p(argmax) >= 1 / vocab: no underflow
-    entropy = log_z - _rowdot(p, z)
-    z_t = z.gather(1, target)
-    rank = torch.gt(z, z_t, out=scratch).sum(-1).to(torch.int32)
-    return {"log_z": log_z, "logprob": z_t[:, 0] - log_z, "rank": rank, "entropy": entropy, "top1": top1}
-
-
-def _store(out: dict[str, np.ndarray], layer: int, stats: dict[str, torch.Tensor], rows: slice, where: np.ndarray,
-           has: np.ndarray) -> None:
-    """Copy one chunk's statistics into the (tokens, layers) arrays; target-based ones only where a target exists."""
-    out["lens_logprob"][where, layer] = stats["logprob"][has].cpu().numpy()
-    out["lens_rank"][where, layer] = stats["rank"][has].cpu().numpy()
-    out["lens_entropy"][rows, layer] = stats["entropy"].cpu().numpy()
-    out["lens_top1"][rows, layer] = stats["top1"].cpu().numpy()
-
-
-def default_chunk_tokens(vocab: int) -> int:
-    """Tokens per lens chunk: 512, fewer for large vocabularies so each (chunk, vocab) fp32 buffer stays <= 128 MB."""
-    return int(max(16, min(512, 2**25 // vocab)))
-
-
-def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: ArchitectureSpec, model,
-                    translator=None, chunk_tokens: int | None = None) -> dict[str, np.ndarray]:
-    """Per token x layer lens statistics of residual streams.
+def model_inputs(inputs, tokenizer=None) -> dict:
+    """What ``record`` runs the model on, from any of the forms it accepts.
 
     Parameters
     ----------
-    resid : one tensor per layer, each (tokens, hidden): the residual stream after that block.
-    targets : (tokens,) int64, the realised next token, or -1 where there is none (last token of a sequence).
-    translator : a tuned lens (``translator(h, layer)`` -> h) applied before the final norm, or None (logit lens).
-    chunk_tokens : tokens per chunk (default: ``default_chunk_tokens(vocab)``); the workspace is three
-        (chunk_tokens, vocab) fp32 buffers (512 x 49,152: 300 MB).
+    inputs : a string or a list of strings (tokenized with ``tokenizer``, no special tokens added beyond what the
+        tokenizer adds by default); a mapping (a processor's ``BatchEncoding`` or a dict) whose ``input_ids`` is a
+        (batch, seq) tensor or array, or a list of token-id lists of any lengths (right-padded here, with an
+        ``attention_mask``).
+    tokenizer : needed for text; its ``pad_token_id`` pads ragged lists (0 without one: masked out anyway).
 
     Returns
     -------
-    dict of arrays (tokens, layers): ``lens_logprob`` (nats, NaN without target), ``lens_rank`` (0 = top, -1 without
-    target), ``lens_entropy`` (nats), ``lens_kl_final`` (KL(final || layer), nats), ``lens_top1`` (token id).
-
-    Notes
-    -----
-    With z the lens logits and p = softmax(z): log Z = max z - log p(argmax z), log p(t) = z_t - log Z, entropy =
-    log Z - sum(p z), KL(final || layer) = sum(p_f log p_f) - sum(p_f z) + log Z. Per layer and chunk that is one
-    unembedding and four passes over (chunk, vocab) buffers (max, softmax, sum(p z), rank). The buffers are reused:
-    a fresh (chunk, vocab) tensor is an mmap'd allocation whose pages fault in on first touch, which cost more than
-    the arithmetic (measured: a fresh ``z > z_t`` 60 ms, into a reused buffer 7 ms, at 512 x 49,152). When the
-    unembedding is a plain linear map W, sum(p_f z) = (p_f W) . x for the normed residual x: one (chunk, hidden)
-    product per chunk replaces a pass over the vocabulary per layer (for models deeper than
-    ``CROSS_BY_PRODUCT_AFTER`` layers, where that pays).
+    dict of tensors: ``input_ids`` (batch, seq) int64, ``attention_mask`` when given or made, other inputs unchanged.
     """
-    norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
-    n, n_layers = targets.shape[0], len(resid)
-    out = {"lens_logprob": np.full((n, n_layers), np.nan, np.float32),
-           "lens_rank": np.full((n, n_layers), -1, np.int32),
-           "lens_entropy": np.zeros((n, n_layers), np.float32),
-           "lens_kl_final": np.zeros((n, n_layers), np.float32),
-           "lens_top1": np.zeros((n, n_layers), np.int32)}
-    if n == 0:
+    if isinstance(inputs, str) or _is_text_list(inputs):
+        if tokenizer is None:
+            raise RecordingError("record() got text but no tokenizer: pass tokenizer=AutoTokenizer.from_pretrained"
+                                 "(...) (or the processor), or token ids as {'input_ids': ..., 'attention_mask': ...}.")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        inputs = {"input_ids": [getattr(tokenizer, "tokenizer", tokenizer)(t)["input_ids"] for t in texts]}
+    if not isinstance(inputs, Mapping):
+        raise RecordingError(f"record() cannot read inputs of type {type(inputs).__name__}: pass a string, a list of "
+                             "strings (with tokenizer=), or what the processor/tokenizer returns (a mapping with "
+                             "input_ids, and attention_mask when padded).")
+    ids = inputs.get("input_ids")
+    if ids is None:
+        raise RecordingError(f"inputs have no input_ids (keys: {sorted(inputs)}): pass what the model's processor or "
+                             "tokenizer returns.")
+    out = dict(inputs)
+    if torch.is_tensor(ids) or isinstance(ids, np.ndarray):
+        out["input_ids"] = torch.as_tensor(ids).long()
+        if out["input_ids"].ndim == 1:  # one sequence
+            out = {k: v[None] if torch.is_tensor(v) and v.ndim == 1 else v for k, v in out.items()}
+            out["input_ids"] = out["input_ids"][None] if out["input_ids"].ndim == 1 else out["input_ids"]
         return out
-    device = resid[-1].device
-    with torch.no_grad():
-        vocab = getattr(unembed, "out_features", None) or unembed(norm(resid[-1][:1])).shape[-1]
-        chunk_tokens = chunk_tokens or default_chunk_tokens(vocab)
-        rows_max = min(n, chunk_tokens)
-        # z: this layer's logits; p: its softmax, then the rank comparison; p_final: the model's own distribution
-        z_buf, p_buf, p_final_buf = (torch.empty(rows_max, vocab, device=device) for _ in range(3))
-
-        def logits(z: torch.Tensor, h: torch.Tensor, layer: int) -> torch.Tensor:
-            """Fill z with the lens logits of layer ``layer``; return the normed residual x (rows, hidden)."""
-            if translator is not None and layer < n_layers - 1:  # the last layer is the model's own output
-                h = translator(h, layer)
-            x = norm(h)
-            if _plain_linear(unembed, x):
-                torch.mm(x, unembed.weight.T, out=z)
-            else:
-                z.copy_(unembed(x))
-            return x
-
-        for start in range(0, n, chunk_tokens):
-            sl = slice(start, start + chunk_tokens)
-            tgt = targets[sl].to(device)
-            rows = len(tgt)
-            z, p, p_final = z_buf[:rows], p_buf[:rows], p_final_buf[:rows]
-            has = (tgt >= 0).cpu().numpy()
-            where = np.arange(start, start + rows)[has]
-            tgt_index = tgt.clamp(min=0)[:, None]
-
-            # The final layer first: every other layer's KL is measured against its distribution.
-            x_final = logits(z, resid[-1][sl], n_layers - 1)
-            final = _logit_statistics(z, tgt_index, p=p_final, scratch=p)
-            _store(out, n_layers - 1, final, sl, where, has)
-            neg_entropy_f = -final["entropy"]  # sum p_f log p_f
-            # (p_f W) when the unembedding is linear: sum(p_f z) for any layer is then a dot product with its x. The
-            # product costs about 16 passes over the vocabulary (measured), so it pays only for deeper models.
-            linear_cross = _plain_linear(unembed, x_final) and n_layers - 1 > CROSS_BY_PRODUCT_AFTER
-            p_final_w = p_final @ unembed.weight if linear_cross else None
-            for layer in range(n_layers - 1):
-                x = logits(z, resid[layer][sl], layer)
-                stats = _logit_statistics(z, tgt_index, p=p, scratch=p)
-                _store(out, layer, stats, sl, where, has)
-                cross = _rowdot(p_final, z) if p_final_w is None else torch.linalg.vecdot(p_final_w, x)
-                kl = neg_entropy_f - cross + stats["log_z"]
-                out["lens_kl_final"][sl, layer] = kl.clamp(min=0).cpu().numpy()
+    rows = [ids] if ids and isinstance(ids[0], int) else list(ids)
+    if not rows or not all(isinstance(r, Sequence) and all(isinstance(t, int) for t in r) for r in rows):
+        raise RecordingError("input_ids must be a (batch, seq) tensor or array, or a list of lists of token ids.")
+    pad = getattr(getattr(tokenizer, "tokenizer", tokenizer), "pad_token_id", None) or 0
+    mask = inputs.get("attention_mask")
+    mask_rows = [mask] if mask is not None and mask and isinstance(mask[0], int) else mask
+    out["input_ids"] = _pad_rows(rows, pad)
+    out["attention_mask"] = (_pad_rows(mask_rows, 0) if mask_rows is not None and not torch.is_tensor(mask_rows)
+                             else _pad_rows([[1] * len(r) for r in rows], 0))
+    for key, value in inputs.items():  # other per-token lists (token_type_ids, ...) padded alike
+        if key not in ("input_ids", "attention_mask") and isinstance(value, list):
+            out[key] = _pad_rows(value if value and not isinstance(value[0], int) else [value], 0)
     return out
 
 
-# --- record ---------------------------------------------------------------------------------------------------------
-
 def _batch_size_of(inputs: Mapping) -> int:
-    ids = inputs.get("input_ids")
-    if ids is None:
-        raise RecordingError("inputs have no input_ids: pass what the model's processor or tokenizer returns "
-                             "(return_tensors='pt').")
-    return int(ids.shape[0])
+    return int(inputs["input_ids"].shape[0])
 
 
 def _slice_inputs(inputs: Mapping, start: int, stop: int, n: int) -> dict:
@@ -246,7 +176,8 @@ def _slice_inputs(inputs: Mapping, start: int, stop: int, n: int) -> dict:
             sliced[key] = value[start:stop]
         elif torch.is_tensor(value) and stop - start < n:
             raise RecordingError(f"cannot split input {key!r} (first dimension {value.shape[0]}, but {n} sequences) "
-                                 f"into batches: pass batch_size >= {n}, or one audio clip per sequence.")
+                                 f"into batches: pass options=RecordOptions(batch_size={n}) or more, or one audio "
+                                 "clip per sequence.")
         else:
             sliced[key] = value
     return sliced
@@ -291,77 +222,175 @@ def validate_inputs(model, inputs: Mapping, tokenizer=None) -> None:
                              f"({max_pos}): truncate them or record shorter windows.")
 
 
+# --- per-token labels: segments and token strings ------------------------------------------------------------------
+
+SegmentsArg = np.ndarray | Callable[..., np.ndarray] | None
+
+
+def token_segments(segments: SegmentsArg, tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """A label per token, shape (batch, seq), from ``record``'s ``segments`` argument.
+
+    ``segments`` is an array of labels of the shape of ``input_ids``, a function called like
+    ``segment_tokens(tokenizer, input_ids, attention_mask)`` that returns one, or None (``segment_tokens`` with a
+    tokenizer, all ``other`` without). Labels are any strings: the six chat segments or the user's own.
+    """
+    if callable(segments):
+        labels = segments(tokenizer, ids, mask)
+    elif segments is not None:
+        labels = segments
+    elif tokenizer is not None:
+        labels = segment_tokens(tokenizer, ids, mask)
+    else:
+        labels = np.full(tuple(ids.shape), "other")
+    labels = np.asarray(labels)
+    if labels.shape != tuple(ids.shape):
+        raise RecordingError(f"segments have shape {labels.shape}, input_ids {tuple(ids.shape)}: one label per "
+                             "token is needed.")
+    return labels.astype(str)
+
+
+def token_strings(tokenizer, ids: torch.Tensor) -> np.ndarray:
+    """Each token decoded on its own, shape of ``ids`` (a token that is part of a multi-byte character shows as
+    U+FFFD)."""
+    unique = np.unique(ids.cpu().numpy())
+    text = {int(i): tokenizer.decode([int(i)]) for i in unique}
+    return np.vectorize(text.__getitem__, otypes=[object])(ids.cpu().numpy()).astype(str)
+
+
+#: long_name, units and description of every variable and coordinate a recording holds (CF-style units: "1" is a
+#: dimensionless number)
+VARIABLE_ATTRS = {
+    "token": ("token", "1", "index of the token among the real (unpadded) tokens of all sequences, in order"),
+    "sequence": ("sequence", "1", "index of the sequence (row of input_ids) the token belongs to"),
+    "position": ("position", "1", "position of the token among the real tokens of its sequence, from 0"),
+    "token_id": ("token id", "1", "the token's id in the model's vocabulary"),
+    "token_str": ("token string", "1", "the token decoded on its own by the tokenizer"),
+    "segment": ("segment", "1", "the token's label: a chat segment (system, user, audio, think, answer, other) or "
+                "the user's own"),
+    "layer": ("decoder block", "1", "index of the decoder block; the lens reads the residual stream after it"),
+    "moe_layer": ("MoE layer", "1", "True where the block routes tokens to experts, False for dense blocks"),
+    "expert": ("expert", "1", "index of the expert in the layer"),
+    "k": ("top-k slot", "1", "slot among the selected experts, by descending weight (0 = top-1)"),
+    "router_logits": ("router logits", "1", "router logits recomputed in fp32 from the router's input and weight; "
+                      "NaN on dense blocks"),
+    "topk_experts": ("selected experts", "1", "the experts the model used, by descending weight; -1 on dense "
+                     "blocks"),
+    "topk_weights": ("selected expert weights", "1", "the weights of the selected experts as the model uses them; "
+                     "NaN on dense blocks"),
+    "lens_logprob": ("lens log-probability of the next token", "nats", "log-probability of the realised next token "
+                     "under the lens; NaN for a sequence's last token and tokens outside the lens segments"),
+    "lens_rank": ("lens rank of the next token", "1", "number of tokens the lens ranks above the realised next "
+                  "token (0 = top); -1 where there is no next token or no lens"),
+    "lens_entropy": ("lens entropy", "nats", "entropy of the lens' next-token distribution"),
+    "lens_kl_final": ("KL(final || lens)", "nats", "KL divergence of the lens' next-token distribution from the "
+                      "model's own output distribution"),
+    "lens_top1": ("lens top-1 token", "1", "the token id the lens ranks first"),
+}
+
+
+def _describe(ds: xr.Dataset) -> xr.Dataset:
+    """Attach ``long_name``, ``units`` and ``description`` to every variable and coordinate."""
+    for name in list(ds.variables):
+        long_name, units, description = VARIABLE_ATTRS[name]
+        ds[name].attrs.update(long_name=long_name, units=units, description=description)
+    return ds
+
+
+# --- record ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """How ``record`` runs; none of these change what a recording means.
+
+    Attributes
+    ----------
+    batch_size : sequences per forward pass.
+    backend : ``"nnsight"`` (default) or ``"hooks"`` (plain torch hooks); both give identical Datasets.
+    lens_segments : compute the lens only for tokens in these segments (others hold NaN / -1): cost in proportion.
+    chunk_tokens : tokens per lens chunk (default: ``adt_probe.lens.default_chunk_tokens(vocab)``).
+    fused : fuse the lens statistics with ``torch.compile`` (True), never (False), or when it pays (None).
+    """
+
+    batch_size: int = 8
+    backend: str = "nnsight"
+    lens_segments: Sequence[str] | None = None
+    chunk_tokens: int | None = None
+    fused: bool | None = None
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise RecordingError(f"backend={self.backend!r}: choose one of {BACKENDS}")
+        if self.batch_size < 1:
+            raise RecordingError(f"batch_size={self.batch_size}: at least 1 sequence per forward pass")
+
+
+_LOGIT_LENS = LogitLens()
+
+
 def _versions() -> str:
     return json.dumps(versions())
 
 
-def record(model, inputs: Mapping, *, segments=None, routing: str | None = "topk", lens: str | None = "logit",
-           batch_size: int = 8, out: str | Path | None = None, backend: str = "nnsight", tokenizer=None,
-           tuned_lens=None, lens_segments: Sequence[str] | None = None, chunk_tokens: int | None = None,
-           attrs: Mapping | None = None) -> xr.Dataset:
+class _Labels(NamedTuple):
+    """Per-token labels of all inputs, (batch, seq) each, fixed-width strings so every batch stores alike."""
+
+    segment: np.ndarray
+    token_str: np.ndarray | None
+
+
+def record(model, inputs, *, tokenizer=None, routing: str | None = "topk", lens: Lens | None = _LOGIT_LENS,
+           segments: SegmentsArg = None, out: str | Path | None = None, attrs: Mapping | None = None,
+           options: RecordOptions | None = None) -> xr.Dataset:
     """One teacher-forced pass over ``inputs``, recorded into an xarray Dataset.
 
     Parameters
     ----------
     model : a transformers model whose family is in ``adt_probe.architectures.FAMILIES`` (or any dense causal LM).
-    inputs : what the processor returns: ``input_ids`` (batch, seq), ``attention_mask`` (batch, seq), and audio
-        features when present (one clip per sequence for batching).
-    segments : (batch, seq) array of labels, or None to derive them with ``segment_tokens(tokenizer, ...)`` (all
-        ``other`` without a tokenizer).
+    inputs : what the processor returns (``input_ids`` (batch, seq), ``attention_mask`` (batch, seq), and audio
+        features when present, one clip per sequence for batching); a string or a list of strings (with
+        ``tokenizer``); or a mapping whose ``input_ids`` is a list of token-id lists (see ``model_inputs``).
+    tokenizer : the model's tokenizer (or processor): for text, segments, ``token_str`` and input checks.
     routing : ``"topk"`` (top-k experts and weights), ``"full"`` (also fp32 ``router_logits``), or None.
-    lens : ``"logit"``, ``"tuned"`` (needs ``tuned_lens``) or None.
-    batch_size : sequences per forward pass.
+    lens : ``LogitLens()`` (default), a trained ``TunedLens``, any ``adt_probe.lens.Lens``, or None.
+    segments : a label per token: a (batch, seq) array, a function ``f(tokenizer, input_ids, attention_mask)``
+        returning one, or None (``segment_tokens`` with a tokenizer; all ``other`` without).
     out : a ``.zarr`` path to stream the Dataset to, batch by batch (for inputs larger than memory); the return
         value is then the lazily opened store.
-    backend : ``"nnsight"`` (default) or ``"hooks"`` (plain torch hooks); both give identical Datasets.
-    tokenizer : used for segments and input checks.
-    tuned_lens : an ``adt_probe.TunedLens`` when ``lens="tuned"``.
-    lens_segments : compute the lens only for tokens in these segments (others hold NaN / -1): cost in proportion.
-    chunk_tokens : tokens per lens chunk (default: ``default_chunk_tokens(vocab)``).
     attrs : extra attributes (for example ``{"step": 120}``).
+    options : batch size, backend, lens segments, chunking and fusion (``RecordOptions``).
 
     Returns
     -------
-    xarray.Dataset with dims ``token`` (real tokens of all sequences, in order), ``layer``, ``expert``, ``k``.
+    xarray.Dataset with dims ``token`` (real tokens of all sequences, in order), ``layer``, ``expert``, ``k``;
+    token coordinates ``sequence``, ``position``, ``token_id``, ``segment`` and, with a tokenizer, ``token_str``.
+    Every variable carries ``long_name``, ``units`` and ``description``.
     """
+    options = options or RecordOptions()
     if routing not in ROUTING_MODES:
         raise RecordingError(f"routing={routing!r}: choose one of {ROUTING_MODES}")
-    if lens not in LENS_MODES:
-        raise RecordingError(f"lens={lens!r}: choose one of {LENS_MODES}")
-    if backend not in BACKENDS:
-        raise RecordingError(f"backend={backend!r}: choose one of {BACKENDS}")
-    if lens == "tuned" and tuned_lens is None:
-        raise RecordingError("lens='tuned' needs tuned_lens=TunedLens(...) (train one with adt_probe.train_tuned_lens)")
+    try:
+        check_lens(lens)
+    except TypeError as e:
+        raise RecordingError(str(e)) from None
     spec = architecture(model)
     if routing is not None and spec.router is None:
         routing = None  # a dense model: the lens alone
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    n = _batch_size_of(inputs)
+    inputs = model_inputs(inputs, tokenizer)
     validate_inputs(model, inputs, tokenizer)
     ids_all = inputs["input_ids"]
     mask_all = inputs.get("attention_mask", torch.ones_like(ids_all))
-    if segments is None:
-        segments = (segment_tokens(tokenizer, ids_all, mask_all) if tokenizer is not None
-                    else np.full(tuple(ids_all.shape), "other", dtype="<U6"))
-    segments = np.asarray(segments)
-    if segments.shape != tuple(ids_all.shape):
-        raise RecordingError(f"segments have shape {segments.shape}, input_ids {tuple(ids_all.shape)}: one label per "
-                             "token is needed.")
-    capture = capture_nnsight if backend == "nnsight" else capture_hooks
+    labels = _Labels(token_segments(segments, tokenizer, ids_all, mask_all),
+                     token_strings(tokenizer, ids_all) if tokenizer is not None else None)
     model.eval()
-    parts, t0, n_tokens = [], time.time(), 0
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
+    parts, t0, n_tokens, n = [], time.time(), 0, _batch_size_of(inputs)
+    for start in range(0, n, options.batch_size):
+        stop = min(n, start + options.batch_size)
         batch = _slice_inputs(inputs, start, stop, n)
-        # processors return fp32 audio features; a bf16/fp16 model needs them in its own dtype
-        dtype = next(model.parameters()).dtype
-        batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
-        # Inputs go to the device of the first parameter (the embedding, under device_map="auto").
-        device = next(model.parameters()).device
-        resid, router_in = capture(model, spec, {k: v.to(device) if torch.is_tensor(v) else v
-                                                 for k, v in batch.items()})
-        part = _to_dataset(model, spec, batch, resid, router_in, segments[start:stop], start, n_tokens, routing,
-                           lens, tuned_lens, lens_segments, chunk_tokens)
+        resid, router_in = _capture(model, spec, batch, options.backend)
+        part = _to_dataset(model, spec, batch, resid, router_in,
+                           _Labels(*(v[start:stop] if v is not None else None for v in labels)),
+                           (start, n_tokens), routing, lens, options)
         n_tokens += part.sizes["token"]
         if out is not None:
             _append_zarr(part, Path(out), first=start == 0)
@@ -371,83 +400,121 @@ def record(model, inputs: Mapping, *, segments=None, routing: str | None = "topk
                  "model_path": str(getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")),
                  "model_class": type(model).__name__, "architecture": spec.family,
                  "router_scoring": spec.scoring if spec.router else "none", "top_k": spec.top_k if spec.router else 0,
-                 "n_experts": spec.n_experts if spec.router else 0, "routing": str(routing), "lens": str(lens),
-                 "backend": backend, "versions": _versions(), "seconds": round(time.time() - t0, 3),
+                 "n_experts": spec.n_experts if spec.router else 0, "routing": str(routing),
+                 "lens": lens.name if lens is not None else "None", "backend": options.backend,
+                 "versions": _versions(), "seconds": round(time.time() - t0, 3),
                  **{k: v if isinstance(v, (int, float, str)) else json.dumps(v) for k, v in (attrs or {}).items()}}
     if out is not None:
-        import zarr
-
-        store = zarr.open_group(str(out), mode="a")
-        store.attrs.update(attrs_all)
-        zarr.consolidate_metadata(str(out))
-        from adt_probe.integrity import write_checksums
-
-        write_checksums(out)
-        return xr.open_zarr(str(out))
+        return _finish_zarr(Path(out), attrs_all)
     ds = xr.concat(parts, dim="token", data_vars="minimal", coords="minimal", compat="override",
                    join="override") if len(parts) > 1 else parts[0]
     ds.attrs = attrs_all
     return ds
 
 
+def _capture(model, spec: ArchitectureSpec, batch: Mapping, backend: str) -> Captured:
+    """Run one batch on the model's device and dtype and capture it."""
+    param = next(model.parameters())
+    # processors return fp32 audio features; a bf16/fp16 model needs them in its own dtype. Inputs go to the device
+    # of the first parameter (the embedding, under device_map="auto").
+    batch = {k: (v.to(param.dtype) if v.is_floating_point() else v).to(param.device) if torch.is_tensor(v) else v
+             for k, v in batch.items()}
+    if _accepts(model, "logits_to_keep"):
+        batch["logits_to_keep"] = 1  # the lens computes the final logits itself: the model need not hold them all
+    return (capture_nnsight if backend == "nnsight" else capture_hooks)(model, spec, batch)
+
+
+def _accepts(model, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+def _finish_zarr(path: Path, attrs: dict) -> xr.Dataset:
+    import zarr
+
+    from adt_probe.integrity import write_checksums
+
+    store = zarr.open_group(str(path), mode="a")
+    store.attrs.update(attrs)
+    zarr.consolidate_metadata(str(path))
+    write_checksums(path)
+    return xr.open_zarr(str(path))
+
+
+def _token_coords(ids: torch.Tensor, mask: torch.Tensor, labels: _Labels, offsets: tuple[int, int]) -> dict:
+    """The token coordinates of one batch's real tokens; ``offsets`` number its sequences and tokens after earlier
+    batches'."""
+    flat = mask.reshape(-1)
+    keep = flat.cpu().numpy()
+    seq_idx = torch.arange(ids.shape[0])[:, None].expand_as(ids)
+    position = (mask.long().cumsum(1) - 1).clamp(min=0)
+    n_tok = int(flat.sum())
+    coords = {"token": np.arange(offsets[1], offsets[1] + n_tok),
+              "sequence": ("token", (seq_idx.reshape(-1)[flat] + offsets[0]).cpu().numpy()),
+              "position": ("token", position.reshape(-1)[flat].cpu().numpy()),
+              "token_id": ("token", ids.reshape(-1)[flat].cpu().numpy()),
+              "segment": ("token", labels.segment.reshape(-1)[keep])}
+    if labels.token_str is not None:
+        coords["token_str"] = ("token", labels.token_str.reshape(-1)[keep])
+    return coords
+
+
+def _routing_variables(model, spec, router_in, flat, n_tok: int, n_layers: int, routing: str) -> dict:
+    """Top-k experts and weights (and full router logits) of one batch's real tokens."""
+    k, e = spec.top_k, spec.n_experts
+    experts = np.full((n_tok, n_layers, k), -1, np.int16 if e < 32_000 else np.int32)
+    weights = np.full((n_tok, n_layers, k), np.nan, np.float32)
+    logits_all = np.full((n_tok, n_layers, e), np.nan, np.float32) if routing == "full" else None
+    blocks = get_module(model, spec.layers)
+    for layer, h in router_in.items():
+        logits = spec.router_logits(get_module(blocks[layer], spec.router), h.reshape(-1, h.shape[-1]))
+        logits = logits[flat.to(logits.device)].cpu()
+        idx, w = spec.route(logits, bias=spec.selection_bias(blocks[layer]))
+        # Store by descending weight, so k=0 is each token's top-1 expert.
+        order = w.argsort(dim=-1, descending=True, stable=True)
+        idx, w = idx.gather(-1, order), w.gather(-1, order)
+        experts[:, layer], weights[:, layer] = idx.cpu().numpy(), w.cpu().numpy()
+        if logits_all is not None:
+            logits_all[:, layer] = logits.cpu().numpy()
+    data = {"topk_experts": (("token", "layer", "k"), experts), "topk_weights": (("token", "layer", "k"), weights)}
+    if logits_all is not None:
+        data["router_logits"] = (("token", "layer", "expert"), logits_all)
+    return data
+
+
 @torch.no_grad()
-def _to_dataset(model, spec, batch, resid, router_in, segments, seq_offset, token_offset, routing, lens, tuned_lens,
-                lens_segments, chunk_tokens) -> xr.Dataset:
-    """One batch's Dataset; ``seq_offset`` / ``token_offset`` number its sequences and tokens after earlier ones."""
+def _to_dataset(model, spec, batch, resid, router_in, labels: _Labels, offsets: tuple[int, int],
+                routing: str | None, lens: Lens | None, options: RecordOptions) -> xr.Dataset:
+    """One batch's Dataset."""
     ids = batch["input_ids"]
     mask = batch.get("attention_mask", torch.ones_like(ids)).bool()
     flat = mask.reshape(-1)
     n_layers = len(resid)
-    seq_idx = torch.arange(ids.shape[0])[:, None].expand_as(ids)
-    position = (mask.long().cumsum(1) - 1).clamp(min=0)
-    # The next real token of the same sequence; -1 after the last one.
-    nxt = torch.full_like(ids, -1)
-    for row in range(ids.shape[0]):
-        real = mask[row].nonzero()[:, 0]
-        nxt[row, real[:-1]] = ids[row, real[1:]]
-    n_tok = int(flat.sum())
-    coords = {"token": np.arange(token_offset, token_offset + n_tok),
-              "sequence": ("token", (seq_idx.reshape(-1)[flat] + seq_offset).cpu().numpy()),
-              "position": ("token", position.reshape(-1)[flat].cpu().numpy()),
-              "token_id": ("token", ids.reshape(-1)[flat].cpu().numpy()),
-              "segment": ("token", segments.reshape(-1)[flat.cpu().numpy()].astype("<U6")),
-              "layer": np.arange(n_layers),
-              "moe_layer": ("layer", np.array([i in spec.moe_layers for i in range(n_layers)]))}
+    coords = _token_coords(ids, mask, labels, offsets)
+    coords.update(layer=np.arange(n_layers),
+                  moe_layer=("layer", np.array([i in spec.moe_layers for i in range(n_layers)])))
+    n_tok = len(coords["token"])
     data = {}
     if routing is not None:
-        k, e = spec.top_k, spec.n_experts
-        experts = np.full((n_tok, n_layers, k), -1, np.int16 if e < 32_000 else np.int32)
-        weights = np.full((n_tok, n_layers, k), np.nan, np.float32)
-        logits_all = np.full((n_tok, n_layers, e), np.nan, np.float32) if routing == "full" else None
-        blocks = get_module(model, spec.layers)
-        for layer, h in router_in.items():
-            logits = spec.router_logits(get_module(blocks[layer], spec.router), h.reshape(-1, h.shape[-1]))
-            logits = logits[flat.to(logits.device)].cpu()
-            idx, w = spec.route(logits, bias=spec.selection_bias(blocks[layer]))
-            # Store by descending weight, so k=0 is each token's top-1 expert.
-            order = w.argsort(dim=-1, descending=True, stable=True)
-            idx, w = idx.gather(-1, order), w.gather(-1, order)
-            experts[:, layer], weights[:, layer] = idx.cpu().numpy(), w.cpu().numpy()
-            if logits_all is not None:
-                logits_all[:, layer] = logits.cpu().numpy()
-        data["topk_experts"] = (("token", "layer", "k"), experts)
-        data["topk_weights"] = (("token", "layer", "k"), weights)
-        if logits_all is not None:
-            data["router_logits"] = (("token", "layer", "expert"), logits_all)
-        coords.update(expert=np.arange(e), k=np.arange(k))
+        data.update(_routing_variables(model, spec, router_in, flat, n_tok, n_layers, routing))
+        coords.update(expert=np.arange(spec.n_experts), k=np.arange(spec.top_k))
     if lens is not None:
+        # The next real token of the same sequence; -1 after the last one.
+        nxt = torch.full_like(ids, -1)
+        for row in range(ids.shape[0]):
+            real = mask[row].nonzero()[:, 0]
+            nxt[row, real[:-1]] = ids[row, real[1:]]
         select = flat.clone()
-        if lens_segments is not None:
-            select &= torch.from_numpy(np.isin(segments.reshape(-1), list(lens_segments)))
+        if options.lens_segments is not None:
+            select &= torch.from_numpy(np.isin(labels.segment.reshape(-1), list(options.lens_segments)))
         sel_in_tok = select[flat].cpu().numpy()
         stats = lens_statistics([r.reshape(-1, r.shape[-1])[select.to(r.device)] for r in resid],
-                                nxt.reshape(-1)[select],
-                                spec, model, translator=tuned_lens, chunk_tokens=chunk_tokens)
+                                nxt.reshape(-1)[select], spec, model, lens=lens, chunk_tokens=options.chunk_tokens,
+                                fused=options.fused)
         for name, values in stats.items():
             full = np.full((n_tok, n_layers), np.nan if values.dtype.kind == "f" else -1, values.dtype)
             full[sel_in_tok] = values
             data[name] = (("token", "layer"), full)
-    return xr.Dataset(data, coords=coords)
+    return _describe(xr.Dataset(data, coords=coords))
 
 
 def _append_zarr(part: xr.Dataset, path: Path, first: bool) -> None:

@@ -84,3 +84,14 @@ def segment_tokens(tokenizer, input_ids, attention_mask=None) -> np.ndarray:
                                         else attention_mask)).astype(bool)
         labels[~mask] = "other"
     return labels[0] if single else labels
+
+
+def segment_names(labels) -> list[str]:
+    """The segment rows of a result: the six chat segments, then the user's own labels (sorted) found in ``labels``.
+
+    Parameters
+    ----------
+    labels : (tokens,) array of str, a recording's ``segment`` coordinate.
+    """
+    own = sorted(set(np.unique(np.asarray(labels).astype(str)).tolist()) - set(SEGMENTS))
+    return [*SEGMENTS, *own]

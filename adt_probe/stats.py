@@ -29,6 +29,15 @@ def replicate_weights(n_seq: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_seq, np.full(n_seq, 1.0 / n_seq), size=n_boot).astype(np.float64)
 
 
+def can_resample(n_seq: int, n_boot: int) -> bool:
+    """Whether a bootstrap over ``n_seq`` sequences gives an interval; warns when replicates were asked for but there
+    are fewer than 2 sequences (every replicate would be the estimate: the intervals are NaN instead)."""
+    if n_boot > 0 and n_seq < 2:
+        warnings.warn(f"{n_seq} sequence: a bootstrap over sequences needs at least 2, so the intervals are NaN. "
+                      "Record more sequences (or pass n_boot=0 to ask for no interval).", RuntimeWarning, stacklevel=3)
+    return n_boot > 0 and n_seq >= 2
+
+
 def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95, block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token-weighted mean with a percentile bootstrap interval over sequences.
@@ -49,7 +58,7 @@ def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000,
     counts = np.broadcast_to(np.asarray(counts, dtype=np.float64), sums.shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = sums.sum(0) / counts.sum(0)
-        if n_boot <= 0 or sums.shape[0] < 2:
+        if not can_resample(sums.shape[0], n_boot):
             nan = np.full(estimate.shape, np.nan)
             return estimate, nan, nan
         w = replicate_weights(sums.shape[0], n_boot, seed)
@@ -61,11 +70,25 @@ def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000,
         for start in range(0, flat_s.shape[1], block):
             sl = slice(start, start + block)
             reps = (w @ flat_s[:, sl]) / (w @ flat_c[:, sl])  # NaN where a replicate drew no token of a cell
-            with warnings.catch_warnings():  # cells with no token at all stay NaN, silently
-                warnings.simplefilter("ignore", RuntimeWarning)
-                lo[sl], hi[sl] = np.nanquantile(reps, [alpha, 1 - alpha], axis=0)
+            lo[sl], hi[sl] = _percentiles(reps, alpha)
         lo, hi = lo.reshape(estimate.shape), hi.reshape(estimate.shape)
     return estimate, lo, hi
+
+
+def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The alpha and 1 - alpha quantiles of each column of (replicates, cells), ignoring NaN replicates.
+
+    ``np.nanquantile`` loops over columns in Python; only the columns that hold a NaN need it (cells whose every
+    replicate is NaN, no token at all, stay NaN silently).
+    """
+    lo, hi = np.full(reps.shape[1], np.nan), np.full(reps.shape[1], np.nan)
+    nan = np.isnan(reps)
+    clean, partial = ~nan.any(0), nan.any(0) & ~nan.all(0)
+    if clean.any():
+        lo[clean], hi[clean] = np.quantile(reps[:, clean], [alpha, 1 - alpha], axis=0)
+    if partial.any():
+        lo[partial], hi[partial] = np.nanquantile(reps[:, partial], [alpha, 1 - alpha], axis=0)
+    return lo, hi
 
 
 def per_sequence_sums(values: np.ndarray, sequence: np.ndarray, groups: np.ndarray, n_seq: int,

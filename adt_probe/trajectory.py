@@ -19,7 +19,7 @@ from pathlib import Path
 import xarray as xr
 
 from adt_probe.drift import gating_drift
-from adt_probe.recording import record
+from adt_probe.recording import RecordOptions, record
 from adt_probe.weights import load_model, router_weight_drift
 
 
@@ -52,12 +52,13 @@ def drift_trajectory(checkpoints: Sequence[tuple[int, str | Path | object]], inp
         raise ValueError(f"drift_trajectory: checkpoint steps must be positive and increasing (step 0 is the base); "
                          f"got {steps}")
     base_model = load_model(base) if isinstance(base, (str, Path)) else base
-    base_rec = record(base_model, inputs, routing=routing, lens=None, tokenizer=tokenizer, batch_size=batch_size)
+    options = RecordOptions(batch_size=batch_size)
+    base_rec = record(base_model, inputs, routing=routing, lens=None, tokenizer=tokenizer, options=options)
     per_step = []
     for step, ckpt in [(0, None), *checkpoints]:
         model = base_model if ckpt is None else load_model(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
         rec = base_rec if ckpt is None else record(model, inputs, routing=routing, lens=None, tokenizer=tokenizer,
-                                                   batch_size=batch_size)
+                                                   options=options)
         d = gating_drift(base_rec, rec, n_boot=n_boot, seed=seed)
         w = router_weight_drift(base_model, model)
         per_step.append(xr.merge([d, w[["rel_change", "cosine"]]], compat="override").expand_dims(step=[step]))

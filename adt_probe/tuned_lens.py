@@ -17,20 +17,28 @@ True
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adt_probe.architectures import architecture, get_module
-from adt_probe.recording import capture_hooks
+from adt_probe.lens import Lens
+from adt_probe.recording import _slice_inputs, capture_hooks
 
 
-class TunedLens(nn.Module):
-    """Per-layer translators ``h + A_l h + b_l`` for ``n_layers`` residual streams of width ``hidden``."""
+class TunedLens(Lens):
+    """Per-layer translators ``h + A_l h + b_l`` for ``n_layers`` residual streams of width ``hidden``.
+
+    Pass it to ``record(model, inputs, lens=tuned_lens)``; ``TunedLens(n_layers, hidden)`` untrained is the logit lens.
+    """
+
+    name = "tuned"
 
     def __init__(self, n_layers: int, hidden: int, meta: Mapping | None = None):
         super().__init__()
@@ -38,7 +46,7 @@ class TunedLens(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_layers, hidden))
         self.meta = dict(meta or {})
 
-    def forward(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+    def transform_hidden(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """Translate (tokens, hidden) residuals of ``layer``; same shape and dtype out."""
         w, b = self.weight[layer].to(h.dtype), self.bias[layer].to(h.dtype)
         return h + h @ w.T + b
@@ -51,7 +59,7 @@ class TunedLens(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> TunedLens:
-        from safetensors import safe_open
+        """Read a lens written by ``save``."""
 
         with safe_open(str(path), "pt") as f:
             info = f.metadata() or {}
@@ -69,8 +77,6 @@ def collect_residuals(model, inputs: Mapping, batch_size: int = 8) -> tuple[torc
     resid : (layers, tokens, hidden) float32.
     sequence : (tokens,) int64, the sequence each token belongs to (for held-out splits by sequence).
     """
-    from adt_probe.recording import _slice_inputs
-
     spec = architecture(model)
     n = int(inputs["input_ids"].shape[0])
     chunks, seqs = [], []
@@ -83,10 +89,25 @@ def collect_residuals(model, inputs: Mapping, batch_size: int = 8) -> tuple[torc
     return torch.cat(chunks, dim=1), torch.cat(seqs)
 
 
+@contextmanager
+def _frozen(*modules: nn.Module) -> Iterator[None]:
+    """The modules' parameters take no gradient inside the block (the lens trains through them, never into them)."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
 def _kl_per_layer(model, spec, lens: TunedLens | None, resid: torch.Tensor) -> torch.Tensor:
-    """KL(final || lens_l) per layer, mean over tokens, shape (layers,), nats."""
+    """KL(final || lens_l) per layer, mean over tokens, shape (layers,), nats (gradients reach only ``lens``)."""
     norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
-    final = torch.log_softmax(unembed(norm(resid[-1])).float(), -1)
+    with torch.no_grad():  # the target distribution is a constant
+        final = torch.log_softmax(unembed(norm(resid[-1])).float(), -1)
     kls = []
     for layer in range(resid.shape[0]):
         h = resid[layer] if lens is None or layer == resid.shape[0] - 1 else lens(resid[layer], layer)
@@ -117,12 +138,13 @@ def train_tuned_lens(model, inputs: Mapping, *, steps: int = 300, lr: float = 1e
                                                              "architecture": spec.family})
     opt = torch.optim.Adam(lens.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, train.shape[1], (min(tokens_per_step, train.shape[1]),), generator=gen)
-        loss = _kl_per_layer(model, spec, lens, train[:, idx])[:-1].sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with _frozen(get_module(model, spec.final_norm), get_module(model, spec.unembed)):
+        for _ in range(steps):
+            idx = torch.randint(0, train.shape[1], (min(tokens_per_step, train.shape[1]),), generator=gen)
+            loss = _kl_per_layer(model, spec, lens, train[:, idx])[:-1].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     with torch.no_grad():
         report = {"heldout_kl_logit": _kl_per_layer(model, spec, None, test).numpy(),
                   "heldout_kl_tuned": _kl_per_layer(model, spec, lens, test).numpy(),

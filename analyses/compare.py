@@ -251,7 +251,8 @@ def controls(base, rl, inputs, items, *, tokenizer=None, k: int = 5, seed: int =
 
 def settling_of(model, inputs, *, tokenizer=None, batch_size: int = 8) -> tuple[np.ndarray, dict]:
     """Per token: settling stream (embedding = -1), and the recording's coordinates and output rank."""
-    rec = adt_probe.record(model, inputs, routing=None, lens="logit", tokenizer=tokenizer, batch_size=batch_size)
+    rec = adt_probe.record(model, inputs, routing=None, lens=adt_probe.LogitLens(), tokenizer=tokenizer,
+                           options=adt_probe.RecordOptions(batch_size=batch_size))
     emb = embedding_top1(model, inputs, batch_size=batch_size)
     stream = settling_stream(rec["lens_top1"].values, emb)
     info = {"sequence": rec["sequence"].values, "segment": rec["segment"].values.astype(str),

@@ -42,13 +42,17 @@ def heldout(n_per_cell: int, seed: int, data: str | None):
     return items
 
 
+_LOGIT_LENS = adt_probe.LogitLens()
+
+
 def input_paths(items, data: str | Path | None = None) -> list[Path]:
     """The user's input files: the data file and every item's audio file (``--out`` must not overlap them)."""
     return ([Path(data)] if data else []) + sorted({Path(it.audio_path) for it in items if it.audio_path})
 
 
 def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", routing: str = "topk",
-                lens: str = "logit", batch_size: int = 8, max_new_tokens: int = 96, allow_unverified: bool = False,
+                lens: adt_probe.Lens | None = _LOGIT_LENS, batch_size: int = 8, max_new_tokens: int = 96,
+                allow_unverified: bool = False,
                 overwrite: bool = False, data: str | Path | None = None) -> dict[str, Path]:
     """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``.
 
@@ -81,7 +85,8 @@ def _load_pair(base_path: Path, rl_path: Path):
     return base, processor, rl
 
 
-def _record(base, rl, processor, items, out: Path, *, source: str, routing: str, lens: str, batch_size: int,
+def _record(base, rl, processor, items, out: Path, *, source: str, routing: str, lens: adt_probe.Lens | None,
+            batch_size: int,
             max_new_tokens: int, overwrite: bool) -> dict[str, Path]:
     from analyses.sequences import completions, teacher_forced_inputs
     from rl.data.items import write_items
@@ -98,7 +103,7 @@ def _record(base, rl, processor, items, out: Path, *, source: str, routing: str,
     for name, model, bs in (("base", base, batch_size), ("rl", rl, batch_size),
                             ("base_noise", base_bf16, max(1, batch_size // 2 + 1))):
         ds = adt_probe.record(model, inputs, tokenizer=processor.tokenizer, routing=routing, lens=lens,
-                              batch_size=bs, attrs={**attrs, "role": name})
+                              options=adt_probe.RecordOptions(batch_size=bs), attrs={**attrs, "role": name})
         paths[name] = adt_probe.save(ds, out / f"{name}.zarr", overwrite=overwrite)  # replaces only its own output
     return paths
 

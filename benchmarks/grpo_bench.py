@@ -2,7 +2,7 @@
 
     python -m benchmarks.grpo_bench                 # about 2 minutes on 2 cores
 
-Same tiny Llama (``tests/tiny_lm.py``, the model the TRL reward test uses), same prompts (8 per step, chat-templated
+Same tiny Llama (``rl/testing.py``, the model the TRL reward test uses), same prompts (8 per step, chat-templated
 by ``rl.data.collate``), G = 8 completions each, 32 new tokens, pure sampling at T = 1, DAPO loss, one update per
 rollout, no KL term, the same two rewards (accuracy and format from ``rl.rewards.registry``), one torch thread each.
 Each trainer runs ``--steps`` steps; the first ``--warmup`` are dropped and the median step time of the rest gives
@@ -43,11 +43,11 @@ def ours(tok, steps: int) -> list[float]:
     """Seconds per step of rl.train.grpo.train_step."""
     from accelerate import Accelerator
 
+    from rl import testing as tiny_lm
     from rl.data.collate import TextProcessor
     from rl.rewards.registry import resolve_rewards
     from rl.train.config import config_from_dict
     from rl.train.grpo import Run, build_optimizer, suppressed_token_ids, train_step
-    from tests import tiny_lm
 
     cfg = config_from_dict({"grpo": {"num_generations": G, "batch_size": PROMPTS, "max_new_tokens": NEW_TOKENS,
                                      "temperature": 1.0, "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
@@ -75,10 +75,10 @@ def trl_times(tok, steps: int) -> list[float]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from rl import testing as tiny_lm
     from rl.data import collate
     from rl.data.collate import TextProcessor
     from rl.rewards import accuracy_reward, format_reward
-    from tests import tiny_lm
 
     its = items()
     texts = collate.prompt_texts(TextProcessor(tok), its, "think")
@@ -108,7 +108,7 @@ def trl_times(tok, steps: int) -> list[float]:
 
 
 def main(argv=None) -> None:
-    from tests import tiny_lm
+    from rl import testing as tiny_lm
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8)
@@ -130,7 +130,7 @@ def main(argv=None) -> None:
 
     result = {"completions_per_second": per_s, "ratio_adt_probe_over_trl": per_s["adt_probe"] / per_s["trl"],
               "median_step_seconds_per_repeat": runs, "setting": {
-                  "model": "tests/tiny_lm.py Llama (2 layers, hidden 32)", "prompts_per_step": PROMPTS, "G": G,
+                  "model": "rl/testing.py Llama (2 layers, hidden 32)", "prompts_per_step": PROMPTS, "G": G,
                   "max_new_tokens": NEW_TOKENS, "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
                   "steps": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
                   "threads": args.threads},

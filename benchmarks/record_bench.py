@@ -1,26 +1,33 @@
 """Cost of ``adt_probe.record`` against its floors and against TransformerLens, side by side in one run.
 
-    python -m benchmarks.record_bench [--models organism smollm2] [--repeats 3] [--out benchmarks/results/record.json]
+    python -m benchmarks.record_bench [--models organism smollm2] [--repeats 3] [--methods ...] [--no-memory]
+                                      [--out benchmarks/results/record.json]
 
 Time: every method runs in one process, interleaved, ``--repeats`` times; the table shows medians and the ratio to
 the method's floor. Peak memory: each method runs once more in a fresh subprocess, which reports its peak RSS
 (``VmHWM``, see benchmarks/memory.py) and its RSS after loading the model; the method's extra memory is the difference.
+The first call of each method is a warm-up (kernels allocate, and the fused lens statistics compile: its seconds are
+reported as ``warmup_s``).
 
 Methods (2,048 tokens: 4 sequences x 512):
   forward          plain ``model(**inputs)`` under no_grad (floor of routing-only recording)
   record_routing   ``record(routing="topk", lens=None)``
-  floor_lens       forward with hidden states + one unembedding per layer into a reused buffer (the floor of any
-                   per-layer lens)
+  floor_lens       forward with hidden states (final logits of the last position only, where the model allows it)
+                   + one unembedding per layer into a reused buffer: the strict floor of any per-layer lens
   floor_lens_plain the same with each unembedding into a fresh tensor, as ``unembed(norm(h))`` is usually written
-  record_lens      ``record(routing="topk", lens="logit")``
+  record_lens      ``record(routing="topk", lens=LogitLens())``
+  record_lens_eager the same with ``RecordOptions(fused=False)`` (the statistics unfused)
   tl_lens          TransformerLens ``run_with_cache`` + the same lens statistics on its cached residuals
-  record_lens_25   ``record(lens="logit", lens_segments=["think"])`` with a quarter of the tokens labelled think
+  record_lens_25   ``record(lens=LogitLens(), options=RecordOptions(lens_segments=["think"]))`` with a quarter of the
+                   tokens labelled think
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,16 +37,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import adt_probe
+from adt_probe import LogitLens, RecordOptions
+from adt_probe.lens import lens_statistics
 from benchmarks.memory import peak_rss_mb
 
-METHODS = ("forward", "record_routing", "floor_lens", "floor_lens_plain", "record_lens", "tl_lens",
+METHODS = ("forward", "record_routing", "floor_lens", "floor_lens_plain", "record_lens", "record_lens_eager", "tl_lens",
            "record_lens_25")
 N_SEQ, SEQ_LEN = 4, 512
 CHUNK = 512  # record's default chunk_tokens
 
 
-def load(name: str):
-    """(model, input dict) for the benchmark: the shipped organism or SmolLM2-135M, 4 x 512 tokens."""
+def load(name: str, n_seq: int = N_SEQ):
+    """(model, input dict) for the benchmark: the shipped organism or SmolLM2-135M, ``n_seq`` x 512 tokens."""
     gen = torch.Generator().manual_seed(0)
     if name == "organism":
         from rl.organism import load_organism
@@ -51,24 +61,25 @@ def load(name: str):
 
         model, _ = load_smollm2()
         vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab - 20, (N_SEQ, SEQ_LEN), generator=gen)
+    ids = torch.randint(0, vocab - 20, (n_seq, SEQ_LEN), generator=gen)
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def run(method: str, model, inputs, bridge=None) -> None:
-    import adt_probe
-    from adt_probe.recording import lens_statistics
-
+    """One call of ``method`` on the model and inputs (``bridge``: TransformerLens' bridge for ``tl_lens``)."""
     spec = adt_probe.architecture(model)
+    n_seq = inputs["input_ids"].shape[0]
+    options = RecordOptions(batch_size=n_seq)
     with torch.no_grad():
         if method == "forward":
             model(**inputs, use_cache=False)
         elif method == "record_routing":
-            adt_probe.record(model, inputs, routing="topk", lens=None, batch_size=N_SEQ)
+            adt_probe.record(model, inputs, routing="topk", lens=None, options=options)
         elif method in ("floor_lens", "floor_lens_plain"):
             # The same chunks as record's lens; the strict floor writes each into one reused buffer, the plain one
             # allocates a fresh tensor each time, as a user would write it.
-            hidden = model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[1:]
+            keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+            hidden = model(**inputs, use_cache=False, output_hidden_states=True, **keep).hidden_states[1:]
             norm, unembed = adt_probe.get_module(model, spec.final_norm), adt_probe.get_module(model, spec.unembed)
             z = torch.empty(CHUNK, unembed.weight.shape[0]) if method == "floor_lens" else None
             for h in hidden:
@@ -77,19 +88,21 @@ def run(method: str, model, inputs, bridge=None) -> None:
                         unembed(norm(chunk))
                     else:
                         torch.mm(norm(chunk), unembed.weight.T, out=z[: len(chunk)])
-        elif method == "record_lens":
-            adt_probe.record(model, inputs, routing="topk", lens="logit", batch_size=N_SEQ)
+        elif method in ("record_lens", "record_lens_eager"):
+            fused = None if method == "record_lens" else False
+            adt_probe.record(model, inputs, routing="topk", lens=LogitLens(),
+                             options=RecordOptions(batch_size=n_seq, fused=fused))
         elif method == "record_lens_25":
             segments = np.full(tuple(inputs["input_ids"].shape), "other", dtype="<U6")
             segments[:, : SEQ_LEN // 4] = "think"
-            adt_probe.record(model, inputs, routing="topk", lens="logit", batch_size=N_SEQ, segments=segments,
-                             lens_segments=["think"])
+            adt_probe.record(model, inputs, routing="topk", lens=LogitLens(), segments=segments,
+                             options=RecordOptions(batch_size=n_seq, lens_segments=["think"]))
         elif method == "tl_lens":
             _, cache = bridge.run_with_cache(inputs["input_ids"])
             n_layers = len(adt_probe.get_module(model, spec.layers))
             resid = [cache[f"blocks.{i}.hook_out"].reshape(-1, cache[f"blocks.{i}.hook_out"].shape[-1])
                      for i in range(n_layers)]
-            targets = torch.cat([inputs["input_ids"][:, 1:], torch.full((N_SEQ, 1), -1)], 1).reshape(-1)
+            targets = torch.cat([inputs["input_ids"][:, 1:], torch.full((n_seq, 1), -1)], 1).reshape(-1)
             lens_statistics(resid, targets, spec, model)
         else:
             raise ValueError(method)
@@ -111,14 +124,14 @@ def boot_bridge(model, name: str):
     return TransformerBridge.boot_transformers(str(path), hf_model=model, tokenizer=AutoTokenizer.from_pretrained(path))
 
 
-def methods_for(name: str) -> list[str]:
-    return [m for m in METHODS if not (name == "organism" and m == "tl_lens")]
+def methods_for(name: str, chosen: list[str] | None = None) -> list[str]:
+    return [m for m in (chosen or METHODS) if not (name == "organism" and m == "tl_lens")]
 
 
-def one(name: str, method: str) -> dict:
+def one(name: str, method: str, threads: int, n_seq: int) -> dict:
     """Run one method once in this (fresh) process and report peak RSS; used by the memory pass."""
-    torch.set_num_threads(2)
-    model, inputs = load(name)
+    torch.set_num_threads(threads)
+    model, inputs = load(name, n_seq)
     bridge = boot_bridge(model, name) if method == "tl_lens" else None
     base = peak_rss_mb()
     t = time.perf_counter()
@@ -127,24 +140,32 @@ def one(name: str, method: str) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def timing(name: str, repeats: int) -> dict[str, list[float]]:
-    torch.set_num_threads(2)
-    model, inputs = load(name)
-    bridge = boot_bridge(model, name)
-    times: dict[str, list[float]] = {m: [] for m in methods_for(name)}
+def timing(name: str, repeats: int, methods: list[str] | None = None, threads: int = 2, n_seq: int = N_SEQ
+           ) -> tuple[dict[str, list[float]], dict]:
+    """Seconds of each method per repeat, interleaved in this process, and the warm-up seconds of each (on the first
+    128 tokens: it compiles the fused statistics and loads lazily imported modules)."""
+    torch.set_num_threads(threads)
+    model, inputs = load(name, n_seq)
+    small = {k: v[:1, :128] for k, v in inputs.items()}
+    chosen = methods_for(name, methods)
+    bridge = boot_bridge(model, name) if "tl_lens" in chosen else None
+    times: dict[str, list[float]] = {m: [] for m in chosen}
+    warmup = {}
     for m in times:  # warm-up: first calls allocate and compile kernels
-        run(m, model, inputs, bridge)
+        t = time.perf_counter()
+        run(m, model, small, bridge)
+        warmup[m] = time.perf_counter() - t
     for _ in range(repeats):
         for m in times:
             t = time.perf_counter()
             run(m, model, inputs, bridge)
             times[m].append(time.perf_counter() - t)
-    return times
+    return times, warmup
 
 
 FLOOR = {"forward": None, "record_routing": "forward", "floor_lens": None, "floor_lens_plain": "floor_lens",
-         "record_lens": "floor_lens",
-         "tl_lens": "floor_lens", "record_lens_25": "record_lens"}
+         "record_lens": "floor_lens", "record_lens_eager": "floor_lens", "tl_lens": "floor_lens",
+         "record_lens_25": "record_lens"}
 
 
 def main(argv=None) -> None:
@@ -152,41 +173,51 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=["organism", "smollm2"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/record.json")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, help="a subset of the methods (default: all)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (1 on a shared machine: OpenMP threads that wait for a busy core spin)")
+    ap.add_argument("--sequences", type=int, default=N_SEQ, help="sequences of 512 tokens")
+    ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory pass")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(one(*args.one)))
+        print(json.dumps(one(*args.one, args.threads, args.sequences)))
         return
     results = {}
     for name in args.models:
-        times = timing(name, args.repeats)
+        times, warmup = timing(name, args.repeats, args.methods, args.threads, args.sequences)
         rows = {}
         for m, ts in times.items():
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--one", name, m],
-                                  capture_output=True, text=True, check=True)
-            mem = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows[m] = {"median_s": statistics.median(ts), "all_s": ts, **mem,
-                       "extra_mb": mem["peak_rss_mb"] - mem["rss_after_load_mb"]}
+            rows[m] = {"median_s": statistics.median(ts), "all_s": ts, "warmup_s": warmup[m],
+                       "load_1min": os.getloadavg()[0]}
+            if not args.no_memory:
+                proc = subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--one", name, m,
+                                       "--threads", str(args.threads), "--sequences", str(args.sequences)],
+                                      capture_output=True, text=True, check=True)
+                mem = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows[m].update(mem, extra_mb=mem["peak_rss_mb"] - mem["rss_after_load_mb"])
         for m, row in rows.items():
             floor = FLOOR[m]
             row["ratio_to"] = floor
             row["ratio"] = row["median_s"] / rows[floor]["median_s"] if floor in rows else None
         results[name] = rows
-        print(table(name, rows), flush=True)
+        print(table(name, rows, args.sequences), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"tokens": N_SEQ * SEQ_LEN, "repeats": args.repeats, "threads": 2,
+    out.write_text(json.dumps({"tokens": args.sequences * SEQ_LEN, "repeats": args.repeats, "threads": args.threads,
                                "results": results}, indent=2) + "\n")
 
 
-def table(name: str, rows: dict) -> str:
-    lines = [f"\n{name}, {N_SEQ} x {SEQ_LEN} tokens, medians",
-             "| method | time (s) | ratio | vs | peak RSS (MB) | extra over loaded model (MB) |",
-             "|---|---|---|---|---|---|"]
+def table(name: str, rows: dict, n_seq: int = N_SEQ) -> str:
+    """A Markdown table of one model's rows."""
+    lines = [f"\n{name}, {n_seq} x {SEQ_LEN} tokens, medians",
+             "| method | time (s) | repeats (s) | ratio | vs | peak RSS (MB) | extra over loaded model (MB) |",
+             "|---|---|---|---|---|---|---|"]
     for m, r in rows.items():
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] else ""
-        lines.append(f"| {m} | {r['median_s']:.3f} | {ratio} | {r['ratio_to'] or ''} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['extra_mb']:.0f} |")
+        spread = ", ".join(f"{t:.2f}" for t in r["all_s"])
+        mem = f"{r['peak_rss_mb']:.0f} | {r['extra_mb']:.0f}" if "peak_rss_mb" in r else " | "
+        lines.append(f"| {m} | {r['median_s']:.3f} | {spread} | {ratio} | {r['ratio_to'] or ''} | {mem} |")
     return "\n".join(lines)
 
 

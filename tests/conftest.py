@@ -60,7 +60,7 @@ def tiny_dir(tmp_path_factory, tiny_organism, processor):
 
 @pytest.fixture(scope="module")
 def tok():
-    """The tokenizer of the tiny text models in ``tests/tiny_lm.py`` (judges, TRL runs)."""
-    from tests import tiny_lm
+    """The tokenizer of the tiny text models in ``rl/testing.py`` (judges, TRL runs)."""
+    from rl import testing as tiny_lm
 
     return tiny_lm.build_tokenizer()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from rl import testing as tiny_lm
 from rl.data.items import Item
 from rl.train import curriculum, grpo
 from rl.train.config import config_from_dict
-from tests import tiny_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

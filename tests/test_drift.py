@@ -126,9 +126,11 @@ def test_planted_router_changes_top_the_ranking_and_the_rest_stays_at_noise(plan
     rl = plant(base, planted)
     ids = torch.randint(0, 96, (16, 24), generator=torch.Generator().manual_seed(3))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    rec_base = adt_probe.record(base, inputs, routing="full", lens=None, batch_size=16)
-    rec_base_again = adt_probe.record(base, inputs, routing="full", lens=None, batch_size=5)  # another composition
-    rec_rl = adt_probe.record(rl, inputs, routing="full", lens=None, batch_size=16)
+    rec_base = adt_probe.record(base, inputs, routing="full", lens=None,
+                                options=adt_probe.RecordOptions(batch_size=16))
+    rec_base_again = adt_probe.record(base, inputs, routing="full", lens=None,
+                                      options=adt_probe.RecordOptions(batch_size=5))  # another composition
+    rec_rl = adt_probe.record(rl, inputs, routing="full", lens=None, options=adt_probe.RecordOptions(batch_size=16))
     d = gating_drift(rec_base, rec_rl, noise=(rec_base, rec_base_again), n_boot=200)
     assert sorted(rank_layers(d, "js")[: len(planted)]) == planted
     clears = above_noise(d, "js").values
@@ -183,3 +185,36 @@ def test_band_contrast_sees_an_upper_band_effect_and_not_a_flat_one():
     flat = with_logits(a, a.router_logits.values + rng.normal(0, 1, a.router_logits.shape))
     c0 = adt_probe.band_contrast(a, flat, lower=[0, 1, 2], upper=[3, 4, 5], n_boot=200)
     assert c0["difference"]["lo"] < 0 < c0["difference"]["hi"]
+
+
+def test_topk_kernel_equals_the_metrics_over_all_experts():
+    """The streaming kernel's top-k path (sums over the union of the two top-k sets) against ``token_metrics``,
+    with a dense layer and a token whose last slot is empty."""
+    from adt_probe.drift import token_metrics, topk_token_metrics
+
+    a = synthetic_recording(n_sequences=3, seq_len=20, n_layers=4, n_experts=16, top_k=4, full=False, seed=1)
+    b = synthetic_recording(n_sequences=3, seq_len=20, n_layers=4, n_experts=16, top_k=4, full=False, seed=2)
+    for ds in (a, b):
+        ds["topk_experts"][:, 2] = -1  # a dense layer
+        ds["topk_weights"][:, 2] = np.nan
+    a["topk_experts"][5, 1, 3] = -1
+    fast = topk_token_metrics(a, b)
+    slow, source = token_metrics(a, b, "softmax")
+    assert source == "topk"
+    for name, values in slow.items():
+        np.testing.assert_allclose(fast[name], values, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_users_own_segment_labels_group_drift_and_crystallization():
+    labels = np.tile(np.repeat(["question", "think", "reasoning", "other"], 4), 6)
+    a = synthetic_recording(n_sequences=6, seq_len=16, segments=labels, seed=1)
+    b = synthetic_recording(n_sequences=6, seq_len=16, segments=labels, seed=2).assign_coords(token_id=a.token_id)
+    drift = gating_drift(a, b, n_boot=50)
+    assert list(drift.segment.values[-3:]) == ["question", "reasoning", "all"]
+    assert int(drift.n_tokens.sel(segment="reasoning")) == 24
+    mine = drift.js.sel(segment="question").values
+    tokens = np.flatnonzero(labels == "question")
+    direct = gating_drift(a.isel(token=tokens), b.isel(token=tokens), by=None, n_boot=0).js.sel(segment="all")
+    np.testing.assert_allclose(mine, direct.values)
+    cryst = adt_probe.crystallization(a, n_boot=20)
+    assert "reasoning" in cryst.segment.values and int(cryst.n_tokens.sel(segment="question")) == 24

@@ -471,10 +471,10 @@ def test_text_only_model_trains_with_the_same_loop(tok):
     """A text LM (tiny Llama) on items without audio: the loop's text path (used by benchmarks/grpo_bench.py)."""
     from accelerate import Accelerator
 
+    from rl import testing as tiny_lm
     from rl.data.collate import TextProcessor
     from rl.data.tasks import generate_items
     from rl.rewards.registry import resolve_rewards
-    from tests import tiny_lm
 
     cfg = config_from_dict({"grpo": {"num_generations": 2, "batch_size": 2, "max_new_tokens": 5},
                             "stages": [{"name": "s", "steps": 1, "rewards": {"accuracy": 1.0, "test_tokens": 1.0}}]})

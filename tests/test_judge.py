@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from rl import judge as J
+from rl import testing as tiny_lm
 from rl.rewards import REWARDS, JudgedReward
 from rl.train import grpo
 from rl.train.config import config_from_dict
-from tests import tiny_lm
 from tests.judge_server import ModelServer
 from tests.test_grpo_loop import tiny_config
 

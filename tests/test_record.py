@@ -7,8 +7,9 @@ import xarray as xr
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import adt_probe
-from adt_probe import RecordingError, record
+from adt_probe import LogitLens, RecordingError, RecordOptions, record
 from adt_probe.integrity import write_checksums
+from adt_probe.lens import Lens
 from rl.data import collate
 
 
@@ -27,7 +28,7 @@ def inputs(batch):
 
 @pytest.fixture(scope="module")
 def full(tiny_organism, inputs, processor):
-    return record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=2)
+    return record(tiny_organism, inputs, routing="full", tokenizer=processor, options=RecordOptions(batch_size=2))
 
 
 def real(mask: torch.Tensor) -> torch.Tensor:
@@ -95,14 +96,17 @@ def test_last_layer_lens_is_the_models_output(full, tiny_organism, inputs):
 
 
 def test_backends_and_batch_sizes_agree(full, tiny_organism, inputs, processor):
-    hooks = record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=2, backend="hooks")
+    hooks = record(tiny_organism, inputs, routing="full", tokenizer=processor,
+                   options=RecordOptions(batch_size=2, backend="hooks"))
     xr.testing.assert_identical(full.drop_attrs(), hooks.drop_attrs())
-    one = record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=3, backend="hooks")
+    one = record(tiny_organism, inputs, routing="full", tokenizer=processor,
+                 options=RecordOptions(batch_size=3, backend="hooks"))
     xr.testing.assert_allclose(full.drop_attrs(), one.drop_attrs(), atol=1e-4)
 
 
 def test_lens_segments_restrict_the_lens(tiny_organism, inputs, processor, full):
-    part = record(tiny_organism, inputs, routing=None, tokenizer=processor, lens_segments=["think", "answer"])
+    part = record(tiny_organism, inputs, routing=None, tokenizer=processor,
+                  options=RecordOptions(lens_segments=["think", "answer"]))
     keep = np.isin(part.segment.values, ["think", "answer"])
     assert np.isnan(part.lens_entropy.values[~keep]).all()
     np.testing.assert_allclose(part.lens_entropy.values[keep], full.lens_entropy.values[keep], atol=1e-5)
@@ -110,7 +114,8 @@ def test_lens_segments_restrict_the_lens(tiny_organism, inputs, processor, full)
 
 
 def test_zarr_streaming_equals_in_memory(full, tiny_organism, inputs, processor, tmp_path):
-    lazy = record(tiny_organism, inputs, routing="full", tokenizer=processor, batch_size=1, out=tmp_path / "r.zarr")
+    lazy = record(tiny_organism, inputs, routing="full", tokenizer=processor, options=RecordOptions(batch_size=1),
+                  out=tmp_path / "r.zarr")
     assert lazy.topk_experts.chunks is not None  # dask-backed: not loaded
     xr.testing.assert_allclose(full.drop_attrs(), lazy.load().drop_attrs(), atol=1e-4)
     again = adt_probe.open(tmp_path / "r.zarr")
@@ -159,7 +164,7 @@ def test_altered_files_fail_their_checksum(full, tmp_path, tiny_organism, inputs
     with pytest.raises(adt_probe.SchemaError, match=r"checksum check failed: lens_logprob/.* is missing"):
         adt_probe.open(store)
     streamed = tmp_path / "streamed.zarr"
-    record(tiny_organism, inputs, tokenizer=processor.tokenizer, batch_size=2, out=streamed)
+    record(tiny_organism, inputs, tokenizer=processor.tokenizer, options=RecordOptions(batch_size=2), out=streamed)
     assert (streamed / "adt_probe_checksums.json").exists()
     adt_probe.open(streamed)  # verifies
 
@@ -207,8 +212,12 @@ def test_unknown_architecture():
 def test_bad_modes_name_the_choices(tiny_organism, inputs):
     with pytest.raises(RecordingError, match="routing='everything'"):
         record(tiny_organism, inputs, routing="everything")
-    with pytest.raises(RecordingError, match="tuned_lens"):
+    with pytest.raises(RecordingError, match=r"lens='tuned': pass a lens object, lens=TunedLens\.load"):
         record(tiny_organism, inputs, lens="tuned")
+    with pytest.raises(RecordingError, match=r"lens=LogitLens\(\)"):
+        record(tiny_organism, inputs, lens="logit")
+    with pytest.raises(RecordingError, match="backend='remote'"):
+        record(tiny_organism, inputs, options=RecordOptions(backend="remote"))
 
 
 # --- the lens statistics against a direct computation ---------------------------------------------------------
@@ -231,29 +240,42 @@ def naive_lens(resid, targets, model, translator=None):
     return {k: torch.stack(v, 1).numpy() for k, v in rows.items()}
 
 
+class ShiftLens(Lens):
+    """A lens that adds a fixed vector per layer: any ``Lens`` subclass is recorded the same way."""
+
+    name = "shift"
+
+    def __init__(self, shift: torch.Tensor):
+        super().__init__()
+        self.shift = shift
+
+    def transform_hidden(self, h, layer):
+        return h + self.shift * (layer + 1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_tokens", [7, 512])
 @pytest.mark.parametrize("cross_by_product_after", [0, 16])
-def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_by_product_after, monkeypatch):
-    """Every statistic, every layer, chunks that do not divide the token count, a bf16 model, a translator, and
-    both ways of computing KL's cross term."""
-    from adt_probe import recording
-    from adt_probe.recording import lens_statistics
+@pytest.mark.parametrize("fused", [False, True])
+def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_by_product_after, fused, monkeypatch):
+    """Every statistic, every layer, chunks that do not divide the token count, a bf16 model, a translator, both
+    ways of computing KL's cross term, and both the eager and the fused (compiled) statistics."""
+    from adt_probe import lens as lens_module
+    from adt_probe.lens import lens_statistics
 
-    monkeypatch.setattr(recording, "CROSS_BY_PRODUCT_AFTER", cross_by_product_after)
+    monkeypatch.setattr(lens_module, "CROSS_BY_PRODUCT_AFTER", cross_by_product_after)
 
     model = tiny_llama().to(dtype)
     gen = torch.Generator().manual_seed(3)
     resid = [torch.randn(23, 32, generator=gen).to(dtype) * (1 + i) for i in range(3)]
     targets = torch.randint(0, 96, (23,), generator=gen)
     targets[[4, 22]] = -1
-    shift = torch.randn(32, generator=gen).to(dtype)
-    translator = lambda h, layer: h + shift * (layer + 1)
+    shift = ShiftLens(torch.randn(32, generator=gen).to(dtype))
     spec = adt_probe.architecture(model)
     with torch.no_grad():
-        for tr in (None, translator):
-            mine = lens_statistics(resid, targets, spec, model, translator=tr, chunk_tokens=chunk_tokens)
-            ref = naive_lens(resid, targets, model, translator=tr)
+        for lens in (None, LogitLens(), shift):
+            mine = lens_statistics(resid, targets, spec, model, lens=lens, chunk_tokens=chunk_tokens, fused=fused)
+            ref = naive_lens(resid, targets, model, translator=lens)
             for name in ("lens_logprob", "lens_entropy", "lens_kl_final"):
                 np.testing.assert_allclose(mine[name], ref[name], atol=2e-5, rtol=1e-5, err_msg=name)
             for name in ("lens_rank", "lens_top1"):
@@ -282,7 +304,7 @@ def test_logit_lens_equals_transformer_lens(tmp_path, monkeypatch):
                                                                               unk_token="t0")))
     bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=model, tokenizer=tok)
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
-    ds = record(model, {"input_ids": ids}, backend="hooks")
+    ds = record(model, {"input_ids": ids}, options=RecordOptions(backend="hooks"))
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ids)
         for layer in range(3):
@@ -311,7 +333,7 @@ def test_logit_lens_equals_transformer_lens_on_smollm2(monkeypatch):
     text = tok.apply_chat_template([{"role": "user", "content": "Is the highest tone also the longest? Think."}],
                                    tokenize=False, add_generation_prompt=True) + "<think>Sound 1 is high.</think>"
     ids = tok(text, return_tensors="pt")["input_ids"]
-    ds = record(model, {"input_ids": ids}, tokenizer=tok, backend="hooks")
+    ds = record(model, {"input_ids": ids}, tokenizer=tok, options=RecordOptions(backend="hooks"))
     assert "think" in set(ds.segment.values)
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ids)
@@ -321,3 +343,72 @@ def test_logit_lens_equals_transformer_lens_on_smollm2(monkeypatch):
             tl = logp.gather(-1, ids[0, 1:, None])[:, 0]
             np.testing.assert_allclose(ds.lens_logprob.sel(layer=layer).values[:-1], tl.numpy(), atol=1e-4)
     assert torch.__version__.startswith("2.13.0")
+
+
+# --- inputs as text or token lists, the user's own labels, variable metadata ------------------------------------
+
+def word_tokenizer(vocab: int = 96):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(1, vocab)} | {"[PAD]": 0}, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]")
+
+
+def test_text_token_lists_and_tensors_record_alike():
+    model, tok = tiny_llama(), word_tokenizer()
+    texts = ["w1 w2 w3 w4 w5", "w7 w8 w9"]
+    from_text = record(model, texts, tokenizer=tok)
+    from_lists = record(model, tok(texts), tokenizer=tok)  # a BatchEncoding of ragged lists
+    padded = tok(texts, return_tensors="pt", padding=True)
+    from_tensors = record(model, padded, tokenizer=tok)
+    xr.testing.assert_allclose(from_text.drop_attrs(), from_lists.drop_attrs())
+    xr.testing.assert_allclose(from_text.drop_attrs(), from_tensors.drop_attrs(), atol=1e-5)
+    assert list(from_text.token_str.values[:5]) == ["w1", "w2", "w3", "w4", "w5"]
+    assert from_text.sizes["token"] == 8
+    one = record(model, "w1 w2 w3", tokenizer=tok)
+    assert list(one.token_id.values) == [1, 2, 3]
+
+
+def test_inputs_it_cannot_read_name_what_it_needs():
+    with pytest.raises(RecordingError, match="got text but no tokenizer: pass tokenizer="):
+        record(tiny_llama(), "w1 w2")
+    with pytest.raises(RecordingError, match="cannot read inputs of type int"):
+        record(tiny_llama(), 3)
+    with pytest.raises(RecordingError, match=r"no input_ids \(keys: \['ids'\]\)"):
+        record(tiny_llama(), {"ids": [1, 2]})
+
+
+def test_own_labels_as_array_or_function_group_drift():
+    model, tok = tiny_llama(), word_tokenizer()
+    texts = ["w1 w2 w3 w4", "w5 w6 w7 w8", "w1 w3 w5 w7"]
+    labels = np.array([["question", "question", "reasoning", "reasoning"]] * 3)
+    by_array = record(model, texts, tokenizer=tok, segments=labels)
+    by_function = record(model, texts, tokenizer=tok,
+                         segments=lambda tokenizer, ids, mask: np.where(np.arange(ids.shape[1]) < 2, "question",
+                                                                        "reasoning")[None].repeat(ids.shape[0], 0))
+    assert list(by_array.segment.values[:4]) == ["question", "question", "reasoning", "reasoning"]
+    np.testing.assert_array_equal(by_array.segment.values, by_function.segment.values)
+    with pytest.raises(RecordingError, match=r"segments have shape \(1, 4\)"):
+        record(model, texts, tokenizer=tok, segments=labels[:1])
+
+
+def test_every_variable_is_described(full):
+    for name in full.variables:
+        assert {"long_name", "units", "description"} <= set(full[name].attrs), name
+    assert full.lens_logprob.attrs["units"] == "nats"
+
+
+def test_one_sequence_has_nan_intervals_and_says_so():
+    from adt_probe.stats import bootstrap_ratio
+
+    with pytest.warns(RuntimeWarning, match="1 sequence: a bootstrap over sequences needs at least 2"):
+        est, lo, hi = bootstrap_ratio(np.array([[2.0]]), np.array([[1.0]]), n_boot=10)
+    assert est[0] == 2.0 and np.isnan(lo[0]) and np.isnan(hi[0])
+    one = adt_probe.testing.synthetic_recording(n_sequences=1, seq_len=16, n_layers=4, seed=1)
+    other = adt_probe.testing.synthetic_recording(n_sequences=1, seq_len=16, n_layers=4, seed=2)
+    other = other.assign_coords(token_id=one.token_id)
+    with pytest.warns(RuntimeWarning, match="1 sequence"):
+        band = adt_probe.band_contrast(one, other, lower=[0, 1], upper=[2, 3], n_boot=20)
+    assert np.isfinite(band["difference"]["value"]) and np.isnan(band["difference"]["lo"])

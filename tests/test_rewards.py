@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rl import judge as J
+from rl import testing as tiny_lm
 from rl.rewards import (
     REWARDS,
     HybridReasoningReward,
@@ -20,7 +21,6 @@ from rl.rewards import (
     think_conclusion,
 )
 from rl.rewards.embedding import similarity
-from tests import tiny_lm
 from tests.judge_server import ModelServer
 
 REF = ["Sound 1: a high tone, long, loud.", "Sound 2: a low tone, short, quiet.",

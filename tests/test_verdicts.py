@@ -101,7 +101,7 @@ def test_router_logits_from_captured_inputs_match_the_recording(organism):
 
     base, processor, items, inputs = organism
     small = {k: v[:2] if torch.is_tensor(v) and v.shape[0] == N_ITEMS else v for k, v in inputs.items()}
-    rec = adt_probe.record(base, small, routing="full", lens=None, batch_size=2)
+    rec = adt_probe.record(base, small, routing="full", lens=None, options=adt_probe.RecordOptions(batch_size=2))
     spec = adt_probe.architecture(base)
     _, x = capture_hooks(base, spec, small)
     mask = small["attention_mask"].bool().reshape(-1)

@@ -1,6 +1,6 @@
-"""Tiny causal LMs for the judge and reward tests: a byte-level BPE tokenizer trained here with ``tokenizers`` (ChatML
-template, digits single tokens) and a random ``LlamaForCausalLM`` (2 layers, hidden 32), optionally taught a fixed
-reply so that it says something definite (a JSON score, a well-formed completion)."""
+"""Tiny causal LMs for the judge and reward tests and the training benchmarks: a byte-level BPE tokenizer trained
+here with ``tokenizers`` (ChatML template, digits single tokens) and a random ``LlamaForCausalLM`` (2 layers, hidden
+32), optionally taught a fixed reply so that it says something definite (a JSON score, a well-formed completion)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def corpus() -> list[str]:
 
 
 def build_tokenizer():
+    """The byte-level BPE tokenizer (vocabulary 700) trained on ``corpus()``, with a ChatML chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -47,6 +48,7 @@ def build_tokenizer():
 
 
 def build_model(tokenizer, seed: int = 0):
+    """A random ``LlamaForCausalLM`` (2 layers, hidden 32) for ``tokenizer``, seeded."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -84,6 +86,7 @@ def teach(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], step
 
 
 def save(model, tokenizer, path: Path) -> Path:
+    """Write ``model`` and ``tokenizer`` to ``path`` (a folder ``from_pretrained`` loads); returns ``path``."""
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

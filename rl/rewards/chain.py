@@ -1,0 +1,395 @@
+"""Chain rewards: does the think text cover the reference chain's steps, in its order, with its facts?
+
+The paper's hybrid reward (``rl.rewards.reasoning.hybrid_reasoning``) compares the whole think text with the whole
+reference by one cosine and a judge's likelihood of the *candidate* (a precision direction): a verbatim first step
+scores above a complete paraphrase, shuffled steps above ordered ones (issue 19). The scorers here measure the
+paper's three criteria directly, in the *recall* direction (ROSCOE's step alignment, arXiv 2212.07919; BARTScore's
+``p(reference | candidate)``, arXiv 2106.11520):
+
+* **coverage** -- every reference step is aligned to its best candidate step (all-MiniLM-L6-v2 cosine of sentences,
+  plus agreement of their facts); a step counts as covered by how far its best similarity lies between ``lo`` and
+  ``hi``; coverage is the mean over reference steps. **precision** is the same in the other direction (every candidate
+  step supported by some reference step): filler, off-topic and extra claims lower it.
+* **order** -- the one-to-one alignment of steps (Hungarian) read in reference order: each inversion of the matched
+  candidate positions costs ``1 / (n_matched - 1)``.
+* **facts** -- numbers with units (``440 Hz`` = ``0.44 kHz``, ``250 ms`` = ``0.25 s``, ``three`` = ``3``, ``the
+  second`` = ``2``) and attribute words (pitch, duration and loudness levels with their synonyms, trends, yes/no,
+  same/different, tone/noise) as multisets: F1 of the candidate's against the reference's.
+* **judge recall** -- the judge model's likelihood of the reference chain *given the candidate* (prompt
+  ``recall-likelihood``), normalised between the reference given nothing (0) and the reference given itself (1):
+  how much of the reference the candidate lets the judge predict. Truncated, one-step and off-topic chains predict
+  little of it.
+
+Rewards (TRL's signature, registered on import; paid only for a correct answer with think text, like the paper's):
+
+* ``chain_alignment`` -- ``coverage * precision * order * facts`` (no judge; MiniLM only).
+* ``chain_judge`` -- the judge recall alone.
+* ``chain_reasoning`` -- ``w * chain_judge + (1 - w) * chain_alignment``: the default reasoning reward of the demo
+  configs, chosen on the dev styles of ``benchmarks/reasoning_validity.py``.
+
+Costs: sentences are embedded once per content (an in-process cache) and in one batch per call; judge results are
+cached by content by the judge; the two normalising judgements are made once per reference.
+
+Examples
+--------
+>>> facts("The first tone is at 0.44 kHz and lasts 250 ms, so it is higher.")  # doctest: +NORMALIZE_WHITESPACE
+Counter({'1': 1, '440 Hz': 1, '0.25 s': 1, 'cmp:pitch': 1})
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from rl.judge import PROMPTS, JudgePrompt, sanitize_candidate
+from rl.rewards.embedding import embed
+from rl.rewards.reasoning import _check_references, _paid, _reference_text, judge_for
+from rl.rewards.registry import register_reward
+
+__all__ = ["DEFAULT_CHAIN_W", "RECALL_PROMPT", "ChainScores", "chain_alignment_reward", "chain_judge_reward",
+           "chain_reasoning_reward", "chain_scores", "facts", "judge_recall", "split_steps"]
+
+#: Weight of the judge recall in ``chain_reasoning`` (chosen on the dev styles of benchmarks/reasoning_validity.py).
+DEFAULT_CHAIN_W = 0.3
+
+#: BARTScore's recall direction as a judge prompt: the candidate is the text to restate, the reference the reply
+#: whose likelihood is measured (``rl.rewards.chain`` swaps the two when it calls the judge).
+RECALL_PROMPT = JudgePrompt(
+    "recall-likelihood", "0-9", "Here is a reasoning about sounds.",
+    "Restate this reasoning step by step: the same facts, the same steps in the same order, the same conclusion.",
+    "", system="You restate reasoning about sounds faithfully.", method="likelihood")
+PROMPTS.setdefault(RECALL_PROMPT.name, RECALL_PROMPT)  # so configs name it: judge_prompt = "recall-likelihood"
+
+#: What the judge sees instead of a candidate for the normalising baseline ``p(reference | nothing)``.
+_NO_REASONING = "(no reasoning given)"
+
+# ==================================================================================================================
+# Steps and facts
+# ==================================================================================================================
+
+_STEP_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
+_LIST_MARK = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022]|step\s+\d+\s*[:.])\s*", re.I)
+
+
+def split_steps(text: str) -> list[str]:
+    """The steps of a reasoning text: its sentences (and lines), list markers removed, exact repeats dropped."""
+    seen, steps = set(), []
+    for part in _STEP_SPLIT.split(text or ""):
+        step = _LIST_MARK.sub("", part).strip()
+        key = " ".join(step.lower().split())
+        if len(key) > 1 and key not in seen:
+            seen.add(key)
+            steps.append(step)
+    return steps
+
+
+#: unit word -> (canonical unit, factor to it)
+_UNITS = {"hz": ("Hz", 1.0), "hertz": ("Hz", 1.0), "khz": ("Hz", 1e3), "kilohertz": ("Hz", 1e3),
+          "ms": ("s", 1e-3), "msec": ("s", 1e-3), "millisecond": ("s", 1e-3), "milliseconds": ("s", 1e-3),
+          "s": ("s", 1.0), "sec": ("s", 1.0), "secs": ("s", 1.0), "second": ("s", 1.0), "seconds": ("s", 1.0),
+          "min": ("s", 60.0), "minute": ("s", 60.0), "minutes": ("s", 60.0),
+          "db": ("dB", 1.0), "dbfs": ("dB", 1.0), "decibel": ("dB", 1.0), "decibels": ("dB", 1.0),
+          "bpm": ("bpm", 1.0), "beats per minute": ("bpm", 1.0), "%": ("%", 1.0), "percent": ("%", 1.0),
+          "per cent": ("%", 1.0)}
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())} | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+                                                       "hundred": 100, "a hundred": 100, "half": 0.5}
+_ORDINALS = {w: i for i, w in enumerate("first second third fourth fifth sixth seventh eighth ninth tenth".split(), 1)}
+_NUM = r"(?:\d+(?:,\d{3})+(?:\.\d+)?|\d*\.\d+|\d+)"
+_UNIT_ALT = "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))
+_QUANTITY = re.compile(rf"(?<![\w.])(?:(?P<num>{_NUM})|(?P<word>{'|'.join(sorted(_NUMBER_WORDS, key=len, reverse=True))}))"
+                       rf"(?:\s*-?\s*(?P<unit>{_UNIT_ALT})(?![\w]))?", re.I)
+_ORDINAL = re.compile(r"\b(?:(" + "|".join(_ORDINALS) + r")|(\d+)(?:st|nd|rd|th))\b", re.I)
+
+#: attribute phrase -> canonical fact. Levels carry their value; comparisons carry only what is compared (a converse
+#: comparison, "2 is higher than 1" / "1 is lower than 2", states the same fact).
+_ATTRIBUTES: dict[str, str] = {}
+for _canon, _words in {
+    "pitch:very low": "very low|very low-pitched|very deep",
+    "pitch:low": "low|low-pitched|deep|bass",
+    "pitch:middle": "middle|mid|mid-pitched|medium-pitched|medium pitch|mid-range",
+    "pitch:high": "high|high-pitched|shrill|treble",
+    "pitch:very high": "very high|very high-pitched|very shrill",
+    "duration:short": "short|brief|shortest",
+    "duration:medium": "medium|medium-length|of medium length|moderate length|medium duration",
+    "duration:long": "long|long-lasting|lengthy|longest",
+    "loudness:quiet": "quiet|soft|faint|quietest|softest",
+    "loudness:medium": "medium-loud|moderately loud|medium loudness|moderate volume",
+    "loudness:loud": "loud|loudest",
+    "cmp:pitch": "higher|lower|higher-pitched|lower-pitched|highest|lowest",
+    "cmp:duration": "longer|shorter|lasts longer",
+    "cmp:loudness": "louder|softer|quieter",
+    "cmp:tempo": "faster|slower|quicker",
+    "trend:up": "rises|rising|increases|increasing|goes up|gets louder|grows louder|climbs",
+    "trend:down": "falls|falling|decreases|decreasing|goes down|gets softer|gets quieter|drops|fades",
+    "trend:flat": "stays the same|constant|unchanged|steady|keeps the same|does not change",
+    "yes": "yes", "no": "no",
+    "same": "same|identical|the very same", "different": "different|distinct|not the same",
+    "kind:noise": "noise|hiss|noisy", "kind:tone": "tone|beep|tones|beeps",
+}.items():
+    for _w in _words.split("|"):
+        _ATTRIBUTES[_w] = _canon
+_ATTRIBUTE = re.compile(r"(?<![\w-])(" + "|".join(re.escape(w) for w in sorted(_ATTRIBUTES, key=len, reverse=True))
+                        + r")(?![\w-])", re.I)
+
+
+def _number_text(value: float, unit: str) -> str:
+    text = f"{value:.4g}"
+    return f"{text} {unit}" if unit else text
+
+
+def facts(text: str) -> collections.Counter:
+    """The checkable facts of a text: quantities (normalised numbers with units), ordinals as numbers and attribute
+    words as canonical facts. A multiset (``collections.Counter``) of strings."""
+    out: collections.Counter = collections.Counter()
+    rest = text
+
+    def quantity(m: re.Match) -> str:
+        raw = m.group("num")
+        value = float(raw.replace(",", "")) if raw else float(_NUMBER_WORDS[m.group("word").lower()])
+        unit, factor = _UNITS.get((m.group("unit") or "").lower(), ("", 1.0))
+        if m.group("word") and not m.group("unit") and m.group("word").lower() in ("half", "a hundred"):
+            return m.group(0)  # "half" alone is no quantity
+        out[_number_text(value * factor, unit)] += 1
+        return " "
+
+    rest = _QUANTITY.sub(quantity, rest)
+
+    def ordinal(m: re.Match) -> str:
+        out[_number_text(float(_ORDINALS[m.group(1).lower()] if m.group(1) else int(m.group(2))), "")] += 1
+        return " "
+
+    rest = _ORDINAL.sub(ordinal, rest)
+    for m in _ATTRIBUTE.finditer(rest):
+        out[_ATTRIBUTES[m.group(1).lower()]] += 1
+    return out
+
+
+def _f1(a: collections.Counter, b: collections.Counter) -> float:
+    """F1 of two multisets; 1.0 when both are empty."""
+    if not a and not b:
+        return 1.0
+    common = sum((a & b).values())
+    return 2.0 * common / (sum(a.values()) + sum(b.values()))
+
+
+# ==================================================================================================================
+# Step alignment
+# ==================================================================================================================
+
+_EMBED_CACHE: collections.OrderedDict[tuple[str | None, str], np.ndarray] = collections.OrderedDict()
+_EMBED_LOCK = threading.Lock()
+_EMBED_CACHE_SIZE = 8192
+
+
+def embed_cached(texts: Sequence[str], model_path: str | None = None) -> np.ndarray:
+    """Unit-norm sentence embeddings, shape (len(texts), 384) float32: each distinct text is embedded once per process
+    (an LRU cache of ``_EMBED_CACHE_SIZE`` sentences), the new ones in one batch."""
+    with _EMBED_LOCK:
+        new = list(dict.fromkeys(t for t in texts if (model_path, t) not in _EMBED_CACHE))
+    if new:
+        vectors = embed(new, model_path)
+        with _EMBED_LOCK:
+            for t, v in zip(new, vectors):
+                _EMBED_CACHE[(model_path, t)] = v
+            while len(_EMBED_CACHE) > _EMBED_CACHE_SIZE:
+                _EMBED_CACHE.popitem(last=False)
+    with _EMBED_LOCK:
+        rows = [_EMBED_CACHE.get((model_path, t)) for t in texts]
+    missing = [t for t, r in zip(texts, rows) if r is None]  # evicted meanwhile by a huge call: embed again
+    if missing:
+        again = dict(zip(missing, embed(missing, model_path)))
+        rows = [again[t] if r is None else r for t, r in zip(texts, rows)]
+    return np.stack(rows) if rows else np.zeros((0, 384), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ChainScores:
+    """The criteria of one candidate against its reference chain, each in [0, 1].
+
+    coverage : mean over reference steps of how well the best-aligned candidate step covers it (recall direction).
+    precision : mean over candidate steps of how well the best-aligned reference step supports it.
+    order : 1 - (inversions of the one-to-one alignment in reference order) / (matched steps - 1), at least 0.
+    facts : F1 of the candidate's facts against the reference's (numbers with units, attribute words).
+    """
+
+    coverage: float
+    precision: float
+    order: float
+    facts: float
+
+    @property
+    def alignment(self) -> float:
+        """The ``chain_alignment`` reward: the product of the four criteria (any one failing fails the chain)."""
+        return self.coverage * self.precision * self.order * self.facts
+
+
+#: Similarity (cosine + fact agreement, halves) at or below which a step counts as not covered, and at or above
+#: which it counts as fully covered; chosen on the dev styles of benchmarks/reasoning_validity.py.
+COVER_LO, COVER_HI = 0.45, 0.8
+#: Weight of the per-step fact F1 in the step similarity (the rest is the cosine).
+FACT_WEIGHT = 0.5
+
+
+def _step_similarity(cand: list[str], ref: list[str], cand_vec: np.ndarray, ref_vec: np.ndarray) -> np.ndarray:
+    """(len(cand), len(ref)) similarity of steps: ``(1 - FACT_WEIGHT) * cosine + FACT_WEIGHT * fact F1``."""
+    cos = np.clip(cand_vec @ ref_vec.T, 0.0, 1.0)
+    cf, rf = [facts(s) for s in cand], [facts(s) for s in ref]
+    fact = np.array([[_f1(a, b) for b in rf] for a in cf]).reshape(len(cand), len(ref))
+    return (1.0 - FACT_WEIGHT) * cos + FACT_WEIGHT * fact
+
+
+def _covered(sim: np.ndarray) -> np.ndarray:
+    return np.clip((sim - COVER_LO) / (COVER_HI - COVER_LO), 0.0, 1.0)
+
+
+def _order(sim: np.ndarray) -> float:
+    """1 - inversions / (matched - 1) of the Hungarian alignment of candidate to reference steps, over the pairs
+    above ``COVER_LO`` (1.0 when fewer than two steps match: nothing can be out of order)."""
+    rows, cols = linear_sum_assignment(-sim)
+    keep = sim[rows, cols] > COVER_LO
+    positions = rows[keep][np.argsort(cols[keep])]  # candidate position of each matched reference step, in ref order
+    n = len(positions)
+    if n < 2:
+        return 1.0
+    inversions = sum(int(positions[i] > positions[j]) for i in range(n) for j in range(i + 1, n))
+    return max(0.0, 1.0 - inversions / (n - 1))
+
+
+def chain_scores(candidates: Sequence[str], references: Sequence[str | Sequence[str]],
+                 model_path: str | None = None) -> list[ChainScores]:
+    """Coverage, precision, order and facts of each candidate text against its reference chain.
+
+    Parameters
+    ----------
+    candidates : think texts (sanitised here: delimiters removed, repetition collapsed).
+    references : reference chains, each a list of steps or a text (split into sentences).
+    model_path : a sentence-transformers folder (default: the shipped all-MiniLM-L6-v2).
+
+    Returns
+    -------
+    list of :class:`ChainScores`, one per candidate; all zeros for a candidate without steps.
+    """
+    if len(candidates) != len(references):
+        raise ValueError(f"chain_scores: {len(candidates)} candidates but {len(references)} references")
+    cand_steps = [split_steps(sanitize_candidate(c)) for c in candidates]
+    ref_steps = [list(r) if not isinstance(r, str) else split_steps(r) for r in references]
+    ref_steps = [[s.strip() for s in r if s.strip()] for r in ref_steps]
+    vectors = embed_cached([s for steps in (*cand_steps, *ref_steps) for s in steps], model_path)
+    offsets = np.cumsum([0] + [len(s) for s in (*cand_steps, *ref_steps)])
+    out = []
+    for i, (cand, ref) in enumerate(zip(cand_steps, ref_steps)):
+        if not cand or not ref:
+            out.append(ChainScores(0.0, 0.0, 0.0, 0.0))
+            continue
+        j = len(cand_steps) + i
+        sim = _step_similarity(cand, ref, vectors[offsets[i]:offsets[i + 1]], vectors[offsets[j]:offsets[j + 1]])
+        out.append(ChainScores(coverage=float(_covered(sim.max(0)).mean()),
+                               precision=float(_covered(sim.max(1)).mean()),
+                               order=_order(sim),
+                               facts=_f1(facts(" ".join(cand)), facts(" ".join(ref)))))
+    return out
+
+
+# ==================================================================================================================
+# Judge recall
+# ==================================================================================================================
+
+
+def _recall_judge(kwargs: dict, reward: str):
+    """The judge of ``kwargs`` (``judge_*`` keywords) with the recall prompt unless another likelihood prompt is set."""
+    config = {"judge_prompt": RECALL_PROMPT.name, **kwargs}
+    judge = judge_for(config, reward)
+    if judge.prompt.method != "likelihood":
+        raise ValueError(f"reward {reward!r}: judge_prompt {judge.prompt.name!r} reads score tokens; the judge recall "
+                         "needs a likelihood prompt (judge_prompt = 'recall-likelihood'; a server judge needs "
+                         "judge_endpoint = 'completions' with echoed logprobs)")
+    return judge
+
+
+def judge_recall(judge, candidates: Sequence[str], references: Sequence[str | Sequence[str]]) -> list[float | None]:
+    """How much of each reference the judge can predict from the candidate, in [0, 1]; None where the judge failed.
+
+    ``L(x) = mean log p(reference tokens | x)`` under the recall prompt; the score is
+    ``(L(candidate) - L(nothing)) / (L(reference) - L(nothing))`` clipped to [0, 1]: 0 = the candidate helps no more
+    than no reasoning at all, 1 = as much as the reference itself (BARTScore's recall, normalised per reference).
+    """
+    refs = [_reference_text(r) for r in references]
+    unique = list(dict.fromkeys(refs))
+    # the judge's "candidate" slot holds the text whose likelihood is measured: the reference; its "reference" slot
+    # holds the text conditioned on: the (sanitised) candidate, the reference itself, or nothing
+    cands = [sanitize_candidate(c) for c in candidates]
+    scored = judge.score(refs + unique + unique, cands + unique + [_NO_REASONING] * len(unique))
+    n, u = len(refs), len(unique)
+    self_lp = {r: s for r, s in zip(unique, scored[n:n + u])}
+    null_lp = {r: s for r, s in zip(unique, scored[n + u:])}
+    out: list[float | None] = []
+    for ref, s in zip(refs, scored[:n]):
+        top, bottom = self_lp[ref], null_lp[ref]
+        if s is None or top is None or bottom is None:
+            out.append(None)
+            continue
+        lc, ltop, lbot = (math.log(max(x, 1e-12)) for x in (s, top, bottom))
+        out.append(float(np.clip((lc - lbot) / max(ltop - lbot, 0.05), 0.0, 1.0)))
+    return out
+
+
+# ==================================================================================================================
+# Rewards
+# ==================================================================================================================
+
+
+def _chain_reward(name: str, completions: list, answer: list[str], reference_chain, w: float, kwargs: dict,
+                  embedding_model: str | None) -> list[float | None]:
+    """``w * judge recall + (1 - w) * alignment`` for the paid completions (correct answer, think text), else 0."""
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"reward {name!r}: w must lie in [0, 1], got {w}")
+    refs = _check_references(name, reference_chain, len(completions), kwargs.get("id"))
+    parsed, paid = _paid(completions, answer)
+    out: list[float | None] = [0.0] * len(completions)
+    if not paid:
+        return out
+    thinks, paid_refs = [parsed[i].think for i in paid], [refs[i] for i in paid]
+    judged = judge_recall(_recall_judge(kwargs, name), thinks, paid_refs) if w > 0 else [0.0] * len(paid)
+    aligned = [s.alignment for s in chain_scores(thinks, paid_refs, embedding_model)] if w < 1 else [0.0] * len(paid)
+    for i, j, a in zip(paid, judged, aligned):
+        out[i] = None if j is None else float(w * j + (1.0 - w) * a)
+    return out
+
+
+@register_reward("chain_reasoning", requires=("reference_chain",))
+def chain_reasoning_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
+                           reference_chain: list | None = None, w: float = DEFAULT_CHAIN_W,
+                           embedding_model: str | None = None, **kwargs) -> list[float | None]:
+    """The default reasoning reward: ``w * judge recall + (1 - w) * (coverage * precision * order * facts)`` for a
+    correct answer with think text; 0.0 otherwise; None where the judge failed. In [0, 1].
+
+    ``w`` = 0 needs no judge (MiniLM only), ``w`` = 1 is the judge recall alone. ``judge_*`` keywords configure the
+    judge (default prompt ``recall-likelihood``; a server needs ``judge_endpoint = "completions"`` with echo).
+    """
+    return _chain_reward("chain_reasoning", completions, answer, reference_chain, w, kwargs, embedding_model)
+
+
+@register_reward("chain_alignment", requires=("reference_chain",))
+def chain_alignment_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
+                           reference_chain: list | None = None, embedding_model: str | None = None,
+                           **kwargs) -> list[float | None]:
+    """``coverage * precision * order * facts`` of the think text against the reference chain (MiniLM step
+    alignment, no judge) for a correct answer with think text; 0.0 otherwise. In [0, 1]."""
+    return _chain_reward("chain_alignment", completions, answer, reference_chain, 0.0, kwargs, embedding_model)
+
+
+@register_reward("chain_judge", requires=("reference_chain",))
+def chain_judge_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
+                       reference_chain: list | None = None, **kwargs) -> list[float | None]:
+    """The judge recall alone (how much of the reference the judge predicts from the think text, normalised) for a
+    correct answer with think text; 0.0 otherwise; None where the judge failed. In [0, 1]."""
+    return _chain_reward("chain_judge", completions, answer, reference_chain, 1.0, kwargs, None)

@@ -2,7 +2,8 @@
 
 ``registry`` names them for configs and evaluates them safely; ``reasoning`` holds the paper's reasoning rewards
 (hybrid judge + embedding similarity, LLM judge, consistency, adaptive think-accuracy); ``chain`` the rewards that
-measure coverage, order and facts of the think text against the reference chain; ``embedding`` the sentence embedder. Importing this package registers every reward.
+measure coverage, order and facts of the think text against the reference chain; ``embedding`` the sentence
+embedder. Importing this package registers every reward.
 
 Examples
 --------

@@ -98,15 +98,19 @@ _UNITS = {"hz": ("Hz", 1.0), "hertz": ("Hz", 1.0), "khz": ("Hz", 1e3), "kilohert
           "db": ("dB", 1.0), "dbfs": ("dB", 1.0), "decibel": ("dB", 1.0), "decibels": ("dB", 1.0),
           "bpm": ("bpm", 1.0), "beats per minute": ("bpm", 1.0), "%": ("%", 1.0), "percent": ("%", 1.0),
           "per cent": ("%", 1.0)}
-_NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())} | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
-                                                       "hundred": 100, "a hundred": 100, "half": 0.5}
-_ORDINALS = {w: i for i, w in enumerate("first second third fourth fifth sixth seventh eighth ninth tenth".split(), 1)}
+# "one" is left out: "the higher one" is a pronoun; "sound one" is read by _NAMED_ONE
+_SMALL = ("zero", "", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+_NUMBER_WORDS = {w: i for i, w in enumerate(_SMALL) if w} | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+                                                            "hundred": 100, "a hundred": 100, "half": 0.5}
+_ORDINALS = {w: i for i, w in enumerate(("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+                                         "ninth", "tenth"), 1)}
 _NUM = r"(?:\d+(?:,\d{3})+(?:\.\d+)?|\d*\.\d+|\d+)"
 _UNIT_ALT = "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))
-_QUANTITY = re.compile(rf"(?<![\w.])(?:(?P<num>{_NUM})|(?P<word>{'|'.join(sorted(_NUMBER_WORDS, key=len, reverse=True))}))"
+_WORDS_ALT = "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True))
+_QUANTITY = re.compile(rf"(?<![\w.])(?:(?P<num>{_NUM})|(?P<word>{_WORDS_ALT}))"
                        rf"(?:\s*-?\s*(?P<unit>{_UNIT_ALT})(?![\w]))?", re.I)
+_NAMED_ONE = re.compile(r"\b(?:sound|tone|section|part|beep|event|segment|note|number|step)\s+one\b", re.I)
 _ORDINAL = re.compile(r"\b(?:(" + "|".join(_ORDINALS) + r")|(\d+)(?:st|nd|rd|th))\b", re.I)
 
 #: attribute phrase -> canonical fact. Levels carry their value; comparisons carry only what is compared (a converse
@@ -168,6 +172,8 @@ def facts(text: str) -> collections.Counter:
         return " "
 
     rest = _ORDINAL.sub(ordinal, rest)
+    if named_one := len(_NAMED_ONE.findall(rest)):
+        out["1"] += named_one
     for m in _ATTRIBUTE.finditer(rest):
         out[_ATTRIBUTES[m.group(1).lower()]] += 1
     return out
@@ -179,6 +185,68 @@ def _f1(a: collections.Counter, b: collections.Counter) -> float:
         return 1.0
     common = sum((a & b).values())
     return 2.0 * common / (sum(a.values()) + sum(b.values()))
+
+
+_VALUE_TYPES = ("pitch", "duration", "loudness", "trend")  # attribute facts whose values can contradict each other
+_VERDICTS = {"yes": "verdict", "no": "verdict", "same": "identity", "different": "identity"}
+
+
+def _value_type(fact: str) -> str | None:
+    """The kind of value a fact states (``'pitch'``, ``'verdict'``, ``'count'``, ``'Hz'``...), None for a fact that
+    states no value (a comparison word, tone/noise)."""
+    if fact in _VERDICTS:
+        return _VERDICTS[fact]
+    head, _, tail = fact.partition(":")
+    if tail:
+        return head if head in _VALUE_TYPES else None
+    unit = fact.partition(" ")[2]
+    return unit or "count"
+
+
+def _derivable(fact: str, chain_values: dict[str, set[float]]) -> bool:
+    """A quantity with a unit is true of the chain if the chain states it, or the difference of two of its
+    quantities of that unit (a paraphrase may say "20 dB louder" for 50 -> 70 dB)."""
+    value, _, unit = fact.partition(" ")
+    known = chain_values.get(unit, set())
+    v = float(value)
+    return any(math.isclose(v, k, rel_tol=1e-3) for k in known) or any(
+        math.isclose(v, abs(a - b), rel_tol=1e-3) for a in known for b in known)
+
+
+def contradicts(step: collections.Counter, ref_step: collections.Counter, chain_values: dict[str, set[float]]) -> bool:
+    """Does a candidate step (its facts) state a value its aligned reference step states otherwise?
+
+    For each kind of value both steps state (a pitch level, a trend, yes/no, same/different, a count or identifier),
+    every value of the candidate must be among the reference step's. A quantity with a unit must be true of the whole
+    reference chain (``_derivable``): measured values are often restated in another step.
+    """
+    ref_types: dict[str, set[str]] = collections.defaultdict(set)
+    for f in ref_step:
+        t = _value_type(f)
+        if t:
+            ref_types[t].add(f)
+    for f in step:
+        t = _value_type(f)
+        if t is None:
+            continue
+        if t == "count" and any(_derivable(f"{f} {unit}", chain_values) for unit in chain_values):
+            continue  # a bare number that is a measured value with its unit left out ("90 BPM exceeds 80")
+        if t in ("count", *_VALUE_TYPES, "verdict", "identity"):
+            if t in ref_types and f not in ref_types[t]:
+                return True
+        elif not _derivable(f, chain_values):
+            return True
+    return False
+
+
+def _chain_values(ref_facts: Sequence[collections.Counter]) -> dict[str, set[float]]:
+    values: dict[str, set[float]] = collections.defaultdict(set)
+    for counter in ref_facts:
+        for f in counter:
+            t = _value_type(f)
+            if t and t not in ("count", *_VALUE_TYPES, "verdict", "identity"):
+                values[t].add(float(f.partition(" ")[0]))
+    return values
 
 
 # ==================================================================================================================
@@ -219,17 +287,25 @@ class ChainScores:
     precision : mean over candidate steps of how well the best-aligned reference step supports it.
     order : 1 - (inversions of the one-to-one alignment in reference order) / (matched steps - 1), at least 0.
     facts : F1 of the candidate's facts against the reference's (numbers with units, attribute words).
+    contradictions : candidate steps that state a value their aligned reference step states otherwise
+        (:func:`contradicts`): a wrong fact, a flipped conclusion.
     """
 
     coverage: float
     precision: float
     order: float
     facts: float
+    contradictions: int = 0
+
+    @property
+    def agreement(self) -> float:
+        """``CONTRADICTION_FACTOR ** contradictions``: each false step costs a fixed fraction of the reward."""
+        return CONTRADICTION_FACTOR ** self.contradictions
 
     @property
     def alignment(self) -> float:
-        """The ``chain_alignment`` reward: the product of the four criteria (any one failing fails the chain)."""
-        return self.coverage * self.precision * self.order * self.facts
+        """The ``chain_alignment`` reward: the product of the criteria (any one failing fails the chain)."""
+        return self.coverage * self.precision * self.order * self.facts * self.agreement
 
 
 #: Similarity (cosine + fact agreement, halves) at or below which a step counts as not covered, and at or above
@@ -237,13 +313,13 @@ class ChainScores:
 COVER_LO, COVER_HI = 0.45, 0.8
 #: Weight of the per-step fact F1 in the step similarity (the rest is the cosine).
 FACT_WEIGHT = 0.5
+#: What each contradicting step multiplies the alignment reward by.
+CONTRADICTION_FACTOR = 0.5
 
 
-def _step_similarity(cand: list[str], ref: list[str], cand_vec: np.ndarray, ref_vec: np.ndarray) -> np.ndarray:
-    """(len(cand), len(ref)) similarity of steps: ``(1 - FACT_WEIGHT) * cosine + FACT_WEIGHT * fact F1``."""
-    cos = np.clip(cand_vec @ ref_vec.T, 0.0, 1.0)
-    cf, rf = [facts(s) for s in cand], [facts(s) for s in ref]
-    fact = np.array([[_f1(a, b) for b in rf] for a in cf]).reshape(len(cand), len(ref))
+def _step_similarity(cos: np.ndarray, cand_facts: list, ref_facts: list) -> np.ndarray:
+    """(n_cand, n_ref) similarity of steps: ``(1 - FACT_WEIGHT) * cosine + FACT_WEIGHT * fact F1``."""
+    fact = np.array([[_f1(a, b) for b in ref_facts] for a in cand_facts]).reshape(cos.shape)
     return (1.0 - FACT_WEIGHT) * cos + FACT_WEIGHT * fact
 
 
@@ -291,12 +367,21 @@ def chain_scores(candidates: Sequence[str], references: Sequence[str | Sequence[
             out.append(ChainScores(0.0, 0.0, 0.0, 0.0))
             continue
         j = len(cand_steps) + i
-        sim = _step_similarity(cand, ref, vectors[offsets[i]:offsets[i + 1]], vectors[offsets[j]:offsets[j + 1]])
-        out.append(ChainScores(coverage=float(_covered(sim.max(0)).mean()),
-                               precision=float(_covered(sim.max(1)).mean()),
-                               order=_order(sim),
-                               facts=_f1(facts(" ".join(cand)), facts(" ".join(ref)))))
+        cos = np.clip(vectors[offsets[i]:offsets[i + 1]] @ vectors[offsets[j]:offsets[j + 1]].T, 0.0, 1.0)
+        out.append(_criteria(cos, [facts(s) for s in cand], [facts(s) for s in ref]))
     return out
+
+
+def _criteria(cos: np.ndarray, cand_facts: list, ref_facts: list) -> ChainScores:
+    """The criteria from the (n_cand, n_ref) cosine matrix of steps and each step's facts."""
+    sim = _step_similarity(cos, cand_facts, ref_facts)
+    values = _chain_values(ref_facts)
+    nearest = sim.argmax(1)  # each candidate step's reference step (facts help to tell "sound 1" from "sound 2")
+    wrong = sum(contradicts(cf, ref_facts[k], values) for cf, k in zip(cand_facts, nearest))
+    return ChainScores(coverage=float(_covered(sim.max(0)).mean()), precision=float(_covered(sim.max(1)).mean()),
+                       order=_order(sim), facts=_f1(sum(cand_facts, collections.Counter()),
+                                                    sum(ref_facts, collections.Counter())),
+                       contradictions=int(wrong))
 
 
 # ==================================================================================================================

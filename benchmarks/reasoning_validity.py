@@ -31,6 +31,7 @@ through the OpenAI-compatible path against ``tests/judge_server.py`` serving Smo
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import re
@@ -355,32 +356,69 @@ def markdown(results: dict, split: str) -> str:
 # ==================================================================================================================
 
 
-def _timed(name: str, cases: list[dict], timing: dict, judge_kwargs: dict | None = None, **kwargs) -> np.ndarray:
-    """Score with cold caches (the judge's and the sentence cache) and record seconds per 100 completions."""
-    if judge_kwargs is not None:
-        get_judge(**{k.removeprefix("judge_"): v for k, v in judge_kwargs.items()}).clear_cache()
-    chain_mod._EMBED_CACHE.clear()
-    t = time.perf_counter()
-    values = score(name, cases, **kwargs, **(judge_kwargs or {}))
-    timing[name] = round(100 * (time.perf_counter() - t) / len(cases), 3)
-    print(f"{name}: {timing[name]:.2f} s per 100 completions", file=sys.stderr)
-    return values
+#: The alignment's constants tried on the dev styles. Each tuple starts with the shipped value (chosen on an earlier
+#: dev grid of 10 items per style); ties go to the first in grid order, so the shipped values win a tie.
+ALIGNMENT_GRID = {"COVER_LO": (0.35, 0.45, 0.55), "COVER_HI": (0.75, 0.8, 0.85), "FACT_WEIGHT": (0.5, 0.3, 0.7),
+                  "CONTRADICTION_FACTOR": (0.5, 0.25, 0.75)}
 
 
-def _server_scores(cases: list[dict], tokenizer_model) -> tuple[dict, dict]:
-    """chain_judge and chain_reasoning through the OpenAI-compatible path: tests/judge_server.py serving SmolLM2."""
+def alignment_grid(cases: list[dict]) -> list[dict]:
+    """chain_alignment's dev AUROC (pooled, worst kind) at every combination of ``ALIGNMENT_GRID``, best first.
+
+    The module constants are set in turn and restored; embeddings come from the sentence cache, so each combination
+    costs only the alignment arithmetic.
+    """
+    dev = [c for c in cases if c["split"] == "dev"]
+    saved = {k: getattr(chain_mod, k) for k in ALIGNMENT_GRID}
+    rows = []
+    try:
+        for values in itertools.product(*ALIGNMENT_GRID.values()):
+            setting = dict(zip(ALIGNMENT_GRID, values))
+            for k, v in setting.items():
+                setattr(chain_mod, k, v)
+            table = auroc_table(score("chain_alignment", dev), dev, "dev", n_boot=1)
+            rows.append(setting | {"pooled": table["pooled"]["auroc"], "worst_kind": worst_kind(table)})
+    finally:
+        for k, v in saved.items():
+            setattr(chain_mod, k, v)
+    return sorted(rows, key=lambda r: (-r["worst_kind"], -r["pooled"]))
+
+
+def time_rewards(cases: list[dict], settings: dict[str, tuple[str, dict]]) -> dict[str, float]:
+    """Seconds per 100 completions of each ``name: (reward, kwargs)`` on ``cases``, caches cold: the sentence cache
+    and the judge's in-memory cache are cleared first (a cache file is read only when a judge is built)."""
+    out = {}
+    for label, (name, kwargs) in settings.items():
+        judge_kwargs = {k.removeprefix("judge_"): v for k, v in kwargs.items() if k.startswith("judge_")}
+        if judge_kwargs:
+            get_judge(**judge_kwargs).clear_cache()
+        chain_mod._EMBED_CACHE.clear()
+        t = time.perf_counter()
+        score(name, cases, **kwargs)
+        out[label] = round(100 * (time.perf_counter() - t) / len(cases), 3)
+        print(f"{label}: {out[label]:.2f} s per 100 completions", file=sys.stderr)
+    return out
+
+
+def server_scores(cases: list[dict], w: float) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """chain_judge and chain_reasoning through the OpenAI-compatible path (``/v1/completions`` with echoed logprobs):
+    ``tests/judge_server.py`` serving SmolLM2 on localhost, the same prompts as in process (its chat template)."""
+    from rl.judge.packaged import load_smollm2
     from tests.judge_server import ModelServer
 
-    model, tok = tokenizer_model
+    model, tok = load_smollm2()
     server = ModelServer(model, tok, name="smollm2")
     url = server.start()
     try:
         kw = {"judge_backend": "openai", "judge_base_url": url, "judge_model": "smollm2",
               "judge_endpoint": "completions", "judge_prompt": "recall-likelihood", "judge_tokenizer": tok,
-              "judge_max_workers": 1}
-        timing: dict = {}
-        judge = _timed("chain_judge", cases, timing, judge_kwargs=kw)
-        return {"chain_judge (server)": judge}, {"chain_judge (server)": timing["chain_judge"]}
+              "judge_max_workers": 1, "judge_timeout": 300.0}
+        t = time.perf_counter()
+        judge = score("chain_judge", cases, **kw)
+        seconds = round(100 * (time.perf_counter() - t) / len(cases), 3)
+        return ({"chain_judge through a local OpenAI-compatible server": judge,
+                 f"chain_reasoning (w = {w:g}) through the server": score("chain_reasoning", cases, w=w, **kw)},
+                {"chain_judge through the server (cold)": seconds})
     finally:
         server.stop()
 
@@ -392,10 +430,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--no-judge", action="store_true", help="embedding scorers only (fast)")
+    ap.add_argument("--grid", action="store_true", help="also chain_alignment's constants on a grid, dev styles")
     ap.add_argument("--server", action="store_true", help="also the judge through a local OpenAI-compatible server "
                                                           "(held-out styles)")
     ap.add_argument("--out", default="benchmarks/results/reasoning_validity.json")
     ap.add_argument("--raw", help="also write every candidate's scores to this JSON file")
+    ap.add_argument("--judge-cache", help="a folder for the judges' content caches (a re-run reads them)")
+    ap.add_argument("--timing", type=int, default=100, help="candidates timed per reward, caches cold")
     args = ap.parse_args(argv)
     import torch
 
@@ -404,40 +445,48 @@ def main(argv: list[str] | None = None) -> dict:
     cases = build_cases(build_chains(args.items, args.seed), args.seed)
     print(f"{len(cases)} candidates", file=sys.stderr)
     judge = {"judge_backend": "local", "judge_model": "smollm2", "judge_batch_size": 16}
-    timing: dict = {}
+
+    def judged(prompt: str) -> dict:
+        cache = {"judge_cache_path": str(Path(args.judge_cache) / f"{prompt}.json")} if args.judge_cache else {}
+        return {**judge, "judge_prompt": prompt, **cache}
+
     embed(["warm-up"])  # the embedder's load is not a cost per completion
-    raw = {"embedding cosine (hybrid_reasoning, w = 0)": _timed("hybrid_reasoning", cases, timing, w=0.0),
-           "chain_alignment": _timed("chain_alignment", cases, timing)}
+    raw = {"embedding cosine (hybrid_reasoning, w = 0)": score("hybrid_reasoning", cases, w=0.0),
+           "chain_alignment": score("chain_alignment", cases)}
     components = chain_mod.chain_scores([c["completion"].split("</think>")[0].removeprefix("<think>\n")
                                          for c in cases], [c["reference"] for c in cases])
-    for part in ("coverage", "precision", "order", "facts"):
+    for part in ("coverage", "precision", "order", "facts", "agreement"):
         raw[f"chain part: {part}"] = np.array([getattr(s, part) for s in components])
+    grid = alignment_grid(cases) if args.grid else []
+    if grid:
+        print("alignment grid (dev), best 5:", grid[:5], file=sys.stderr)
+    settings = {"embedding cosine": ("hybrid_reasoning", {"w": 0.0}), "chain_alignment": ("chain_alignment", {})}
+    dev, best_w = {}, None
     if not args.no_judge:
-        raw["llm_judge (restate-likelihood)"] = _timed("llm_judge", cases, timing,
-                                                       judge_kwargs={**judge, "judge_prompt": "restate-likelihood"})
-        raw["hybrid_reasoning (w = 0.5, previous default)"] = score(
-            "hybrid_reasoning", cases, w=0.5, **judge, judge_prompt="restate-likelihood")
-        raw["chain_judge"] = _timed("chain_judge", cases, timing, judge_kwargs={**judge,
-                                                                                "judge_prompt": "recall-likelihood"})
+        raw["chain_judge"] = score("chain_judge", cases, **judged("recall-likelihood"))
+        raw["llm_judge (restate-likelihood)"] = score("llm_judge", cases, **judged("restate-likelihood"))
+        raw["hybrid_reasoning (w = 0.5, previous default)"] = score("hybrid_reasoning", cases, w=0.5,
+                                                                    **judged("restate-likelihood"))
         dev = {w: auroc_table(w * raw["chain_judge"] + (1 - w) * raw["chain_alignment"], cases, "dev", 100)
                for w in W_GRID}
         best_w = max(W_GRID, key=lambda w: (worst_kind(dev[w]), dev[w]["pooled"]["auroc"]))
-        chosen = score("chain_reasoning", cases, w=best_w, **judge, judge_prompt="recall-likelihood")
+        chosen = score("chain_reasoning", cases, w=best_w, **judged("recall-likelihood"))
         combined = best_w * raw["chain_judge"] + (1 - best_w) * raw["chain_alignment"]
         assert np.allclose(chosen, combined, atol=1e-6), "chain_reasoning is not w * judge + (1 - w) * alignment"
         raw[f"**chain_reasoning (w = {best_w:g}, default)**"] = chosen
-    else:
-        dev, best_w = {}, None
-    if args.server:
-        from rl.judge.packaged import load_smollm2
-
-        held = [c for c in cases if c["split"] == "held_out"]
-        server_raw, server_timing = _server_scores(held, load_smollm2())
+        settings |= {"llm_judge": ("llm_judge", judged("restate-likelihood")),
+                     "hybrid_reasoning (w = 0.5)": ("hybrid_reasoning", {"w": 0.5, **judged("restate-likelihood")}),
+                     "chain_judge": ("chain_judge", judged("recall-likelihood")),
+                     f"chain_reasoning (w = {best_w:g})": ("chain_reasoning",
+                                                          {"w": best_w, **judged("recall-likelihood")})}
+    timing = time_rewards(cases[:: max(1, len(cases) // args.timing)][: args.timing], settings)
+    if args.server and best_w is not None:
+        held = [i for i, c in enumerate(cases) if c["split"] == "held_out"]
+        server_raw, server_timing = server_scores([cases[i] for i in held], best_w)
         for name, values in server_raw.items():
-            full = np.full(len(cases), np.nan)
-            full[[i for i, c in enumerate(cases) if c["split"] == "held_out"]] = values
-            raw[name] = full
-        timing.update(server_timing)
+            raw[name] = np.full(len(cases), np.nan)
+            raw[name][held] = values
+        timing |= server_timing
     if args.raw:
         Path(args.raw).write_text(json.dumps({"cases": cases, "scores": {k: v.tolist() for k, v in raw.items()}}))
     results = {name: {split: auroc_table(v, cases, split, args.boot) for split in ("dev", "held_out")
@@ -451,7 +500,9 @@ def main(argv: list[str] | None = None) -> dict:
         "chosen": {"reward": "chain_reasoning", "w": best_w, "rule": "largest worst-kind dev AUROC, then pooled dev",
                    "dev_grid": {f"w={w:g}": {"pooled": t["pooled"]["auroc"], "worst_kind": worst_kind(t)}
                                 for w, t in dev.items()}},
-        "aurocs": results, "seconds_per_100_completions_cold_cache": timing, "threads": args.threads,
+        "alignment_grid_dev": grid[:10],
+        "aurocs": results, "seconds_per_100_completions_cold_cache": timing, "timed_candidates": args.timing,
+        "threads": args.threads,
         "platform": platform.platform(), "total_seconds": round(time.time() - t_start, 1),
         "examples": [{k: c[k] for k in ("style", "kind", "completion")} for c in cases[:14]],
     }

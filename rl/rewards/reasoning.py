@@ -38,9 +38,9 @@ __all__ = ["DEFAULT_W", "EMBEDDING_REWARDS", "JUDGE_REWARDS", "adaptive_think_ac
            "hybrid_reasoning_reward", "judge_for", "llm_judge_reward"]
 
 #: The rewards that call the judge (``rl.train.grpo`` builds their judges when a stage starts).
-JUDGE_REWARDS = ("hybrid_reasoning", "llm_judge")
+JUDGE_REWARDS = ("hybrid_reasoning", "llm_judge", "chain_reasoning", "chain_judge")  # chain_*: rl/rewards/chain.py
 #: The rewards that embed the think text when w < 1 (``rl.train.grpo`` loads the embedder when a stage starts).
-EMBEDDING_REWARDS = ("hybrid_reasoning",)
+EMBEDDING_REWARDS = ("hybrid_reasoning", "chain_reasoning", "chain_alignment")
 
 #: Weight of the judge in the hybrid reward, chosen by benchmarks/judge_validity.py (see its results JSON) for the
 #: default in-process judge (SmolLM2-135M, prompt ``restate-likelihood``). Re-measure it for another judge.

@@ -22,10 +22,12 @@ step copied verbatim, alone).
 
 Every reward is called through its TRL signature ``f(prompts, completions, completion_ids, **columns)``. AUROC =
 P(score(paraphrase) > score(corruption)) over all pairs of the split (ties 1/2), per kind and pooled; 95% intervals
-from a bootstrap over items (500 resamples). Defaults (the weight ``w`` of ``chain_reasoning``) are chosen on the
-dev styles only: the largest worst-kind AUROC, then pooled. Also: mean score per kind (no kind may average above the
-paraphrase), seconds per 100 completions of each reward with cold caches, and (``--server``) the judge rewards
-through the OpenAI-compatible path against ``tests/judge_server.py`` serving SmolLM2 on localhost.
+from a bootstrap over items (500 resamples). Defaults (the weight ``w`` of ``chain_reasoning``; the alignment's
+constants with ``--grid``) are chosen on the dev styles only: the largest worst-kind AUROC, then pooled, then ``w``
+nearest 0.5. Also: mean score per kind (no kind may average above the
+paraphrase), seconds per 100 completions of each reward with cold caches (on a sample of ``--timing`` candidates),
+and (``--server N``) the judge recall through the OpenAI-compatible path against ``tests/judge_server.py`` serving
+SmolLM2 on localhost, on N held-out candidates, compared with the in-process judge.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import re
 import sys
@@ -431,8 +434,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--boot", type=int, default=500)
     ap.add_argument("--no-judge", action="store_true", help="embedding scorers only (fast)")
     ap.add_argument("--grid", action="store_true", help="also chain_alignment's constants on a grid, dev styles")
-    ap.add_argument("--server", action="store_true", help="also the judge through a local OpenAI-compatible server "
-                                                          "(held-out styles)")
+    ap.add_argument("--server", type=int, default=0, help="also the judge recall through a local OpenAI-compatible "
+                                                          "server on this many held-out candidates")
+    ap.add_argument("--baseline-split", choices=("all", "held_out"), default="all",
+                    help="where the previous judge rewards (llm_judge, hybrid_reasoning) are scored")
     ap.add_argument("--out", default="benchmarks/results/reasoning_validity.json")
     ap.add_argument("--raw", help="also write every candidate's scores to this JSON file")
     ap.add_argument("--judge-cache", help="a folder for the judges' content caches (a re-run reads them)")
@@ -464,12 +469,15 @@ def main(argv: list[str] | None = None) -> dict:
     dev, best_w = {}, None
     if not args.no_judge:
         raw["chain_judge"] = score("chain_judge", cases, **judged("recall-likelihood"))
-        raw["llm_judge (restate-likelihood)"] = score("llm_judge", cases, **judged("restate-likelihood"))
-        raw["hybrid_reasoning (w = 0.5, previous default)"] = score("hybrid_reasoning", cases, w=0.5,
-                                                                    **judged("restate-likelihood"))
+        base = [i for i, c in enumerate(cases) if args.baseline_split == "all" or c["split"] == "held_out"]
+        for label, name, kw in (("llm_judge (restate-likelihood)", "llm_judge", {}),
+                                ("hybrid_reasoning (w = 0.5, previous default)", "hybrid_reasoning", {"w": 0.5})):
+            raw[label] = np.full(len(cases), np.nan)
+            raw[label][base] = score(name, [cases[i] for i in base], **kw, **judged("restate-likelihood"))
         dev = {w: auroc_table(w * raw["chain_judge"] + (1 - w) * raw["chain_alignment"], cases, "dev", 100)
                for w in W_GRID}
-        best_w = max(W_GRID, key=lambda w: (worst_kind(dev[w]), dev[w]["pooled"]["auroc"]))
+        # ties go to the w nearest the paper's even mix (as in benchmarks/judge_validity.py)
+        best_w = max(W_GRID, key=lambda w: (worst_kind(dev[w]), dev[w]["pooled"]["auroc"], -abs(w - 0.5)))
         chosen = score("chain_reasoning", cases, w=best_w, **judged("recall-likelihood"))
         combined = best_w * raw["chain_judge"] + (1 - best_w) * raw["chain_alignment"]
         assert np.allclose(chosen, combined, atol=1e-6), "chain_reasoning is not w * judge + (1 - w) * alignment"
@@ -480,12 +488,18 @@ def main(argv: list[str] | None = None) -> dict:
                      f"chain_reasoning (w = {best_w:g})": ("chain_reasoning",
                                                           {"w": best_w, **judged("recall-likelihood")})}
     timing = time_rewards(cases[:: max(1, len(cases) // args.timing)][: args.timing], settings)
+    server: dict = {}
     if args.server and best_w is not None:
         held = [i for i, c in enumerate(cases) if c["split"] == "held_out"]
+        held = held[:: max(1, len(held) // args.server)][: args.server]
         server_raw, server_timing = server_scores([cases[i] for i in held], best_w)
-        for name, values in server_raw.items():
-            raw[name] = np.full(len(cases), np.nan)
-            raw[name][held] = values
+        local = raw["chain_judge"][held]
+        remote = server_raw["chain_judge through a local OpenAI-compatible server"]
+        sub = [cases[i] for i in held]
+        server = {"candidates": len(held), "max_abs_difference_to_in_process": round(float(np.nanmax(np.abs(
+            remote - local))), 4), "failures": int(np.isnan(remote).sum()),
+            "pooled_auroc_on_these": {k: auroc_table(v, sub, "held_out", 1)["pooled"]["auroc"]
+                                      for k, v in (*server_raw.items(), ("chain_judge in process", local))}}
         timing |= server_timing
     if args.raw:
         Path(args.raw).write_text(json.dumps({"cases": cases, "scores": {k: v.tolist() for k, v in raw.items()}}))
@@ -497,10 +511,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "answer), scored through each reward's TRL signature; 95% bootstrap intervals over items",
         "styles": {"dev": DEV_STYLES, "held_out": HELD_OUT_STYLES}, "kinds": KINDS, "candidates": len(cases),
         "items_per_style": args.items, "seed": args.seed,
-        "chosen": {"reward": "chain_reasoning", "w": best_w, "rule": "largest worst-kind dev AUROC, then pooled dev",
+        "chosen": {"reward": "chain_reasoning", "w": best_w,
+                   "rule": "largest worst-kind dev AUROC, then pooled dev, then nearest 0.5",
                    "dev_grid": {f"w={w:g}": {"pooled": t["pooled"]["auroc"], "worst_kind": worst_kind(t)}
                                 for w, t in dev.items()}},
-        "alignment_grid_dev": grid[:10],
+        "alignment_grid_dev": grid[:10], "server_path": server,
+        "load_average_at_end": os.getloadavg(),
         "aurocs": results, "seconds_per_100_completions_cold_cache": timing, "timed_candidates": args.timing,
         "threads": args.threads,
         "platform": platform.platform(), "total_seconds": round(time.time() - t_start, 1),

@@ -14,7 +14,10 @@ paper's three criteria directly, in the *recall* direction (ROSCOE's step alignm
   candidate positions costs ``1 / (n_matched - 1)``.
 * **facts** -- numbers with units (``440 Hz`` = ``0.44 kHz``, ``250 ms`` = ``0.25 s``, ``three`` = ``3``, ``the
   second`` = ``2``) and attribute words (pitch, duration and loudness levels with their synonyms, trends, yes/no,
-  same/different, tone/noise) as multisets: F1 of the candidate's against the reference's.
+  same/different, tone/noise) as multisets: F1 of the candidate's against the reference's; and **agreement**: each
+  candidate step that states a value its aligned reference step states otherwise (a wrong level, a flipped verdict,
+  a measured value the reference never gives) halves the reward. Facts outside this lexicon (event names, speaker
+  identities) are invisible to it; the embedding and the judge still see them.
 * **judge recall** -- the judge model's likelihood of the reference chain *given the candidate* (prompt
   ``recall-likelihood``), normalised between the reference given nothing (0) and the reference given itself (1):
   how much of the reference the candidate lets the judge predict. Truncated, one-step and off-topic chains predict
@@ -22,7 +25,7 @@ paper's three criteria directly, in the *recall* direction (ROSCOE's step alignm
 
 Rewards (TRL's signature, registered on import; paid only for a correct answer with think text, like the paper's):
 
-* ``chain_alignment`` -- ``coverage * precision * order * facts`` (no judge; MiniLM only).
+* ``chain_alignment`` -- ``coverage * precision * order * facts * agreement`` (no judge; MiniLM only).
 * ``chain_judge`` -- the judge recall alone.
 * ``chain_reasoning`` -- ``w * chain_judge + (1 - w) * chain_alignment``: the default reasoning reward of the demo
   configs, chosen on the dev styles of ``benchmarks/reasoning_validity.py``.
@@ -32,8 +35,8 @@ cached by content by the judge; the two normalising judgements are made once per
 
 Examples
 --------
->>> facts("The first tone is at 0.44 kHz and lasts 250 ms, so it is higher.")  # doctest: +NORMALIZE_WHITESPACE
-Counter({'1': 1, '440 Hz': 1, '0.25 s': 1, 'cmp:pitch': 1})
+>>> sorted(facts("The first tone is at 0.44 kHz and lasts 250 ms, so it is higher."))
+['0.25 s', '1', '440 Hz', 'cmp:pitch', 'kind:tone']
 """
 
 from __future__ import annotations
@@ -454,8 +457,8 @@ def _chain_reward(name: str, completions: list, answer: list[str], reference_cha
 def chain_reasoning_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
                            reference_chain: list | None = None, w: float = DEFAULT_CHAIN_W,
                            embedding_model: str | None = None, **kwargs) -> list[float | None]:
-    """The default reasoning reward: ``w * judge recall + (1 - w) * (coverage * precision * order * facts)`` for a
-    correct answer with think text; 0.0 otherwise; None where the judge failed. In [0, 1].
+    """The default reasoning reward: ``w * judge recall + (1 - w) * chain_alignment`` (coverage, precision, order,
+    facts, agreement) for a correct answer with think text; 0.0 otherwise; None where the judge failed. In [0, 1].
 
     ``w`` = 0 needs no judge (MiniLM only), ``w`` = 1 is the judge recall alone. ``judge_*`` keywords configure the
     judge (default prompt ``recall-likelihood``; a server needs ``judge_endpoint = "completions"`` with echo).
@@ -467,8 +470,8 @@ def chain_reasoning_reward(prompts: list, completions: list, completion_ids: lis
 def chain_alignment_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
                            reference_chain: list | None = None, embedding_model: str | None = None,
                            **kwargs) -> list[float | None]:
-    """``coverage * precision * order * facts`` of the think text against the reference chain (MiniLM step
-    alignment, no judge) for a correct answer with think text; 0.0 otherwise. In [0, 1]."""
+    """``coverage * precision * order * facts * agreement`` of the think text against the reference chain (MiniLM
+    step alignment, no judge) for a correct answer with think text; 0.0 otherwise. In [0, 1]."""
     return _chain_reward("chain_alignment", completions, answer, reference_chain, 0.0, kwargs, embedding_model)
 
 

@@ -12,6 +12,7 @@ import sys
 
 #: subcommand -> (module with a ``main(argv)``, one-line help)
 COMMANDS = {
+    "compare": ("analyses.compare", "any base vs RL checkpoint(s): verdicts, findings.json, figures, report.md"),
     "reproduce": ("analyses.reproduce", "the paper's pipeline end to end on the organism (what `make demo` runs)"),
     "eval": ("rl.evaluate", "accuracy, think-rate, reference similarity and process score of a model on items"),
     "train-base": ("rl.organism.train_base", "train the base model organism (refuses to overwrite the shipped one)"),
@@ -19,7 +20,7 @@ COMMANDS = {
     "record": ("analyses.record_pair", "record a base and an RL model on the same token sequences"),
     "findings": ("analyses.findings", "gating drift and crystallization from recordings, with figures"),
     "transplant": ("analyses.transplant", "router transplant per layer band: change of accuracy and reward"),
-    "decompose": ("analyses.decompose", "gating drift split into what the routers and what their inputs made"),
+    "decompose": ("analyses.decompose", "router-logit change split exactly into router term and input term"),
     "weights": ("analyses.weights", "router weight drift between two checkpoints"),
     "trajectory": ("analyses.trajectory", "drift from the base at every checkpoint of a run"),
 }

@@ -15,15 +15,25 @@ import numpy as np
 
 import adt_probe
 from adt_probe import plot
+from adt_probe.outputs import output_dir
+from analyses import checkpoints
+
+WRITES = ["router_weight_drift.nc", "router_weight_drift.nc.sha256.json", "router_weight_drift.png",
+          "router_weight_drift.pdf"]
 
 
-def run(base, rl, out: Path) -> dict:
-    """Compute, save and plot; returns per-layer ``rel_change``, ``rel_change_other`` and ``cosine``."""
-    ds = adt_probe.router_weight_drift(base, rl)
-    adt_probe.save(ds, out / "router_weight_drift.nc")
-    fig = plot.router_weight_drift(ds)
-    plot.save(fig, out / "router_weight_drift")
-    plot.plt.close(fig)
+def run(base, rl, out: Path, *, allow_unverified: bool = False, overwrite: bool = False) -> dict:
+    """Compute, save and plot; returns per-layer ``rel_change``, ``rel_change_other`` and ``cosine``.
+
+    Both folders are verified first (a run folder as ``rl`` means its newest complete checkpoint)."""
+    base = checkpoints.model_folder(base, allow_unverified=allow_unverified)
+    rl = checkpoints.model_folder(rl, allow_unverified=allow_unverified)
+    with output_dir(out, tool="adt-probe weights", writes=WRITES, overwrite=overwrite, inputs=[base, rl]):
+        ds = adt_probe.router_weight_drift(base, rl)
+        adt_probe.save(ds, out / "router_weight_drift.nc", overwrite=overwrite)
+        fig = plot.router_weight_drift(ds)
+        plot.save(fig, out / "router_weight_drift")
+        plot.plt.close(fig)
     return {name: [None if not np.isfinite(v) else round(float(v), 6) for v in ds[name].values]
             for name in ("rel_change", "rel_change_other", "cosine")}
 
@@ -33,8 +43,10 @@ def main(argv=None) -> None:
     ap.add_argument("--base", required=True, help="base model folder")
     ap.add_argument("--rl", required=True, help="RL model folder")
     ap.add_argument("--out", required=True)
+    checkpoints.add_arguments(ap)
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.base, args.rl, Path(args.out)), indent=1))
+    print(json.dumps(run(args.base, args.rl, Path(args.out), allow_unverified=args.allow_unverified,
+                         overwrite=args.overwrite), indent=1))
 
 
 if __name__ == "__main__":

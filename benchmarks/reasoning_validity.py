@@ -33,6 +33,7 @@ SmolLM2 on localhost, on N held-out candidates, compared with the in-process jud
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -48,7 +49,7 @@ import numpy as np
 
 from benchmarks.judge_validity import auroc, paraphrase, wrong_facts
 from rl.data.tasks import FAMILIES, generate_items
-from rl.judge import get_judge
+from rl.judge import Judge, make_judge
 from rl.rewards import chain as chain_mod
 from rl.rewards.embedding import embed
 from rl.rewards.registry import REWARDS
@@ -301,12 +302,48 @@ def build_cases(chains: list[Chain], seed: int) -> list[dict]:
 # ==================================================================================================================
 
 
+_JUDGES: dict[tuple, Judge] = {}
+
+
+def bench_judge(**settings) -> Judge:
+    """One judge per settings (``rl.judge.make_judge`` keywords) for the whole benchmark: its content cache is shared
+    by every reward that asks it, as a run's ``SharedJudge`` is."""
+    key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
+    if key not in _JUDGES:
+        _JUDGES[key] = make_judge(**settings)
+    return _JUDGES[key]
+
+
+def judge_settings(name: str, kwargs: dict) -> dict:
+    """The judge settings in a benchmark's reward keywords (``judge_*``, the old reward_kwargs spelling); the chain
+    rewards default to the recall prompt."""
+    settings = {k.removeprefix("judge_"): v for k, v in kwargs.items() if k.startswith("judge_")}
+    if name.startswith("chain_"):
+        settings.setdefault("prompt", chain_mod.RECALL_PROMPT)
+    return settings
+
+
+def make_reward(name: str, **kwargs):
+    """The reward ``name`` with benchmark keywords: ``judge_*`` make (or reuse) its judge, ``w`` is the judge's share
+    (``chain_weight`` of chain_reasoning, ``judge_weight`` of the hybrid); other keywords go to the reward."""
+    entry = REWARDS[name]
+    if not hasattr(entry, "build"):
+        return functools.partial(entry, **kwargs)
+    settings = judge_settings(name, kwargs)
+    rest = {k: v for k, v in kwargs.items() if not k.startswith("judge_") and k != "w"}
+    if "w" in kwargs:
+        rest["chain_weight" if name == "chain_reasoning" else "judge_weight"] = kwargs["w"]
+    needs_judge = kwargs.get("w", 1.0) > 0
+    return entry.build(judge=bench_judge(**settings) if needs_judge else None, **rest)
+
+
 def score(name: str, cases: list[dict], **kwargs) -> np.ndarray:
-    """The reward ``name`` (kwargs bound) on every case, through its TRL signature; NaN where it returned None."""
+    """The reward ``name`` (built by :func:`make_reward`) on every case, through its TRL signature; NaN where it
+    returned None."""
     columns = {"answer": [c["answer"] for c in cases], "reference_chain": [c["reference"] for c in cases],
                "id": [c["item"] for c in cases]}
-    values = REWARDS[name]([c["question"] for c in cases], [c["completion"] for c in cases], [[]] * len(cases),
-                           **columns, **kwargs)
+    values = make_reward(name, **kwargs)([c["question"] for c in cases], [c["completion"] for c in cases],
+                                         [[]] * len(cases), **columns)
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
@@ -392,9 +429,8 @@ def time_rewards(cases: list[dict], settings: dict[str, tuple[str, dict]]) -> di
     and the judge's in-memory cache are cleared first (a cache file is read only when a judge is built)."""
     out = {}
     for label, (name, kwargs) in settings.items():
-        judge_kwargs = {k.removeprefix("judge_"): v for k, v in kwargs.items() if k.startswith("judge_")}
-        if judge_kwargs:
-            get_judge(**judge_kwargs).clear_cache()
+        if hasattr(REWARDS[name], "build") and kwargs.get("w", 1.0) > 0:
+            bench_judge(**judge_settings(name, kwargs)).clear_cache()
         chain_mod._EMBED_CACHE.clear()
         t = time.perf_counter()
         score(name, cases, **kwargs)

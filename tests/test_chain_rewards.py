@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from rl.judge import get_judge
+from rl.judge import LocalJudge, OpenAIJudge, SharedJudge
 from rl.judge.packaged import load_smollm2
 from rl.rewards import chain as C
 from rl.rewards.registry import REWARDS, check_requirements, resolve_rewards
@@ -38,10 +38,14 @@ def completion(steps, answer):
     return "<think>\n" + " ".join(steps) + "\n</think><answer>" + answer + "</answer>"
 
 
-def reward(name, chains, answer, reference, **kwargs):
+def reward(name, chains, answer, reference, judge=None, **kwargs):
+    """The registered reward ``name`` (a judge reward built with ``judge``) on ``chains``, all answering ``answer``."""
     n = len(chains)
-    return REWARDS[name](["q"] * n, [completion(c, answer) for c in chains], [[]] * n, answer=[answer] * n,
-                         reference_chain=[reference] * n, id=["it"] * n, **kwargs)
+    entry = REWARDS[name]
+    func = entry.build(judge=judge, **kwargs) if hasattr(entry, "build") else entry
+    extra = {} if hasattr(entry, "build") else kwargs
+    return func(["q"] * n, [completion(c, answer) for c in chains], [[]] * n, answer=[answer] * n,
+                reference_chain=[reference] * n, id=["it"] * n, **extra)
 
 
 # --- facts, steps, contradictions ------------------------------------------------------------------------------------
@@ -82,21 +86,40 @@ def test_chain_alignment_pays_only_correct_answers_with_think_text():
     assert out[1:] == [0.0, 0.0] and 0.5 < out[0] <= 1.0
 
 
-def test_chain_rewards_are_registered_need_references_and_check_w():
-    rewards = resolve_rewards({"chain_reasoning": 1.0, "chain_alignment": 1.0, "chain_judge": 1.0})
+def test_chain_rewards_are_registered_need_references_and_check_the_weight():
+    judge = SharedJudge("local", model="smollm2", prompt="recall-likelihood")
+    rewards = resolve_rewards({"chain_reasoning": 1.0, "chain_alignment": 1.0, "chain_judge": 1.0}, judge=judge)
     assert all(r.requires == ("reference_chain",) for r in rewards)
+    assert [r.none_is_failure for r in rewards] == [True, False, True]
+    assert judge.built is None and all(r.judges == [] for r in rewards)  # nothing loaded before a warm-up
     item = collections.namedtuple("Item", "id reference_chain")("x", None)
     with pytest.raises(ValueError, match="requires 'reference_chain'"):
         check_requirements(rewards, [item])
-    with pytest.raises(ValueError, match="w must lie in"):
-        reward("chain_reasoning", [MEASURED[1]], MEASURED[2], MEASURED[0], w=1.5)
+    with pytest.raises(ValueError, match="judge_weight must lie in"):
+        reward("chain_reasoning", [MEASURED[1]], MEASURED[2], MEASURED[0], judge=judge, chain_weight=1.5)
+    with pytest.raises(ValueError, match="none was configured"):
+        resolve_rewards({"chain_judge": 1.0})
     with pytest.raises(ValueError, match="needs the item column 'reference_chain'"):
         REWARDS["chain_alignment"](["q"], [completion(MEASURED[1], "x")], [[]], answer=["x"])
+    # no judge at all: chain_reasoning with chain_weight 0 is chain_alignment
+    alone = resolve_rewards({"chain_reasoning": 1.0}, {"chain_reasoning": {"chain_weight": 0.0}})[0]
+    assert alone.judges == [] and alone.warm_up().startswith("no judge")
+    ref, para, answer = MEASURED
+    assert reward("chain_reasoning", [para], answer, ref, chain_weight=0.0) == reward("chain_alignment", [para],
+                                                                                     answer, ref)
 
 
-def test_a_score_token_prompt_is_refused_for_the_judge_recall():
+def test_chain_alignment_warms_up_its_embedder():
+    assert resolve_rewards({"chain_alignment": 1.0})[0].warm_up() == "embedder all-MiniLM-L6-v2"
+
+
+def test_a_score_token_prompt_is_refused_for_the_judge_recall(smollm2):
+    model, tok = smollm2
+    judge = LocalJudge(model, tokenizer=tok, model_id="smollm2", prompt="criteria-0-9")
     with pytest.raises(ValueError, match="needs a likelihood prompt"):
-        reward("chain_judge", [MEASURED[1]], MEASURED[2], MEASURED[0], judge_prompt="criteria-0-9")
+        reward("chain_judge", [MEASURED[1]], MEASURED[2], MEASURED[0], judge=judge)
+    with pytest.raises(ValueError, match="needs a likelihood prompt"):
+        C.ChainJudgeReward(judge).warm_up()
 
 
 # --- with the shipped models: truncation and shuffling never beat the complete paraphrase ----------------------------
@@ -106,45 +129,51 @@ def smollm2():
     return load_smollm2()
 
 
+@pytest.fixture(scope="module")
+def recall_judge(smollm2):
+    """The in-process SmolLM2 judge with the recall prompt (one per module: its content cache is shared)."""
+    model, tok = smollm2
+    return LocalJudge(model, tokenizer=tok, model_id="smollm2", prompt="recall-likelihood", batch_size=16)
+
+
 @pytest.mark.parametrize("chain", [ORGANISM, MEASURED], ids=["organism", "measured"])
-def test_no_truncation_is_paid_more_than_the_complete_paraphrase(chain):
+def test_no_truncation_is_paid_more_than_the_complete_paraphrase(chain, recall_judge):
     ref, para, answer = chain
     cut = [para[:k] for k in range(1, len(para))] + [ref[:1]]  # every step boundary, and the first step verbatim
     for name in ("chain_reasoning", "chain_alignment"):
-        full, *truncated = reward(name, [para, *cut], answer, ref)
+        full, *truncated = reward(name, [para, *cut], answer, ref, judge=recall_judge)
         assert full > max(truncated), (name, full, truncated)
     # the judge recall alone at every step boundary (a verbatim reference step can lift it: the judge copies)
-    full, *truncated = reward("chain_judge", [para, *cut[:-1]], answer, ref)
+    full, *truncated = reward("chain_judge", [para, *cut[:-1]], answer, ref, judge=recall_judge)
     assert full > max(truncated), ("chain_judge", full, truncated)
 
 
 @pytest.mark.parametrize("chain", [ORGANISM, MEASURED], ids=["organism", "measured"])
-def test_no_reordering_is_paid_more_than_the_ordered_paraphrase(chain):
+def test_no_reordering_is_paid_more_than_the_ordered_paraphrase(chain, recall_judge):
     ref, para, answer = chain
     n = len(para)
     swaps = [[*para[:i], para[i + 1], para[i], *para[i + 2:]] for i in range(n - 1)]  # every adjacent swap
     reordered = [para[::-1], para[1:] + para[:1], *swaps]
     for name in ("chain_reasoning", "chain_alignment"):
-        full, *others = reward(name, [para, *reordered], answer, ref)
+        full, *others = reward(name, [para, *reordered], answer, ref, judge=recall_judge)
         assert full > max(others), (name, full, others)
 
 
-def test_judge_recall_is_the_same_in_process_and_through_a_server(smollm2):
+def test_judge_recall_is_the_same_in_process_and_through_a_server(smollm2, recall_judge):
     model, tok = smollm2
     server = ModelServer(model, tok, name="smollm2")
     url = server.start()
     ref, para, answer = MEASURED
     chains = [para, para[:1], para[::-1]]
     try:
-        remote = reward("chain_judge", chains, answer, ref, judge_backend="openai", judge_base_url=url,
-                        judge_model="smollm2", judge_endpoint="completions", judge_tokenizer=tok,
-                        judge_max_workers=1, judge_timeout=300.0)
+        served = OpenAIJudge(url, "smollm2", endpoint="completions", prompt="recall-likelihood", tokenizer=tok,
+                             max_workers=1, timeout=300.0)
+        remote = reward("chain_judge", chains, answer, ref, judge=served)
     finally:
         server.stop()
-    local = reward("chain_judge", chains, answer, ref, judge_backend="local", judge_model="smollm2")
+    local = reward("chain_judge", chains, answer, ref, judge=recall_judge)
     assert remote == pytest.approx(local, abs=0.03)
     assert local[0] > local[1] and all(0.0 <= v <= 1.0 for v in local)
-    judge = get_judge(backend="local", model="smollm2", prompt="recall-likelihood")
-    calls = judge.stats.judged
-    reward("chain_judge", chains, answer, ref, judge_backend="local", judge_model="smollm2")
-    assert judge.stats.judged == calls  # a second pass is answered from the content cache
+    calls = recall_judge.stats.judged
+    reward("chain_judge", chains, answer, ref, judge=recall_judge)
+    assert recall_judge.stats.judged == calls  # a second pass is answered from the content cache

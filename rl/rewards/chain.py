@@ -1,6 +1,6 @@
 """Chain rewards: does the think text cover the reference chain's steps, in its order, with its facts?
 
-The paper's hybrid reward (``rl.rewards.reasoning.hybrid_reasoning``) compares the whole think text with the whole
+The paper's hybrid reward (``rl.rewards.judged.HybridReasoningReward``) compares the whole think text with the whole
 reference by one cosine and a judge's likelihood of the *candidate* (a precision direction): a verbatim first step
 scores above a complete paraphrase, shuffled steps above ordered ones (issue 19). The scorers here measure the
 paper's three criteria directly, in the *recall* direction (ROSCOE's step alignment, arXiv 2212.07919; BARTScore's
@@ -25,10 +25,16 @@ paper's three criteria directly, in the *recall* direction (ROSCOE's step alignm
 
 Rewards (TRL's signature, registered on import; paid only for a correct answer with think text, like the paper's):
 
-* ``chain_alignment`` -- ``coverage * precision * order * facts * agreement`` (no judge; MiniLM only).
-* ``chain_judge`` -- the judge recall alone.
-* ``chain_reasoning`` -- ``w * chain_judge + (1 - w) * chain_alignment``: the default reasoning reward of the demo
-  configs, chosen on the dev styles of ``benchmarks/reasoning_validity.py``.
+* ``chain_alignment`` -- ``coverage * precision * order * facts * agreement`` (no judge; MiniLM only): stage 1's
+  reasoning reward in the demo configs (dev styles of ``benchmarks/reasoning_validity.py``: pooled AUROC 0.98 vs
+  the MiniLM cosine's 0.73).
+* ``chain_judge`` (:class:`ChainJudgeReward`) -- the judge recall alone.
+* ``chain_reasoning`` (:class:`ChainReasoningReward`) -- ``judge_weight * chain_judge + (1 - judge_weight) *
+  chain_alignment``. Its judge weight is a placeholder: not measured yet.
+
+The two judge rewards are ``rl.rewards.judged.JudgedReward`` classes given the run's judge (the ``[judge]`` table);
+that judge must use a likelihood prompt, ``prompt = "recall-likelihood"`` (``rl.judge.prompts``); a server judge
+needs ``endpoint = "completions"`` with echoed prompt logprobs.
 
 Costs: sentences are embedded once per content (an in-process cache) and in one batch per call; judge results are
 cached by content by the judge; the two normalising judgements are made once per reference.
@@ -51,24 +57,20 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from rl.judge import PROMPTS, JudgePrompt, sanitize_candidate
+from rl.judge import Judge, SharedJudge, sanitize_candidate
 from rl.rewards.embedding import embed
-from rl.rewards.reasoning import _check_references, _paid, _reference_text, judge_for
+from rl.rewards.judged import JudgedReward, _reference_text, paid_completions
 from rl.rewards.registry import register_reward
 
-__all__ = ["DEFAULT_CHAIN_W", "RECALL_PROMPT", "ChainScores", "chain_alignment_reward", "chain_judge_reward",
-           "chain_reasoning_reward", "chain_scores", "facts", "judge_recall", "split_steps"]
+__all__ = ["DEFAULT_CHAIN_WEIGHT", "RECALL_PROMPT", "ChainJudgeReward", "ChainReasoningReward", "ChainScores",
+           "chain_alignment_reward", "chain_scores", "facts", "judge_recall", "split_steps"]
 
-#: Weight of the judge recall in ``chain_reasoning`` (chosen on the dev styles of benchmarks/reasoning_validity.py).
-DEFAULT_CHAIN_W = 0.3
+#: Weight of the judge recall in ``chain_reasoning``: a placeholder, NOT measured yet (the benchmark's judge runs did
+#: not finish); ``chain_alignment`` alone is the measured choice.
+DEFAULT_CHAIN_WEIGHT = 0.3
 
-#: BARTScore's recall direction as a judge prompt: the candidate is the text to restate, the reference the reply
-#: whose likelihood is measured (``rl.rewards.chain`` swaps the two when it calls the judge).
-RECALL_PROMPT = JudgePrompt(
-    "recall-likelihood", "0-9", "Here is a reasoning about sounds.",
-    "Restate this reasoning step by step: the same facts, the same steps in the same order, the same conclusion.",
-    "", system="You restate reasoning about sounds faithfully.", method="likelihood")
-PROMPTS.setdefault(RECALL_PROMPT.name, RECALL_PROMPT)  # so configs name it: judge_prompt = "recall-likelihood"
+#: The judge prompt of the judge recall (defined in ``rl.judge.prompts``, so a [judge] table can name it).
+RECALL_PROMPT = "recall-likelihood"
 
 #: What the judge sees instead of a candidate for the normalising baseline ``p(reference | nothing)``.
 _NO_REASONING = "(no reasoning given)"
@@ -392,14 +394,12 @@ def _criteria(cos: np.ndarray, cand_facts: list, ref_facts: list) -> ChainScores
 # ==================================================================================================================
 
 
-def _recall_judge(kwargs: dict, reward: str):
-    """The judge of ``kwargs`` (``judge_*`` keywords) with the recall prompt unless another likelihood prompt is set."""
-    config = {"judge_prompt": RECALL_PROMPT.name, **kwargs}
-    judge = judge_for(config, reward)
+def _check_likelihood(judge: Judge, reward: str) -> Judge:
+    """``judge``, or a ValueError if its prompt reads score tokens (the recall needs token likelihoods)."""
     if judge.prompt.method != "likelihood":
-        raise ValueError(f"reward {reward!r}: judge_prompt {judge.prompt.name!r} reads score tokens; the judge recall "
-                         "needs a likelihood prompt (judge_prompt = 'recall-likelihood'; a server judge needs "
-                         "judge_endpoint = 'completions' with echoed logprobs)")
+        raise ValueError(f"reward {reward!r}: the judge's prompt {judge.prompt.name!r} reads score tokens; the judge "
+                         f"recall needs a likelihood prompt: set prompt = {RECALL_PROMPT!r} in the [judge] table (a "
+                         "server judge also needs endpoint = 'completions' with echoed logprobs)")
     return judge
 
 
@@ -435,49 +435,109 @@ def judge_recall(judge, candidates: Sequence[str], references: Sequence[str | Se
 # ==================================================================================================================
 
 
-def _chain_reward(name: str, completions: list, answer: list[str], reference_chain, w: float, kwargs: dict,
-                  embedding_model: str | None) -> list[float | None]:
-    """``w * judge recall + (1 - w) * alignment`` for the paid completions (correct answer, think text), else 0."""
-    if not 0.0 <= w <= 1.0:
-        raise ValueError(f"reward {name!r}: w must lie in [0, 1], got {w}")
-    refs = _check_references(name, reference_chain, len(completions), kwargs.get("id"))
-    parsed, paid = _paid(completions, answer)
-    out: list[float | None] = [0.0] * len(completions)
-    if not paid:
-        return out
-    thinks, paid_refs = [parsed[i].think for i in paid], [refs[i] for i in paid]
-    judged = judge_recall(_recall_judge(kwargs, name), thinks, paid_refs) if w > 0 else [0.0] * len(paid)
-    aligned = [s.alignment for s in chain_scores(thinks, paid_refs, embedding_model)] if w < 1 else [0.0] * len(paid)
-    for i, j, a in zip(paid, judged, aligned):
-        out[i] = None if j is None else float(w * j + (1.0 - w) * a)
-    return out
-
-
-@register_reward("chain_reasoning", requires=("reference_chain",))
-def chain_reasoning_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
-                           reference_chain: list | None = None, w: float = DEFAULT_CHAIN_W,
-                           embedding_model: str | None = None, **kwargs) -> list[float | None]:
-    """The default reasoning reward: ``w * judge recall + (1 - w) * chain_alignment`` (coverage, precision, order,
-    facts, agreement) for a correct answer with think text; 0.0 otherwise; None where the judge failed. In [0, 1].
-
-    ``w`` = 0 needs no judge (MiniLM only), ``w`` = 1 is the judge recall alone. ``judge_*`` keywords configure the
-    judge (default prompt ``recall-likelihood``; a server needs ``judge_endpoint = "completions"`` with echo).
-    """
-    return _chain_reward("chain_reasoning", completions, answer, reference_chain, w, kwargs, embedding_model)
+def _alignment(thinks: list[str], refs: list, embedding_model: str | None) -> list[float]:
+    return [sc.alignment for sc in chain_scores(thinks, refs, embedding_model)]
 
 
 @register_reward("chain_alignment", requires=("reference_chain",))
 def chain_alignment_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
                            reference_chain: list | None = None, embedding_model: str | None = None,
-                           **kwargs) -> list[float | None]:
+                           **columns) -> list[float | None]:
     """``coverage * precision * order * facts * agreement`` of the think text against the reference chain (MiniLM
-    step alignment, no judge) for a correct answer with think text; 0.0 otherwise. In [0, 1]."""
-    return _chain_reward("chain_alignment", completions, answer, reference_chain, 0.0, kwargs, embedding_model)
+    step alignment, no judge) for a correct answer with think text; 0.0 otherwise. In [0, 1]; one per completion."""
+    thinks, refs, paid = paid_completions("chain_alignment", completions, answer, reference_chain, columns.get("id"))
+    out: list[float | None] = [0.0] * len(completions)
+    for i, a in zip(paid, _alignment(thinks, refs, embedding_model) if paid else []):
+        out[i] = a
+    return out
 
 
-@register_reward("chain_judge", requires=("reference_chain",))
-def chain_judge_reward(prompts: list, completions: list, completion_ids: list, *, answer: list[str],
-                       reference_chain: list | None = None, **kwargs) -> list[float | None]:
+def _warm_up_alignment() -> str:
+    """Load the sentence embedder when a stage starts (a missing model fails before any training)."""
+    embed(["warm-up"])
+    return "embedder all-MiniLM-L6-v2"
+
+
+chain_alignment_reward.warm_up = _warm_up_alignment  # type: ignore[attr-defined]  # Reward.warm_up calls it
+
+
+@register_reward("chain_judge")
+class ChainJudgeReward(JudgedReward):
     """The judge recall alone (how much of the reference the judge predicts from the think text, normalised) for a
-    correct answer with think text; 0.0 otherwise; None where the judge failed. In [0, 1]."""
-    return _chain_reward("chain_judge", completions, answer, reference_chain, 1.0, kwargs, None)
+    correct answer with think text; 0.0 otherwise; None where the judge failed. In [0, 1].
+
+    The judge must use a likelihood prompt (``[judge] prompt = "recall-likelihood"``); checked at warm-up and call.
+    """
+
+    name = "chain_judge"
+
+    def warm_up(self) -> str:
+        said = super().warm_up()
+        _check_likelihood(self.judge, self.name)
+        return said
+
+    def _recall(self, thinks: list[str], refs: list) -> list[float | None]:
+        return judge_recall(_check_likelihood(self.judge, self.name), thinks, refs)
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list, *, answer: list[str],
+                 reference_chain: list | None = None, **columns) -> list[float | None]:
+        thinks, refs, paid = self._paid(completions, answer, reference_chain, columns.get("id"))
+        out: list[float | None] = [0.0] * len(completions)
+        for i, s in zip(paid, self._recall(thinks, refs) if paid else []):
+            out[i] = s
+        return out
+
+
+@register_reward("chain_reasoning")
+class ChainReasoningReward(ChainJudgeReward):
+    """``judge_weight * judge recall + (1 - judge_weight) * chain_alignment`` for a correct answer with think text;
+    0.0 otherwise; None where the judge failed. In [0, 1].
+
+    ``judge_weight`` = 0 needs no judge (then it equals ``chain_alignment``), 1 is the judge recall alone. The run's
+    ``judge.weight`` is the hybrid's share; this reward takes its own (``[reward_kwargs.chain_reasoning]
+    chain_weight``, default :data:`DEFAULT_CHAIN_WEIGHT`, not measured yet).
+    """
+
+    name = "chain_reasoning"
+
+    def __init__(self, judge: Judge | SharedJudge, judge_weight: float = DEFAULT_CHAIN_WEIGHT,
+                 embedding_model: str | None = None):
+        if not 0.0 <= judge_weight <= 1.0:
+            raise ValueError(f"reward 'chain_reasoning': judge_weight must lie in [0, 1], got {judge_weight}")
+        super().__init__(judge)
+        self.judge_weight, self.embedding_model = float(judge_weight), embedding_model
+
+    @classmethod
+    def build(cls, *, judge: Judge | SharedJudge | None, judge_weight: float = DEFAULT_CHAIN_WEIGHT,
+              chain_weight: float = DEFAULT_CHAIN_WEIGHT, **kwargs):
+        """The reward for a run: the run's judge and ``chain_weight`` (the run's ``judge.weight`` belongs to the
+        hybrid reward and is not used here)."""
+        if judge is None and chain_weight > 0:
+            raise ValueError("reward 'chain_reasoning' asks an LLM judge, but none was configured (a [judge] table); "
+                             "use chain_alignment for no judge")
+        return cls(judge if judge is not None else SharedJudge(), chain_weight, **kwargs)
+
+    @property
+    def judges(self) -> list[Judge]:
+        return super().judges if self.judge_weight > 0 else []
+
+    def warm_up(self) -> str:
+        """Build and check the judge (if it is weighed) and load the embedder (if it is)."""
+        said = super().warm_up() if self.judge_weight > 0 else "no judge (judge_weight = 0)"
+        if self.judge_weight < 1:
+            embed(["warm-up"], self.embedding_model)
+            said += f", embedder {self.embedding_model or 'all-MiniLM-L6-v2'}"
+        return said
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list, *, answer: list[str],
+                 reference_chain: list | None = None, **columns) -> list[float | None]:
+        thinks, refs, paid = self._paid(completions, answer, reference_chain, columns.get("id"))
+        out: list[float | None] = [0.0] * len(completions)
+        if not paid:
+            return out
+        w = self.judge_weight
+        judged = self._recall(thinks, refs) if w > 0 else [0.0] * len(paid)
+        aligned = _alignment(thinks, refs, self.embedding_model) if w < 1 else [0.0] * len(paid)
+        for i, j, a in zip(paid, judged, aligned):
+            out[i] = None if j is None else float(w * j + (1.0 - w) * a)
+        return out

@@ -211,7 +211,7 @@ def test_rewards_run_unchanged_in_trl_grpo_trainer_on_a_chat_dataset(tmp_path, t
     chats = [[{"role": "user", "content": q}] for q in questions]
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
     target = "<think>Sound 1: a high tone, long, loud. So the first tone is higher.</think><answer>the first</answer>"
-    tiny_lm.teach(policy, tok, texts, [target] * 4, steps=200)
+    tiny_lm.teach(policy, tok, texts, [target] * 4, steps=300)
     for text in texts:  # the precondition, checked: greedy decoding gives the taught reply
         ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
         out = policy.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id)

@@ -134,6 +134,11 @@ PROMPTS: dict[str, JudgePrompt] = {p.name: p for p in (
                 "Restate this reasoning in your own words: keep every fact correct, the same steps in the same order, "
                 "and explain why the same conclusion follows.", "",
                 system="You restate reasoning about sounds faithfully.", method="likelihood"),
+    # BARTScore's recall direction (rl.rewards.chain): the *candidate* is the text to restate and the reference the
+    # reply whose likelihood is measured (the chain rewards swap the two when they call the judge)
+    JudgePrompt("recall-likelihood", "0-9", "Here is a reasoning about sounds.",
+                "Restate this reasoning step by step: the same facts, the same steps in the same order, the same "
+                "conclusion.", "", system="You restate reasoning about sounds faithfully.", method="likelihood"),
     _prompt("match-yes-no", "yes-no",
             "Check whether the candidate reasoning says the same as the reference reasoning about some sounds. "
             + _CRITERIA,

@@ -27,7 +27,7 @@ from rl.judge import DEFAULT_HYBRID_WEIGHT, Judge, SharedJudge
 from rl.rewards.embedding import embed, similarity
 from rl.rewards.registry import parse_completions, register_reward
 
-__all__ = ["HybridReasoningReward", "JudgedReward", "LLMJudgeReward"]
+__all__ = ["HybridReasoningReward", "JudgedReward", "LLMJudgeReward", "paid_completions"]
 
 
 def _reference_text(ref) -> str:
@@ -48,6 +48,16 @@ def _check_references(name: str, reference_chain, n: int, ids=None) -> list:
     if len(reference_chain) != n:
         raise ValueError(f"reward {name!r}: {len(reference_chain)} reference chains for {n} completions")
     return list(reference_chain)
+
+
+def paid_completions(name: str, completions: Sequence, answer: Sequence[str], reference_chain,
+                     ids=None) -> tuple[list[str], list, list[int]]:
+    """(think texts, references, indices) of the completions a reference-chain reward pays for: a correct answer and a
+    non-empty think block. ValueError (naming reward ``name``) if an item has no reference chain."""
+    refs = _check_references(name, reference_chain, len(completions), ids)
+    parsed = parse_completions(completions)
+    paid = [i for i, (p, a) in enumerate(zip(parsed, answer)) if p.answer == a and p.thought]
+    return [parsed[i].think for i in paid], [refs[i] for i in paid], paid
 
 
 class JudgedReward:
@@ -95,11 +105,7 @@ class JudgedReward:
         return f"judge {judge.describe()}"
 
     def _paid(self, completions: Sequence, answer: Sequence[str], reference_chain, ids) -> tuple[list, list, list]:
-        """(think texts, references, indices) of the completions paid for: correct answer and non-empty think."""
-        refs = _check_references(self.name, reference_chain, len(completions), ids)
-        parsed = parse_completions(completions)
-        paid = [i for i, (p, a) in enumerate(zip(parsed, answer)) if p.answer == a and p.thought]
-        return [parsed[i].think for i in paid], [refs[i] for i in paid], paid
+        return paid_completions(self.name, completions, answer, reference_chain, ids)
 
 
 @register_reward("hybrid_reasoning")

@@ -10,7 +10,6 @@ views ``rl_streams_base_routers.zarr``, the figure, and the upper-minus-lower ba
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -18,23 +17,26 @@ import adt_probe
 from adt_probe import plot
 from adt_probe.decompose import base_router_views, effect_pairs, router_decomposition
 from adt_probe.drift import band_contrast
+from analyses.cli import command_parser
+from analyses.findings import halves
+from analyses.models import load_pretrained
+from analyses.sequences import recorded_inputs
 
 
-def run(base_path, rl_path, recordings, out: Path, *, n_boot: int = 1000) -> dict:
-    from analyses.findings import halves
-    from analyses.sequences import recorded_inputs
-    from rl.organism import load_organism
-
+def run(base_path, rl_path, recordings, out: Path, *, n_boot: int = 1000, batch_size: int = 8,
+        dtype: str = "float32", device_map: str | None = None) -> dict:
+    """Decompose, save and plot; any pair of model folders of one MoE architecture loads (``analyses.models``)."""
     recordings = Path(recordings)
-    base, processor = load_organism(base_path)
-    rl, _ = load_organism(rl_path)
+    base, processor = load_pretrained(base_path, dtype=dtype, device_map=device_map)
+    rl, _ = load_pretrained(rl_path, dtype=dtype, device_map=device_map)
     inputs = recorded_inputs(recordings, processor)
     base_rec = adt_probe.open(recordings / "base.zarr").load()
     rl_rec = adt_probe.open(recordings / "rl.zarr").load()
-    views = base_router_views(rl, base, inputs, rl_recording=rl_rec, tokenizer=processor.tokenizer)
+    views = base_router_views(rl, base, inputs, rl_recording=rl_rec, tokenizer=processor.tokenizer,
+                              batch_size=batch_size)
     adt_probe.save(views, out / "rl_streams_base_routers.zarr")
     dec = router_decomposition(base, rl, inputs, base_recording=base_rec, rl_recording=rl_rec, views=views,
-                               n_boot=n_boot)
+                               n_boot=n_boot, batch_size=batch_size)
     adt_probe.save(dec, out / "decomposition.nc")
     total = dec.sel(effect="total")
     lower, upper = halves(total)
@@ -48,14 +50,9 @@ def run(base_path, rl_path, recordings, out: Path, *, n_boot: int = 1000) -> dic
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True)
-    ap.add_argument("--rl", required=True)
-    ap.add_argument("--recordings", required=True, help="an `adt-probe record --routing full` folder")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    args = ap.parse_args(argv)
-    result = run(args.base, args.rl, args.recordings, Path(args.out), n_boot=args.n_boot)
+    args = command_parser("decompose", __doc__).parse_args(argv)
+    result = run(args.base, args.rl, args.recordings, Path(args.out), n_boot=args.n_boot,
+                 batch_size=args.batch_size, dtype=args.dtype, device_map=args.device_map)
     print(json.dumps(result, indent=1, default=str))
 
 

@@ -11,20 +11,26 @@ in fp32 on CPU a batch change alone moves the router logits by ~1e-7, a floor th
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import torch
 
 import adt_probe
+from analyses.cli import command_parser
+from analyses.models import for_model, load_pretrained
+from analyses.sequences import completions, teacher_forced_inputs
+from rl.data.items import load_items, write_items
+from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
+
+log = logging.getLogger(__name__)
 
 
 def heldout(n_per_cell: int, seed: int, data: str | None):
     """The evaluation items: a JSONL file, or ``n_per_cell`` synthetic items per family x difficulty."""
-    from rl.data.items import load_items
-    from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
-
     if data:
         return load_items(data)
     items = []
@@ -34,37 +40,35 @@ def heldout(n_per_cell: int, seed: int, data: str | None):
 
 
 def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", routing: str = "topk",
-                lens: str = "logit", batch_size: int = 8, max_new_tokens: int = 96) -> dict[str, Path]:
-    """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``."""
-    from analyses.sequences import completions, teacher_forced_inputs
-    from rl.organism import load_organism
+                lens: str = "logit", batch_size: int = 8, max_new_tokens: int = 96, dtype: str = "float32",
+                device_map: str | None = None) -> dict[str, Path]:
+    """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``.
 
+    Any two folders of one architecture load (``analyses.models.load_pretrained``); a text model gets the items'
+    written facts instead of their audio (``analyses.models.for_model``).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    base, processor = load_organism(base_path)
-    rl, rl_processor = load_organism(rl_path)
+    base, processor = load_pretrained(base_path, dtype=dtype, device_map=device_map)
+    rl, rl_processor = load_pretrained(rl_path, dtype=dtype, device_map=device_map)
     if processor.tokenizer.get_vocab() != rl_processor.tokenizer.get_vocab():
         raise ValueError(f"{base_path} and {rl_path} have different tokenizers: the same token ids would mean "
                          "different text to the two models. Compare an RL model with the base it was trained from.")
     adt_probe.weights.check_compatible(base, rl)  # same architecture, layers, experts
-    texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens)
+    items = for_model(items, processor)
+    texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size)
     (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
                                                    for it, t in zip(items, texts)))
-    from rl.data.items import write_items
-
-    write_items(items, out / "items.jsonl")  # with completions.jsonl: the recorded sequences, rebuilt by
-    # analyses.sequences.recorded_inputs
+    # with completions.jsonl: the recorded sequences, rebuilt by analyses.sequences.recorded_inputs
+    write_items(items, out / "items.jsonl")
     inputs = teacher_forced_inputs(processor, items, texts)
     attrs = {"source": source, "n_items": len(items)}
     paths = {}
-    import copy
-
     base_bf16 = copy.deepcopy(base).to(torch.bfloat16)
     for name, model, bs in (("base", base, batch_size), ("rl", rl, batch_size),
                             ("base_noise", base_bf16, max(1, batch_size // 2 + 1))):
         path = out / f"{name}.zarr"
         if path.exists():
-            import shutil
-
             shutil.rmtree(path)  # this command owns its output folder; re-running records afresh
         ds = adt_probe.record(model, inputs, tokenizer=processor.tokenizer, routing=routing, lens=lens,
                               batch_size=bs, attrs={**attrs, "role": name})
@@ -73,23 +77,13 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
 
 
 def main(argv=None) -> None:
-    from rl.organism import ORGANISM_DIR
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default=str(ORGANISM_DIR), help="base model folder")
-    ap.add_argument("--rl", required=True, help="RL model folder (a checkpoint)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--data", help="JSONL items (default: synthetic held-out set)")
-    ap.add_argument("--n-per-cell", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=30_011)
-    ap.add_argument("--source", choices=["rl", "base"], default="rl", help="whose completions are teacher-forced")
-    ap.add_argument("--routing", choices=["topk", "full"], default="full")
-    args = ap.parse_args(argv)
+    args = command_parser("record", __doc__).parse_args(argv)
     torch.manual_seed(0)
     paths = record_pair(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), Path(args.out),
-                        source=args.source, routing=args.routing)
+                        source=args.source, routing=args.routing, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, dtype=args.dtype, device_map=args.device_map)
     for name, path in paths.items():
-        print(f"{name}: {path}")
+        log.info("%s: %s", name, path)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,22 @@ the change against the unmodified model comes with a paired 95% bootstrap interv
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from adt_probe import plot
-from adt_probe.weights import transplant
+from adt_probe.architectures import get_module
+from adt_probe.weights import check_compatible, transplant
+from analyses.cli import command_parser
+from analyses.models import for_model, load_pretrained
+from analyses.record_pair import heldout
+from rl.evaluate import generate, mean_ci, score
+
+log = logging.getLogger(__name__)
 
 
 def bands_of(n_layers: int, n_bands: int) -> list[list[int]]:
@@ -27,32 +34,33 @@ def bands_of(n_layers: int, n_bands: int) -> list[list[int]]:
     return [list(b) for b in np.array_split(np.arange(n_layers), n_bands)]
 
 
-def per_item(model, processor, items, max_new_tokens: int) -> dict[str, np.ndarray]:
-    from rl.evaluate import generate, score
-
-    s = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens),
-              with_similarity=False)
+def per_item(model, processor, items, max_new_tokens: int, batch_size: int = 32) -> dict[str, np.ndarray]:
+    s = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
+                              batch_size=batch_size), with_similarity=False)
     return {"accuracy": s.correct.astype(float), "think_rate": s.thought.astype(float),
             "reward": s.correct.astype(float) + 0.5 * s.well_formed.astype(float)}
 
 
 def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed: int = 0,
-        max_new_tokens: int = 96) -> xr.Dataset:
-    from rl.evaluate import mean_ci
-    from rl.organism import load_organism
-
-    base, processor = load_organism(base_path)
-    rl, _ = load_organism(rl_path)
-    n_layers = base.config.text_config.num_hidden_layers
-    bands = bands_of(n_layers, n_bands)
-    reference = {"rl <- base": per_item(rl, processor, items, max_new_tokens),
-                 "base <- rl": per_item(base, processor, items, max_new_tokens)}
+        max_new_tokens: int = 96, batch_size: int = 32, dtype: str = "float32",
+        device_map: str | None = None) -> xr.Dataset:
+    """Transplant effects per band and direction; any pair of model folders of one MoE architecture loads, and a
+    text model is asked the items' written facts (``analyses.models``)."""
+    base, processor = load_pretrained(base_path, dtype=dtype, device_map=device_map)
+    rl, _ = load_pretrained(rl_path, dtype=dtype, device_map=device_map)
+    spec = check_compatible(base, rl)
+    if not spec.is_moe:
+        raise ValueError(f"{base_path} is a dense {spec.family} model: a router transplant needs routers")
+    items = for_model(items, processor)
+    bands = bands_of(len(get_module(base, spec.layers)), n_bands)
+    reference = {"rl <- base": per_item(rl, processor, items, max_new_tokens, batch_size),
+                 "base <- rl": per_item(base, processor, items, max_new_tokens, batch_size)}
     metrics = ("accuracy", "think_rate", "reward")
     data = {f"{m}_delta{s}": np.full((len(bands), 2), np.nan) for m in metrics for s in ("", "_lo", "_hi")}
     for b, band in enumerate(bands):
         for d, (direction, (model, donor)) in enumerate({"rl <- base": (rl, base), "base <- rl": (base, rl)}.items()):
             with transplant(model, donor, band):
-                got = per_item(model, processor, items, max_new_tokens)
+                got = per_item(model, processor, items, max_new_tokens, batch_size)
             for m in metrics:
                 ci = mean_ci(got[m] - reference[direction][m], n_boot=n_boot, seed=seed)  # paired over items
                 est, lo, hi = ci["value"], ci["lo"], ci["hi"]
@@ -69,28 +77,19 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
 
 
 def main(argv=None) -> None:
-    from analyses.record_pair import heldout
-    from rl.organism import ORGANISM_DIR
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default=str(ORGANISM_DIR))
-    ap.add_argument("--rl", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--data", help="JSONL items (default: synthetic held-out set)")
-    ap.add_argument("--n-per-cell", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=30_011)
-    ap.add_argument("--bands", type=int, default=2, help="number of equal layer bands")
-    args = ap.parse_args(argv)
+    args = command_parser("transplant", __doc__).parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = run(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), n_bands=args.bands)
+    ds = run(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), n_bands=args.bands,
+             n_boot=args.n_boot, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype,
+             device_map=args.device_map)
     ds.to_netcdf(out / "transplant.nc", engine="h5netcdf")
     (out / "transplant.json").write_text(json.dumps(ds.to_dict(data="list"), indent=2, default=str) + "\n")
     for metric in ("accuracy", "reward"):
         fig = plot.transplant_effects(ds, metric)
         plot.save(fig, out / f"transplant_{metric}")
         plot.plt.close(fig)
-    print(ds.to_dataframe().round(3).to_string())
+    log.info("%s", ds.to_dataframe().round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Writes ``router_weight_drift.nc`` and the figure (PNG and PDF). No data needed: 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import numpy as np
 
 import adt_probe
 from adt_probe import plot
+from analyses.cli import command_parser
+from analyses.models import load_pretrained
 
 
 def run(base, rl, out: Path) -> dict:
@@ -29,12 +30,10 @@ def run(base, rl, out: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="base model folder")
-    ap.add_argument("--rl", required=True, help="RL model folder")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    print(json.dumps(run(args.base, args.rl, Path(args.out)), indent=1))
+    args = command_parser("weights", __doc__).parse_args(argv)
+    base, _ = load_pretrained(args.base, dtype=args.dtype, device_map=args.device_map)
+    rl, _ = load_pretrained(args.rl, dtype=args.dtype, device_map=args.device_map)
+    print(json.dumps(run(base, rl, Path(args.out)), indent=1))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def check_compatible(a, b) -> ArchitectureSpec:
         if getattr(sa, field) != getattr(sb, field):
             raise ValueError(f"the two models differ in {field}: {getattr(sa, field)} vs {getattr(sb, field)}; "
                              "compare a base model with an RL model trained from it.")
+    if not sa.moe_layers:  # dense models: nothing router-shaped to compare
+        return sa
     wa = _router_tensors(sa, get_module(a, sa.layers)[sa.moe_layers[0]])["weight"]
     wb = _router_tensors(sb, get_module(b, sb.layers)[sb.moe_layers[0]])["weight"]
     if wa.shape != wb.shape:

@@ -54,13 +54,13 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
         raise ValueError(f"{base_path} and {rl_path} have different tokenizers: the same token ids would mean "
                          "different text to the two models. Compare an RL model with the base it was trained from.")
     adt_probe.weights.check_compatible(base, rl)  # same architecture, layers, experts
+    # with completions.jsonl: the recorded sequences, rebuilt by analyses.sequences.recorded_inputs
+    write_items(items, out / "items.jsonl")
     items = for_model(items, processor)
     texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens,
                         batch_size=batch_size)
     (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
                                                    for it, t in zip(items, texts)))
-    # with completions.jsonl: the recorded sequences, rebuilt by analyses.sequences.recorded_inputs
-    write_items(items, out / "items.jsonl")
     inputs = teacher_forced_inputs(processor, items, texts)
     attrs = {"source": source, "n_items": len(items)}
     paths = {}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adt_probe.teacher_forcing import teacher_force
+from analyses.models import for_model
 from rl.data import collate
 from rl.data.items import SAMPLE_RATE, Item, load_items
 from rl.evaluate import generate
@@ -40,7 +41,7 @@ def recorded_inputs(recordings, processor):
     """The teacher-forced inputs a recordings folder (``adt-probe record``) was made on: its ``items.jsonl`` and
     ``completions.jsonl``, through ``processor``."""
     folder = Path(recordings)
-    items = load_items(folder / "items.jsonl")
+    items = for_model(load_items(folder / "items.jsonl"), processor)  # as recorded: text-only for a text model
     by_id = {json.loads(line)["id"]: json.loads(line)["completion"]
              for line in (folder / "completions.jsonl").read_text().splitlines()}
     return teacher_forced_inputs(processor, items, [by_id[it.id] for it in items])

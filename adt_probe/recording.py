@@ -172,7 +172,7 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
     product per chunk replaces a pass over the vocabulary per layer (for models deeper than
     ``CROSS_BY_PRODUCT_AFTER`` layers, where that pays).
     """
-    norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
+    norm, unembed = spec.readout(model)  # with the family's logit scale / soft-cap, if any
     n, n_layers = targets.shape[0], len(resid)
     out = {"lens_logprob": np.full((n, n_layers), np.nan, np.float32),
            "lens_rank": np.full((n, n_layers), -1, np.int32),

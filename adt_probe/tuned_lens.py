@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from adt_probe.architectures import architecture, get_module
+from adt_probe.architectures import architecture
 from adt_probe.recording import capture_hooks
 
 
@@ -85,7 +85,7 @@ def collect_residuals(model, inputs: Mapping, batch_size: int = 8) -> tuple[torc
 
 def _kl_per_layer(model, spec, lens: TunedLens | None, resid: torch.Tensor) -> torch.Tensor:
     """KL(final || lens_l) per layer, mean over tokens, shape (layers,), nats."""
-    norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
+    norm, unembed = spec.readout(model)  # with the family's logit scale / soft-cap, if any
     final = torch.log_softmax(unembed(norm(resid[-1])).float(), -1)
     kls = []
     for layer in range(resid.shape[0]):

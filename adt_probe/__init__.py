@@ -7,6 +7,7 @@ Examples
 --------
 >>> import adt_probe
 >>> spec = adt_probe.architecture(model)                               # doctest: +SKIP
+>>> batch = adt_probe.teacher_force(processor, prompts, completions)   # doctest: +SKIP
 >>> ds = adt_probe.record(model, batch, tokenizer=processor.tokenizer)  # doctest: +SKIP
 >>> adt_probe.save(ds, "base.zarr")                                     # doctest: +SKIP
 """
@@ -21,6 +22,7 @@ from adt_probe.drift import DriftInputError, band_contrast, gating_drift
 from adt_probe.recording import RecordingError, record
 from adt_probe.segments import SEGMENTS, segment_tokens
 from adt_probe.storage import SchemaError, check_schema, open, save
+from adt_probe.teacher_forcing import teacher_force
 from adt_probe.trajectory import drift_trajectory
 from adt_probe.tuned_lens import TunedLens, train_tuned_lens
 from adt_probe.weights import router_weight_drift, transplant
@@ -28,5 +30,5 @@ from adt_probe.weights import router_weight_drift, transplant
 __all__ = ["ArchitectureSpec", "DriftInputError", "RecordingError", "SEGMENTS", "SchemaError", "TunedLens",
            "UnknownArchitectureError", "architecture", "band_contrast", "check_schema", "compare_crystallization",
            "crystallization", "crystallization_layer", "drift_trajectory", "gating_drift", "get_module", "open",
-           "plot", "record", "router_decomposition", "router_weight_drift", "save", "segment_tokens", "testing",
-           "train_tuned_lens", "transplant"]
+           "plot", "record", "router_decomposition", "router_weight_drift", "save", "segment_tokens", "teacher_force",
+           "testing", "train_tuned_lens", "transplant"]

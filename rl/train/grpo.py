@@ -50,7 +50,7 @@ from rl.data import prompts
 from rl.data.items import Item
 from rl.rewards.registry import Reward, check_requirements, compute_rewards, item_columns, resolve_rewards
 from rl.train import checkpoint as ckpt
-from rl.train import rollout
+from rl.train import rollout, trackers
 from rl.train.config import ConfigError, DataConfig, TrainConfig, load_config
 from rl.train.curriculum import mine_boundary_items
 from rl.train.rollout import Rollout, Sampling, suppressed_token_ids, token_logprobs
@@ -517,7 +517,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
 
     from rl.organism import load_organism
 
-    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                                     **trackers.accelerator_kwargs(cfg.logging.report_to, out))
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
     if world == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N processes each training alone: refuse
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up a single process; on CPU "
@@ -570,6 +571,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                 path.unlink(missing_ok=True)
             else:
                 _truncate_jsonl(path, state.step)
+    trackers.start(acc, cfg.to_dict())
     max_steps = sum(s.steps for s in cfg.stages)
     bar = tqdm(total=max_steps, initial=state.step, desc="grpo", disable=not (main and cfg.logging.progress_bar))
     local_n = cfg.grpo.batch_size // world
@@ -615,6 +617,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                              for k, v in metrics.items()}}
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                trackers.log(acc, record, state.step)
                 with open(samples_path, "a") as f:
                     f.writelines(json.dumps({"step": state.step, **s}) + "\n" for s in samples)
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}",
@@ -627,9 +630,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                 say(f"saved {path}")
             if stop_after is not None and state.step >= stop_after:
                 bar.close()
+                trackers.end(acc)
                 return policy
         start = None
     bar.close()
+    trackers.end(acc)
     acc.wait_for_everyone()
     return policy
 

@@ -38,11 +38,9 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
-import pyarrow as pa
 import soundfile as sf
 from scipy.signal import resample_poly
 
@@ -56,6 +54,9 @@ __all__ = [
     "load_items",
     "write_items",
 ]
+
+if TYPE_CHECKING:
+    import datasets
 
 SAMPLE_RATE = 16_000  # Hz; every audio array in an Item is mono float32 at this rate
 
@@ -733,12 +734,9 @@ def write_items(
     return out
 
 
-#: The columns the reward functions read (``rl.rewards.registry.item_columns``), as ``datasets`` features.
-REWARD_FEATURES = datasets.Features({
-    "id": datasets.Value("string"), "question": datasets.Value("string"),
-    "choices": datasets.List(datasets.Value("string")), "answer": datasets.Value("string"),
-    "reference_chain": datasets.List(datasets.Value("string")), "family": datasets.Value("string"),
-    "difficulty": datasets.Value("string"), "meta": datasets.Value("string")})
+#: The columns the reward functions read (``rl.rewards.registry.item_columns``), as ``datasets`` feature types.
+REWARD_COLUMNS = {"id": "string", "question": "string", "choices": ["string"], "answer": "string",
+                  "reference_chain": ["string"], "family": "string", "difficulty": "string", "meta": "string"}
 
 
 def _wav_bytes(audio: np.ndarray) -> bytes:
@@ -772,10 +770,18 @@ def to_hf_dataset(items: Iterable[Item], *, mode: str = "think", written_facts: 
     ValueError
         ``written_facts`` for an item without ``meta["description"]``.
     """
-    from rl.data import prompts  # rl.data.prompts imports this module: a top-level import would be a cycle
+    # datasets takes seconds to import and only this adapter needs it; rl.data.prompts imports this module (a cycle)
+    import datasets
+    import pyarrow as pa
+
+    from rl.data import prompts
+
+    reward_features = datasets.Features({
+        name: datasets.List(datasets.Value(kind[0])) if isinstance(kind, list) else datasets.Value(kind)
+        for name, kind in REWARD_COLUMNS.items()})
 
     items = list(items)
-    rows: dict[str, list] = {name: [] for name in ("prompt", "audio", *REWARD_FEATURES)}
+    rows: dict[str, list] = {name: [] for name in ("prompt", "audio", *REWARD_COLUMNS)}
     for it in items:
         context = None
         if written_facts:
@@ -785,7 +791,7 @@ def to_hf_dataset(items: Iterable[Item], *, mode: str = "think", written_facts: 
             context = it.meta["description"]
         rows["prompt"].append(prompts.messages(it, mode, audio=False, context=context))
         rows["audio"].append({"bytes": _wav_bytes(it.audio), "path": None} if it.audio is not None else None)
-        for name in REWARD_FEATURES:
+        for name in REWARD_COLUMNS:
             value = getattr(it, name)
             rows[name].append(json.dumps(value, default=_json_default) if name == "meta" else value)
     decode = datasets.config.TORCHCODEC_AVAILABLE if decode_audio is None else decode_audio
@@ -795,7 +801,7 @@ def to_hf_dataset(items: Iterable[Item], *, mode: str = "think", written_facts: 
     table = pa.table({"audio": pa.array(rows.pop("audio"), type=audio_type)})
     rest = datasets.Dataset.from_dict(rows, features=datasets.Features({
         "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-        **REWARD_FEATURES}))
+        **reward_features}))
     audio = datasets.Dataset(table).cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE, decode=decode))
     return datasets.concatenate_datasets([rest, audio], axis=1).select_columns(
-        ["prompt", "audio", *REWARD_FEATURES])
+        ["prompt", "audio", *REWARD_COLUMNS])

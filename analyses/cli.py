@@ -5,8 +5,8 @@ It lives in ``analyses`` (the top of the data flow) because it reaches both ``rl
 
 This module imports nothing heavy (no torch, transformers, xarray): ``adt-probe --help`` and ``adt-probe COMMAND
 --help`` answer without loading a model library. The options of the ``analyses`` subcommands are declared here (one
-``*_arguments`` function each, used by the subcommand module's ``main``), so their help needs no import of the
-module; the ``rl`` subcommands declare theirs in their own modules.
+``*_arguments`` function each, used by the subcommand module's ``main``), those of ``eval`` and ``train`` in
+``rl.cli_options``, so their help needs no import of the module (``train-base`` still imports its module).
 
 Conventions: every option has help text and shows its default; help is plain text; an error is one line on stderr
 and exit status 2 (``--debug`` shows the traceback); messages go through ``logging``, progress through tqdm.
@@ -24,6 +24,8 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from rl import cli_options  # the rl entry points' options (light: argparse only)
 
 log = logging.getLogger("adt_probe.cli")
 
@@ -118,22 +120,48 @@ def weights_arguments(ap: argparse.ArgumentParser) -> None:
     add_model_options(ap, batch=False, generation=False)
 
 
+def findings_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--recordings", required=True, help="folder with base.zarr, rl.zarr, base_noise.zarr")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the intervals")
+
+
+def trajectory_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--run", required=True, help="the run folder (checkpoints/step-N inside)")
+    ap.add_argument("--base", required=True, help="base model folder (step 0)")
+    ap.add_argument("--recordings", required=True, help="an `adt-probe record` folder: the sequences")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the intervals")
+
+
+def reproduce_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", required=True, help="output folder (a re-run continues what is there)")
+    ap.add_argument("--quick", action="store_true", help="the 3-minute version: fewer steps and held-out items")
+    ap.add_argument("--config", help="GRPO config (default: rl/configs/demo.toml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (repeatable)")
+    ap.add_argument("--redo", metavar="STEP", help="run STEP and every later step again")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the analysis steps")
+
+
 #: subcommand -> (module with a ``main(argv)``, one-line help, the options when declared here)
 COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None] | None]] = {
     "reproduce": ("analyses.reproduce", "the paper's pipeline end to end on the organism (what `make demo` runs)",
-                  None),
-    "eval": ("rl.evaluate", "accuracy, think-rate, reference similarity and process score of a model on items", None),
+                  reproduce_arguments),
+    "eval": ("rl.evaluate", "accuracy, think-rate, reference similarity and process score of a model on items",
+             cli_options.evaluate_arguments),
     "train-base": ("rl.organism.train_base", "train the base model organism (refuses to overwrite the shipped one)",
                    None),
-    "train": ("rl.train.grpo", "GRPO training of an audio model from a TOML/YAML config", None),
+    "train": ("rl.train.grpo", "GRPO training of an audio model from a TOML/YAML config", cli_options.train_arguments),
     "record": ("analyses.record_pair", "record a base and an RL model on the same token sequences", record_arguments),
-    "findings": ("analyses.findings", "gating drift and crystallization from recordings, with figures", None),
+    "findings": ("analyses.findings", "gating drift and crystallization from recordings, with figures",
+                 findings_arguments),
     "transplant": ("analyses.transplant", "router transplant per layer band: change of accuracy and reward",
                    transplant_arguments),
     "decompose": ("analyses.decompose", "gating drift split into what the routers and what their inputs made",
                   decompose_arguments),
     "weights": ("analyses.weights", "router weight drift between two checkpoints", weights_arguments),
-    "trajectory": ("analyses.trajectory", "drift from the base at every checkpoint of a run", None),
+    "trajectory": ("analyses.trajectory", "drift from the base at every checkpoint of a run", trajectory_arguments),
 }
 
 

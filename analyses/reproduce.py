@@ -26,7 +26,6 @@ Nothing here is tuned to make a finding appear: the held-out set, bands and stat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from analyses.cli import command_parser
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
 from rl.organism import load_organism
 from rl.train.checkpoint import find_latest
@@ -333,14 +333,7 @@ def reproduce(plan: Plan, *, redo: str | None = None, threads: int = 2) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="output folder (a re-run continues what is there)")
-    ap.add_argument("--quick", action="store_true", help="the 3-minute version: fewer steps and held-out items")
-    ap.add_argument("--config", help=f"GRPO config (default: {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[2])})")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    ap.add_argument("--redo", metavar="STEP", help="run STEP and every later step again")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the analysis steps")
-    args = ap.parse_args(argv)
+    args = command_parser("reproduce", __doc__).parse_args(argv)
     plan = Plan.make(args.out, quick=args.quick, config=args.config, overrides=args.set)
     reproduce(plan, redo=args.redo, threads=args.threads)
 

@@ -8,20 +8,19 @@ teacher-forced through the base and every checkpoint. Writes ``trajectory.nc`` a
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import adt_probe
 from adt_probe import plot
+from analyses.cli import command_parser
+from analyses.models import load_pretrained
+from analyses.sequences import recorded_inputs
 
 
 def run(run_dir, base_path, recordings, out: Path, *, n_boot: int = 200) -> dict:
     """Compute, save and plot the trajectory; returns the steps and the layer-mean JS per step."""
-    from analyses.sequences import recorded_inputs
-    from rl.organism import load_organism
-
-    base, processor = load_organism(base_path)
+    base, processor = load_pretrained(base_path)
     traj = adt_probe.drift_trajectory(run_dir, recorded_inputs(recordings, processor), base=base,
                                       tokenizer=processor.tokenizer, routing="full", n_boot=n_boot)
     adt_probe.save(traj, out / "trajectory.nc")
@@ -34,13 +33,7 @@ def run(run_dir, base_path, recordings, out: Path, *, n_boot: int = 200) -> dict
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="the run folder (checkpoints/step-N inside)")
-    ap.add_argument("--base", required=True, help="base model folder (step 0)")
-    ap.add_argument("--recordings", required=True, help="an `adt-probe record` folder: the sequences")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-boot", type=int, default=200)
-    args = ap.parse_args(argv)
+    args = command_parser("trajectory", __doc__).parse_args(argv)
     print(json.dumps(run(args.run, args.base, args.recordings, Path(args.out), n_boot=args.n_boot), indent=1))
 
 

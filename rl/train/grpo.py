@@ -30,7 +30,6 @@ Run ``python -m rl.train.grpo --config rl/configs/smoke.toml --out runs/smoke`` 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rl import cli_options
 from rl.data import prompts
 from rl.data.items import Item
 from rl.rewards.registry import Reward, check_requirements, compute_rewards, item_columns, resolve_rewards
@@ -640,16 +640,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="Configs: rl/configs/*.toml. Data parallel: "
-                                 "accelerate launch -m rl.train.grpo ...")
-    ap.add_argument("--config", required=True, help="TOML or YAML run configuration")
-    ap.add_argument("--out", required=True, help="output folder: log.jsonl, completions.jsonl, checkpoints/")
-    ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. --set grpo.temperature=0.7 --set stages.0.steps=3")
-    ap.add_argument("--stop-after", type=int, help="stop after this global step (no final checkpoint)")
-    args = ap.parse_args(argv)
+    args = cli_options.parser(cli_options.train_arguments, __doc__.splitlines()[0],
+                              epilog="Data parallel: accelerate launch -m rl.train.grpo ...").parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
     except ConfigError as exc:

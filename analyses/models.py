@@ -24,41 +24,15 @@ from pathlib import Path
 import torch
 import transformers
 
+from adt_probe.loading import LoadError, load_model
 from rl.data.collate import TextProcessor
 from rl.data.items import Item
 from rl.organism import AudioQwen3OmniProcessor
 
 log = logging.getLogger(__name__)
 
-#: ``--dtype`` choices -> torch dtypes ("auto": what the checkpoint's config says).
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 #: Model types whose processor is the organism's audio-and-text Qwen3-Omni processor (no torchvision needed).
 QWEN3_OMNI = ("qwen3_omni_moe_thinker", "qwen3_omni_moe")
-
-
-class LoadError(ValueError):
-    """A model folder that cannot be loaded faithfully (no config, unknown class, weights missing)."""
-
-
-def model_class(config: transformers.PretrainedConfig) -> type:
-    """The transformers class for ``config``: the first of ``config.architectures`` that transformers has, else the
-    causal-LM auto class for its ``model_type``.
-
-    Raises
-    ------
-    LoadError
-        Neither names a class this transformers knows (no remote code is ever run).
-    """
-    for name in getattr(config, "architectures", None) or []:
-        if hasattr(transformers, name):
-            return getattr(transformers, name)
-    mapping = transformers.AutoModelForCausalLM._model_mapping
-    if type(config) in mapping:
-        return mapping[type(config)]
-    raise LoadError(f"config.json names model_type={config.model_type!r} and architectures="
-                    f"{getattr(config, 'architectures', None)}, none of which is a transformers causal-LM class "
-                    f"(transformers {transformers.__version__}): upgrade transformers or save the model with a "
-                    "class it has")
 
 
 def load_processor(path: str | Path, config: transformers.PretrainedConfig):
@@ -82,7 +56,7 @@ def load_pretrained(path: str | Path, *, dtype: str | torch.dtype = "float32", d
     Parameters
     ----------
     path : folder with ``config.json``, safetensors weights and a tokenizer (or processor).
-    dtype : one of :data:`DTYPES` or a torch dtype; ``"auto"`` keeps the checkpoint's dtype.
+    dtype : one of ``adt_probe.loading.DTYPES`` or a torch dtype; ``"auto"`` keeps the checkpoint's dtype.
     device_map : passed to ``from_pretrained`` (``"auto"``, ``"cpu"``, ``"cuda:0"``; None: CPU, no accelerate).
 
     Returns
@@ -94,34 +68,8 @@ def load_pretrained(path: str | Path, *, dtype: str | torch.dtype = "float32", d
     LoadError
         No ``config.json``; no known class; or weights missing from / mis-shaped in the checkpoint (named).
     """
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise LoadError(f"no model in {path}: expected config.json and safetensors weights there (a folder written "
-                        "by save_pretrained)")
-    torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if isinstance(dtype, str) and dtype not in DTYPES:
-        raise LoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    cls = model_class(config)
-    log.info("loading %s as %s (%s)", path, cls.__name__, dtype)
-    model, info = cls.from_pretrained(str(path), dtype=torch_dtype, device_map=device_map, use_safetensors=True,
-                                      output_loading_info=True)
-    check_loading_info(path, cls, info)
-    return model.eval(), load_processor(path, config)
-
-
-def check_loading_info(path: str | Path, cls: type, info: dict) -> None:
-    """Raise :class:`LoadError` when ``from_pretrained`` initialised any weight at random (missing or mis-shaped)."""
-    missing = sorted(info.get("missing_keys") or ())
-    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
-    if missing or mismatched:
-        shown = ", ".join((missing + mismatched)[:8]) + (" ..." if len(missing) + len(mismatched) > 8 else "")
-        raise LoadError(f"{path}: {len(missing)} weight(s) missing and {len(mismatched)} of the wrong shape for "
-                        f"{cls.__name__} ({shown}); they would be randomly initialised. Is this folder a "
-                        f"{cls.__name__} checkpoint, and was it saved completely?")
-    if info.get("unexpected_keys"):
-        log.warning("%s: %d checkpoint tensor(s) unused by %s (e.g. %s)", path, len(info["unexpected_keys"]),
-                    cls.__name__, sorted(info["unexpected_keys"])[0])
+    model = load_model(path, dtype=dtype, device_map=device_map)
+    return model, load_processor(path, model.config)
 
 
 def reads_audio(processor) -> bool:

@@ -22,10 +22,8 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# No backend set here (a notebook importing analyses keeps its inline one); headless, matplotlib picks Agg itself
+import matplotlib.pyplot as plt
 
 JS_CAPTION = "Gating drift (Jensen-Shannon) per layer, 95% bootstrap intervals over sequences; grey: noise floor"
 WEIGHT_CAPTION = "Router weight drift per layer, next to the other weights of the block"

@@ -36,3 +36,16 @@ def test_notebook_runs_and_figures_display_inline(name, figures, tmp_path):
     for figure in figures:
         assert (tmp_path / f"{figure}.png").stat().st_size > 10_000 and (tmp_path / f"{figure}.pdf").exists()
     assert seconds < 300, f"{name} took {seconds:.0f} s"
+
+
+def test_importing_the_library_leaves_the_matplotlib_backend_alone():
+    """A notebook's inline backend (here: svg, chosen by the user) must survive ``import adt_probe``."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; import adt_probe, analyses.report; from adt_probe import plot; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MPLBACKEND": "svg"}, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().lower() == "svg"

@@ -118,3 +118,19 @@ def test_cli_errors_are_one_message_and_exit_status_2(tmp_path, capsys):
     with pytest.raises(models.LoadError):
         cli.main(["--debug", "weights", "--base", str(tmp_path / "nowhere"), "--rl", str(tmp_path),
                   "--out", str(tmp_path)])
+
+
+def test_transplant_and_decompose_on_a_text_moe_against_itself(folders, tmp_path):
+    """The causal commands on a Mixtral folder: its own routers transplanted change nothing, and the router and
+    input effects of a model against itself are exactly 0."""
+    mixtral = str(folders["mixtral"])
+    cli.main(["transplant", "--base", mixtral, "--rl", mixtral, "--out", str(tmp_path / "tr"), "--n-per-cell", "1",
+              "--max-new-tokens", "5", "--n-boot", "20"])
+    effects = xr.open_dataset(tmp_path / "tr" / "transplant.nc", engine="h5netcdf")
+    assert float(np.abs(effects.accuracy_delta).max()) == 0.0 and float(np.abs(effects.reward_delta).max()) == 0.0
+    cli.main(["record", "--base", mixtral, "--rl", mixtral, "--out", str(tmp_path / "rec"), "--n-per-cell", "1",
+              "--max-new-tokens", "5", "--routing", "full"])
+    cli.main(["decompose", "--base", mixtral, "--rl", mixtral, "--recordings", str(tmp_path / "rec"),
+              "--out", str(tmp_path / "dec"), "--n-boot", "20"])
+    dec = xr.open_dataset(tmp_path / "dec" / "decomposition.nc", engine="h5netcdf")
+    assert float(np.nanmax(np.abs(dec.js.values))) == 0.0

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import adt_probe
 from analyses.cli import command_parser
@@ -65,8 +66,8 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
     attrs = {"source": source, "n_items": len(items)}
     paths = {}
     base_bf16 = copy.deepcopy(base).to(torch.bfloat16)
-    for name, model, bs in (("base", base, batch_size), ("rl", rl, batch_size),
-                            ("base_noise", base_bf16, max(1, batch_size // 2 + 1))):
+    runs = (("base", base, batch_size), ("rl", rl, batch_size), ("base_noise", base_bf16, max(1, batch_size // 2 + 1)))
+    for name, model, bs in tqdm(runs, desc="record", unit="model"):
         path = out / f"{name}.zarr"
         if path.exists():
             shutil.rmtree(path)  # this command owns its output folder; re-running records afresh

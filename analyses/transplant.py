@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from tqdm.auto import tqdm
 
 from adt_probe import plot
 from adt_probe.architectures import get_module
@@ -57,7 +58,7 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
                  "base <- rl": per_item(base, processor, items, max_new_tokens, batch_size)}
     metrics = ("accuracy", "think_rate", "reward")
     data = {f"{m}_delta{s}": np.full((len(bands), 2), np.nan) for m in metrics for s in ("", "_lo", "_hi")}
-    for b, band in enumerate(bands):
+    for b, band in enumerate(tqdm(bands, desc="transplant", unit="band")):
         for d, (direction, (model, donor)) in enumerate({"rl <- base": (rl, base), "base <- rl": (base, rl)}.items()):
             with transplant(model, donor, band):
                 got = per_item(model, processor, items, max_new_tokens, batch_size)

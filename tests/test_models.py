@@ -134,3 +134,13 @@ def test_transplant_and_decompose_on_a_text_moe_against_itself(folders, tmp_path
               "--out", str(tmp_path / "dec"), "--n-boot", "20"])
     dec = xr.open_dataset(tmp_path / "dec" / "decomposition.nc", engine="h5netcdf")
     assert float(np.nanmax(np.abs(dec.js.values))) == 0.0
+
+
+def test_the_organism_loader_refuses_other_families(folders):
+    """rl's own loader (training, evaluation) no longer turns a Mixtral folder into a randomly initialised organism."""
+    from rl.organism import load_organism
+
+    with pytest.raises(ValueError, match="holds a 'mixtral' model"):
+        load_organism(folders["mixtral"])
+    model, _ = load_organism(folders["organism"])
+    assert type(model).__name__ == "Qwen3OmniMoeThinkerForConditionalGeneration"

@@ -20,6 +20,7 @@ from adt_probe.crystallize import compare_crystallization, crystallization, crys
 from adt_probe.decompose import router_decomposition
 from adt_probe.drift import DriftInputError, band_contrast, gating_drift
 from adt_probe.loading import LoadError, load_model
+from adt_probe.outputs import OutputBusyError, OutputError
 from adt_probe.recording import RecordingError, record
 from adt_probe.segments import SEGMENTS, segment_tokens
 from adt_probe.storage import SchemaError, check_schema, open, save
@@ -28,8 +29,9 @@ from adt_probe.trajectory import drift_trajectory
 from adt_probe.tuned_lens import TunedLens, train_tuned_lens
 from adt_probe.weights import router_weight_drift, transplant
 
-__all__ = ["ArchitectureSpec", "DriftInputError", "LoadError", "RecordingError", "SEGMENTS", "SchemaError",
-           "TunedLens", "UnknownArchitectureError", "architecture", "band_contrast", "check_schema",
-           "compare_crystallization", "crystallization", "crystallization_layer", "drift_trajectory", "gating_drift",
-           "get_module", "load_model", "open", "plot", "record", "router_decomposition", "router_weight_drift", "save",
-           "segment_tokens", "teacher_force", "testing", "train_tuned_lens", "transplant"]
+__all__ = ["ArchitectureSpec", "DriftInputError", "LoadError", "OutputBusyError", "OutputError", "RecordingError",
+           "SEGMENTS", "SchemaError", "TunedLens", "UnknownArchitectureError", "architecture", "band_contrast",
+           "check_schema", "compare_crystallization", "crystallization", "crystallization_layer", "drift_trajectory",
+           "gating_drift", "get_module", "load_model", "open", "plot", "record", "router_decomposition",
+           "router_weight_drift", "save", "segment_tokens", "teacher_force", "testing", "train_tuned_lens",
+           "transplant"]

@@ -7,6 +7,11 @@ next token is decided early. The paper's claim, "reasoning tokens crystallize pr
 becomes: the distribution of this layer (and the per-layer curves of log-prob, rank and KL to the final layer) for
 ``think`` tokens, compared with ``answer`` tokens and between the base and the RL model.
 
+``settling_stream`` adds the embedding stream (the input of block 0, :func:`embedding_top1`) as a row before block 0
+and keeps tokens whose prediction appears only at the output apart from those that settle in the last block;
+``settling_curves`` gives "settled by stream s" curves of two models on the same tokens with paired intervals, and
+``upper_share_intervals`` the share of settled tokens that settle in the upper band (finding 2's statistic).
+
 Examples
 --------
 >>> cryst = crystallization(rl_recording)                                        # doctest: +SKIP
@@ -17,11 +22,14 @@ Examples
 from __future__ import annotations
 
 import numpy as np
+import torch
 import xarray as xr
 
+from adt_probe.architectures import architecture, get_module
+from adt_probe.decompose import batches
 from adt_probe.drift import ALL, check_same_tokens, segment_index
 from adt_probe.segments import SEGMENTS
-from adt_probe.stats import bootstrap_ratio, per_sequence_sums
+from adt_probe.stats import bca_interval, bootstrap_ratio, per_sequence_sums
 
 CURVES = ("lens_logprob", "lens_rank", "lens_kl_final", "lens_entropy")
 
@@ -152,3 +160,123 @@ def compare_crystallization(base: xr.Dataset, rl: xr.Dataset, *, lens: str = "lo
     out.attrs = {"kind": "compare_crystallization", "lens": lens, "n_boot": n_boot, "seed": seed,
                  "interval": "95% paired percentile bootstrap over sequences", "difference": "rl minus base"}
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Settling: the embedding stream as a row before block 0, the output-only bin apart, paired curves, token groups.
+
+#: settling index of a token whose lens matches the output only at the output itself (never before it)
+EMBEDDING = -1
+
+
+@torch.no_grad()
+def embedding_top1(model, inputs, *, batch_size: int = 8) -> np.ndarray:
+    """The logit lens on the embedding stream (the input of block 0): top-1 token per real token, shape (tokens,).
+
+    Token order is that of ``adt_probe.record`` (sequences in order, real tokens by ``attention_mask``). The stream
+    goes through the final norm and the unembedding as every block's output does in the logit lens.
+    """
+    spec = architecture(model)
+    block0 = get_module(model, spec.layers)[0]
+    norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
+    out, seen = [], {}
+
+    def grab(module, args, kwargs):
+        seen["h"] = args[0] if args else kwargs["hidden_states"]
+
+    for batch in batches(inputs, batch_size):
+        handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            model(**batch, use_cache=False)
+        finally:
+            handle.remove()
+        mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool().reshape(-1)
+        h = seen["h"].reshape(-1, seen["h"].shape[-1])[mask]
+        out.append(unembed(norm(h)).argmax(-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def settling_stream(top1: np.ndarray, embedding: np.ndarray | None = None) -> np.ndarray:
+    """Per token, the first stream from which the lens top-1 equals the output's and stays equal.
+
+    Parameters
+    ----------
+    top1 : (tokens, layers) lens top-1 after each block (the last is the model's output).
+    embedding : (tokens,) lens top-1 of the embedding stream (:func:`embedding_top1`), or None.
+
+    Returns
+    -------
+    (tokens,) float: -1 (:data:`EMBEDDING`) for the embedding stream, ``i`` for block ``i``'s output; ``layers - 1``
+    means the prediction appears only at the output ("never settled before the output"). NaN without a lens.
+    """
+    if embedding is None:
+        return crystallization_layer(top1)
+    return crystallization_layer(np.concatenate([np.asarray(embedding)[:, None], top1], axis=1)) - 1.0
+
+
+def settling_curves(base_stream: np.ndarray, rl_stream: np.ndarray, sequence: np.ndarray, keep: np.ndarray,
+                    n_layers: int, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """"Settled by stream s" curves of two models on the same tokens, with paired intervals.
+
+    Parameters
+    ----------
+    base_stream, rl_stream : (tokens,) :func:`settling_stream` of the two models.
+    sequence : (tokens,) sequence ids (the bootstrap unit).
+    keep : (tokens,) bool, the tokens of the group.
+    n_layers : blocks; stream ``n_layers - 1`` is the output.
+
+    Returns
+    -------
+    dict: ``stream`` (-1 .. n_layers - 2), per model ``{"value", "lo", "hi"}`` lists of the share settled by each
+    stream, ``delta`` (RL minus base, paired), ``never_settled`` per model (share that settles only at the output),
+    ``n_tokens``, ``n_sequences``; 95% percentile bootstrap over sequences.
+    """
+    streams = np.arange(EMBEDDING, n_layers - 1)
+    seq_ids, seq = np.unique(sequence[keep], return_inverse=True)
+    out = {"stream": streams.tolist(), "n_tokens": int(keep.sum()), "n_sequences": len(seq_ids)}
+    if not keep.any():
+        return out
+    groups = np.zeros(len(seq), np.int64)
+    ind = {"base": base_stream[keep][:, None] <= streams, "rl": rl_stream[keep][:, None] <= streams}
+    for name, values in (*ind.items(), ("delta", ind["rl"].astype(float) - ind["base"])):
+        s, c = per_sequence_sums(values.astype(float), seq, groups, len(seq_ids), 1)
+        est, lo, hi = bootstrap_ratio(s[:, 0], c[:, 0], n_boot=n_boot, seed=seed)
+        out[name] = {"value": est.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+    for name, st in (("base", base_stream), ("rl", rl_stream)):
+        never = (st[keep] >= n_layers - 1).astype(float)
+        s, c = per_sequence_sums(never, seq, groups, len(seq_ids), 1)
+        est, lo, hi = bootstrap_ratio(s[:, 0], c[:, 0], n_boot=n_boot, seed=seed)
+        out.setdefault("never_settled", {})[name] = {"value": float(est), "lo": float(lo), "hi": float(hi)}
+    return out
+
+
+def upper_share_sums(base_stream: np.ndarray, rl_stream: np.ndarray, sequence: np.ndarray, keep: np.ndarray,
+                     first_upper: int, n_layers: int) -> np.ndarray:
+    """Per-sequence sums ``[upper_rl, settled_rl, upper_base, settled_base]`` (n_seq, 4) for the share of settled
+    tokens that settle in a block ``>= first_upper`` (the output-only bin excluded from both counts)."""
+    if not keep.any():
+        return np.zeros((0, 4))
+    seq_ids, seq = np.unique(sequence[keep], return_inverse=True)
+    cols = []
+    for st in (rl_stream[keep], base_stream[keep]):
+        settled = st < n_layers - 1
+        cols += [(settled & (st >= first_upper)).astype(float), settled.astype(float)]
+    s, _ = per_sequence_sums(np.stack(cols, 1), seq, np.zeros(len(seq), np.int64), len(seq_ids), 1)
+    return s[:, 0]
+
+
+def upper_share(sums: np.ndarray) -> np.ndarray:
+    """U(RL) from :func:`upper_share_sums` column sums (..., 4)."""
+    return sums[..., 0] / sums[..., 1]
+
+
+def upper_share_delta(sums: np.ndarray) -> np.ndarray:
+    """U(RL) - U(base) from :func:`upper_share_sums` column sums (..., 4)."""
+    return sums[..., 0] / sums[..., 1] - sums[..., 2] / sums[..., 3]
+
+
+def upper_share_intervals(sums: np.ndarray, *, n_boot: int = 1000, seed: int = 0, strata=None) -> dict:
+    """U(RL), U(base) and their paired difference with BCa intervals over sequences."""
+    return {"rl": bca_interval(sums, upper_share, n_boot=n_boot, seed=seed, strata=strata),
+            "base": bca_interval(sums[:, [2, 3, 0, 1]], upper_share, n_boot=n_boot, seed=seed, strata=strata),
+            "delta": bca_interval(sums, upper_share_delta, n_boot=n_boot, seed=seed, strata=strata)}

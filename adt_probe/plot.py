@@ -1,8 +1,9 @@
 """Figures: one function per figure type, each taking Datasets and returning a matplotlib Figure.
 
 Every figure shows intervals (shaded 95% bootstrap bands) and, where the Dataset has one, the noise floor (grey
-band). Colours come from the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and
-lines also differ in marker, so figures read in greyscale print. ``save(fig, path)`` writes PNG and PDF.
+band). Figures carry no titles: the caption belongs to the paper or report that shows them; legends name the
+interval. Colours come from the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and
+lines also differ in marker, so figures read in greyscale print. ``save(fig, path)`` writes PNG (300 dpi) and PDF.
 
 Examples
 --------
@@ -29,21 +30,31 @@ LABELS = {"js": "Jensen-Shannon divergence (bits)", "kl": "KL(base || RL) (nats)
           "topk_jaccard": "top-k Jaccard overlap", "top1_agreement": "top-1 agreement",
           "entropy_delta": "routing entropy change (nats)", "lens_logprob": "log-prob of next token (nats)",
           "lens_rank": "rank of next token", "lens_kl_final": "KL(final || lens) (nats)",
-          "lens_entropy": "lens entropy (nats)"}
+          "lens_entropy": "lens entropy (nats)", "rel_change": "relative router-logit change",
+          "share": "share of the router-logit change", "topk_change": "top-k set change rate",
+          "top1_flip": "top-1 flip rate"}
 
 
 def _style(i: int) -> dict:
     return {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)], "markersize": 4}
 
 
+def _bands_marked(ax, bands: dict | None) -> None:
+    """A dotted line between the lower and the upper band of layers."""
+    if bands and bands.get("lower") and bands.get("upper"):
+        ax.axvline((bands["lower"][-1] + bands["upper"][0]) / 2, color="0.3", ls=":", lw=1)
+        ax.text(bands["upper"][0] - 0.45, 0.98, "upper band", transform=ax.get_xaxis_transform(), fontsize=7,
+                va="top")
+
+
 def save(fig: plt.Figure, path: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write ``fig`` as ``path.png`` and ``path.pdf`` (vector); returns the paths."""
+    """Write ``fig`` as ``path.png`` (300 dpi) and ``path.pdf`` (vector); returns the paths."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=160, bbox_inches="tight")
+        fig.savefig(target, dpi=300, bbox_inches="tight")
         out.append(target)
     return out
 
@@ -61,17 +72,18 @@ def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str
     layers = drift["layer"].values
     for i, seg in enumerate(segments):
         st = _style(i)
-        ax.plot(layers, drift[metric].sel(segment=seg), label=seg, **st)
+        ax.plot(layers, drift[metric].sel(segment=seg), label=f"{seg} (95% CI, bootstrap over sequences)", **st)
         _band(ax, layers, drift[f"{metric}_lo"].sel(segment=seg), drift[f"{metric}_hi"].sel(segment=seg), st["color"])
-    if f"noise_{metric}" in drift:
-        seg = segments[0]
-        ax.plot(layers, drift[f"noise_{metric}"].sel(segment=seg), color="0.4", ls="--", lw=1,
-                label=f"noise floor ({seg})")
-        _band(ax, layers, drift[f"noise_{metric}_lo"].sel(segment=seg), drift[f"noise_{metric}_hi"].sel(segment=seg),
-              "0.5", alpha=0.25)
+    if f"noise_{metric}" in drift:  # one floor per segment: segments differ in length and so in floor
+        for i, seg in enumerate(segments):
+            ax.plot(layers, drift[f"noise_{metric}"].sel(segment=seg), color="0.4", ls=(0, (1 + i, 2)), lw=1,
+                    label=f"noise floor, {seg}")
+            _band(ax, layers, drift[f"noise_{metric}_lo"].sel(segment=seg),
+                  drift[f"noise_{metric}_hi"].sel(segment=seg), "0.5", alpha=0.15)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(LABELS.get(metric, metric))
-    ax.set_title(title or f"Gating drift, base vs RL ({drift.attrs.get('distribution', '')})")
+    if title:
+        ax.set_title(title)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -79,8 +91,8 @@ def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str
 
 
 def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: str = "all") -> plt.Figure:
-    """Per layer, the drift made by the router (same input, other router), by its input (same router, other
-    input) and in total, each with its 95% interval (``adt_probe.decompose.router_decomposition``)."""
+    """Per layer, the change made by the router term (same input, other router), by the input term (same router,
+    other input) and in total, each with its 95% interval (``adt_probe.decompose.router_decomposition``)."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     layers = decomposition["layer"].values
     effects = list(decomposition["effect"].values)
@@ -90,10 +102,9 @@ def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: 
         est = sel[metric].values
         err = np.vstack([est - sel[f"{metric}_lo"].values, sel[f"{metric}_hi"].values - est])
         ax.bar(layers + (i - (len(effects) - 1) / 2) * width, est, width=width, yerr=np.clip(err, 0, None),
-               capsize=2, color=OKABE_ITO[i], hatch=("", "//", "..")[i % 3], label=str(effect))
+               capsize=2, color=OKABE_ITO[i], hatch=("", "//", "..")[i % 3], label=f"{effect} (95% CI)")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(LABELS.get(metric, metric))
-    ax.set_title(f"What made the drift: the router or its input ({segment})")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -137,7 +148,8 @@ def router_weight_drift(weights: xr.Dataset, title: str | None = None) -> plt.Fi
                label="other weights of the block")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(r"$\|W_{RL} - W_{base}\| / \|W_{base}\|$")
-    ax.set_title(title or "Router weight drift (whiskers: range over experts)")
+    if title:
+        ax.set_title(title)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -157,7 +169,6 @@ def drift_trajectory(trajectory: xr.Dataset, metric: str = "js", layers: Sequenc
         _band(ax, steps, sel[f"{metric}_lo"], sel[f"{metric}_hi"], st["color"], alpha=0.12)
     ax.set_xlabel("RL step")
     ax.set_ylabel(LABELS.get(metric, metric))
-    ax.set_title(f"Drift from the base along training ({segment})")
     ax.legend(frameon=False, fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -173,12 +184,12 @@ def crystallization_curves(curves: dict[str, xr.Dataset], variable: str = "lens_
         for i, seg in enumerate(segments):
             st = _style(i)
             layers = c["layer"].values
-            ax.plot(layers, c[variable].sel(segment=seg), ls="-" if m == 0 else "--", label=f"{label}: {seg}", **st)
+            ax.plot(layers, c[variable].sel(segment=seg), ls="-" if m == 0 else "--",
+                    label=f"{label}: {seg} (95% CI)", **st)
             _band(ax, layers, c[f"{variable}_lo"].sel(segment=seg), c[f"{variable}_hi"].sel(segment=seg),
                   st["color"], alpha=0.15)
     ax.set_xlabel("decoder layer (lens after block)")
     ax.set_ylabel(LABELS.get(variable, variable))
-    ax.set_title(f"Crystallization: {LABELS.get(variable, variable)}")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -225,7 +236,6 @@ def transplant_effects(effects: xr.Dataset, metric: str = "accuracy") -> plt.Fig
     ax.set_xticks(x, bands)
     ax.set_xlabel("transplanted layer band")
     ax.set_ylabel(f"change in {metric}")
-    ax.set_title("Router transplant")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -359,4 +369,106 @@ def expert_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_tokens
     _label_grid(ax, _token_labels(seq, tokenizer), seq["layer"].values, seq["segment"].values)
     fig.suptitle(f"Top-1 expert per token and MoE layer, sequence {sequence} (text: expert, routing weight)",
                  fontsize=9)
+    return fig
+
+
+def router_effect_by_layer(table: dict, bands: dict | None = None, null: dict | None = None) -> plt.Figure:
+    """Relative router-logit change per layer: router term (fixed input), input term and total, 95% intervals;
+    grey: the range of uniform random router updates (the calibration). ``table``: ``findings["decomposition"]``."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    layers = np.asarray(table["layer"])
+    for i, (effect, label) in enumerate((("router", "router term ||dW x̄|| (fixed input)"),
+                                         ("input", "input term ||W̄ dx||"), ("total", "total"))):
+        v = table["rel_change"][effect]
+        st = _style(i)
+        ax.plot(layers, v["value"], label=f"{label}", **st)
+        _band(ax, layers, np.asarray(v["lo"], float), np.asarray(v["hi"], float), st["color"])
+    if null:
+        ax.fill_between(layers, null["min"], null["max"], color="0.6", alpha=0.35, lw=0,
+                        label=f"uniform random router updates ({null['k']} draws, range)")
+    _bands_marked(ax, bands)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("relative router-logit change")
+    ax.legend(frameon=False, fontsize=7, title="shaded: 95% CI, bootstrap over sequences", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def router_share_by_layer(table: dict, bands: dict | None = None) -> plt.Figure:
+    """Share of the router-logit change made by the router term and by the input term per layer (they add up to 1
+    exactly), 95% intervals."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    layers = np.asarray(table["layer"])
+    for i, effect in enumerate(("router", "input")):
+        v = table["share"][effect]
+        est = np.asarray(v["value"], float)
+        err = np.clip(np.vstack([est - np.asarray(v["lo"], float), np.asarray(v["hi"], float) - est]), 0, None)
+        ax.bar(layers + (i - 0.5) * 0.4, est, width=0.4, yerr=err, capsize=2, color=OKABE_ITO[i],
+               hatch=("", "//")[i], label=f"{effect} term (95% CI)")
+    _bands_marked(ax, bands)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("share of the logit change")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequence[str] = ("think", "answer")
+                    ) -> plt.Figure:
+    """Share of tokens settled by each stream (E = embedding, then each block), base solid and RL dashed, with 95%
+    intervals; the share that settles only at the output is printed in the legend (it is no settling layer)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for i, g in enumerate(x for x in groups if x in curves and "rl" in curves[x]):
+        c = curves[g]
+        x = np.asarray(c["stream"])
+        for m, ls in (("base", "-"), ("rl", "--")):
+            st = _style(i)
+            never = c["never_settled"][m]["value"]
+            ax.plot(x, c[m]["value"], ls=ls, label=f"{'RL' if m == 'rl' else 'base'}: {g} (output only: "
+                    f"{never:.2f})", **st)
+            _band(ax, x, np.asarray(c[m]["lo"], float), np.asarray(c[m]["hi"], float), st["color"], alpha=0.12)
+    if first_upper is not None:
+        ax.axvline(first_upper - 0.5, color="0.3", ls=":", lw=1)
+    ticks = np.asarray(next(iter(curves.values()))["stream"])
+    ax.set_xticks(ticks, ["E" if t < 0 else str(t) for t in ticks])
+    ax.set_xlabel("stream (E: embedding; i: after block i)")
+    ax.set_ylabel("share settled by this stream")
+    ax.set_ylim(0, 1)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=7, title="shaded: 95% CI, bootstrap over sequences", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def control_bars(controls: dict) -> plt.Figure:
+    """Relative router-logit change at fixed input (router term) and input term, lower and upper band: RL next to
+    random-direction updates of RL's own per-tensor norm (routers only, all but routers, everything; mean of the
+    draws, whiskers: range)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=False)
+    names = ["rl", "routers", "others", "all"]
+    labels = ["RL", "random:\nrouters", "random:\nall but routers", "random:\nall"]
+    for ax, q, ylabel in ((axes[0], "rel_router", "router term (relative)"),
+                          (axes[1], "rel_input", "input term (relative)")):
+        for j, band in enumerate(("lower", "upper")):
+            vals, lo, hi = [], [], []
+            for n in names:
+                if n == "rl":
+                    v = controls["rl"][q][band]
+                    vals.append(v), lo.append(v), hi.append(v)
+                else:
+                    draws = [d[q][band] for d in controls[n]["draws"]]
+                    vals.append(np.mean(draws)), lo.append(min(draws)), hi.append(max(draws))
+            x = np.arange(len(names)) + (j - 0.5) * 0.4
+            err = np.clip(np.vstack([np.subtract(vals, lo), np.subtract(hi, vals)]), 0, None)
+            ax.bar(x, vals, width=0.4, yerr=err, capsize=2, color=OKABE_ITO[j], hatch=("", "//")[j],
+                   label=f"{band} band")
+        ax.set_xticks(np.arange(len(names)), labels, fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(frameon=False, fontsize=8, title=f"whiskers: range of {controls['k']} draws", title_fontsize=7)
+    fig.tight_layout()
     return fig

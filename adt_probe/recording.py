@@ -34,6 +34,7 @@ import torch
 import xarray as xr
 
 from adt_probe.architectures import ArchitectureSpec, architecture, get_module
+from adt_probe.integrity import versions
 from adt_probe.segments import segment_tokens
 
 SCHEMA_VERSION = "1"
@@ -291,10 +292,7 @@ def validate_inputs(model, inputs: Mapping, tokenizer=None) -> None:
 
 
 def _versions() -> str:
-    import transformers
-
-    return json.dumps({"adt_probe": __import__("adt_probe").__version__, "torch": torch.__version__,
-                       "transformers": transformers.__version__, "xarray": xr.__version__})
+    return json.dumps(versions())
 
 
 def record(model, inputs: Mapping, *, segments=None, routing: str | None = "topk", lens: str | None = "logit",

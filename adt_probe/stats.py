@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 from scipy import sparse
+from scipy.stats import binomtest, bootstrap, norm
 
 
 def replicate_weights(n_seq: int, n_boot: int, seed: int) -> np.ndarray:
@@ -92,3 +93,154 @@ def per_sequence_sums(values: np.ndarray, sequence: np.ndarray, groups: np.ndarr
     counts = indicator @ ok.reshape(n, -1).astype(np.float64)
     shape = (n_seq, n_groups, *values.shape[1:])
     return sums.reshape(shape), counts.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Intervals of a statistic of per-sequence sums: BCa over sequences (stratified when strata are given), a hierarchical
+# bootstrap over runs then sequences, and exact intervals for (paired) proportions.
+
+def _interval(value: float, reps: np.ndarray, lo: float, hi: float, method: str, n_boot: int) -> dict:
+    """The one interval record every function below returns; NaN replicates are counted, never hidden."""
+    return {"value": float(value), "lo": float(lo), "hi": float(hi), "method": method, "n_boot": int(n_boot),
+            "n_nan": int(np.isnan(reps).sum()) if reps.size else 0}
+
+
+def _bca_limits(theta: float, reps: np.ndarray, jack: np.ndarray, level: float) -> tuple[float, float]:
+    """BCa limits from finite bootstrap replicates and jackknife values (Efron 1987)."""
+    ok = reps[np.isfinite(reps)]
+    if ok.size == 0 or not np.isfinite(theta):
+        return np.nan, np.nan
+    prop = (np.sum(ok < theta) + 0.5 * np.sum(ok == theta)) / ok.size
+    z0 = norm.ppf(np.clip(prop, 1e-6, 1 - 1e-6))
+    d = np.nanmean(jack) - jack[np.isfinite(jack)]
+    denom = 6.0 * np.sum(d ** 2) ** 1.5
+    a = np.sum(d ** 3) / denom if denom > 0 else 0.0
+    z = norm.ppf([(1 - level) / 2, (1 + level) / 2])
+    q = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    return tuple(float(v) for v in np.quantile(ok, np.clip(q, 0, 1)))
+
+
+def _constant(statistic, per_seq: np.ndarray, theta: float) -> bool:
+    """True when leaving out any one sequence leaves the statistic unchanged (then so does any resample)."""
+    total = per_seq.sum(0)
+    jack = np.array([statistic(total - row) for row in per_seq], np.float64)
+    return bool(np.isfinite(theta) and np.all(jack == theta))
+
+
+def bca_interval(per_seq: np.ndarray, statistic, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 strata: np.ndarray | None = None) -> dict:
+    """BCa bootstrap interval over sequences of a statistic of per-sequence sums.
+
+    Parameters
+    ----------
+    per_seq : (n_seq, m) per-sequence sums (numerators and counts side by side; paired quantities of two models in
+        the same rows, so the interval is paired).
+    statistic : function of column sums, ``(..., m) -> (...)`` (for example a ratio of two band means).
+    strata : (n_seq,) labels (family x difficulty, say): sequences are resampled within each stratum.
+
+    Returns
+    -------
+    dict ``value``, ``lo``, ``hi``, ``method``, ``n_boot``, ``n_nan`` (replicates where the statistic was NaN:
+    counted, left out of the quantiles). Without strata this is ``scipy.stats.bootstrap(method="BCa")``.
+    """
+    per_seq = np.asarray(per_seq, np.float64)
+    n = per_seq.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        theta = float(statistic(per_seq.sum(0)))
+        if n < 3 or n_boot <= 0:
+            return _interval(theta, np.array([]), np.nan, np.nan, "none (fewer than 3 sequences)", 0)
+        if not np.isfinite(theta):  # 0 / 0 on the whole sample (no change at all, say): every replicate is NaN too
+            return _interval(theta, np.full(n_boot, np.nan), np.nan, np.nan, "undefined on the full sample", n_boot)
+        if np.all(per_seq == per_seq[:1]) or _constant(statistic, per_seq, theta):
+            # every resample gives the same value (two identical models, say): the interval is that value
+            return _interval(theta, np.array([]), theta, theta, "degenerate (every resample equal)", n_boot)
+        if strata is None:
+            with warnings.catch_warnings():  # NaN replicates make scipy's BCa NaN: handled (counted) below
+                warnings.simplefilter("ignore")
+                res = bootstrap((np.arange(n),), lambda idx, axis=-1: statistic(per_seq[idx].sum(-2)),
+                                n_resamples=n_boot, method="BCa", confidence_level=level, vectorized=True,
+                                random_state=np.random.default_rng(seed))
+            reps = res.bootstrap_distribution
+            lo, hi = res.confidence_interval
+            if not (np.isfinite(lo) and np.isfinite(hi)) and np.isfinite(reps).any():  # NaN replicates: BCa on the rest
+                jack = np.array([statistic(per_seq.sum(0) - per_seq[i]) for i in range(n)])
+                lo, hi = _bca_limits(theta, reps, jack, level)
+            return _interval(theta, reps, lo, hi, "BCa bootstrap over sequences", n_boot)
+        rng = np.random.default_rng(seed)
+        strata = np.asarray(strata)
+        w = np.zeros((n_boot, n))
+        for s in np.unique(strata):
+            idx = np.flatnonzero(strata == s)
+            w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+        reps = np.asarray(statistic(w @ per_seq), np.float64)
+        jack = np.array([statistic(per_seq.sum(0) - per_seq[i]) for i in range(n)])
+        lo, hi = _bca_limits(theta, reps, jack, level)
+    return _interval(theta, reps, lo, hi, "BCa bootstrap over sequences, stratified", n_boot)
+
+
+def hierarchical_interval(per_run: list[np.ndarray], statistic, *, n_boot: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> dict:
+    """Percentile interval of the across-run mean of a statistic: runs resampled, then sequences within each run.
+
+    Parameters
+    ----------
+    per_run : one (n_seq_r, m) array of per-sequence sums per RL run (see :func:`bca_interval`).
+    statistic : function of column sums ``(..., m) -> (...)``, evaluated per run and averaged over runs.
+
+    Returns
+    -------
+    dict as :func:`bca_interval`, plus ``per_run`` (each run's own value) and ``n_runs``.
+    """
+    rng = np.random.default_rng(seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.array([float(statistic(a.sum(0))) for a in per_run])
+        reps = np.empty(n_boot)
+        for b in range(n_boot):
+            runs = rng.integers(0, len(per_run), len(per_run))
+            reps[b] = np.mean([statistic(per_run[r][rng.integers(0, len(per_run[r]), len(per_run[r]))].sum(0))
+                               for r in runs])
+    alpha = (1 - level) / 2
+    ok = reps[np.isfinite(reps)]
+    lo, hi = (np.quantile(ok, [alpha, 1 - alpha]) if ok.size else (np.nan, np.nan))
+    out = _interval(float(values.mean()), reps, lo, hi, "hierarchical percentile bootstrap (runs, then sequences)",
+                    n_boot)
+    return {**out, "per_run": values.tolist(), "n_runs": len(per_run)}
+
+
+def wilson(successes: int, n: int, level: float = 0.95) -> dict:
+    """A proportion with its Wilson interval (``scipy.stats.binomtest(...).proportion_ci``)."""
+    if n == 0:
+        return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0, "method": "Wilson"}
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return {"value": successes / n, "lo": float(ci.low), "hi": float(ci.high), "n": int(n), "method": "Wilson"}
+
+
+def paired_proportions(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict:
+    """Difference ``mean(b) - mean(a)`` of two paired binary outcomes: Newcombe's hybrid score interval (method 10,
+    Newcombe 1998, with the phi correction) and McNemar's exact test on the discordant pairs.
+
+    Parameters
+    ----------
+    a, b : (n,) booleans on the same items (the unmodified and the transplanted model, say).
+
+    Returns
+    -------
+    dict ``value``, ``lo``, ``hi``, ``n``, ``discordant`` ([a only, b only]), ``mcnemar_p`` (exact, two-sided),
+    ``method``. With no discordant pair the interval is not [0, 0]: it is as wide as n items allow.
+    """
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    n = len(a)
+    if n == 0:
+        return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0, "discordant": [0, 0],
+                "mcnemar_p": float("nan"), "method": "Newcombe (paired)"}
+    n11, n10, n01, n00 = (int(np.sum(a & b)), int(np.sum(a & ~b)), int(np.sum(~a & b)), int(np.sum(~a & ~b)))
+    pa, pb = wilson(int(a.sum()), n, level), wilson(int(b.sum()), n, level)
+    d = pb["value"] - pa["value"]
+    denom = np.sqrt(float((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00)))
+    phi = (n11 * n00 - n10 * n01) / denom if denom > 0 else 0.0
+    la, ua, lb, ub = pa["value"] - pa["lo"], pa["hi"] - pa["value"], pb["value"] - pb["lo"], pb["hi"] - pb["value"]
+    lo = d - np.sqrt(lb ** 2 - 2 * phi * lb * ua + ua ** 2)
+    hi = d + np.sqrt(ub ** 2 - 2 * phi * ub * la + la ** 2)
+    p = binomtest(n10, n10 + n01).pvalue if n10 + n01 else 1.0
+    return {"value": float(d), "lo": float(max(-1.0, lo)), "hi": float(min(1.0, hi)), "n": n,
+            "discordant": [n10, n01], "mcnemar_p": float(p), "method": "Newcombe hybrid score (paired), McNemar exact"}

@@ -16,6 +16,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def _as_model(x):
     return load_model(x) if isinstance(x, (str, Path)) else x
 
 
-def _router_tensors(spec: ArchitectureSpec, block) -> dict[str, torch.Tensor]:
+def router_tensors(spec: ArchitectureSpec, block) -> dict[str, torch.Tensor]:
+    """The router parameters of one decoder block: ``weight`` (experts, hidden), and ``bias`` / ``score_bias``
+    where the family has them (the live tensors, not copies)."""
     router = get_module(block, spec.router)
     out = {"weight": get_module(router, spec.router_weight)}
     if spec.router_bias:
@@ -50,8 +53,8 @@ def check_compatible(a, b) -> ArchitectureSpec:
                              "compare a base model with an RL model trained from it.")
     if not sa.moe_layers:  # dense models: nothing router-shaped to compare
         return sa
-    wa = _router_tensors(sa, get_module(a, sa.layers)[sa.moe_layers[0]])["weight"]
-    wb = _router_tensors(sb, get_module(b, sb.layers)[sb.moe_layers[0]])["weight"]
+    wa = router_tensors(sa, get_module(a, sa.layers)[sa.moe_layers[0]])["weight"]
+    wb = router_tensors(sb, get_module(b, sb.layers)[sb.moe_layers[0]])["weight"]
     if wa.shape != wb.shape:
         raise ValueError(f"router weights have shapes {tuple(wa.shape)} and {tuple(wb.shape)}")
     return sa
@@ -59,7 +62,7 @@ def check_compatible(a, b) -> ArchitectureSpec:
 
 def _rel_change_other(spec: ArchitectureSpec, block_a, block_b) -> float:
     """||theta_b - theta_a|| / ||theta_a|| over the block's parameters that are not router tensors."""
-    skip = {id(t) for t in _router_tensors(spec, block_a).values()}
+    skip = {id(t) for t in router_tensors(spec, block_a).values()}
     num = den = 0.0
     for (_, pa), (_, pb) in zip(block_a.named_parameters(), block_b.named_parameters()):
         if id(pa) in skip:
@@ -89,8 +92,8 @@ def router_weight_drift(base, rl) -> xr.Dataset:
     rel, cos, other = np.full(n_layers, np.nan), np.full(n_layers, np.nan), np.full(n_layers, np.nan)
     rel_e, cos_e = np.full((n_layers, spec.n_experts), np.nan), np.full((n_layers, spec.n_experts), np.nan)
     for i in spec.moe_layers:
-        wa = _router_tensors(spec, get_module(base, spec.layers)[i])["weight"].detach().double()
-        wb = _router_tensors(spec, get_module(rl, spec.layers)[i])["weight"].detach().double()
+        wa = router_tensors(spec, get_module(base, spec.layers)[i])["weight"].detach().double()
+        wb = router_tensors(spec, get_module(rl, spec.layers)[i])["weight"].detach().double()
         rel[i] = float((wb - wa).norm() / wa.norm().clamp_min(1e-30))
         cos[i] = float(torch.nn.functional.cosine_similarity(wa.flatten(), wb.flatten(), dim=0))
         rows = min(spec.n_experts, wa.shape[0])
@@ -121,8 +124,8 @@ def transplant(model, donor, layers: Iterable[int]) -> Iterator[None]:
     saved = []
     with torch.no_grad():
         for i in layers:
-            mine = _router_tensors(spec, get_module(model, spec.layers)[i])
-            theirs = _router_tensors(spec, get_module(donor, spec.layers)[i])
+            mine = router_tensors(spec, get_module(model, spec.layers)[i])
+            theirs = router_tensors(spec, get_module(donor, spec.layers)[i])
             for name, tensor in mine.items():
                 saved.append((tensor, tensor.detach().clone()))
                 tensor.copy_(theirs[name].to(tensor.device, tensor.dtype))
@@ -132,3 +135,80 @@ def transplant(model, donor, layers: Iterable[int]) -> Iterator[None]:
         with torch.no_grad():
             for tensor, original in saved:
                 tensor.copy_(original)
+
+
+#: which parameters a random update touches: the routers, every other parameter, or all of them
+PARTS = ("routers", "others", "all")
+
+
+def router_parameter_names(model) -> set[str]:
+    """Names (as in ``model.named_parameters()``) of every router tensor: weight, bias, selection bias."""
+    spec = architecture(model)
+    blocks = get_module(model, spec.layers)
+    ids = {id(t) for i in spec.moe_layers for t in router_tensors(spec, blocks[i]).values()}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def update_norms(base, rl) -> dict[str, float]:
+    """Per tensor, ``||theta_rl - theta_base||_F`` (float64), for every floating-point parameter."""
+    check_compatible(base, rl)
+    theirs = dict(rl.named_parameters())
+    return {name: float((theirs[name].detach().double() - p.detach().double()).norm())
+            for name, p in base.named_parameters() if p.is_floating_point()}
+
+
+def random_update(model, *, part: str = "all", rel=None, norms: dict[str, float] | None = None, seed: int = 0):
+    """A copy of ``model`` with an isotropic Gaussian change of chosen tensors.
+
+    Parameters
+    ----------
+    model : the model to start from (left unchanged).
+    part : ``"routers"``, ``"others"`` (every parameter but the routers) or ``"all"``.
+    rel : relative size per tensor, ``||delta|| = rel * ||theta||``: a float, or a function of the parameter name
+        (to plant a band: ``lambda name: 0.2 if "layers.6." in name else 0.02``).
+    norms : absolute size per tensor name instead (``update_norms(base, rl)``: a random direction of RL's size);
+        tensors missing from it stay unchanged.
+    seed : the Gaussian draws (one generator, tensors in ``named_parameters`` order).
+
+    Returns
+    -------
+    The changed copy (same class, eval mode).
+    """
+    if part not in PARTS:
+        raise ValueError(f"part={part!r}: choose one of {PARTS}")
+    if (rel is None) == (norms is None):
+        raise ValueError("give exactly one of rel= (relative size) or norms= (absolute size per tensor)")
+    out = copy.deepcopy(model).eval()
+    routers = router_parameter_names(out)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            wanted = part == "all" or (part == "routers") == (name in routers)
+            if not p.is_floating_point() or not wanted:
+                continue
+            size = (norms.get(name, 0.0) if norms is not None
+                    else (rel(name) if callable(rel) else rel) * float(p.detach().double().norm()))
+            direction = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            if size > 0:
+                p.add_((direction * (size / float(direction.norm()))).to(p.dtype))
+    return out
+
+
+def router_nulls(model, rel: float, k: int, seed: int = 0) -> list[dict[int, torch.Tensor]]:
+    """``k`` random router updates of the same relative size ``rel`` in every MoE layer: ``{layer: delta W}``.
+
+    The calibration of a band contrast: with every router moved by the same relative amount, any difference between
+    bands is the layers' own sensitivity (``adt_probe.decompose.router_effects(..., nulls=...)``).
+    """
+    spec = architecture(model)
+    blocks = get_module(model, spec.layers)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        draw = {}
+        for i in spec.moe_layers:
+            w = router_tensors(spec, blocks[i])["weight"].detach().double()
+            d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
+            draw[i] = d * (rel * float(w.norm()) / float(d.norm()))
+        out.append(draw)
+    return out

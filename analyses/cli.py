@@ -81,6 +81,18 @@ def _heldout_options(ap: argparse.ArgumentParser, n_per_cell: int = 4) -> None:
     ap.add_argument("--seed", type=int, default=30_011, help="seed of the synthetic held-out items")
 
 
+def add_checkpoint_options(ap: argparse.ArgumentParser, *, overwrite: bool = True) -> None:
+    """``--allow-unverified`` (and ``--overwrite``), the same in every command that reads models and writes ``--out``
+    (``analyses.checkpoints`` verifies the folders, ``adt_probe.outputs`` guards ``--out``)."""
+    ap.add_argument("--allow-unverified", action="store_true",
+                    help="load model folders that have no manifest.json (your own model) without checksum "
+                         "verification; a warning is printed")
+    if overwrite:
+        ap.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out that this command did not write; only the files it "
+                             "writes are replaced, others are left alone")
+
+
 # --- the analyses subcommands' options --------------------------------------------------------------------------------
 
 def record_arguments(ap: argparse.ArgumentParser) -> None:
@@ -92,6 +104,7 @@ def record_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--routing", choices=["topk", "full"], default="full",
                     help="what is stored of the routers: top-k experts only, or the full logits too")
     add_model_options(ap)
+    add_checkpoint_options(ap)
 
 
 def transplant_arguments(ap: argparse.ArgumentParser) -> None:
@@ -102,6 +115,7 @@ def transplant_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--bands", type=int, default=2, help="number of equal layer bands")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired intervals")
     add_model_options(ap)
+    add_checkpoint_options(ap)
 
 
 def decompose_arguments(ap: argparse.ArgumentParser) -> None:
@@ -111,6 +125,7 @@ def decompose_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the intervals")
     add_model_options(ap, generation=False)
+    add_checkpoint_options(ap)
 
 
 def weights_arguments(ap: argparse.ArgumentParser) -> None:
@@ -118,6 +133,7 @@ def weights_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rl", required=True, help="RL model folder")
     ap.add_argument("--out", required=True, help="output folder")
     add_model_options(ap, batch=False, generation=False)
+    add_checkpoint_options(ap)
 
 
 def findings_arguments(ap: argparse.ArgumentParser) -> None:
@@ -132,6 +148,23 @@ def trajectory_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--recordings", required=True, help="an `adt-probe record` folder: the sequences")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the intervals")
+    add_checkpoint_options(ap)
+
+
+def compare_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--base", required=True, help="base checkpoint folder")
+    ap.add_argument("--rl", required=True, action="append",
+                    help="RL checkpoint folder (repeat for several runs), or a folder of run checkpoints")
+    ap.add_argument("--data", required=True, help="JSONL items (rl.data.items format)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random-update draws and the bootstrap")
+    ap.add_argument("--nulls", type=int, default=5, help="random-update draws for calibration and controls")
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the intervals")
+    ap.add_argument("--source", choices=["rl", "reference"], default="rl",
+                    help="teacher-force the RL model's completions or the items' reference chains")
+    ap.add_argument("--no-mirror", action="store_true", help="skip the mirror on the base's own completions")
+    add_model_options(ap)
+    add_checkpoint_options(ap, overwrite=False)
 
 
 def reproduce_arguments(ap: argparse.ArgumentParser) -> None:
@@ -142,10 +175,14 @@ def reproduce_arguments(ap: argparse.ArgumentParser) -> None:
                     help="override a config value (repeatable)")
     ap.add_argument("--redo", metavar="STEP", help="run STEP and every later step again")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the analysis steps")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="run in a non-empty --out that reproduce did not write (its other files are left alone)")
 
 
 #: subcommand -> (module with a ``main(argv)``, one-line help, the options when declared here)
 COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None] | None]] = {
+    "compare": ("analyses.compare", "any base vs RL checkpoint(s): verdicts, findings.json, figures, report.md",
+                compare_arguments),
     "reproduce": ("analyses.reproduce", "the paper's pipeline end to end on the organism (what `make demo` runs)",
                   reproduce_arguments),
     "eval": ("rl.evaluate", "accuracy, think-rate, reference similarity and process score of a model on items",
@@ -158,7 +195,7 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None] | 
                  findings_arguments),
     "transplant": ("analyses.transplant", "router transplant per layer band: change of accuracy and reward",
                    transplant_arguments),
-    "decompose": ("analyses.decompose", "gating drift split into what the routers and what their inputs made",
+    "decompose": ("analyses.decompose", "router-logit change split exactly into router term and input term",
                   decompose_arguments),
     "weights": ("analyses.weights", "router weight drift between two checkpoints", weights_arguments),
     "trajectory": ("analyses.trajectory", "drift from the base at every checkpoint of a run", trajectory_arguments),

@@ -1,19 +1,11 @@
 """The report of ``adt-probe reproduce``: ``report.md`` (figures inline, the results table, the two findings as
 measured, commands and versions) and the same numbers in ``results.json``.
 
-The verdicts are computed from the intervals with rules fixed here, before any run:
-
-* finding 1 ("RL mostly reshapes the routers of the upper layers") *reproduces* when the upper-minus-lower band
-  difference of the Jensen-Shannon drift has a 95% interval above 0 and above the same difference for the noise
-  pair, and some upper layer's drift clears the noise floor; it is *reversed* when the interval lies below 0;
-  otherwise *not shown*;
-* is it the routers? The same upper-minus-lower contrast for the *router effect* (the base and the RL router reading
-  the same RL stream, ``adt_probe.decompose``) and for the *input effect* (the base router reading the base and the
-  RL stream): "mostly the routers" when the router effect's difference lies above the input effect's (intervals
-  apart), "mostly their inputs" in the reverse case;
-* finding 2 ("reasoning tokens crystallize progressively in the upper layers") *reproduces* when the RL model's
-  think tokens crystallize, on average, in the upper half of the layers (interval above the midpoint) and later
-  than its answer tokens (intervals apart); otherwise *not shown*, with the numbers.
+The verdicts are not made here: they come from the ``compare`` step (``analyses.compare``), by the rules of
+``analyses.verdicts`` (written before any run; their text and hash are in the report). This module only lays out
+numbers: the results table, the verdicts with their rules, and the descriptive drift, decomposition, trajectory and
+transplant numbers beside them. ``write_compare_report`` is the report of ``adt-probe compare``: a template filled
+from ``findings.json``.
 """
 
 from __future__ import annotations
@@ -21,12 +13,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from string import Template
 
 # No backend set here (a notebook importing analyses keeps its inline one); headless, matplotlib picks Agg itself
 import matplotlib.pyplot as plt
 
+from adt_probe.integrity import versions  # noqa: E402
+
 JS_CAPTION = "Gating drift (Jensen-Shannon) per layer, 95% bootstrap intervals over sequences; grey: noise floor"
 WEIGHT_CAPTION = "Router weight drift per layer, next to the other weights of the block"
+ROUTER_CAPTION = ("Relative router-logit change per layer: router term at fixed input, input term, total (95% CI); "
+                  "grey: uniform random router updates")
+DECOMPOSITION_CAPTION = "Router-logit change per layer made by the router term, the input term and in total (95% CI)"
+SETTLING_CAPTION = "Share of tokens settled by each stream (E: embedding), base solid, RL dashed, 95% CI"
 
 
 def _ci(v: dict | None, digits: int = 3) -> str:
@@ -45,24 +44,17 @@ def _row_ci(row: dict, name: str) -> str:
     return f"{row[name]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def finding_routers(findings: dict, weights: dict | None) -> dict:
-    """Verdict and numbers of finding 1 from ``findings.json`` (think tokens when there are any, else all)."""
+def drift_summary(findings: dict, weights: dict | None) -> dict:
+    """Descriptive gating drift (JS, upper vs lower band, noise pair) from ``findings.json``; no verdict: JS grows
+    with depth under any upstream change, so finding 1's verdict rests on the router term (``compare`` step)."""
     drift = findings["drift"]
     segment = "think" if "think" in drift else "all"
     d = drift[segment]
-    diff, floor = d["js_band_contrast"]["difference"], d["js_band_contrast_noise"]["difference"]
-    upper = findings["bands"]["upper"]
-    upper_above = [i for i in d["layers_above_noise"] if i in upper]
-    if diff["lo"] > 0 and diff["lo"] > floor["hi"] and upper_above:
-        verdict = "reproduces"
-    elif diff["hi"] < 0:
-        verdict = "reversed"
-    else:
-        verdict = "not shown"
-    out = {"verdict": verdict, "segment": segment, "js_upper_minus_lower": diff,
+    out = {"segment": segment, "js_upper_minus_lower": d["js_band_contrast"]["difference"],
            "js_upper": d["js_band_contrast"]["upper"], "js_lower": d["js_band_contrast"]["lower"],
-           "noise_upper_minus_lower": floor, "layers_above_noise": d["layers_above_noise"],
-           "ranking_js": d["ranking_js"], "bands": findings["bands"], "n_tokens": d["n_tokens"]}
+           "noise_upper_minus_lower": d["js_band_contrast_noise"]["difference"],
+           "layers_above_noise": d["layers_above_noise"], "ranking_js": d["ranking_js"], "bands": findings["bands"],
+           "n_tokens": d["n_tokens"]}
     if weights:
         def mean(idx, key):
             vals = [weights[key][i] for i in idx if weights[key][i] is not None]
@@ -72,36 +64,6 @@ def finding_routers(findings: dict, weights: dict | None) -> dict:
         out["other_weight_rel_change"] = {band: mean(idx, "rel_change_other")
                                           for band, idx in findings["bands"].items()}
     return out
-
-
-def router_or_input(decompose: dict) -> dict:
-    """Which part of the upper-band excess drift the routers themselves made, and which their inputs made."""
-    router = decompose["js_band_contrast_router"]["difference"]
-    inputs = decompose["js_band_contrast_input"]["difference"]
-    if router["lo"] > inputs["hi"]:
-        verdict = "mostly the routers"
-    elif inputs["lo"] > router["hi"]:
-        verdict = "mostly their inputs"
-    else:
-        verdict = "both, not separable here"
-    return {"verdict": verdict, "router_upper_minus_lower": router, "input_upper_minus_lower": inputs,
-            "router_upper": decompose["js_band_contrast_router"]["upper"],
-            "router_lower": decompose["js_band_contrast_router"]["lower"],
-            "input_upper": decompose["js_band_contrast_input"]["upper"],
-            "input_lower": decompose["js_band_contrast_input"]["lower"], "segment": decompose["segment"]}
-
-
-def finding_crystallization(findings: dict, n_layers: int) -> dict:
-    """Verdict and numbers of finding 2 from ``findings.json``."""
-    c = findings["crystallization"]
-    if "think" not in c:
-        return {"verdict": "not measurable", "why": "the RL model wrote no think tokens on the held-out set"}
-    think, answer = c["think"], c.get("answer")
-    midpoint = (n_layers - 1) / 2
-    later = answer is not None and think["rl_mean_layer"]["lo"] > answer["rl_mean_layer"]["hi"]
-    upper = think["rl_mean_layer"]["lo"] > midpoint
-    return {"verdict": "reproduces" if (upper and later) else "not shown", "midpoint_layer": midpoint,
-            "think_in_upper_half": upper, "think_later_than_answer": later, "think": think, "answer": answer}
 
 
 def training_figure(log_path: Path, out: Path) -> list[Path]:
@@ -132,11 +94,11 @@ def write_report(plan, steps: dict) -> dict:
     """Write ``report.md`` and ``results.json`` in ``plan.dir``; returns the results dict."""
     d = plan.dir
     ev, train = steps["evaluate"], steps["train"]
-    n_layers = len(steps["weights"]["rel_change"])
-    f1 = finding_routers(steps["findings"]["findings"], steps["weights"])
-    f2 = finding_crystallization(steps["findings"]["findings"], n_layers)
-    f1_mirror = finding_routers(steps["findings"]["findings_mirror"], None)
-    f1["who"] = router_or_input(steps["decompose"])
+    cmp = json.loads(Path(steps["compare"]["findings"]).read_text())
+    f1 = {**cmp["verdicts"]["upper_routers"], "drift": drift_summary(steps["findings"]["findings"], steps["weights"]),
+          "drift_mirror": drift_summary(steps["findings"]["findings_mirror"], None),
+          "decomposition": steps["decompose"]}
+    f2 = cmp["verdicts"]["crystallization"]
     seconds = {name: json.loads((d / "steps" / f"{name}.json").read_text())["seconds"]
                for name in steps if (d / "steps" / f"{name}.json").exists()}
     training_figure(d / "runs" / f"seed-{plan.seeds[0]}" / "log.jsonl", d / "figures" / "training")
@@ -144,8 +106,8 @@ def write_report(plan, steps: dict) -> dict:
         "base": ev["base"], "final": ev["final"], "change": ev["change"], "seeds": ev["seeds"],
         "held_out": {"n_items": ev["base"]["n_items"], "seed": plan.eval_seed, "n_per_cell": plan.n_per_cell,
                      "setting": "think-first prompt, greedy decoding; direct_accuracy: answer prompt"},
-        "finding_upper_layer_routers": f1, "finding_upper_layer_routers_mirror": f1_mirror,
-        "finding_crystallization": f2, "router_weight_drift": steps["weights"],
+        "finding_upper_layer_routers": f1, "finding_crystallization": f2, "rules": cmp["stamp"],
+        "router_weight_drift": steps["weights"],
         "trajectory": steps["trajectory"], "transplant": steps["transplant"],
         "final_checkpoint": train["final"], "training_steps": train["steps"],
         "seconds": seconds, "quick": plan.quick, "overrides": plan.overrides, "versions": versions(),
@@ -167,33 +129,30 @@ def write_report(plan, steps: dict) -> dict:
         table.append(f"| {name} | {_row_ci(r, 'accuracy')} | {_row_ci(r, 'think_rate')} | "
                      f"{_row_ci(r, 'reference_similarity')} | {_row_ci(r, 'process_score')} | "
                      f"{_row_ci(r, 'direct_accuracy')} |")
-    f1_text = (f"Jensen-Shannon drift of the router distributions on {f1['segment']} tokens "
-               f"({f1['n_tokens']} tokens): upper layers {_ci(f1['js_upper'], 4)}, lower layers "
-               f"{_ci(f1['js_lower'], 4)}, difference **{_ci(f1['js_upper_minus_lower'], 4)}** (noise pair: "
-               f"{_ci(f1['noise_upper_minus_lower'], 4)}). Layers whose drift clears the noise floor: "
-               f"{f1['layers_above_noise'] or 'none'}; layers by drift: {f1['ranking_js']}. Router weights moved "
-               f"{_pct(f1['router_weight_rel_change'])} (other weights of the same blocks: "
-               f"{_pct(f1['other_weight_rel_change'])}). Mirror check on the base's own completions: "
-               f"difference {_ci(f1_mirror['js_upper_minus_lower'], 4)}, verdict {f1_mirror['verdict']}.")
-    who = f1["who"]
-    who_text = (f"Drift per layer mixes two causes: the router weights changed, and so did the stream they read (every "
-                f"earlier block changed too, and such changes accumulate with depth). Holding the input fixed (the "
-                f"base and the RL router on the same RL stream; {who['segment']} tokens): router effect upper "
-                f"{_ci(who['router_upper'], 5)}, lower {_ci(who['router_lower'], 5)}, difference "
-                f"**{_ci(who['router_upper_minus_lower'], 5)}**; holding the router fixed (the base router on the base "
-                f"and on the RL stream): input effect upper {_ci(who['input_upper'], 5)}, lower "
-                f"{_ci(who['input_lower'], 5)}, difference **{_ci(who['input_upper_minus_lower'], 5)}**. "
-                f"The upper-layer excess is made by: **{who['verdict']}**.")
-    if f2.get("think"):
-        t, a = f2["think"], f2["answer"]
-        f2_text = (f"Mean crystallization layer (first layer from which the logit lens's top-1 equals the final "
-                   f"prediction and stays so; layers 0-{n_layers - 1}, midpoint {f2['midpoint_layer']:.1f}): think "
-                   f"tokens base {_ci(t['base_mean_layer'], 2)}, RL {_ci(t['rl_mean_layer'], 2)}, change "
-                   f"{_ci(t['delta_mean_layer'], 2)}"
-                   + (f"; answer tokens base {_ci(a['base_mean_layer'], 2)}, RL {_ci(a['rl_mean_layer'], 2)}, "
-                      f"change {_ci(a['delta_mean_layer'], 2)}" if a else "") + ".")
-    else:
-        f2_text = f2["why"]
+    drift, mirror = f1["drift"], f1["drift_mirror"]
+    r1 = cmp["routers"]
+    f1_text = (f"{f1['why']}. Router term at fixed input (relative router-logit change, {r1['segment']} tokens): lower "
+               f"band {_ci(r1['band']['rel_router']['lower'], 4)}, upper {_ci(r1['band']['rel_router']['upper'], 4)}; "
+               f"upper/lower ratio **{_ci(r1['ratio'], 3)}** against {len(r1['null_ratios'])} uniform random router "
+               f"updates ({', '.join(f'{x:.3f}' for x in r1['null_ratios'] if x is not None)}). Input term: lower "
+               f"{_ci(r1['band']['rel_input']['lower'], 4)}, upper {_ci(r1['band']['rel_input']['upper'], 4)}; router "
+               f"share of the change: lower {_ci(r1['band']['share_router']['lower'], 3)}, upper "
+               f"{_ci(r1['band']['share_router']['upper'], 3)}. Mirror (base's completions): "
+               f"{cmp.get('mirror', {}).get('verdicts', {}).get('upper_routers', {}).get('verdict', 'n/a')}. "
+               f"Details, controls and the rule: [compare/report.md](compare/report.md).")
+    who_text = (f"Descriptive, not the verdict: Jensen-Shannon drift of the router distributions ({drift['segment']} "
+                f"tokens, {drift['n_tokens']}): upper {_ci(drift['js_upper'], 4)}, lower {_ci(drift['js_lower'], 4)}, "
+                f"difference {_ci(drift['js_upper_minus_lower'], 4)} (noise pair "
+                f"{_ci(drift['noise_upper_minus_lower'], 4)}; mirror {_ci(mirror['js_upper_minus_lower'], 4)}). JS "
+                f"grows with depth under any upstream change, so it cannot tell a reshaped router from a changed "
+                f"input. Router weights moved {_pct(drift['router_weight_rel_change'])} (other weights of the same "
+                f"blocks: {_pct(drift['other_weight_rel_change'])}).")
+    c2 = cmp["crystallization"]
+    f2_text = (f"{f2['why']}. Share of settled think tokens settling in the upper band (blocks "
+               f"{c2['first_upper_block']}+; the embedding stream counts as a stream, tokens settling only at the "
+               f"output apart): RL {_ci(c2['upper_share_rl'])}, base on the same tokens "
+               f"{_ci(c2.get('upper_share_base'))}, difference {_ci(c2['delta_upper_share'])}. Curves per token group "
+               f"and the rule: [compare/report.md](compare/report.md).")
     tr = steps["transplant"]
     tr_lines = [f"| {direction} | {band} | {_ci(v['accuracy'])} | {_ci(v['think_rate'])} |"
                 for direction, bands in tr.items() if direction != "reference" for band, v in bands.items()]
@@ -212,18 +171,22 @@ is right, 0 otherwise (MMAR-Rubrics style). Direct-answer accuracy: the answer-o
 {chr(10).join(table)}
 
 Sampled at temperature 1, the think-rate is {ev['base'].get('think_rate_sampled_t1', float('nan')):.3f} (base) and
-{ev['final'].get('think_rate_sampled_t1', float('nan')):.3f} (final). Training: {train['steps']} GRPO steps; final
-checkpoint `{os.path.relpath(train['final'], d)}`.
+{', '.join(f"{r.get('think_rate_sampled_t1', float('nan')):.3f}" for r in ev['seeds'].values())} (RL seeds). Training:
+{train['steps']} GRPO steps per seed; final checkpoints
+{', '.join(f"`{os.path.relpath(path, d)}`" for path in train['final'].values())}.
 
 {fig(str(d / 'figures' / 'training'), 'Reward, think-rate and accuracy of the rollouts per step')}
-## Finding 1: does RL mostly reshape the routers of the upper layers? **{f1['verdict']}**
+## Finding 1: does RL mainly reshape the routers of the upper layers? **{f1['verdict']}**
 
 {f1_text}
 
 {who_text}
 
+> Rule ({f1['rules_hash'][:12]}): {f1['rule']}
+
+{fig(cmp['figures']['router_effect'][0], ROUTER_CAPTION)}
 {fig(figs['drift_js'][0], JS_CAPTION)}
-{fig(str(d / 'decompose' / 'drift_decomposition'), 'Drift per layer made by the router, by its input, and in total')}
+{fig(str(d / 'decompose' / 'drift_decomposition'), DECOMPOSITION_CAPTION)}
 {fig(figs['drift_top1'][0], 'Top-1 expert agreement between base and RL per layer')}
 {fig(figs['expert_load'][0], 'Expert load, base vs RL, and the shift')}
 {fig(str(d / 'weights' / 'router_weight_drift'), WEIGHT_CAPTION)}
@@ -232,6 +195,9 @@ checkpoint `{os.path.relpath(train['final'], d)}`.
 
 {f2_text}
 
+> Rule ({f2['rules_hash'][:12]}): {f2['rule']}
+
+{fig(cmp['figures']['settling'][0], SETTLING_CAPTION)}
 {_crystallization_figs(figs, fig)}
 ## Router transplant
 
@@ -273,13 +239,164 @@ def _pct(by_band: dict | None) -> str:
     return ", ".join(f"{band} {100 * v:.2f}%" for band, v in by_band.items() if v is not None)
 
 
-def versions() -> dict:
-    import platform
 
-    import torch
-    import transformers
+# ---------------------------------------------------------------------------------------------------------------------
+# The report of ``adt-probe compare``: a template filled from ``findings.json``, the verdict rules beside it.
 
-    import adt_probe
+COMPARE_TEMPLATE = Template("""# adt-probe compare
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "adt_probe": adt_probe.__version__, "platform": platform.platform()}
+Base `$base` against RL $rl, on $n_items items of `$data` ($source_text). Rules: `analyses.verdicts`,
+sha256 `$rules_hash` (the same hash is in `findings.json`; rules are fixed before results are seen).
+
+$warnings
+## Finding 1: does RL mainly reshape the routers of the upper layers? **$v1**
+
+$why1
+
+| | lower band $lower | upper band $upper |
+|---|---|---|
+$band_rows
+
+Upper/lower ratio of the router term at fixed input: **$ratio** ($ratio_method; $ratio_nan NaN replicates).
+Uniform random router updates of the same relative size on the same tokens give ratios $nulls.
+
+> Rule: $rule1
+
+$fig_router_effect
+$fig_router_share
+### Controls without retraining
+
+Random-direction updates with the RL update's own norm per tensor ($control_k draws each). Router term at fixed
+input (relative), lower / upper band:
+
+| update | router term | input term | RL's router term over the control's |
+|---|---|---|---|
+$control_rows
+
+$fig_controls
+## Finding 2: do reasoning tokens crystallize progressively in the upper layers? **$v2**
+
+$why2
+
+Share of settled think tokens that settle in the upper band (blocks $first_upper and later): RL $u_rl, base on the
+same tokens $u_base, difference $du. Think tokens whose prediction appears only at the output: base $never_base,
+RL $never_rl.
+
+| tokens | n | settled by E (base / RL) | by the last lower block (base / RL) | output only (base / RL) |
+|---|---|---|---|---|
+$group_rows
+
+> Rule: $rule2
+
+$fig_settling
+$mirror
+## Numbers and rules
+
+Every number above, with its interval method and NaN-replicate count, is in `findings.json` (`verdicts`, `routers`,
+`decomposition`, `controls`, `crystallization`$mirror_key). Figures: PNG (300 dpi) and PDF in `figures/`.
+""")
+
+
+def _fmt(v: dict | None, digits: int = 3) -> str:
+    """``value [lo, hi]`` from an interval record; n/a when missing."""
+    if not v or v.get("value") is None:
+        return "n/a"
+    def num(x):
+        return "nan" if x is None or x != x else (f"{x:.{digits}g}" if abs(x) < 0.01 else f"{x:.{digits}f}")
+    return f"{num(v['value'])} [{num(v.get('lo'))}, {num(v.get('hi'))}]"
+
+
+def _figure(findings: dict, name: str, caption: str, base: Path) -> str:
+    paths = findings.get("figures", {}).get(name)
+    if not paths:
+        return ""
+    png = os.path.relpath(paths[0], base)
+    return f"![{caption}]({png})\n\n*{caption}* ([PDF]({Path(png).with_suffix('.pdf')}))\n"
+
+
+def _band_rows(r: dict) -> str:
+    labels = {"rel_router": "router term, relative (fixed input)", "rel_input": "input term, relative",
+              "share_router": "router share of the change", "topk_change_router": "top-k change rate at fixed input",
+              "top1_flip_router": "top-1 flip rate at fixed input", "js_router": "JS at fixed input (bits)",
+              "topk_change_total": "top-k change rate, total", "js_total": "JS, total (bits)"}
+    return "\n".join(f"| {label} | {_fmt(r['band'][q]['lower'], 4)} | {_fmt(r['band'][q]['upper'], 4)} |"
+                     for q, label in labels.items() if q in r["band"])
+
+
+def _control_rows(c: dict | None) -> str:
+    if not c:
+        return "| (not run) | | | |"
+    rows = [f"| RL | {c['rl']['rel_router']['lower']:.4g} / {c['rl']['rel_router']['upper']:.4g} | "
+            f"{c['rl']['rel_input']['lower']:.4g} / {c['rl']['rel_input']['upper']:.4g} | 1 |"]
+    names = {"routers": "random: routers only", "others": "random: all but routers", "all": "random: everything"}
+    for part, label in names.items():
+        m, ratio = c[part]["mean"], c[part]["rl_over_control_rel_router"]
+        rows.append(f"| {label} | {m['rel_router']['lower']:.4g} / {m['rel_router']['upper']:.4g} | "
+                    f"{m['rel_input']['lower']:.4g} / {m['rel_input']['upper']:.4g} | "
+                    f"{_maybe(ratio['lower'])} / {_maybe(ratio['upper'])} |")
+    return "\n".join(rows)
+
+
+def _maybe(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3g}"
+
+
+def _group_rows(cr: dict) -> str:
+    rows = []
+    last_lower = cr["first_upper_block"] - 1
+    for g, c in cr["curves"].items():
+        if "rl" not in c:
+            rows.append(f"| {g} | 0 | | | |")
+            continue
+        i_e, i_l = c["stream"].index(-1), c["stream"].index(last_lower)
+        rows.append(f"| {g} | {c['n_tokens']} | {c['base']['value'][i_e]:.3f} / {c['rl']['value'][i_e]:.3f} | "
+                    f"{c['base']['value'][i_l]:.3f} / {c['rl']['value'][i_l]:.3f} | "
+                    f"{c['never_settled']['base']['value']:.3f} / {c['never_settled']['rl']['value']:.3f} |")
+    return "\n".join(rows)
+
+
+def compare_report_text(findings: dict, base: Path) -> str:
+    """The report of one ``findings.json`` (``base``: the folder figure paths are made relative to)."""
+    inp, r, cr, v = findings["inputs"], findings["routers"], findings["crystallization"], findings["verdicts"]
+    think = cr["curves"].get("think", {})
+    never = think.get("never_settled", {})
+    mirror = findings.get("mirror")
+    mirror_text = ""
+    if mirror:
+        mirror_text = (f"## Mirror: on the base model's own completions\n\nFinding 1: **"
+                       f"{mirror['verdicts']['upper_routers']['verdict']}** (ratio {_fmt(mirror['routers']['ratio'])}"
+                       f"); finding 2: **{mirror['verdicts']['crystallization']['verdict']}** "
+                       f"({mirror['verdicts']['crystallization']['why']}).\n")
+    return COMPARE_TEMPLATE.substitute(
+        base=inp["base"], rl=", ".join(f"`{p}`" for p in inp["rl"]), n_items=inp["n_items"], data=inp["data"],
+        source_text=("each RL model's own greedy completions, teacher-forced through both models"
+                     if inp["source"] == "rl" else "the items' reference chains, teacher-forced"),
+        rules_hash=findings["stamp"]["rules_hash"],
+        warnings="".join(f"**Warning:** {w}\n\n" for w in findings.get("warnings", [])),
+        v1=v["upper_routers"]["verdict"], why1=v["upper_routers"]["why"], rule1=v["upper_routers"]["rule"],
+        lower=r["bands"]["lower"], upper=r["bands"]["upper"], band_rows=_band_rows(r), ratio=_fmt(r["ratio"]),
+        ratio_method=r["ratio"].get("method", ""), ratio_nan=r["ratio"].get("n_nan", 0),
+        nulls=", ".join(_maybe(x) for x in r["null_ratios"]) or "none (--nulls 0)",
+        fig_router_effect=_figure(findings, "router_effect", "Relative router-logit change per layer: router term "
+                                  "at fixed input, input term and total, 95% CI; grey: uniform random router "
+                                  "updates; dotted: band boundary", base),
+        fig_router_share=_figure(findings, "router_share", "Share of the router-logit change made by the router "
+                                 "and the input term per layer (exact split; they add up to 1), 95% CI", base),
+        control_k=(findings.get("controls") or {}).get("k", 0), control_rows=_control_rows(findings.get("controls")),
+        fig_controls=_figure(findings, "controls", "RL next to random-direction updates of RL's own per-tensor "
+                             "norm: router and input terms per band (whiskers: range over draws)", base),
+        v2=v["crystallization"]["verdict"], why2=v["crystallization"]["why"], rule2=v["crystallization"]["rule"],
+        first_upper=cr["first_upper_block"], u_rl=_fmt(cr["upper_share_rl"]),
+        u_base=_fmt(cr.get("upper_share_base")),
+        du=_fmt(cr["delta_upper_share"]), never_base=_fmt(never.get("base")), never_rl=_fmt(never.get("rl")),
+        group_rows=_group_rows(cr),
+        fig_settling=_figure(findings, "settling", "Share of tokens settled by each stream (E: embedding), base "
+                             "solid, RL dashed, 95% CI; legend: share settling only at the output", base),
+        mirror=mirror_text, mirror_key=", `mirror`" if mirror else "")
+
+
+def write_compare_report(findings: dict, path: Path) -> Path:
+    """Write ``report.md`` for ``adt-probe compare``."""
+    path = Path(path)
+    path.write_text(compare_report_text(findings, path.parent))
+    return path

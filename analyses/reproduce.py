@@ -12,8 +12,11 @@ Steps, each a function below, each writing under ``--out``:
                    think text to the reference chains, rubric process score; ``eval_base.json``, ``eval_final.json``
 3. ``record``      both models (and the base again, batched differently: the noise floor) teacher-forced on the final
                    model's completions, and on the base's own completions (the mirror check); ``recordings*/``
-4. ``findings``    gating drift with intervals and noise floor, band contrast, crystallization; ``findings*/``
-   ``decompose``   the drift split into what the routers did (same input, other router) and what their inputs did
+4. ``compare``     ``adt-probe compare`` of the base and the final model (``analyses.compare``, the same code): both
+                   verdicts by the rules of ``analyses.verdicts``, the router effect at fixed input with random-update
+                   calibration and matched-norm controls, settling curves, mirror; ``compare/``
+   ``findings``    gating drift with intervals and noise floor, band contrast, crystallization; ``findings*/``
+   ``decompose``   the exact split of the router-logit change into router term and input term
 5. ``weights``     router weight drift base -> final, against the drift of the other weights of each block
 6. ``trajectory``  gating and weight drift at every checkpoint of the run
 7. ``transplant``  the final model with the base's routers per layer band (and the reverse): change of accuracy
@@ -37,13 +40,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import adt_probe
+from adt_probe.outputs import output_dir
+from analyses import checkpoints
 from analyses.cli import command_parser
+from analyses.models import load_pretrained
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
-from rl.organism import load_organism
-from rl.train.checkpoint import find_latest
 from rl.train.config import load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
+
+#: what ``reproduce`` writes in ``--out`` (and, with ``--overwrite``, the only names it replaces there)
+WRITES = ["plan.json", "steps", "runs", "eval_*.json", "recordings", "recordings_mirror",
+          "findings", "findings_mirror", "decompose", "weights", "trajectory", "transplant", "figures", "report.md",
+          "results.json"]
 
 #: ``--quick``: the same pipeline at a size a test can afford (``--set`` overrides of the demo config).
 QUICK_OVERRIDES = ["stages.0.steps=6", "stages.1.steps=3", "grpo.batch_size=4", "grpo.num_generations=4",
@@ -123,7 +133,7 @@ def step_evaluate(plan: Plan) -> dict:
     items, judge = heldout(plan), make_eval_judge("smollm2")
     reports = {}
     for name, path in (("base", base_path(plan)), *((f"seed-{s}", final_checkpoint(plan, s)) for s in plan.seeds)):
-        model, processor = load_organism(path)
+        model, processor = load_pretrained(checkpoints.model_folder(path))
         torch.manual_seed(0)
         report = evaluate(model, processor, items, judge=judge, max_new_tokens=plan.max_new_tokens)
         report["model"] = str(path)
@@ -148,6 +158,19 @@ def step_record(plan: Plan) -> dict:
     return out
 
 
+def step_compare(plan: Plan) -> dict:
+    """Both verdicts and their numbers: ``adt-probe compare`` of the base and every seed's final model (several
+    runs: hierarchical intervals over runs, then sequences)."""
+    from analyses.compare import compare
+
+    finals = [final_checkpoint(plan, s) for s in plan.seeds]
+    findings = compare(base_path(plan), finals, heldout(plan), plan.dir / "compare",
+                       n_nulls=2 if plan.quick else 5, n_boot=plan.n_boot, max_new_tokens=plan.max_new_tokens,
+                       data_path=f"held-out synthetic set (seed {plan.eval_seed}, {plan.n_per_cell} per cell)")
+    return {"verdicts": {k: v["verdict"] for k, v in findings["verdicts"].items()},
+            "findings": str(plan.dir / "compare" / "findings.json")}
+
+
 def step_findings(plan: Plan) -> dict:
     """Gating drift and crystallization, from both recording sets."""
     from analyses.findings import findings
@@ -157,7 +180,7 @@ def step_findings(plan: Plan) -> dict:
 
 
 def step_decompose(plan: Plan) -> dict:
-    """Split the gating drift into the router effect and the input effect, per layer (adt_probe.decompose)."""
+    """The exact split of the router-logit change into router term and input term, per layer (adt_probe.decompose)."""
     from analyses.decompose import run
 
     return run(base_path(plan), final_checkpoint(plan), plan.dir / "recordings", plan.dir / "decompose",
@@ -188,14 +211,14 @@ def step_transplant(plan: Plan) -> dict:
              max_new_tokens=plan.max_new_tokens)
     folder = plan.dir / "transplant"
     folder.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(folder / "transplant.nc", engine="h5netcdf")
+    adt_probe.save(ds, folder / "transplant.nc")
     for metric in ("accuracy", "think_rate"):
         fig = plot.transplant_effects(ds, metric)
         plot.save(fig, folder / f"transplant_{metric}")
         plot.plt.close(fig)
     return {direction: {band: {m: {k: float(ds[f"{m}_delta{s}"].sel(band=band, direction=direction))
                                    for k, s in (("value", ""), ("lo", "_lo"), ("hi", "_hi"))}
-                               for m in ("accuracy", "think_rate", "reward")}
+                               for m in ("accuracy", "think_rate", "reward", "kl_to_rl", "think_logprob")}
                         for band in ds.band.values.tolist()}
             for direction in ds.direction.values.tolist()} | {"reference": dict(ds.attrs)}
 
@@ -207,7 +230,8 @@ def step_report(plan: Plan) -> dict:
     return write_report(plan, {name: read_step(plan, name) for name, _ in STEPS if name != "report"})
 
 
-STEPS = [("train", step_train), ("evaluate", step_evaluate), ("record", step_record), ("findings", step_findings),
+STEPS = [("train", step_train), ("evaluate", step_evaluate), ("compare", step_compare), ("record", step_record),
+         ("findings", step_findings),
          ("decompose", step_decompose), ("weights", step_weights), ("trajectory", step_trajectory),
          ("transplant", step_transplant), ("report", step_report)]
 
@@ -231,11 +255,10 @@ def run_dir(plan: Plan, seed: int | None = None) -> Path:
 
 def final_checkpoint(plan: Plan, seed: int | None = None) -> Path:
     """The newest complete checkpoint of the run of ``seed`` (default: the first seed)."""
-    folder = run_dir(plan, seed) / "checkpoints"
-    found = find_latest(folder, say)
-    if found is None:
-        raise FileNotFoundError(f"{folder}: no complete checkpoint; run the 'train' step first")
-    return found
+    folder = run_dir(plan, seed)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no run; run the 'train' step first")
+    return checkpoints.latest(folder)  # damaged or incomplete checkpoints are skipped with a line saying why
 
 
 def heldout(plan: Plan):
@@ -302,13 +325,23 @@ def check_plan(plan: Plan) -> None:
     path.write_text(json.dumps(mine, indent=2) + "\n")
 
 
-def reproduce(plan: Plan, *, redo: str | None = None, threads: int = 2) -> dict:
+def reproduce(plan: Plan, *, redo: str | None = None, threads: int = 2, overwrite: bool = False) -> dict:
     """Run every step not finished yet (``redo``: that step and every later one again); returns the report step's
-    result."""
+    result.
+
+    ``plan.out`` must be new, empty, or an earlier ``reproduce`` output (``overwrite``: a folder with other files,
+    which are left alone); it is locked while the run goes on, so a second ``reproduce`` there stops at once.
+    """
     names = [n for n, _ in STEPS]
     if redo is not None and redo not in names:
         raise SystemExit(f"--redo {redo!r}: no such step; steps are {', '.join(names)}")
-    check_plan(plan)
+    with output_dir(plan.dir, tool="adt-probe reproduce", writes=WRITES, overwrite=overwrite):
+        check_plan(plan)
+        return _run_steps(plan, redo, threads)
+
+
+def _run_steps(plan: Plan, redo: str | None, threads: int) -> dict:
+    names = [n for n, _ in STEPS]
     torch.set_num_threads(threads)
     t_all = time.time()
     for name, fn in STEPS:
@@ -335,7 +368,7 @@ def reproduce(plan: Plan, *, redo: str | None = None, threads: int = 2) -> dict:
 def main(argv=None) -> None:
     args = command_parser("reproduce", __doc__).parse_args(argv)
     plan = Plan.make(args.out, quick=args.quick, config=args.config, overrides=args.set)
-    reproduce(plan, redo=args.redo, threads=args.threads)
+    reproduce(plan, redo=args.redo, threads=args.threads, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def measure(base: str, rl: str, n_boot: int) -> dict:
     from adt_probe.drift import gating_drift
 
     t = time.perf_counter()
-    a, b = adt_probe.open(base, check=False), adt_probe.open(rl, check=False)
+    a, b = adt_probe.open(base, verify=False), adt_probe.open(rl, verify=False)
     drift = gating_drift(a, b, n_boot=n_boot)
     seconds = time.perf_counter() - t
     js = drift.js.sel(segment="all").values

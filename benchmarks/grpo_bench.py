@@ -77,7 +77,7 @@ def trl_times(tok, steps: int) -> list[float]:
 
     from rl.data import collate
     from rl.data.collate import TextProcessor
-    from rl.rewards.registry import accuracy_reward, format_reward
+    from rl.rewards import accuracy_reward, format_reward
     from tests import tiny_lm
 
     its = items()

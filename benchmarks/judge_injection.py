@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     import torch
 
     from rl.judge import LocalJudge
-    from rl.rewards import hybrid_reasoning_reward
+    from rl.rewards import HybridReasoningReward
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-items", type=int, default=14)
@@ -105,12 +105,13 @@ def main(argv=None) -> dict:
         judge = LocalJudge("smollm2", prompt=prompt, batch_size=16)
         result["judges"][f"smollm2/{prompt}"] = measure(judge, clean, args.tolerance)
 
-    class Hybrid:  # the stage-1 reward's reasoning part (w = 0.5): what GRPO actually pays
+    hybrid = HybridReasoningReward(LocalJudge("smollm2", batch_size=16), judge_weight=0.5)
+
+    class Hybrid:  # the stage-1 reward's reasoning part (judge weight 0.5): what GRPO actually pays
         def score(self, texts, refs):
             completions = [f"<think>\n{t}\n</think>\n\n<answer>x</answer>" for t in texts]
             n = len(texts)
-            return hybrid_reasoning_reward(["p"] * n, completions, [[]] * n, answer=["x"] * n, reference_chain=refs,
-                                           w=0.5)
+            return hybrid(["p"] * n, completions, [[]] * n, answer=["x"] * n, reference_chain=refs)
 
     result["judges"]["hybrid (w=0.5, default judge + MiniLM)"] = measure(Hybrid(), clean, args.tolerance)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -9,17 +9,68 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from adt_probe.outputs import check_writable
 from rl import cli_options
-from rl.data import prompts
-from rl.data.items import Item
+from rl.data import collate, prompts
+from rl.data.items import SAMPLE_RATE, Item
 from rl.train.rollout import Sampling, sample
+
+
+class PreflightError(ValueError):
+    """The inputs cannot give a meaningful result (no items, items longer than the model's context); raised before
+    any expensive work, naming the items and the fix."""
+
+
+def context_length(model) -> int | None:
+    """The model's context in tokens (``max_position_embeddings`` of its text config), None if it names none."""
+    config = model.config
+    text = getattr(config, "text_config", None) or getattr(config, "get_text_config", lambda: config)()
+    return getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
+
+
+def check_items(items: Sequence[Item], source: str) -> None:
+    """Refuse an empty item list (an empty JSONL file), naming ``source``."""
+    if not len(items):
+        raise PreflightError(f"{source}: no items to evaluate (an empty dataset); check the file, or leave out --data "
+                             "to use the synthetic held-out set")
+
+
+def check_fits(model, processor, items: Sequence[Item], *, max_new_tokens: int, mode: prompts.Mode = "think",
+               batch_size: int = 16) -> None:
+    """Refuse items whose prompt (audio tokens included) plus ``max_new_tokens`` exceeds the model's context.
+
+    A clip's audio becomes prompt tokens, so a long clip can overflow a small context (the organism reads 512
+    tokens; a 10-minute clip is about 7,900). Generation past the context would index positions the model never
+    learned and score garbage without a word; this names the items first.
+
+    Raises
+    ------
+    PreflightError : no items, or which items (id, prompt tokens, audio seconds) do not fit, and what to do.
+    """
+    check_items(items, "items")
+    limit = context_length(model)
+    if limit is None:
+        return
+    over = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        lengths = collate.encode_prompts(processor, batch, mode)["attention_mask"].sum(1).tolist()
+        over += [(it, n) for it, n in zip(batch, lengths) if n + max_new_tokens > limit]
+    if over:
+        shown = "; ".join(f"{it.id}: {n} prompt tokens" + (f" ({len(it.audio) / SAMPLE_RATE:.0f} s of audio)"
+                                                            if it.audio is not None else "") for it, n in over[:5])
+        raise PreflightError(f"{len(over)} of {len(items)} items do not fit the model's context of {limit} tokens "
+                             f"with {max_new_tokens} new tokens ({shown}{' ...' if len(over) > 5 else ''}). Cut the "
+                             "audio shorter, lower --max-new-tokens, or leave these items out.")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -149,6 +200,21 @@ def process_scores(judge, items: Sequence[Item], s: Scores) -> np.ndarray:
     return out
 
 
+_FACT = re.compile(r"^Sound \d+: ")
+
+
+def inference_steps(item: Item) -> list[str]:
+    """The inference steps of an item's reference chain: its statements that are not perception facts
+    (``"Sound 2 is higher than Sound 1."``, not ``"Sound 2: a high tone, long, loud."``)."""
+    return [step for step in item.reference_chain or [] if not _FACT.match(step)]
+
+
+def holds_inference(items: Sequence[Item], s: Scores) -> np.ndarray:
+    """(n,) bool: the think text states at least one of its item's inference steps word for word."""
+    thinks = [prompts.parse_completion(c).think for c in s.completions]
+    return np.array([any(step in think for step in inference_steps(it)) for it, think in zip(items, thinks)])
+
+
 def think_columns(items: Sequence[Item], s: Scores, judge=None) -> dict[str, np.ndarray]:
     """Per-item outcomes of think-prompt completions, each (n,): ``accuracy`` and ``think_rate`` (bool),
     ``reference_similarity`` (float) and, with a judge, ``process_score`` (float, NaN where the judge failed)."""
@@ -163,6 +229,8 @@ def think_metrics(items: Sequence[Item], s: Scores, columns: dict[str, np.ndarra
     overall values with intervals under their names, and per family x difficulty under ``by_group``."""
     out = {name: group_table(items, v)["all"]["all"] for name, v in columns.items()}
     out["reference_similarity_when_thinking"] = mean_ci(s.similarity[s.thought])
+    # How often the think text already holds a step of reasoning (not only perception): what RL can reinforce.
+    out["inference_statement_rate"] = proportion(holds_inference(items, s))
     out["by_group"] = {name: group_table(items, v) for name, v in columns.items()}
     out["examples"] = s.completions[:3]
     return out
@@ -218,7 +286,12 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
     ``accuracy_written_facts`` (synthetic items: the facts written in the prompt instead of the audio),
     ``accuracy_with_notes`` (synthetic items: the think block pre-filled with the clip's correct facts),
     ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`) and example completions.
+
+    Raises
+    ------
+    PreflightError : no items, or items that do not fit the model's context (checked before generating).
     """
+    check_fits(model, processor, items, max_new_tokens=max_new_tokens)
     direct = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size),
                    with_similarity=False)
     result = {"n_items": len(items), "accuracy": accuracy_table(items, direct.correct),
@@ -254,27 +327,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.manual_seed(0)
     items = load_items(args.data) if args.data else \
         generate_items(args.n_per_cell * len(FAMILIES) * 3, seed=args.seed, prefix="heldout")
+    check_items(items, args.data or "the synthetic set")
+    if args.out:
+        check_writable(Path(args.out).parent)
     model, processor = load_organism(args.model or ORGANISM_DIR)
     judge = make_eval_judge(args.judge, args.judge_model)
     report = evaluate(model, processor, items, judge=judge, think_samples=not args.no_sampled,
                       max_new_tokens=args.max_new_tokens)
     report.update(model=str(args.model or ORGANISM_DIR), data=args.data or f"synthetic (seed {args.seed})")
     if args.out:
-        from pathlib import Path
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
 
 
 def make_eval_judge(spec: str | None, model: str | None = None):
     """The judge named on the command line: ``"none"``, ``"smollm2"`` / a model folder, or a server URL."""
-    from rl.judge import get_judge
+    from rl.judge import DEFAULT_SERVER_PROMPT, make_judge
 
     if spec is None or spec == "none":
         return None
     if spec.startswith(("http://", "https://")):
-        return get_judge("openai", base_url=spec, model=model, prompt="criteria-0-9")
-    return get_judge("local", model=spec)
+        return make_judge("openai", base_url=spec, model=model, prompt=DEFAULT_SERVER_PROMPT)
+    return make_judge("local", model=spec)
 
 
 def format_table(report: dict) -> str:
@@ -308,9 +382,11 @@ def format_table(report: dict) -> str:
                          + " |")
     for name, t in report["think_prompt"].items():
         tr, sim = t["think_rate"], t["reference_similarity"]
+        inference = t.get("inference_statement_rate")
         lines.append(f"\nThink-first prompt, {name}: think-rate {tr['value']:.3f} [{tr['lo']:.3f}, {tr['hi']:.3f}], "
                      f"similarity to reference {sim['value']:.3f} [{sim['lo']:.3f}, {sim['hi']:.3f}], "
-                     f"accuracy {t['accuracy']['value']:.3f}")
+                     f"accuracy {t['accuracy']['value']:.3f}"
+                     + (f", think text with an inference step {inference['value']:.3f}" if inference else ""))
     return "\n".join(lines)
 
 

@@ -6,7 +6,9 @@ Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` (t
 ``logprobs`` / ``top_logprobs``) and ``POST /v1/completions`` (raw prompt; ``logprobs`` = number of alternatives).
 Greedy decoding of up to ``max_tokens`` tokens. Knobs that make it misbehave the way real servers do: ``delay``
 (seconds before answering), ``logprobs_supported`` (False: ``"logprobs": null``), ``garbage`` (a 200 response that
-is not JSON), ``fail_every`` (every k-th completion request answers HTTP 500).
+is not JSON), ``fail_every`` (every k-th completion request answers HTTP 500), ``trickle`` (seconds between the bytes
+of an answer: a server that keeps a connection alive without ever finishing), ``logprob`` (every reported log-prob
+replaced by this value: impossible ones such as +0.5, 800, -1e4 or NaN) and ``reply`` (the reply text replaced).
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ import torch
 class ModelServer:
     def __init__(self, model, tokenizer, name: str = "tiny-judge"):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
-        self.delay, self.logprobs_supported, self.garbage, self.fail_every = 0.0, True, False, 0
+        self.reset()
         self.requests = 0  # completion requests received
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
+
+    def reset(self) -> None:
+        """Every misbehaviour off."""
+        self.delay, self.logprobs_supported, self.garbage, self.fail_every = 0.0, True, False, 0
+        self.trickle: float = 0.0
+        self.logprob: float | None = None
+        self.reply: str | None = None
 
     # --- the model ----------------------------------------------------------------------------------------------
 
@@ -76,7 +85,12 @@ class ModelServer:
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    self.wfile.write(raw)
+                    if not server.trickle:
+                        self.wfile.write(raw)
+                    for i in range(len(raw) if server.trickle else 0):  # one byte at a time, never idle long
+                        self.wfile.write(raw[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.trickle)
 
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
@@ -110,6 +124,10 @@ class ModelServer:
                 else:
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 reply, steps = server.complete(text, int(body.get("max_tokens") or 16), max(top_k, 1))
+                if server.logprob is not None:
+                    steps = [(t, server.logprob, [(a, server.logprob) for a, _ in alts]) for t, _, alts in steps]
+                if server.reply is not None:
+                    reply = server.reply
                 lp = None
                 if want and server.logprobs_supported:
                     if chat:
@@ -122,6 +140,8 @@ class ModelServer:
                               "text_offset": [len(text)] * len(steps)}
                         if body.get("echo"):  # the prompt's tokens first, as OpenAI's legacy API and vLLM do
                             toks, vals, offs = server.prompt_logprobs(text)
+                            if server.logprob is not None:
+                                vals = [None] + [server.logprob] * (len(vals) - 1)
                             lp = {"tokens": toks + lp["tokens"], "token_logprobs": vals + lp["token_logprobs"],
                                   "top_logprobs": [None] * len(toks) + lp["top_logprobs"],
                                   "text_offset": offs + lp["text_offset"]}

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import adt_probe
-from analyses import findings, record_pair, transplant
+from analyses import checkpoints, findings, record_pair, transplant
 from rl.data.tasks import generate_items
+from rl.train import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def pair(tmp_path_factory, tiny_organism, processor):
     for name, model in (("base", tiny_organism), ("rl", rl)):
         model.save_pretrained(root / name)
         processor.save_pretrained(root / name)
+        ckpt.write_manifest(root / name, 0)  # verified like checkpoints by every analysis command
     return root / "base", root / "rl"
 
 
@@ -54,12 +56,12 @@ def test_record_pair_refuses_models_that_do_not_belong_together(pair, tmp_path, 
     organism.build_processor(other_tok).save_pretrained(tmp_path / "other_tok")
     items = generate_items(2, seed=3)
     with pytest.raises(ValueError, match="different tokenizers"):
-        record_pair.record_pair(base, tmp_path / "other_tok", items, tmp_path / "rec")
+        record_pair.record_pair(base, tmp_path / "other_tok", items, tmp_path / "rec", allow_unverified=True)
     more = organism.build_model(tokenizer, seed=0, num_hidden_layers=3)  # another layer count
     more.save_pretrained(tmp_path / "more")
     organism.build_processor(tokenizer).save_pretrained(tmp_path / "more")
     with pytest.raises(ValueError, match="differ in moe_layers"):
-        record_pair.record_pair(base, tmp_path / "more", items, tmp_path / "rec")
+        record_pair.record_pair(base, tmp_path / "more", items, tmp_path / "rec", allow_unverified=True)
     assert not (tmp_path / "rec" / "base.zarr").exists()  # refused before anything was written
 
 
@@ -83,7 +85,8 @@ def test_drift_trajectory_over_a_real_run(tmp_path, tiny_dir, processor, items):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     grpo.main(["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
     batch = collate.encode_prompts(processor, items[:4], "think")
-    traj = adt_probe.drift_trajectory(tmp_path / "run", batch, base=tiny_dir, tokenizer=processor, n_boot=20)
+    found = checkpoints.run_checkpoints(tmp_path / "run")
+    traj = adt_probe.drift_trajectory(found, batch, base=tiny_dir, tokenizer=processor, n_boot=20)
     assert list(traj.step.values) == [0, 1, 2]
     assert float(traj.js.sel(step=0, segment="all").max()) == 0.0
     assert float(traj.rel_change.sel(step=2).max()) > float(traj.rel_change.sel(step=1).max()) > 0

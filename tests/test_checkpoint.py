@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from adt_probe.integrity import sha256
 from rl.rewards.registry import register_reward
 from rl.train import checkpoint as ckpt
 from rl.train import grpo
@@ -71,7 +72,7 @@ def test_checkpoint_layout_and_manifest(uninterrupted):
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]  # no pickle
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["files"]) == files - {"manifest.json"}
-    assert all(manifest["files"][f]["sha256"] == ckpt.sha256(folder / f) for f in manifest["files"])
+    assert all(manifest["files"][f]["sha256"] == sha256(folder / f) for f in manifest["files"])
     state = json.loads((folder / "trainer_state" / "state.json").read_text())
     assert (state["step"], state["stage"], state["stage_step"]) == (4, 1, 2)
     assert state["data_position"] == {"epoch": 1, "position": 1}  # 2 steps x 2 prompts over 3 items
@@ -92,11 +93,12 @@ def test_corrupted_checkpoint_is_skipped(tmp_path, uninterrupted):
     target.write_bytes(bytes(data))
     messages = []
     assert ckpt.find_latest(root, messages.append) == root / "step-000003"
-    assert messages == ["skipping checkpoint step-000004 (step 4): checksum mismatch in model.safetensors"]
+    assert messages == [f"skipping checkpoint {root / 'step-000004'} (step 4): model.safetensors differs from what "
+                        "was written (sha256 mismatch)"]
     (root / "step-000003" / "trainer_state" / "optimizer.json").unlink()
     messages.clear()
     assert ckpt.find_latest(root, messages.append) == root / "step-000002"
-    assert "missing file trainer_state/optimizer.json" in messages[-1]
+    assert "trainer_state/optimizer.json is missing" in messages[-1]
 
 
 def test_half_written_checkpoints_are_never_loaded(tmp_path, uninterrupted):
@@ -109,7 +111,8 @@ def test_half_written_checkpoints_are_never_loaded(tmp_path, uninterrupted):
     (root / "step-000007" / "manifest.json").unlink()
     messages = []
     assert ckpt.find_latest(root, messages.append) == root / "step-000002"
-    assert messages == ["skipping checkpoint step-000007 (step 7): no manifest.json (incomplete)"]
+    assert messages == [f"skipping checkpoint {root / 'step-000007'} (step 7): no manifest.json (incomplete, or not "
+                        "written by adt-probe)"]
     ckpt.remove_temp_dirs(root, messages.append)
     assert not (root / ".tmp-step-000009").exists() and "removing incomplete checkpoint .tmp-step-000009" in \
         messages[-1]

@@ -102,12 +102,9 @@ keep_last = 0
 [logging]
 progress_bar = false
 
-[reward_kwargs.hybrid_reasoning]
-w = 0.5
-judge_model = "{judge}"
-
-[reward_kwargs.llm_judge]
-judge_model = "{judge}"
+[judge]
+model = "{judge}"
+weight = 0.5
 
 [mining]
 k_rollouts = 2

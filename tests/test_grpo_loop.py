@@ -15,12 +15,11 @@ import torch
 
 from rl.data import collate
 from rl.data.items import Item, write_items
+from rl.rewards import accuracy_reward, format_reward
 from rl.rewards.registry import (
     REWARDS,
-    accuracy_reward,
     check_requirements,
     compute_rewards,
-    format_reward,
     get_reward,
     register_reward,
     resolve_rewards,
@@ -79,6 +78,24 @@ def test_unknown_key_names_key_and_file(tmp_path):
     path.write_text('[mining]\nk_rollout = 4\n[[stages]]\nname = "a"\n')  # inside an optional table
     with pytest.raises(ConfigError, match=r"unknown key 'mining\.k_rollout' \(did you mean 'mining\.k_rollouts'"):
         load_config(path)
+    path.write_text('[judge]\nbatch_sise = 4\n[[stages]]\nname = "a"\n')  # the judge's settings are typed too
+    with pytest.raises(ConfigError, match=r"unknown key 'judge\.batch_sise' \(did you mean 'judge\.batch_size'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('[grpo]\nmulti_reward = "gdpo"\n', r"'grpo\.multi_reward' is now 'grpo\.multi_objective_aggregation'.*'gdpo' is "
+                                        r"now 'normalize_then_sum'"),
+    ('[reward_kwargs.llm_judge]\njudge_model = "smollm2"\n', r"'reward_kwargs\.llm_judge\.judge_model' is a judge "
+                                                             r"setting: it now lives in the \[judge\] table, as "
+                                                             r"'judge\.model'"),
+    ('[reward_kwargs.hybrid_reasoning]\nw = 0.3\n', r"'reward_kwargs\.hybrid_reasoning\.w' .* as 'judge\.weight'"),
+])
+def test_old_keys_name_their_new_place(tmp_path, text, match):
+    path = tmp_path / "old.toml"
+    path.write_text(text + '[[stages]]\nname = "a"\n')
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
 
 
 def test_wrong_type_names_key_and_type(tmp_path):
@@ -101,7 +118,7 @@ def test_wrong_type_names_key_and_type(tmp_path):
 def test_yaml_and_overrides(tmp_path):
     (tmp_path / "run.yaml").write_text(textwrap.dedent("""\
         model: weights/base
-        grpo: {num_generations: 4, multi_reward: gdpo}
+        grpo: {num_generations: 4, multi_objective_aggregation: normalize_then_sum}
         stages:
           - name: only
             steps: 3
@@ -109,7 +126,8 @@ def test_yaml_and_overrides(tmp_path):
             data: {source: jsonl, path: data/train.jsonl}
         """))
     cfg = load_config(tmp_path / "run.yaml", ["grpo.temperature=0.5", "stages.0.steps=7", "optim.lr_schedule=linear"])
-    assert cfg.grpo.num_generations == 4 and cfg.grpo.multi_reward == "gdpo" and cfg.grpo.temperature == 0.5
+    assert cfg.grpo.num_generations == 4 and cfg.grpo.temperature == 0.5
+    assert cfg.grpo.multi_objective_aggregation == "normalize_then_sum"
     assert cfg.stages[0].steps == 7 and cfg.optim.lr_schedule == "linear"
     # relative paths in a file are relative to the file's folder
     assert cfg.model == str(tmp_path / "weights" / "base")
@@ -125,6 +143,13 @@ def test_yaml_and_overrides(tmp_path):
     ({"stages": [{"data": {"source": "jsonl"}}]}, "data.path' is required"),
     ({"stages": [{"data": {"families": ["pitch"]}}]}, "unknown families \\['pitch'\\]"),
     ({"stages": [{"rewards": {}}]}, "must name at least one reward"),
+    ({"stages": [{"steps": 0}]}, r"stages\[0\]\.steps' must be >= 1 \(a stage of 0 steps trains nothing"),
+    ({"judge": {"prompt": "be-nice"}, "stages": [{}]}, "judge.prompt' must be one of"),
+    ({"judge": {"weight": 1.5}, "stages": [{}]}, "judge.weight' must lie in"),
+    ({"judge": {"timeout": 0}, "stages": [{}]}, "judge.timeout' must be > 0"),
+    ({"judge": {"backend": "openai"}, "stages": [{}]}, "judge.base_url' is required when backend = 'openai'"),
+    ({"judge": {"backend": "openai", "base_url": "http://x", "prompt": "restate-likelihood"}, "stages": [{}]},
+     "judge.endpoint' must be 'completions'"),
 ])
 def test_invalid_values(raw, match):
     with pytest.raises(ConfigError, match=match):
@@ -313,6 +338,22 @@ def test_bad_reward_stops_the_run_naming_it(tmp_path, tiny_dir):
             grpo.train(config_from_dict(cfg), tmp_path / "out")
     finally:
         REWARDS.pop("test_wrong_length")
+
+
+def test_stop_after_stops_after_exactly_n_steps_and_zero_is_an_error(tmp_path, tiny_dir):
+    cfg = tiny_config(tiny_dir, stages=[{"name": "s1", "steps": 3, "rewards": {"test_tokens": 1.0},
+                                         "data": {"n_items": 3, "seed": 5, "families": ["pitch_compare"]}}])
+    path = tmp_path / "run.toml"
+    path.write_text(_to_toml(cfg))
+    grpo.main(["--config", str(path), "--out", str(tmp_path / "out"), "--stop-after", "2"])
+    assert [json.loads(line)["step"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    grpo.train(config_from_dict(cfg), tmp_path / "out", resume=True, stop_after=2)  # already there: nothing more
+    assert len((tmp_path / "out" / "log.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(SystemExit):
+        grpo.main(["--config", str(path), "--out", str(tmp_path / "zero"), "--stop-after", "0"])
+    with pytest.raises(ValueError, match="stop_after must be >= 1.*0 would train nothing"):
+        grpo.train(config_from_dict(cfg), tmp_path / "zero", stop_after=0)
+    assert not (tmp_path / "zero").exists()  # refused before anything was written
 
 
 def test_cli_reports_config_errors(tmp_path):

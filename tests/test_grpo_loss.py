@@ -162,16 +162,16 @@ W2 = torch.tensor([1.0, 0.5])
 
 
 def test_sum_then_normalise():
-    adv, _ = compute_advantages(R2, W2, 3, scale="none", multi_reward="sum")
+    adv, _ = compute_advantages(R2, W2, 3, scale="none", aggregation="sum_then_normalize")
     # combined (1, 0, 1.5), mean 5/6
     assert close(adv, [1 / 6, -5 / 6, 4 / 6])
-    adv, _ = compute_advantages(R2, W2, 3, scale="group", multi_reward="sum")
+    adv, _ = compute_advantages(R2, W2, 3, scale="group", aggregation="sum_then_normalize")
     std = math.sqrt(((1 / 6) ** 2 + (5 / 6) ** 2 + (4 / 6) ** 2) / 2)
     assert close(adv, [(1 / 6) / (std + EPS), (-5 / 6) / (std + EPS), (4 / 6) / (std + EPS)])
 
 
 def test_gdpo_normalises_each_reward_first():
-    adv, zero = compute_advantages(R2, W2, 3, scale="none", multi_reward="gdpo")
+    adv, zero = compute_advantages(R2, W2, 3, scale="none", aggregation="normalize_then_sum")
     s1, s2 = math.sqrt(1 / 3) + EPS, math.sqrt(3) + EPS  # r1: mean 1/3; r2: mean 1, std sqrt(((-1)^2*2 + 2^2)/2)
     n1 = [(2 / 3) / s1, (-1 / 3) / s1, (-1 / 3) / s1]
     n2 = [-1 / s2, -1 / s2, 2 / s2]
@@ -181,12 +181,12 @@ def test_gdpo_normalises_each_reward_first():
     assert zero == 0
     # the large-scale reward no longer dominates: with "sum" the third completion is best, with gdpo the first
     assert adv.argmax() == 0
-    assert compute_advantages(R2, W2, 3, scale="none", multi_reward="sum")[0].argmax() == 2
+    assert compute_advantages(R2, W2, 3, scale="none", aggregation="sum_then_normalize")[0].argmax() == 2
 
 
 def test_gdpo_then_group_scaling():
-    adv_none, _ = compute_advantages(R2, W2, 3, scale="none", multi_reward="gdpo")
-    adv_group, _ = compute_advantages(R2, W2, 3, scale="group", multi_reward="gdpo")
+    adv_none, _ = compute_advantages(R2, W2, 3, scale="none", aggregation="normalize_then_sum")
+    adv_group, _ = compute_advantages(R2, W2, 3, scale="group", aggregation="normalize_then_sum")
     assert close(adv_group, adv_none / (nanstd(adv_none) + EPS))
 
 
@@ -197,6 +197,30 @@ def test_none_rewards_are_ignored():
     # row 2 is out of the baseline (mean of 1 and 0) and gets advantage 0
     assert close(adv, [0.5, -0.5, 0.0])
     assert zero == 0
+
+
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+@pytest.mark.parametrize("scale", ["group", "none"])
+def test_a_failed_judgement_is_left_out_as_if_never_sampled(aggregation, scale):
+    """Completion 2 of group 0 has a failed judgement (NaN in the judge column; its accuracy is known). Its advantage
+    is 0 and every other advantage equals a run where that completion is absent: never trained as a 0 score."""
+    g = torch.Generator().manual_seed(0)
+    acc_col = torch.randint(0, 2, (8, 1), generator=g).float()
+    judge_col = torch.rand((8, 1), generator=g)
+    judge_col[5] = torch.nan  # not applicable (a wrong answer is not judged): stays in, like TRL
+    rewards, weights = torch.cat([acc_col, judge_col], 1), torch.tensor([1.0, 0.5])
+    failed = torch.zeros(8, dtype=torch.bool)
+    failed[2] = True
+    rewards[2, 1] = torch.nan
+    adv, _ = compute_advantages(rewards, weights, 4, scale=scale, aggregation=aggregation, failed=failed)
+    absent0, _ = compute_advantages(rewards[[0, 1, 3]], weights, 3, scale=scale, aggregation=aggregation)
+    absent1, _ = compute_advantages(rewards[4:], weights, 4, scale=scale, aggregation=aggregation)
+    assert adv[2] == 0
+    assert close(adv[[0, 1, 3]], absent0) and close(adv[4:], absent1)
+    as_zero = rewards.clone()
+    as_zero[2, 1] = 0.0  # what "sum" used to do with a failure: a 0 score
+    assert not close(compute_advantages(as_zero, weights, 4, scale=scale, aggregation=aggregation)[0][[0, 1, 3]],
+                     absent0)
 
 
 def test_zero_variance_groups_are_counted():
@@ -211,8 +235,8 @@ def test_advantage_errors():
         compute_advantages(R1, W1, 4)
     with pytest.raises(ValueError, match="scale"):
         compute_advantages(R1, W1, 3, scale="global")
-    with pytest.raises(ValueError, match="multi_reward"):
-        compute_advantages(R1, W1, 3, multi_reward="max")
+    with pytest.raises(ValueError, match="aggregation"):
+        compute_advantages(R1, W1, 3, aggregation="max")
     with pytest.raises(ValueError, match="loss_type"):
         grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), loss_type="ppo")
 

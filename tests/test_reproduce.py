@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import adt_probe
+from analyses import verdicts
 from analyses.reproduce import Plan, reproduce
 
 pytestmark = pytest.mark.integration
@@ -41,8 +42,9 @@ def test_results_json_has_the_before_after_table(demo):
         assert np.isclose(results["change"][key], np.mean(seeds))
         lo, hi = results["change"][f"{key}_ci"]
         assert -1.0 <= lo <= results["change"][key] <= hi <= 1.0
-    assert results["finding_upper_layer_routers"]["verdict"] in ("reproduces", "reversed", "not shown")
-    assert results["finding_crystallization"]["verdict"] in ("reproduces", "not shown", "not measurable")
+    for finding in ("finding_upper_layer_routers", "finding_crystallization"):
+        assert results[finding]["verdict"] in verdicts.VERDICTS
+        assert results[finding]["rules_hash"] == verdicts.RULES_HASH
     assert results["training_steps"] == 9
 
 
@@ -76,7 +78,7 @@ def test_rerun_reuses_every_step(demo, capsys):
     t0 = time.time()
     reproduce(Plan.make(str(out), quick=True), threads=1)
     assert time.time() - t0 < 0.2 * first
-    assert capsys.readouterr().err.count("reused") == 9
+    assert capsys.readouterr().err.count("reused") == 10
 
 
 def test_rerun_with_other_settings_is_refused(demo):

@@ -1,21 +1,25 @@
-"""The reasoning rewards on hand-made completions, their bad input, and a run of all of them, unchanged, inside
-``trl.GRPOTrainer`` on a tiny text model (with a tiny in-process judge)."""
-
-import functools
+"""The rewards on hand-made completions (plain and TRL's chat form), their bad input, and a run of all of them,
+unchanged, inside ``trl.GRPOTrainer`` on a chat dataset with a tiny text model (and a tiny in-process judge)."""
 
 import numpy as np
 import pytest
+import torch
 
 from rl import judge as J
-from rl.rewards.reasoning import (
+from rl.rewards import (
+    REWARDS,
+    HybridReasoningReward,
+    LLMJudgeReward,
+    accuracy_reward,
     adaptive_think_accuracy_reward,
+    check_requirements,
     consistency_reward,
-    hybrid_reasoning_reward,
-    judge_for,
-    llm_judge_reward,
+    format_reward,
+    get_reward,
+    resolve_rewards,
     think_conclusion,
 )
-from rl.rewards.registry import REWARDS, accuracy_reward, check_requirements, format_reward, get_reward, resolve_rewards
+from rl.rewards.embedding import similarity
 from tests import tiny_lm
 from tests.judge_server import ModelServer
 
@@ -73,68 +77,90 @@ def test_consistency_understands_every_task_family():
 # --- judge rewards ---------------------------------------------------------------------------------------------------
 
 def test_hybrid_and_llm_judge_pay_only_for_correct_answers(judge_dir):
-    from rl.rewards.embedding import similarity
-
-    kw = {"judge_model": str(judge_dir), "judge_batch_size": 4}
-    judge = judge_for(kw, "test")
-    before = judge.stats.calls
-    hybrid = hybrid_reasoning_reward(["p"] * 4, COMPLETIONS, [[]] * 4, w=0.4, **columns(), **kw)
-    assert judge.stats.calls - before == 2  # only the two correct completions with think text are judged
+    judge = J.LocalJudge(str(judge_dir), batch_size=4)
+    hybrid = HybridReasoningReward(judge, judge_weight=0.4)
+    hybrid_values = hybrid(["p"] * 4, COMPLETIONS, [[]] * 4, **columns())
+    assert judge.stats.calls == 2  # only the two correct completions with think text are judged
     thinks = [COMPLETIONS[0].split("\n")[1], COMPLETIONS[1].split("\n")[1]]
     j = judge.score(thinks, [REF, REF])
     cos = np.clip(similarity(thinks, [" ".join(REF)] * 2), 0, 1)
-    assert hybrid[2:] == [0.0, 0.0] and hybrid[:2] == pytest.approx(list(0.4 * np.array(j) + 0.6 * cos), abs=1e-6)
-    assert all(0 <= h <= 1 for h in hybrid)
+    assert hybrid_values[2:] == [0.0, 0.0]
+    assert hybrid_values[:2] == pytest.approx(list(0.4 * np.array(j) + 0.6 * cos), abs=1e-6)
+    assert all(0 <= h <= 1 for h in hybrid_values)
     assert judge.stats.judged == 2  # the recomputation above came from the cache
-    assert llm_judge_reward(["p"] * 4, COMPLETIONS, [[]] * 4, **columns(), **kw) == pytest.approx(j + [0.0, 0.0])
-    # w = 0: the embedding alone, no judge is even built; w = 1: the judge alone
-    alone = hybrid_reasoning_reward(["p"] * 4, COMPLETIONS, [[]] * 4, w=0.0, judge_model="/nonexistent",
-                                    **columns())
-    assert alone[:2] == pytest.approx(list(cos), abs=1e-6)
-    assert hybrid_reasoning_reward(["p"] * 4, COMPLETIONS, [[]] * 4, w=1.0, **columns(), **kw)[:2] == \
+    assert LLMJudgeReward(judge)(["p"] * 4, COMPLETIONS, [[]] * 4, **columns()) == pytest.approx(j + [0.0, 0.0])
+    # judge weight 0: the embedding alone, the judge is never even built; 1: the judge alone
+    never = J.SharedJudge("local", model="/nonexistent")
+    alone = HybridReasoningReward(never, judge_weight=0.0)
+    assert alone(["p"] * 4, COMPLETIONS, [[]] * 4, **columns())[:2] == pytest.approx(list(cos), abs=1e-6)
+    assert never.built is None and alone.judges == []
+    assert HybridReasoningReward(judge, judge_weight=1.0)(["p"] * 4, COMPLETIONS, [[]] * 4, **columns())[:2] == \
         pytest.approx(j)
 
 
-def test_a_failed_judgement_is_none_never_zero(tok, judge_dir):
+def test_rewards_read_trl_chat_completions(judge_dir):
+    """TRL passes ``[{"role": "assistant", "content": ...}]`` per completion for a chat dataset."""
+    chat = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
+    judge = J.LocalJudge(str(judge_dir), batch_size=4)
+    for reward in (accuracy_reward, format_reward, consistency_reward, adaptive_think_accuracy_reward,
+                   HybridReasoningReward(judge), LLMJudgeReward(judge)):
+        assert reward(["p"] * 4, chat, [[]] * 4, **columns()) == reward(["p"] * 4, COMPLETIONS, [[]] * 4,
+                                                                         **columns()), reward
+    with pytest.raises(TypeError, match="a string or a list of chat messages"):
+        accuracy_reward(["p"], [42], [[]], answer=["x"])
+
+
+def test_a_failed_judgement_is_none_never_zero(tok):
     model = tiny_lm.build_model(tok, seed=3)
     server = ModelServer(model, tok, name="tiny")
     url = server.start()
     try:
         server.garbage = True
-        kw = {"judge_backend": "openai", "judge_base_url": url, "judge_retries": 0, "judge_max_failure_fraction": None}
-        assert hybrid_reasoning_reward(["p"] * 4, COMPLETIONS, [[]] * 4, **columns(), **kw) == [None, None, 0.0, 0.0]
-        assert llm_judge_reward(["p"] * 4, COMPLETIONS, [[]] * 4, **columns(), **kw) == [None, None, 0.0, 0.0]
-        strict = dict(kw, judge_max_failure_fraction=0.5, judge_min_judgements=2)
+        lenient = J.OpenAIJudge(url, retries=0, max_failure_fraction=None)
+        for reward in (HybridReasoningReward(lenient), LLMJudgeReward(lenient)):
+            assert reward.none_is_failure and reward(["p"] * 4, COMPLETIONS, [[]] * 4, **columns()) == \
+                [None, None, 0.0, 0.0]
+        strict = J.OpenAIJudge(url, retries=0, max_failure_fraction=0.5, min_judgements=2)
         with pytest.raises(J.JudgeFailureError, match="127.0.0.1"):
-            llm_judge_reward(["p"] * 4, COMPLETIONS, [[]] * 4, **columns(), **strict)
+            LLMJudgeReward(strict)(["p"] * 4, COMPLETIONS, [[]] * 4, **columns())
     finally:
         server.stop()
 
 
-def test_judge_rewards_need_reference_chains(judge_dir):
-    kw = {"judge_model": str(judge_dir)}
-    for fn in (hybrid_reasoning_reward, llm_judge_reward):
+def test_judge_rewards_need_reference_chains_and_a_judge(judge_dir):
+    judge = J.SharedJudge("local", model=str(judge_dir))
+    for reward in (HybridReasoningReward(judge), LLMJudgeReward(judge)):
         cols = columns()
         cols.pop("reference_chain")
         with pytest.raises(ValueError, match="needs the item column 'reference_chain'"):
-            fn(["p"] * 4, COMPLETIONS, [[]] * 4, **cols, **kw)
+            reward(["p"] * 4, COMPLETIONS, [[]] * 4, **cols)
         with pytest.raises(ValueError, match="item 'it-1' has none"):
-            fn(["p"] * 4, COMPLETIONS, [[]] * 4, **columns(reference_chain=[REF, REF, [], REF]), **kw)
-    with pytest.raises(ValueError, match="w must lie in"):
-        hybrid_reasoning_reward(["p"], COMPLETIONS[:1], [[]], w=1.5, **columns(1))
-    with pytest.raises(ValueError, match="bad judge setting"):
-        llm_judge_reward(["p"] * 4, COMPLETIONS, [[]] * 4, judge_colour="red", **columns())
+            reward(["p"] * 4, COMPLETIONS, [[]] * 4, **columns(reference_chain=[REF, REF, [], REF]))
+    with pytest.raises(ValueError, match="judge_weight must lie in"):
+        HybridReasoningReward(judge, judge_weight=1.5)
+    with pytest.raises(TypeError, match="needs a judge"):
+        LLMJudgeReward("smollm2")
+    with pytest.raises(ValueError, match=r"reward 'llm_judge': bad keyword argument in reward_kwargs\.llm_judge"):
+        resolve_rewards({"llm_judge": 1.0}, {"llm_judge": {"judge_colour": "red"}}, judge=judge)
+    with pytest.raises(ValueError, match="asks an LLM judge, but none was configured"):
+        resolve_rewards({"llm_judge": 1.0})
 
 
-def test_registry_and_the_trainers_requirement_check():
+def test_registry_and_the_trainers_requirement_check(judge_dir):
     from rl.data.items import Item
 
     for name in ("consistency", "hybrid_reasoning", "llm_judge", "adaptive_think_accuracy"):
         assert get_reward(name) is REWARDS[name]
     assert get_reward("hybrid_reasoning").requires == ("reference_chain",)
+    shared = J.SharedJudge("local", model=str(judge_dir))
+    rewards = resolve_rewards({"accuracy": 1.0, "hybrid_reasoning": 1.0, "llm_judge": 0.5}, judge=shared,
+                              judge_weight=0.3)
+    assert [r.none_is_failure for r in rewards] == [False, True, True] and rewards[1].func.judge_weight == 0.3
+    assert shared.built is None and rewards[1].judges == []  # nothing is loaded before the warm-up
+    assert rewards[2].warm_up().startswith("judge LocalJudge(") and rewards[1].judges == [shared.built]
     bare = [Item(id="b-0", question="q", choices=CHOICES, answer="the first", audio=np.zeros(160, np.float32))]
     with pytest.raises(ValueError, match="'hybrid_reasoning' requires 'reference_chain' on every item"):
-        check_requirements(resolve_rewards({"hybrid_reasoning": 1.0}, {"hybrid_reasoning": {"w": 0.5}}), bare)
+        check_requirements(rewards, bare)
 
 
 # --- adaptive think accuracy -----------------------------------------------------------------------------------------
@@ -160,38 +186,61 @@ def test_adaptive_think_accuracy_formula():
 
 # --- unchanged in trl.GRPOTrainer ------------------------------------------------------------------------------------
 
-def _bound(fn, **kwargs):
-    """``functools.partial`` with the function's name (TRL names reward columns after ``__name__``)."""
-    return functools.update_wrapper(functools.partial(fn, **kwargs), fn)
+class Recorded:
+    """A reward as TRL sees it (same ``__name__``), recording what TRL passed and what the reward returned."""
+
+    def __init__(self, reward):
+        self.reward, self.calls = reward, []
+        self.__name__ = reward.__name__
+
+    def __call__(self, prompts, completions, completion_ids, **columns):
+        values = self.reward(prompts, completions, completion_ids, **columns)
+        self.calls.append((completions, columns, values))
+        return values
 
 
-def test_rewards_run_unchanged_in_trl_grpo_trainer(tmp_path, tok, judge_dir):
+def test_rewards_run_unchanged_in_trl_grpo_trainer_on_a_chat_dataset(tmp_path, tok, judge_dir):
+    """All rewards inside ``trl.GRPOTrainer`` on a chat dataset. Nothing rests on sampling luck: the policy is taught
+    until its greedy reply is right, sampling is near-greedy and seeded, and the assertions are on what the reward
+    functions received and returned."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     policy = tiny_lm.build_model(tok, seed=1)
-    prompts = [f"Question {i}: which tone is higher? Choices: the first; the second." for i in range(4)]
+    questions = [f"Question {i}: which tone is higher? Choices: the first; the second." for i in range(4)]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
     target = "<think>Sound 1: a high tone, long, loud. So the first tone is higher.</think><answer>the first</answer>"
-    tiny_lm.teach(policy, tok, prompts, [target] * 4, steps=200)  # so that some answers are right and judged
-    data = Dataset.from_dict({"prompt": prompts, "answer": ["the first", "the second"] * 2, "choices": [CHOICES] * 4,
+    tiny_lm.teach(policy, tok, texts, [target] * 4, steps=200)
+    for text in texts:  # the precondition, checked: greedy decoding gives the taught reply
+        ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+        out = policy.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == target
+    data = Dataset.from_dict({"prompt": chats, "answer": ["the first"] * 3 + ["the second"],  # every pair pays one
+                              "choices": [CHOICES] * 4,
                               "reference_chain": [REF] * 4, "id": [f"q{i}" for i in range(4)],
                               "difficulty": ["easy", "hard"] * 2})
-    kw = {"judge_model": str(judge_dir), "judge_batch_size": 4}
-    funcs = [accuracy_reward, format_reward, consistency_reward, _bound(hybrid_reasoning_reward, w=0.5, **kw),
-             _bound(llm_judge_reward, **kw), adaptive_think_accuracy_reward]
+    judge = J.LocalJudge(str(judge_dir), batch_size=4)
+    funcs = [Recorded(f) for f in (accuracy_reward, format_reward, consistency_reward,
+                                   HybridReasoningReward(judge, judge_weight=0.5), LLMJudgeReward(judge),
+                                   adaptive_think_accuracy_reward)]
     args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=40, max_steps=2, learning_rate=1e-3, logging_steps=1, report_to="none",
-                      save_strategy="no", use_cpu=True, bf16=False, seed=0, disable_tqdm=True)
-    trainer = GRPOTrainer(model=policy, reward_funcs=funcs, args=args, train_dataset=data, processing_class=tok)
-    judge = judge_for(kw, "test")
-    before = judge.stats.calls
-    trainer.train()
-    logs = [r for r in trainer.state.log_history if "rewards/accuracy_reward/mean" in r]
-    assert len(logs) == 2
-    for name in ("accuracy_reward", "format_reward", "consistency_reward", "hybrid_reasoning_reward",
-                 "llm_judge_reward", "adaptive_think_accuracy_reward"):
-        value = logs[0][f"rewards/{name}/mean"]  # TRL logs numbers (as formatted strings)
-        assert value is not None and np.isfinite(float(value)), name
-    assert sum(float(r["rewards/accuracy_reward/mean"]) for r in logs) > 0
-    assert sum(float(r["rewards/hybrid_reasoning_reward/mean"]) for r in logs) > 0
-    assert judge.stats.calls > before  # the judge scored the correct completions inside TRL
+                      max_completion_length=40, max_steps=2, learning_rate=1e-5, logging_steps=1, report_to="none",
+                      save_strategy="no", use_cpu=True, bf16=False, seed=0, disable_tqdm=True, temperature=0.05)
+    GRPOTrainer(model=policy, reward_funcs=funcs, args=args, train_dataset=data, processing_class=tok).train()
+
+    accuracy, fmt, consistency, hybrid, llm, adaptive = funcs
+    assert len(accuracy.calls) == 2  # one call per step, every reward
+    for completions, columns_, values in accuracy.calls:
+        assert all(isinstance(c, list) and c[-1]["role"] == "assistant" for c in completions)  # TRL's chat form
+        texts_ = [c[-1]["content"] for c in completions]
+        assert values == [1.0 if t == target and a == "the first" else 0.0 for t, a in zip(texts_, columns_["answer"])]
+        assert texts_ == [target] * len(texts_)  # near-greedy sampling of the taught reply
+    for (_, _, acc_values), (_, _, h), (_, _, q), (_, _, f), (_, _, c) in zip(
+            accuracy.calls, hybrid.calls, llm.calls, fmt.calls, consistency.calls):
+        assert f == [1.0] * len(f) and c == [1.0] * len(c)  # well formed, thinks, concludes what it answers
+        paid = [i for i, v in enumerate(acc_values) if v == 1.0]
+        assert paid and all(h[i] > 0 and q[i] > 0 for i in paid)  # correct answers are judged and paid
+        assert all(h[i] == 0.0 and q[i] == 0.0 for i in range(len(h)) if i not in paid)
+    assert judge.stats.judged == 1 and judge.stats.calls >= 2  # one distinct think text; the rest from the cache
+    assert all(v is not None for _, _, values in adaptive.calls for v in values)

@@ -94,13 +94,39 @@ def test_hard_items_are_noisier():
 def test_multi_step_answers_follow_from_the_facts():
     for it in generate_items(30, seed=7, families=["highest_longest", "pitch_of_loudest"]):
         levels = it.meta["levels"]
+        n = len(levels)
         if it.family == "highest_longest":
-            hi = max(range(3), key=lambda i: levels[i][1])
-            lo = max(range(3), key=lambda i: levels[i][2])
+            hi = max(range(n), key=lambda i: levels[i][1])
+            lo = max(range(n), key=lambda i: levels[i][2])
             assert it.answer == ("yes" if hi == lo else "no")
         else:
-            loud = max(range(3), key=lambda i: levels[i][3])
+            loud = max(range(n), key=lambda i: levels[i][3])
             assert it.answer == PITCH_NAMES[levels[loud][1]]
+
+
+@pytest.mark.parametrize("family", MULTI_STEP)
+def test_multi_step_families_need_several_facts(family):
+    """Three or four sounds, two attributes; the attribute singled out has one maximum, so the question is defined;
+    the inference steps are explicit comparisons ("Sound 2 is higher than Sound 1.")."""
+    sizes = set()
+    for it in generate_items(40, seed=11, families=[family]):
+        levels = np.array([lv[1:] for lv in it.meta["levels"]])
+        sizes.add(len(levels))
+        column = 1 if family == "highest_longest" else 2  # duration / loudness
+        assert (levels[:, column] == levels[:, column].max()).sum() == 1
+        assert len(set(levels[:, 0])) == len(levels)  # distinct pitches
+        steps = it.reference_chain[len(levels):]
+        word = "longer" if family == "highest_longest" else "louder"
+        assert sum(f" is {word} than Sound " in s for s in steps) == len(levels) - 1
+        # Every sound fits inside the clip (four long sounds would not).
+        assert all(ev["onset_s"] + ev["duration_s"] <= 2.0 for ev in it.meta["events"])
+    assert sizes == {3, 4}
+
+
+def test_inference_steps_are_comparisons_between_sounds():
+    it = generate_items(1, seed=3, families=["pitch_compare"])[0]
+    hi = 1 + max(range(2), key=lambda i: it.meta["levels"][i][1])
+    assert f"Sound {hi} is higher than Sound {3 - hi}." in it.reference_chain
 
 
 def test_yes_no_balanced():

@@ -60,3 +60,24 @@ def test_incompatible_models_are_refused():
         pass
     with pytest.raises(ValueError, match="moe_layers"):
         router_weight_drift(tiny_moe(4), tiny_moe(3))
+
+
+def test_random_updates_have_the_asked_size_and_touch_only_their_part():
+    from adt_probe.weights import random_update, router_nulls, router_parameter_names, update_norms
+
+    base = tiny_moe(4)
+    routers = router_parameter_names(base)
+    assert routers and all("gate" in n for n in routers)
+    rel = random_update(base, part="routers", rel=0.1, seed=0)
+    norms = update_norms(base, rel)
+    for name, p in base.named_parameters():
+        expected = 0.1 * float(p.detach().double().norm()) if name in routers else 0.0
+        assert norms[name] == pytest.approx(expected, rel=1e-5, abs=1e-12), name
+    others = random_update(base, part="others", norms={n: 0.5 for n in norms}, seed=1)
+    got = update_norms(base, others)
+    assert all(got[n] == 0 for n in routers) and all(got[n] == pytest.approx(0.5, rel=1e-5)
+                                                     for n in norms if n not in routers)
+    nulls = router_nulls(base, 0.05, 3, seed=0)
+    assert len(nulls) == 3 and set(nulls[0]) == set(range(4))
+    with pytest.raises(ValueError, match="exactly one of rel"):
+        random_update(base, part="all", seed=0)

@@ -63,14 +63,15 @@ def encode_supervised(processor, items: Sequence[Item], modes: Sequence[str],
     """Prompt + target sequences with ``labels`` = -100 everywhere except on the target tokens.
 
     A mode ``"context"`` writes the clip's facts into the prompt as text instead of the audio: the skill of answering
-    from written facts, which is what later makes a reasoning chain useful. Other modes keep the audio and use their
+    from written facts, which is what later makes a reasoning chain useful; ``"chain"`` does the same with the
+    think-first prompt (the target then reasons from the written facts). Other modes keep the audio and use their
     own prompt. A target ``(read, trained)`` puts ``read`` after the prompt without a loss on it (text the model reads
     as its own, but is not taught to write) and trains ``trained``; ``trained`` must start with a special token
     (e.g. ``</think>``) so that its tokens do not depend on the text before it.
     """
     targets = [t if isinstance(t, tuple) else ("", t) for t in targets]
-    contexts = [it.meta["description"] if m == "context" else None for it, m in zip(items, modes)]
-    prompt_modes = [{"context": "answer", "notes": "think"}.get(m, m) for m in modes]
+    contexts = [it.meta["description"] if m in ("context", "chain") else None for it, m in zip(items, modes)]
+    prompt_modes = [{"context": "answer", "notes": "think", "chain": "think"}.get(m, m) for m in modes]
     texts = [prompt_texts(processor, [it], pm, contexts=[ctx])[0] + read + trained
              for it, pm, ctx, (read, trained) in zip(items, prompt_modes, contexts, targets)]
     audio_items = [it for it, ctx in zip(items, contexts) if ctx is None]

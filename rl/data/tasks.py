@@ -133,7 +133,8 @@ def render(events: Sequence[Event], d: float, rng: np.random.Generator) -> tuple
 
 # --- families ---------------------------------------------------------------------------------------------------
 # Each family samples events and returns (events, question, choices, answer, inference steps). The reference chain
-# is the perception facts (one sentence per event) followed by the inference steps.
+# is the perception facts (one sentence per event) followed by the inference steps. Inference steps are explicit
+# statements about the facts ("Sound 2 is higher than Sound 1."), so a think text can be checked for them.
 
 FamilyOutput = tuple[list[Event], str, list[str], str, list[str]]
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
@@ -143,28 +144,39 @@ def _distinct(rng: np.random.Generator, n_levels: int, k: int) -> list[int]:
     return [int(x) for x in rng.choice(n_levels, size=k, replace=False)]
 
 
+def _unique_max(rng: np.random.Generator, n_levels: int, k: int) -> list[int]:
+    """``k`` levels below ``n_levels`` with exactly one maximum (the others may repeat): "the loudest" is defined."""
+    top = int(rng.integers(1, n_levels))
+    levels = [int(x) for x in rng.integers(0, top, size=k)]
+    levels[int(rng.integers(k))] = top
+    return levels
+
+
 def _tone(rng: np.random.Generator, pitch=None, duration=None, loudness=None) -> Event:
     return Event("tone", int(rng.integers(5)) if pitch is None else pitch,
                  int(rng.integers(3)) if duration is None else duration,
                  int(rng.integers(3)) if loudness is None else loudness)
 
 
+def comparisons(winner: int, n: int, word: str) -> list[str]:
+    """The inference steps that single out sound ``winner`` (0-based) among ``n``: one statement per other sound,
+    e.g. ``'Sound 3 is higher than Sound 1.'``."""
+    return [f"Sound {winner + 1} is {word} than Sound {i + 1}." for i in range(n) if i != winner]
+
+
 def pitch_compare(rng: np.random.Generator) -> FamilyOutput:
     p = _distinct(rng, 5, 2)
     events = [_tone(rng, pitch=p[0]), _tone(rng, pitch=p[1])]
     hi = int(np.argmax(p))
-    answer = f"the {ORDINALS[hi]}"
-    steps = [f"Sound {hi + 1} is {PITCH_NAMES[p[hi]]}, higher than sound {2 - hi} ({PITCH_NAMES[p[1 - hi]]}).",
-             f"So the {ORDINALS[hi]} tone is higher."]
-    return events, "Which tone is higher in pitch?", ["the first", "the second"], answer, steps
+    steps = comparisons(hi, 2, "higher") + [f"So the {ORDINALS[hi]} tone is higher."]
+    return events, "Which tone is higher in pitch?", ["the first", "the second"], f"the {ORDINALS[hi]}", steps
 
 
 def duration_compare(rng: np.random.Generator) -> FamilyOutput:
     dur = _distinct(rng, 3, 2)
     events = [_tone(rng, duration=dur[0]), _tone(rng, duration=dur[1])]
     lo = int(np.argmax(dur))
-    steps = [f"Sound {lo + 1} is {DURATION_NAMES[dur[lo]]}, longer than sound {2 - lo} "
-             f"({DURATION_NAMES[dur[1 - lo]]}).", f"So the {ORDINALS[lo]} sound lasts longer."]
+    steps = comparisons(lo, 2, "longer") + [f"So the {ORDINALS[lo]} sound lasts longer."]
     return events, "Which sound lasts longer?", ["the first", "the second"], f"the {ORDINALS[lo]}", steps
 
 
@@ -180,9 +192,8 @@ def loudness_trend(rng: np.random.Generator) -> FamilyOutput:
     levels = {"rises": [0, 1, 2], "falls": [2, 1, 0]}.get(trend, [int(rng.integers(3))] * 3)
     pitch = int(rng.integers(5))
     events = [_tone(rng, pitch=pitch, duration=1, loudness=v) for v in levels]
-    word = {"rises": "gets louder", "falls": "gets softer", "stays the same": "keeps the same loudness"}[trend]
-    steps = [f"From sound 1 to sound 3 the level goes {' -> '.join(LOUDNESS_NAMES[v] for v in levels)}.",
-             f"The sequence {word}, so the loudness {trend}."]
+    relation = {"rises": "louder than", "falls": "softer than", "stays the same": "as loud as"}[trend]
+    steps = [f"Sound {i + 2} is {relation} Sound {i + 1}." for i in range(2)] + [f"So the loudness {trend}."]
     choices = ["it rises", "it falls", "it stays the same"]
     return events, "How does the loudness change over the clip?", choices, f"it {trend}", steps
 
@@ -197,26 +208,32 @@ def order_events(rng: np.random.Generator) -> FamilyOutput:
 
 
 def highest_longest(rng: np.random.Generator) -> FamilyOutput:
-    p, dur = _distinct(rng, 5, 3), _distinct(rng, 3, 3)
-    if rng.random() < 0.25:  # balance yes/no: 0.25 + 0.75 * 1/3 = 0.5 (unforced, "yes" holds for a third)
-        j = int(np.argmax(dur))
-        hi = int(np.argmax(p))
+    """Three or four tones; two attributes (pitch and duration) of every sound are needed to answer."""
+    n = int(rng.integers(3, 5))
+    p, dur = _distinct(rng, 5, n), _unique_max(rng, 3, n)
+    j, hi = int(np.argmax(dur)), int(np.argmax(p))
+    # Balance yes/no: forcing "yes" with probability q gives q + (1 - q) / n = 1/2.
+    if rng.random() < (n / 2 - 1) / (n - 1):
         p[j], p[hi] = p[hi], p[j]
     events = [_tone(rng, pitch=a, duration=b) for a, b in zip(p, dur)]
-    hi, lo = int(np.argmax(p)) + 1, int(np.argmax(dur)) + 1
+    hi, lo = int(np.argmax(p)), int(np.argmax(dur))
     same = hi == lo
-    steps = [f"The highest tone is sound {hi} ({PITCH_NAMES[p[hi - 1]]}).",
-             f"The longest sound is sound {lo} ({DURATION_NAMES[dur[lo - 1]]}).",
-             "They are the same sound, so yes." if same else "They are different sounds, so no."]
+    steps = (comparisons(hi, n, "higher") + [f"The highest tone is Sound {hi + 1}."]
+             + comparisons(lo, n, "longer") + [f"The longest sound is Sound {lo + 1}."]
+             + ["They are the same sound, so yes." if same else "They are different sounds, so no."])
     return events, "Is the highest tone also the longest?", ["yes", "no"], "yes" if same else "no", steps
 
 
 def pitch_of_loudest(rng: np.random.Generator) -> FamilyOutput:
-    p, loud = _distinct(rng, 5, 3), _distinct(rng, 3, 3)
-    events = [_tone(rng, pitch=a, loudness=b) for a, b in zip(p, loud)]
+    """Three or four tones; the loudness of every sound, then the pitch of one, are needed to answer."""
+    n = int(rng.integers(3, 5))
+    p, loud = _distinct(rng, 5, n), _unique_max(rng, 3, n)
+    # Four long sounds would not fit in the clip: at most medium when there are four.
+    events = [_tone(rng, pitch=a, loudness=b, duration=int(rng.integers(6 - n))) for a, b in zip(p, loud)]
     j = int(np.argmax(loud))
-    steps = [f"The loudest sound is sound {j + 1}.", f"Sound {j + 1} is a {PITCH_NAMES[p[j]]} tone.",
-             f"So the loudest sound is {PITCH_NAMES[p[j]]}."]
+    steps = comparisons(j, n, "louder") + [f"The loudest sound is Sound {j + 1}.",
+                                            f"Sound {j + 1} is a {PITCH_NAMES[p[j]]} tone.",
+                                            f"So the loudest sound is {PITCH_NAMES[p[j]]}."]
     return events, "What is the pitch of the loudest sound?", list(PITCH_NAMES), PITCH_NAMES[p[j]], steps
 
 

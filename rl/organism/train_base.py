@@ -42,10 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adt_probe.integrity import file_manifest, versions
 from rl import organism
 from rl.data import collate, prompts
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, generate_items, make_item
-from rl.train.checkpoint import replace_dir, sha256
+from rl.evaluate import inference_steps
+from rl.train import checkpoint as ckpt
+from rl.train.checkpoint import replace_dir
 
 
 @dataclass
@@ -53,35 +56,54 @@ class BaseTrainConfig:
     """Hyper-parameters of the supervised base training (recorded in the manifest)."""
 
     seed: int = 0
-    steps: int = 900
+    # Decoder steps over all phases: perception (describe only), text (facts as text only), then the skill mix.
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    # answer, describe, context, notes, think. Measured (held-out, 420 items): with notes at 0.25 and 700 steps the
-    # answer after correct notes was no better than the direct answer (0.62 vs 0.62); at 0.35 and 900 steps, 0.83 vs
-    # 0.75, so writing notes can pay and RL has something to find.
-    mode_weights: tuple[float, ...] = (0.30, 0.15, 0.10, 0.35, 0.10)
+    # answer, describe, context, notes, think (the mix phase). v2 measured (held-out, 420 items): with notes at 0.25
+    # and 700 steps the answer after correct notes was no better than the direct answer (0.62 vs 0.62); at 0.35 and
+    # 900 steps, 0.83 vs 0.75.
+    mode_weights: tuple[float, ...] = (0.25, 0.15, 0.20, 0.30, 0.10)
     # Multi-step families: the share of their direct-answer examples kept (the rest become notes examples), so they
     # stay hard to answer directly and easy from notes: reasoning has to pay in accuracy there.
-    direct_multistep: float = 1.0
+    direct_multistep: float = 0.3
     latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
-    # First steps: describe only. A decoder trained from scratch learns the text prior first and then treats the
-    # audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
-    perception_steps: int = 250
+    # Of those, the fraction whose think text goes on into the first inference steps of the reference chain ("Sound 2
+    # is higher than Sound 1."): a pretrained model's latent chain-of-thought, partial and rare, for RL to find.
+    latent_chain: float = 0.5
+    # First decoder steps: describe only. A decoder trained from scratch learns the text prior first and then treats
+    # the audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
+    perception_steps: int = 80
+    # Then text only: answers from facts written in the prompt or in the think block, no audio. Combining facts is a
+    # text skill; v2 trained it only inside the mix (10%) and answered multi-step questions from written facts no
+    # better than from the audio (0.58 and 0.13).
+    text_steps: int = 600
+    # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
+    # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written
+    # facts, every comparison stayed at chance (pitch 0.47, duration 0.47); the steps put the loss where the comparison
+    # is made ("Sound 2 is higher than Sound 1."), a dense signal for the skill the direct answer needs.
+    text_chain: float = 0.3
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
-    encoder_steps: int = 800
+    encoder_steps: int = 400
     encoder_lr: float = 2e-3
     tokenizer_corpus_items: int = 3000
     vocab_size: int = 640
     eval_per_cell: int = 20  # held-out items per family x difficulty
     eval_seed: int = 10_007  # held-out set; training items use other seeds
     threads: int = 1  # one thread: on a shared 2-core machine two threads fight and run slower
+    checkpoint_minutes: float = 5.0  # wall-clock time between checkpoints (and one at every phase end)
 
 
 MODES = ("answer", "describe", "context", "notes", "think")
+#: Options that may differ between a run and its resume: they change neither the data stream nor the training.
+RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
+#: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).
+ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
+                             "tokenizer_corpus_items", "vocab_size"})
 
 
 def tokenizer_corpus(n_items: int, seed: int) -> list[str]:
@@ -94,23 +116,53 @@ def tokenizer_corpus(n_items: int, seed: int) -> list[str]:
     return texts
 
 
+def phase_of(cfg: BaseTrainConfig, step: int) -> str:
+    """The phase of decoder step ``step``: ``"perception"``, ``"text"`` or ``"mix"`` (see the module docstring)."""
+    if step < cfg.perception_steps:
+        return "perception"
+    return "text" if step < cfg.perception_steps + cfg.text_steps else "mix"
+
+
+def think_target(item, rng: np.random.Generator, chain: bool) -> str:
+    """A latent think block: the perception text, with ``chain`` followed by the first 1..all-but-one inference steps
+    of the reference chain (a partial chain: the base sometimes starts reasoning, never finishes it)."""
+    facts = item.meta["description"]
+    steps = (item.reference_chain or [])[len(item.meta["levels"]):]
+    if chain and len(steps) > 1:
+        facts += " " + " ".join(steps[:int(rng.integers(1, len(steps)))])
+    return f"<think>\n{facts}\n</think>\n\n<answer>{item.answer}</answer><|im_end|>"
+
+
 def sample_batch(cfg: BaseTrainConfig, step: int):
-    """Fresh items and their skill for one step: (items, modes, targets); deterministic in (seed, step)."""
+    """Fresh items and their skill for one step: (items, modes, targets); deterministic in (seed, step).
+
+    Text-phase items carry no audio (``audio=None``): their notes examples are the think-first prompt without the
+    clip, so the decoder learns to combine facts wherever they are written.
+    """
     rng = np.random.default_rng([cfg.seed, 1, step])
     families, bands = list(FAMILIES), list(DIFFICULTY_BANDS)
+    phase = phase_of(cfg, step)
     items, modes, targets = [], [], []
     for j in range(cfg.batch_size):
         item_rng = np.random.default_rng([cfg.seed, 2, step, j])
         it = make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))], item_rng,
                        f"train-{step}-{j}")
-        mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))] if step >= cfg.perception_steps else "describe"
+        if phase == "perception":
+            mode = "describe"
+        elif phase == "text":
+            mode = "chain" if rng.random() < cfg.text_chain else ("context", "notes")[int(rng.integers(2))]
+            it = dataclasses.replace(it, audio=None)
+        else:
+            mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))]
         if mode == "answer" and cfg.direct_multistep < 1 and it.family in MULTI_STEP \
-                and rng.random() >= cfg.direct_multistep:  # no draw at 1.0: the shipped recipe's stream
+                and rng.random() >= cfg.direct_multistep:
             mode = "notes"
-        if mode == "notes":
+        if mode == "chain":
+            target = f"<think>\n{' '.join(inference_steps(it))}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+        elif mode == "notes":
             target = (f"<think>\n{it.meta['description']}\n", f"</think>\n\n<answer>{it.answer}</answer><|im_end|>")
         elif mode == "think" and rng.random() < cfg.latent_think:
-            target = f"<think>\n{it.meta['description']}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+            target = think_target(it, rng, chain=rng.random() < cfg.latent_chain)
         else:
             target = prompts.target(it, "describe" if mode == "describe" else "answer")
         items.append(it)
@@ -153,6 +205,16 @@ def frame_labels(item, n_frames: int) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in labels.items()}
 
 
+def encoder_items(cfg: BaseTrainConfig, step: int) -> list:
+    """The clips of encoder step ``step``: a stream of its own, so the encoder phase depends only on ENCODER_OPTIONS
+    (a run can change its decoder plan when resumed from the checkpoint written at the end of the encoder phase)."""
+    rng = np.random.default_rng([cfg.seed, 3, step])
+    families, bands = list(FAMILIES), list(DIFFICULTY_BANDS)
+    return [make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))],
+                      np.random.default_rng([cfg.seed, 4, step, j]), f"encoder-{step}-{j}")
+            for j in range(cfg.batch_size)]
+
+
 def pretrain_audio_encoder(model, processor, cfg: BaseTrainConfig, log=print) -> list[dict]:
     """Train the audio tower with linear heads on frame labels (the heads are discarded afterwards)."""
     tower = model.model.audio_tower
@@ -163,7 +225,7 @@ def pretrain_audio_encoder(model, processor, cfg: BaseTrainConfig, log=print) ->
     history, running, t0 = [], [], time.time()
     tower.train()
     for step in range(cfg.encoder_steps):
-        items, _, _ = sample_batch(cfg, 1_000_000 + step)
+        items = encoder_items(cfg, step)
         feats = processor.feature_extractor([it.audio for it in items], sampling_rate=16_000, return_tensors="pt",
                                             return_attention_mask=True, padding=True)
         # The thinker's own path from mel features to audio-token embeddings: (sum of frames, dim).
@@ -187,19 +249,57 @@ def pretrain_audio_encoder(model, processor, cfg: BaseTrainConfig, log=print) ->
     return history
 
 
-def train(cfg: BaseTrainConfig, log=print):
-    """Build and train the organism. Returns (model, processor, log of losses, seconds)."""
+def _decoder_checkpoint(root: Path, cfg: BaseTrainConfig, step: int, model, processor, opt, history: list[dict],
+                        seconds: float) -> Path:
+    """Save the model, optimizer and RNG states after decoder step ``step`` (``keep_last=2``: a corrupt newest one
+    still leaves one to resume from). The data stream needs only the step: it is deterministic in (seed, step)."""
+    state = ckpt.TrainerState(step=cfg.encoder_steps + step, stage=1, stage_step=step,
+                              data_position={"decoder_step": step, "seconds": round(seconds, 1),
+                                             "history": history},
+                              config=dataclasses.asdict(cfg))
+    return ckpt.save_checkpoint(root, state, model, processor, opt, keep_last=2)
+
+
+def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, resume: bool = False):
+    """Build and train the organism. Returns (model, processor, log of losses, seconds).
+
+    With ``checkpoint_dir`` a checkpoint is written there every ``checkpoint_minutes`` and at the end of the encoder
+    phase; ``resume`` continues from the newest complete one (same config; the seconds of earlier sessions count).
+    """
     torch.set_num_threads(cfg.threads)
-    tokenizer = organism.train_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777),
-                                         vocab_size=cfg.vocab_size)
-    processor = organism.build_processor(tokenizer)
-    model = organism.build_model(tokenizer, seed=cfg.seed)
+    latest = ckpt.find_latest(checkpoint_dir, log) if (resume and checkpoint_dir) else None
+    if checkpoint_dir:
+        ckpt.remove_temp_dirs(checkpoint_dir, log)
+    if latest is not None:
+        state = ckpt.load_trainer_state(latest)
+        # At decoder step 0 (the encoder checkpoint) only the options the encoder phase read must match.
+        fixed = ENCODER_OPTIONS if state.data_position["decoder_step"] == 0 else None
+        changed = sorted(k for k, v in json.loads(json.dumps(dataclasses.asdict(cfg))).items()
+                         if k not in RESUMABLE_CHANGES and (fixed is None or k in fixed) and state.config.get(k) != v)
+        if changed:
+            raise SystemExit(f"the checkpoint {latest} was written with another config (differs in {changed}); "
+                             "resume with the same options or start afresh in another --checkpoint-dir")
+        model, processor = organism.load_organism(latest)
+        start, history = state.data_position["decoder_step"], state.data_position["history"]
+        seconds_before = state.data_position["seconds"]
+        log(f"resuming from {latest} (decoder step {start}/{cfg.steps}, {seconds_before:.0f} s trained)")
+    else:
+        tokenizer = organism.train_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777),
+                                             vocab_size=cfg.vocab_size)
+        processor = organism.build_processor(tokenizer)
+        model = organism.build_model(tokenizer, seed=cfg.seed)
+        start, history, seconds_before = 0, [], 0.0
     t0 = time.time()
-    history = pretrain_audio_encoder(model, processor, cfg, log)
-    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    running = []
-    for step in range(cfg.steps):
+    if latest is None:
+        history += pretrain_audio_encoder(model, processor, cfg, log)
+        if checkpoint_dir:
+            _decoder_checkpoint(checkpoint_dir, cfg, 0, model, processor, opt, history, time.time() - t0)
+    else:
+        ckpt.restore(latest, opt, log=log)
+    model.train()
+    running, last_save = [], time.time()
+    for step in range(start, cfg.steps):
         items, modes, targets = sample_batch(cfg, step)
         batch = collate.encode_supervised(processor, items, modes, targets)
         for group in opt.param_groups:
@@ -211,11 +311,19 @@ def train(cfg: BaseTrainConfig, log=print):
         opt.step()
         opt.zero_grad(set_to_none=True)
         running.append(out.loss.item())
+        seconds = seconds_before + time.time() - t0
         if (step + 1) % 50 == 0 or step == cfg.steps - 1:
-            history.append({"step": step + 1, "loss": float(np.mean(running)), "seconds": round(time.time() - t0, 1)})
-            log(f"step {step + 1}/{cfg.steps} loss {history[-1]['loss']:.4f} ({history[-1]['seconds']:.0f} s)")
+            history.append({"step": step + 1, "phase": phase_of(cfg, step), "loss": float(np.mean(running)),
+                            "seconds": round(seconds, 1)})
+            log(f"step {step + 1}/{cfg.steps} ({history[-1]['phase']}) loss {history[-1]['loss']:.4f} "
+                f"({seconds:.0f} s)")
             running = []
-    return model.eval(), processor, history, time.time() - t0
+        if checkpoint_dir and (time.time() - last_save > 60 * cfg.checkpoint_minutes or step == cfg.steps - 1
+                               or phase_of(cfg, step) != phase_of(cfg, step + 1)):
+            path = _decoder_checkpoint(checkpoint_dir, cfg, step + 1, model, processor, opt, history, seconds)
+            log(f"checkpoint {path}")
+            last_save = time.time()
+    return model.eval(), processor, history, seconds_before + time.time() - t0
 
 
 def heldout_items(cfg: BaseTrainConfig):
@@ -234,8 +342,7 @@ def write_atomically(model, processor, out: Path, manifest: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-                         for p in sorted(tmp.iterdir()) if p.is_file()}
+    manifest["files"] = file_manifest(tmp)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     replace_dir(tmp, out)
 
@@ -271,6 +378,11 @@ def main(argv=None) -> None:
                             help=f"base-training setting BaseTrainConfig.{f.name} (default: %(default)s)")
     ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
                     default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}")
+    ap.add_argument("--checkpoint-dir", default="runs/train_base",
+                    help="where checkpoints go (every --checkpoint-minutes; the newest two are kept)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from the newest complete checkpoint in --checkpoint-dir (same options)")
+    ap.add_argument("--log", help="also append progress lines to this file (default: train.log in --checkpoint-dir)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.evaluate_only:
@@ -280,26 +392,34 @@ def main(argv=None) -> None:
                  "every figure and test was measured on). Pass --force to replace it, or choose another --out.")
     cfg = BaseTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BaseTrainConfig)
                              if hasattr(args, f.name)})
-    model, processor, history, seconds = train(cfg)
+    checkpoint_dir = Path(args.checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    log_path = Path(args.log) if args.log else checkpoint_dir / "train.log"
+
+    def log(line: str) -> None:
+        stamped = f"{time.strftime('%H:%M:%S')} {line}"
+        print(stamped, flush=True)
+        with open(log_path, "a") as f:
+            f.write(stamped + "\n")
+
+    model, processor, history, seconds = train(cfg, log, checkpoint_dir=checkpoint_dir, resume=args.resume)
+    log("training done; measuring the held-out set")
     t_eval = time.time()
     from rl.evaluate import evaluate, format_table
 
     report = evaluate(model, processor, heldout_items(cfg))
     print(format_table(report))
-    import transformers
-
     manifest = {
         "what": "adt-probe model organism: tiny Qwen3OmniMoeThinkerForConditionalGeneration, base (no reasoning)",
         "train_config": dataclasses.asdict(cfg), "seed": cfg.seed,
         "model_config": {"text": organism.TEXT_CONFIG, "audio": organism.AUDIO_CONFIG},
         "parameters": sum(p.numel() for p in model.parameters()),
         "training_seconds": round(seconds, 1), "eval_seconds": round(time.time() - t_eval, 1),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": sys.version.split()[0]},
+        "versions": versions(),
         "machine": {"threads": cfg.threads}, "loss_history": history, "heldout": report,
     }
     write_atomically(model, processor, out, manifest)
-    print(f"wrote {out}")
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":

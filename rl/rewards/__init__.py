@@ -1,8 +1,11 @@
-"""Reward functions with TRL's signature, ``f(prompts, completions, completion_ids, **columns) -> list[float | None]``.
+"""Reward functions with TRL's signature, ``f(prompts, completions, completion_ids, **columns) -> list[float | None]``,
+grouped by job. Importing this package registers every reward.
 
-``registry`` names them for configs and evaluates them safely; ``reasoning`` holds the paper's reasoning rewards
-(hybrid judge + embedding similarity, LLM judge, consistency, adaptive think-accuracy); ``embedding`` the sentence
-embedder. Importing this package registers every reward.
+``registry``   the registry configs name rewards from, their evaluation, chat-format completions
+``outcome``    the answer and the completion's shape: accuracy, format, adaptive think-accuracy
+``reasoning``  the think text itself: consistency of its conclusion with the answer
+``judged``     the think text against the reference chain: the hybrid (LLM judge + embedding) and LLM-judge rewards
+``embedding``  the sentence embedder (all-MiniLM-L6-v2 from a PyPI package)
 
 Examples
 --------
@@ -11,25 +14,23 @@ Examples
 [1.0]
 """
 
-from rl.rewards.reasoning import (  # noqa: I001  (registers the reasoning rewards after the registry)
-    adaptive_think_accuracy_reward,
-    consistency_reward,
-    hybrid_reasoning_reward,
-    llm_judge_reward,
-)
+from rl.rewards.judged import HybridReasoningReward, JudgedReward, LLMJudgeReward
+from rl.rewards.outcome import accuracy_reward, adaptive_think_accuracy_reward, format_reward
+from rl.rewards.reasoning import consistency_reward, think_conclusion
 from rl.rewards.registry import (
     REWARDS,
     Reward,
-    accuracy_reward,
     check_requirements,
+    completion_text,
     compute_rewards,
-    format_reward,
+    failure_columns,
     get_reward,
     item_columns,
     register_reward,
     resolve_rewards,
 )
 
-__all__ = ["REWARDS", "Reward", "accuracy_reward", "adaptive_think_accuracy_reward", "check_requirements",
-           "compute_rewards", "consistency_reward", "format_reward", "get_reward", "hybrid_reasoning_reward",
-           "item_columns", "llm_judge_reward", "register_reward", "resolve_rewards"]
+__all__ = ["REWARDS", "HybridReasoningReward", "JudgedReward", "LLMJudgeReward", "Reward", "accuracy_reward",
+           "adaptive_think_accuracy_reward", "check_requirements", "completion_text", "compute_rewards",
+           "consistency_reward", "failure_columns", "format_reward", "get_reward", "item_columns", "register_reward",
+           "resolve_rewards", "think_conclusion"]

@@ -1,28 +1,37 @@
-"""Reward functions with TRL's signature, the registry the GRPO config names them from, and their safe evaluation.
+"""The reward registry the GRPO config names rewards from, and their safe evaluation.
 
-Every reward is ``f(prompts, completions, completion_ids, **columns) -> list[float | None]``: one value per
-completion, ``None`` meaning "not applicable" (ignored like TRL: NaN, then ``nansum`` over rewards). ``columns`` holds
-the item fields repeated once per completion -- ``id``, ``question``, ``choices``, ``answer``, ``reference_chain``,
-``family``, ``difficulty``, ``meta`` -- plus ``trainer_state`` (``.global_step``, ``.max_steps``, as TRL's). So the same
-function runs unchanged in ``trl.GRPOTrainer`` on a text dataset with those columns.
+Every reward is ``f(prompts, completions, completion_ids, **columns) -> list[float | None]`` (TRL's signature): one
+value per completion. ``completions`` are strings or TRL's chat form (``[{"role": "assistant", "content": ...}]``;
+:func:`completion_text` reads both). ``columns`` holds the item fields repeated once per completion -- ``id``,
+``question``, ``choices``, ``answer``, ``reference_chain``, ``family``, ``difficulty``, ``meta`` -- plus
+``trainer_state`` (``.global_step``, ``.max_steps``, as TRL's). So the same reward runs unchanged in
+``trl.GRPOTrainer`` on a text dataset with those columns.
 
-Registering a reward (importing ``rl.rewards`` registers every reward of the package)::
+``None`` means "not applicable" (ignored like TRL: NaN, then ``nansum`` over rewards), except for a reward whose
+``none_is_failure`` attribute is true (the judge rewards): there ``None`` is a failed judgement and the trainer leaves
+that completion out of the advantage altogether.
+
+A reward is a function, or a class whose ``build(judge=..., judge_weight=..., **kwargs)`` makes one from the run's
+shared judge (:mod:`rl.rewards.judged`). Optional attributes the trainer uses, so that it needs to know nothing of a
+reward's internals: ``requires`` (item columns needed on every item; checked before the first step by
+:func:`check_requirements`), ``warm_up()`` (load what the reward needs when a stage starts; returns a description
+or None), ``judges`` (the judges it has asked, for the judge metrics) and ``none_is_failure``.
+
+Registering a reward::
 
     from rl.rewards.registry import register_reward
 
-    @register_reward("hybrid", requires=("reference_chain",))
-    def hybrid_reward(prompts, completions, completion_ids, *, answer, reference_chain, **kwargs):
-        ...
+    @register_reward("brevity")
+    def brevity_reward(prompts, completions, completion_ids, **kwargs):
+        return [1.0 / (1 + len(completion_text(c))) for c in completions]
 
-A config then says ``rewards = { accuracy = 1.0, hybrid = 0.5 }``; keyword arguments for a reward go in
-``[reward_kwargs.hybrid]``. ``"package.module:function"`` names any importable function without registering it.
-``requires`` (a function attribute) lists item columns that must be present (not None) on *every* item; the trainer
-checks it before the first step (:func:`check_requirements`).
+A config then says ``rewards = { accuracy = 1.0, brevity = 0.1 }``; keyword arguments for a reward go in
+``[reward_kwargs.brevity]``. ``"package.module:function"`` names any importable function without registering it.
 
 Examples
 --------
->>> accuracy_reward(["p"] * 2, ["<think>\\n</think><answer>yes</answer>", "no answer"], [[], []], answer=["yes"] * 2)
-[1.0, 0.0]
+>>> completion_text([{"role": "assistant", "content": "<answer>yes</answer>"}])
+'<answer>yes</answer>'
 """
 
 from __future__ import annotations
@@ -35,18 +44,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl.data.prompts import parse_completion
+from rl.data.prompts import Completion, parse_completion
+from rl.judge.prompts import DEFAULT_HYBRID_WEIGHT
 
 RewardFunc = Callable[..., list]
 
-#: name -> reward function. Add with :func:`register_reward`.
-REWARDS: dict[str, RewardFunc] = {}
+#: name -> reward function, or a class with ``build`` (made with the run's judge). Add with :func:`register_reward`.
+REWARDS: dict[str, RewardFunc | type] = {}
+
+
+def completion_text(completion) -> str:
+    """A completion as text: a string, or TRL's chat form, a list of messages (the last message's content)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, (list, tuple)) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content") or "")
+    raise TypeError(f"a completion must be a string or a list of chat messages ({{'role', 'content'}}), got "
+                    f"{type(completion).__name__}: {str(completion)[:80]!r}")
+
+
+def parse_completions(completions: Sequence) -> list[Completion]:
+    """Think text, answer and well-formedness of each completion (strings or chat messages)."""
+    return [parse_completion(completion_text(c)) for c in completions]
 
 
 def register_reward(name: str | None = None, *, requires: Sequence[str] = ()) -> Callable[[RewardFunc], RewardFunc]:
-    """Decorator: register a reward under ``name`` (default: the function name without ``_reward``).
+    """Decorator: register a reward function or class under ``name`` (default: its name without ``_reward``).
 
-    ``requires`` names item columns the reward needs on every item; stored as the function attribute ``requires``.
+    ``requires`` names item columns the reward needs on every item; stored as the attribute ``requires``.
     Re-registering a name replaces it (so a notebook can redefine a reward).
     """
     def deco(fn: RewardFunc) -> RewardFunc:
@@ -57,42 +82,32 @@ def register_reward(name: str | None = None, *, requires: Sequence[str] = ()) ->
     return deco
 
 
-@register_reward("accuracy")
-def accuracy_reward(prompts: list, completions: list[str], completion_ids: list, *, answer: list[str],
-                    **kwargs) -> list[float]:
-    """1.0 when the text inside the last ``<answer>...</answer>`` equals the item's answer exactly, else 0.0."""
-    return [1.0 if parse_completion(c).answer == a else 0.0 for c, a in zip(completions, answer)]
-
-
-@register_reward("format")
-def format_reward(prompts: list, completions: list[str], completion_ids: list, **kwargs) -> list[float]:
-    """1.0 for a well-formed completion with a non-empty think block, 0.5 well-formed with an empty one, else 0.0.
-
-    Well formed: ``<think>...</think>`` then ``<answer>...</answer>`` and nothing else (``prompts.parse_completion``).
-    Why 0.5 for the empty think block: the base organism answers in exactly that shape (Qwen3's non-thinking mode),
-    so the format part stays satisfied while it learns, and writing a think block is worth the other half. The half
-    is paid for *any* think text; what the text says is the job of the similarity / judge rewards.
-    """
-    out = []
-    for c in completions:
-        p = parse_completion(c)
-        out.append((1.0 if p.thought else 0.5) if p.well_formed else 0.0)
-    return out
-
-
 # --- lookup and evaluation -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Reward:
-    """A configured reward: its name (the config key), the callable (kwargs bound), weight and required columns."""
+    """A configured reward: its name (the config key), the callable (kwargs bound), weight, required columns and
+    whether its ``None`` is a failure (the completion is then left out of the advantage)."""
 
     name: str
     func: RewardFunc
     weight: float
     requires: tuple[str, ...]
+    none_is_failure: bool = False
+
+    def warm_up(self) -> str | None:
+        """Load what the reward needs now (a judge, an embedder), so a missing model fails before any training and
+        the memory arrives in the warm-up; a description of what was loaded, or None."""
+        warm = getattr(self.func, "warm_up", None)
+        return warm() if warm is not None else None
+
+    @property
+    def judges(self) -> list:
+        """The judges this reward has asked (built ones only), for the judge metrics."""
+        return list(getattr(self.func, "judges", ()))
 
 
-def get_reward(name: str) -> RewardFunc:
+def get_reward(name: str) -> RewardFunc | type:
     """The reward registered as ``name``, or the function ``"module:attr"``; ValueError listing the names if none."""
     if ":" in name:
         module, _, attr = name.partition(":")
@@ -106,15 +121,40 @@ def get_reward(name: str) -> RewardFunc:
     return REWARDS[name]
 
 
-def resolve_rewards(weights: dict[str, float], reward_kwargs: dict[str, dict] | None = None) -> list[Reward]:
-    """Config ``{name: weight}`` (+ ``{name: kwargs}``) -> list of :class:`Reward`, in the config's order."""
+def resolve_rewards(weights: dict[str, float], reward_kwargs: dict[str, dict] | None = None, *, judge=None,
+                    judge_weight: float = DEFAULT_HYBRID_WEIGHT) -> list[Reward]:
+    """Config ``{name: weight}`` (+ ``{name: kwargs}``) -> list of :class:`Reward`, in the config's order.
+
+    Parameters
+    ----------
+    judge : the run's judge (an ``rl.judge.Judge`` or ``rl.judge.SharedJudge``), given to every reward class that
+        asks one; None: a reward that needs a judge is an error.
+    judge_weight : the judge's share in rewards that mix it with something else (the hybrid reward).
+
+    Raises
+    ------
+    ValueError
+        An unknown reward, a keyword argument the reward does not take, or a judge reward without a judge.
+    """
     reward_kwargs = reward_kwargs or {}
     out = []
     for name, weight in weights.items():
-        fn = get_reward(name)
-        bound = functools.partial(fn, **reward_kwargs[name]) if reward_kwargs.get(name) else fn
-        out.append(Reward(name, bound, float(weight), tuple(getattr(fn, "requires", ()))))
+        entry, kwargs = get_reward(name), dict(reward_kwargs.get(name) or {})
+        try:
+            if hasattr(entry, "build"):
+                func = entry.build(judge=judge, judge_weight=judge_weight, **kwargs)
+            else:
+                func = functools.update_wrapper(functools.partial(entry, **kwargs), entry) if kwargs else entry
+        except TypeError as exc:
+            raise ValueError(f"reward {name!r}: bad keyword argument in reward_kwargs.{name} ({exc})") from exc
+        out.append(Reward(name, func, float(weight), tuple(getattr(entry, "requires", ())),
+                          bool(getattr(entry, "none_is_failure", False))))
     return out
+
+
+def failure_columns(rewards: Sequence[Reward]) -> list[int]:
+    """Indices of the rewards whose ``None`` is a failed judgement (columns of :func:`compute_rewards`' matrix)."""
+    return [j for j, r in enumerate(rewards) if r.none_is_failure]
 
 
 def item_columns(items: Sequence, repeat: int = 1) -> dict[str, list]:
@@ -140,7 +180,8 @@ def compute_rewards(rewards: Sequence[Reward], prompts: list, completions: list[
 
     Returns
     -------
-    numpy.ndarray, shape (n_completions, n_rewards), float32; NaN where a reward returned None.
+    numpy.ndarray, shape (n_completions, n_rewards), float32; NaN where a reward returned None (not applicable, or a
+    failed judgement for the columns :func:`failure_columns` names).
 
     Raises
     ------

@@ -16,15 +16,21 @@ No pickle anywhere: tensors go to safetensors, everything else to JSON. A checkp
 ``checkpoints/.tmp-step-000012`` and renamed into place once complete, so a name ``step-NNNNNN`` always means a whole
 checkpoint; :func:`find_latest` additionally verifies the manifest's checksums and skips (with a log line) any
 checkpoint that fails, so a corrupted file is never resumed from.
+
+This module is the one checkpoint contract: training resumes through :func:`find_latest`, and every command that
+reads a run or a model folder (``adt-probe record``, ``trajectory``, ``reproduce``, ``weights``, ``transplant``,
+``decompose``) goes through :func:`complete_checkpoints`, :func:`find_latest` or :func:`check_model_folder` (via
+``analyses.checkpoints``), which name the file and the check that failed. File hashing is
+``adt_probe.integrity``'s, shared with recordings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
 import shutil
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,9 +39,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from adt_probe.integrity import check_manifest, file_manifest
+
 FORMAT = "adt-probe-grpo-checkpoint/1"
 NAME_RE = re.compile(r"^step-(\d{6,})$")
 TMP_PREFIX = ".tmp-"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model folder failed verification; the message names the folder, the file and the check."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -82,54 +95,70 @@ def replace_dir(tmp: Path, final: Path, old: Path | None = None) -> None:
         tmp.rename(final)
 
 
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def write_manifest(folder: Path, step: int) -> None:
     """``folder/manifest.json``: sha256 and size of every file below ``folder`` (relative POSIX paths)."""
-    files = {p.relative_to(folder).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
-    _write_json(folder / "manifest.json", {"format": FORMAT, "step": step, "files": files})
+    _write_json(folder / MANIFEST, {"format": FORMAT, "step": step,
+                                    "files": file_manifest(folder, exclude=(MANIFEST,))})
+
+
+def verify_files(folder: Path) -> str | None:
+    """None if ``folder/manifest.json`` is readable and every file it lists matches; else the reason it does not.
+
+    Serves checkpoints and the organism's folder alike (both list ``files: {path: {sha256, bytes}}``).
+    """
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return f"no {MANIFEST} (incomplete, or not written by adt-probe)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        if not isinstance(files, dict):
+            raise TypeError("'files' is not a table")
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {MANIFEST} ({type(exc).__name__}: {exc})"
+    return check_manifest(folder, files)
 
 
 def verify(folder: Path) -> str | None:
     """None if ``folder`` is a complete checkpoint whose files match the manifest; else the reason it is not."""
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return "no manifest.json (incomplete)"
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as exc:
-        return f"unreadable manifest.json ({exc})"
-    for rel, meta in files.items():
-        p = folder / rel
-        if not p.is_file():
-            return f"missing file {rel}"
-        if p.stat().st_size != meta["bytes"]:
-            return f"size mismatch in {rel}"
-        if sha256(p) != meta["sha256"]:
-            return f"checksum mismatch in {rel}"
+    if (problem := verify_files(folder)) is not None:
+        return problem
+    files = json.loads((folder / MANIFEST).read_text())["files"]
     if not (folder / "trainer_state" / "state.json").is_file() or "trainer_state/state.json" not in files:
         return "no trainer_state/state.json"
     return None
 
 
+def checkpoints_dir(run_or_root: Path) -> Path:
+    """The folder holding ``step-NNNNNN`` checkpoints: ``RUN/checkpoints`` for a run folder, else the folder itself."""
+    run_or_root = Path(run_or_root)
+    return run_or_root / "checkpoints" if (run_or_root / "checkpoints").is_dir() else run_or_root
+
+
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``step-NNNNNN`` folder under ``root``, oldest first (temp folders never listed)."""
+    """``(step, path)`` of every ``step-NNNNNN`` folder under ``root`` (a run folder or its ``checkpoints``),
+    oldest first (temp folders never listed; nothing verified: see :func:`complete_checkpoints`)."""
+    root = checkpoints_dir(root)
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := NAME_RE.match(p.name))]
     return sorted(found)
+
+
+def complete_checkpoints(root: Path, log: Callable[[str], None] = print) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every checkpoint under ``root`` that verifies, oldest first; each skipped one is reported
+    through ``log`` with the file and the check that failed."""
+    good = []
+    for step, path in list_checkpoints(root):
+        reason = verify(path)
+        if reason is None:
+            good.append((step, path))
+        else:
+            log(f"skipping checkpoint {path} (step {step}): {reason}")
+    return good
 
 
 def find_latest(root: Path, log: Callable[[str], None] = print) -> Path | None:
@@ -138,8 +167,77 @@ def find_latest(root: Path, log: Callable[[str], None] = print) -> Path | None:
         reason = verify(path)
         if reason is None:
             return path
-        log(f"skipping checkpoint {path.name} (step {step}): {reason}")
+        log(f"skipping checkpoint {path} (step {step}): {reason}")
     return None
+
+
+def check_safetensors(path: Path) -> str | None:
+    """None if the safetensors file ``path`` is as long as its header says; else what is wrong (a truncated or
+    foreign file), so a damaged file is named before a loader fails on it with a message that names no path."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size:
+                return f"{path.name}: header length {n} exceeds the file ({size} bytes): truncated or not safetensors"
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        return f"{path.name}: unreadable safetensors header ({type(exc).__name__}); truncated or not safetensors"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        return f"{path.name}: {size} bytes, its header describes {8 + n + end} (truncated or altered)"
+    return None
+
+
+def check_model_folder(folder: Path, *, allow_unverified: bool = False,
+                       log: Callable[[str], None] = print) -> Path:
+    """Check a model folder (a checkpoint, the organism, or a user's own model) before anything loads it.
+
+    With a ``manifest.json`` every file it lists must match (size and sha256). Without one the folder cannot be
+    verified: an error, unless ``allow_unverified`` (a user's own model), which logs a warning; either way every
+    ``*.safetensors`` file must be as long as its header says.
+
+    Raises
+    ------
+    FileNotFoundError : no such folder.
+    CheckpointError : a file is missing, truncated or altered, or (without ``allow_unverified``) there is no
+        manifest; the message names the folder, the file and the check.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder")
+    if (folder / MANIFEST).is_file() or not allow_unverified:
+        problem = verify_files(folder)
+        if problem is not None:
+            hint = (" Pass --allow-unverified (allow_unverified=True) to load a model folder of your own that has no "
+                    "manifest." if not (folder / MANIFEST).is_file() else " The file was changed or damaged after it "
+                    "was written: use another checkpoint, or train or copy it again.")
+            raise CheckpointError(f"{folder}: verification failed: {problem}.{hint}")
+    else:
+        log(f"warning: {folder} has no {MANIFEST}: its files cannot be verified against checksums "
+            "(--allow-unverified); only the safetensors files' lengths are checked")
+    for st in sorted(folder.glob("*.safetensors")):
+        if (problem := check_safetensors(st)) is not None:
+            raise CheckpointError(f"{folder}: verification failed: {problem}")
+    return folder
+
+
+def resolve(path: Path, *, allow_unverified: bool = False, log: Callable[[str], None] = print) -> Path:
+    """A model folder ready to load: ``path`` itself (checked with :func:`check_model_folder`), or for a run
+    folder (one holding ``checkpoints/step-NNNNNN`` or ``step-NNNNNN``) its newest complete checkpoint.
+
+    Raises
+    ------
+    CheckpointError : a run folder with no checkpoint that verifies, or a model folder that fails its check.
+    """
+    path = Path(path)
+    if list_checkpoints(path):  # a model folder never holds step-NNNNNN folders (a run folder has a config.json too)
+        latest = find_latest(path, log)
+        if latest is None:
+            raise CheckpointError(f"{path}: a run folder with no complete checkpoint (every step-NNNNNN failed "
+                                  "verification, see above)")
+        return latest
+    return check_model_folder(path, allow_unverified=allow_unverified, log=log)
 
 
 def remove_temp_dirs(root: Path, log: Callable[[str], None] = print) -> None:

@@ -14,11 +14,16 @@ data, reward weights and number of steps; everything else (sampling, loss, optim
     temperature = 1.0
     loss_type = "dapo"                   # "grpo" | "dapo" | "dr_grpo"
     scale_rewards = "group"              # "group" | "batch" | "none"
-    multi_reward = "sum"                 # "sum" | "gdpo"
+    multi_objective_aggregation = "sum_then_normalize"   # TRL's name; or "normalize_then_sum" (GDPO)
 
     [optim]
     lr = 1e-5
     lr_schedule = "cosine"               # "constant" | "linear" | "cosine", after `warmup_steps`
+
+    [judge]                              # the LLM judge of the judge rewards (hybrid_reasoning, llm_judge)
+    backend = "local"                    # "local" (in process) | "openai" (an OpenAI-compatible server: base_url)
+    model = "smollm2"
+    weight = 0.5                         # the judge's share of the hybrid reward (the rest: embedding cosine)
 
     [[stages]]
     name = "stage1"
@@ -54,6 +59,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
+
+from rl.judge.prompts import DEFAULT_HYBRID_WEIGHT, PROMPTS
 
 try:  # Python >= 3.11
     import tomllib
@@ -110,7 +117,9 @@ class GRPOConfig:
     num_iterations: int = 1  # mu: optimiser steps on the same rollouts
     loss_type: Literal["grpo", "dapo", "dr_grpo"] = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    multi_reward: Literal["sum", "gdpo"] = "sum"
+    # how several rewards combine (TRL's name and values): "sum_then_normalize" weighted sum, then scale_rewards;
+    # "normalize_then_sum" (GDPO) normalise each reward within its group, then the weighted sum, then scale_rewards
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
     mask_truncated_completions: bool = False  # drop completions without EOS from the loss
     micro_batch_size: int = 0  # completions per forward/backward (gradient accumulation); 0: all at once
 
@@ -165,6 +174,53 @@ class MiningConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The LLM judge the judge rewards (``hybrid_reasoning``, ``llm_judge``) ask: one per run, built when a stage
+    first needs it (``rl.judge.SharedJudge``).
+
+    ``backend = "local"``: ``model`` is a packaged judge (``"smollm2"``, the default; ``"gemma3-270m"``) or a folder
+    with a causal LM; ``batch_size`` candidates per forward pass. ``"openai"``: an OpenAI-compatible server at
+    ``base_url``; ``model`` is the served name (default: the first it lists); ``timeout`` seconds per request (an
+    overall deadline), ``retries`` with ``backoff``, ``max_workers`` concurrent requests; the API key, if any, is read
+    from the environment variable named by ``api_key_env``. ``prompt``: a name of ``rl.judge.PROMPTS`` (default:
+    ``restate-likelihood`` in process, ``criteria-0-9`` on a server). ``weight``: the judge's share of the hybrid
+    reward. ``max_failure_fraction`` of the last ``failure_window`` judgements may fail before the run stops.
+    """
+
+    backend: Literal["local", "openai"] = "local"
+    model: str | None = None
+    prompt: str | None = None
+    weight: float = DEFAULT_HYBRID_WEIGHT
+    batch_size: int = 8
+    base_url: str | None = None
+    timeout: float = 30.0
+    retries: int = 2
+    backoff: float = 0.5
+    max_workers: int = 8
+    endpoint: Literal["chat", "completions"] = "chat"
+    mode: Literal["auto", "logprobs", "json"] = "auto"
+    top_logprobs: int = 20
+    api_key_env: str | None = None
+    max_failure_fraction: float | None = 0.25
+    failure_window: int = 32
+    min_judgements: int = 8
+    cache_path: str | None = None
+
+    def settings(self) -> dict:
+        """Keyword arguments of ``rl.judge.make_judge`` (besides ``backend``)."""
+        common = {"max_failure_fraction": self.max_failure_fraction, "failure_window": self.failure_window,
+                  "min_judgements": self.min_judgements, "cache_path": self.cache_path}
+        if self.prompt is not None:
+            common["prompt"] = self.prompt
+        if self.backend == "local":
+            return {"model": self.model or "smollm2", "batch_size": self.batch_size, **common}
+        return {"base_url": self.base_url, "model": self.model, "timeout": self.timeout, "retries": self.retries,
+                "backoff": self.backoff, "max_workers": self.max_workers, "endpoint": self.endpoint,
+                "mode": self.mode, "top_logprobs": self.top_logprobs,
+                "api_key": os.environ.get(self.api_key_env) if self.api_key_env else None, **common}
+
+
+@dataclass
 class TrainConfig:
     """A whole GRPO run. ``source`` is set by the loader (the file read), not a key."""
 
@@ -178,6 +234,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     reward_kwargs: dict[str, dict] = field(default_factory=dict)  # reward name -> keyword arguments bound to it
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     mining: MiningConfig | None = None
     stages: list[StageConfig] = field(default_factory=list)
     source: str = field(default="<dict>", metadata={"internal": True})
@@ -272,10 +329,18 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not in the file
 
 
+#: keys that were renamed: old dotted key -> (new dotted key, note)
+RENAMED = {"grpo.multi_reward": ("grpo.multi_objective_aggregation", "TRL's name; 'sum' is now "
+                                 "'sum_then_normalize', 'gdpo' is now 'normalize_then_sum'")}
+
+
 def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
     for k in data:
+        if prefix + k in RENAMED:
+            new, note = RENAMED[prefix + k]
+            raise ConfigError(f"{source}: key '{prefix}{k}' is now '{new}' ({note})")
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid keys here: {', '.join(names)}"
@@ -300,6 +365,12 @@ def _resolve_paths(raw: dict, base: Path) -> None:
     mining = raw.get("mining")
     if isinstance(mining, dict) and isinstance(mining.get("pool"), dict):
         fix(mining["pool"], "path")
+    judge = raw.get("judge")
+    if isinstance(judge, dict):
+        fix(judge, "cache_path")
+        model = judge.get("model")
+        if judge.get("backend", "local") == "local" and isinstance(model, str) and model.startswith((".", "~", "/")):
+            fix(judge, "model")  # a folder (a packaged judge's name has no path characters)
 
 
 def _apply_override(raw: dict, assignment: str) -> None:
@@ -401,6 +472,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", "must be >= 0")
     need(cfg.threads >= 0, "threads", "must be >= 0")
     need(bool(cfg.stages), "stages", "must list at least one stage ([[stages]] tables)")
+    _validate_judge(cfg, need)
     names = [s.name for s in cfg.stages]
     need(len(set(names)) == len(names), "stages.name", f"must be unique, got {names}")
     datas = [(f"stages[{i}].data", s.data) for i, s in enumerate(cfg.stages)]
@@ -412,7 +484,7 @@ def validate(cfg: TrainConfig) -> None:
         need(m.pool.source != "mined", "mining.pool.source", "cannot be 'mined'")
         datas.append(("mining.pool", m.pool))
     for i, s in enumerate(cfg.stages):
-        need(s.steps >= 0, f"stages[{i}].steps", "must be >= 0")
+        need(s.steps >= 1, f"stages[{i}].steps", "must be >= 1 (a stage of 0 steps trains nothing; remove it)")
         need(bool(s.rewards), f"stages[{i}].rewards", "must name at least one reward (name = weight)")
         need(s.lr is None or s.lr >= 0, f"stages[{i}].lr", "must be >= 0")
         need(s.data.source != "mined" or cfg.mining is not None, f"stages[{i}].data.source",
@@ -429,3 +501,32 @@ def validate(cfg: TrainConfig) -> None:
             bad = [x for x in d.difficulties if x not in DIFFICULTY_BANDS]
             need(bool(d.difficulties) and not bad, f"{key}.difficulties",
                  f"must be a non-empty list of {list(DIFFICULTY_BANDS)}, got {d.difficulties}")
+
+
+def _validate_judge(cfg: TrainConfig, need) -> None:
+    """The [judge] table's values, and no judge settings left where they used to live (reward_kwargs)."""
+    j = cfg.judge
+    for name, kwargs in cfg.reward_kwargs.items():
+        for k in kwargs:
+            if k.startswith("judge_"):
+                need(False, f"reward_kwargs.{name}.{k}", f"is a judge setting: it now lives in the [judge] table, "
+                     f"as 'judge.{k.removeprefix('judge_')}'")
+            need(not (name == "hybrid_reasoning" and k == "w"), f"reward_kwargs.{name}.w",
+                 "is the judge's share of the hybrid reward: it now lives in the [judge] table, as 'judge.weight'")
+    need(j.prompt is None or j.prompt in PROMPTS, "judge.prompt", f"must be one of {sorted(PROMPTS)}, got {j.prompt!r}")
+    need(0.0 <= j.weight <= 1.0, "judge.weight", f"must lie in [0, 1], got {j.weight}")
+    need(j.batch_size >= 1, "judge.batch_size", "must be >= 1")
+    need(j.timeout > 0, "judge.timeout", "must be > 0 (seconds per request)")
+    need(j.retries >= 0, "judge.retries", "must be >= 0")
+    need(j.backoff >= 0, "judge.backoff", "must be >= 0")
+    need(j.max_workers >= 1, "judge.max_workers", "must be >= 1")
+    need(j.top_logprobs >= 1, "judge.top_logprobs", "must be >= 1")
+    need(j.max_failure_fraction is None or 0 <= j.max_failure_fraction <= 1, "judge.max_failure_fraction",
+         "must lie in [0, 1] (or be left out: never stop)")
+    need(j.failure_window >= 1 and j.min_judgements >= 1, "judge.failure_window",
+         "and judge.min_judgements must be >= 1")
+    if j.backend == "openai":
+        need(bool(j.base_url), "judge.base_url", "is required when backend = 'openai' (e.g. 'http://localhost:8000/v1')")
+        likelihood = j.prompt is not None and PROMPTS[j.prompt].method == "likelihood"
+        need(not likelihood or j.endpoint == "completions", "judge.endpoint",
+             f"must be 'completions' for prompt {j.prompt!r} (the likelihood needs echoed prompt logprobs)")

@@ -22,8 +22,6 @@ is used in eval mode, as the GRPO loop keeps it.
 Examples
 --------
 >>> from rl.data.items import Item
-from rl.rewards.registry import accuracy_reward
-from rl.train.rollout import Sampling, sample
 >>> pool = [Item(id=str(i), question="q", choices=["a", "b"], answer="a", audio=None, difficulty=d)
 ...         for i, d in enumerate(["easy", "medium", "medium", "hard"])]
 >>> select_items(pool, [0.0, 0.25, 0.5, 1.0], pass_band=[0.125, 0.625], keep_hard=True, max_items=0)
@@ -39,7 +37,7 @@ import numpy as np
 import torch
 
 from rl.data.items import Item
-from rl.rewards.registry import accuracy_reward
+from rl.rewards import accuracy_reward
 from rl.train.rollout import Sampling, sample
 
 __all__ = ["LAST_MINING", "mine_boundary_items", "pass_counts", "select_items"]

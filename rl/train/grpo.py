@@ -37,18 +37,31 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
+from adt_probe.outputs import LOCK, exclusive_lock
 from rl import cli_options
 from rl.data import prompts
-from rl.data.items import Item
-from rl.rewards.registry import Reward, check_requirements, compute_rewards, item_columns, resolve_rewards
+from rl.data.items import Item, load_items
+from rl.data.tasks import generate_items
+from rl.judge import SharedJudge, sum_stats
+from rl.organism import load_organism
+from rl.rewards.registry import (
+    Reward,
+    check_requirements,
+    compute_rewards,
+    failure_columns,
+    item_columns,
+    resolve_rewards,
+)
 from rl.train import checkpoint as ckpt
 from rl.train import rollout, trackers
 from rl.train.config import ConfigError, DataConfig, TrainConfig, load_config
@@ -63,13 +76,9 @@ from rl.train.rollout import Rollout, Sampling, suppressed_token_ids, token_logp
 def load_data(data: DataConfig, *, where: str) -> list[Item]:
     """The items of a ``synthetic`` or ``jsonl`` data spec; ValueError if there are none."""
     if data.source == "synthetic":
-        from rl.data.tasks import generate_items
-
         items = generate_items(data.n_items, seed=data.seed, families=data.families, difficulty=data.difficulties,
                                prefix=data.prefix)
     elif data.source == "jsonl":
-        from rl.data.items import load_items
-
         items = load_items(data.path)
     else:
         raise ValueError(f"{where}: source {data.source!r} is not loaded from a file (see mine_items)")
@@ -156,7 +165,8 @@ def nanstd(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> to
 
 
 def compute_advantages(rewards: torch.Tensor, weights: torch.Tensor, group_size: int, *, scale: str = "group",
-                       multi_reward: str = "sum", eps: float = 1e-4) -> tuple[torch.Tensor, int]:
+                       aggregation: str = "sum_then_normalize", failed: torch.Tensor | None = None,
+                       eps: float = 1e-4) -> tuple[torch.Tensor, int]:
     """Group-relative advantages of N = B * G completions.
 
     Parameters
@@ -165,29 +175,35 @@ def compute_advantages(rewards: torch.Tensor, weights: torch.Tensor, group_size:
     weights : (R,) weight of each reward.
     scale : ``"group"`` divide by the group's std; ``"batch"`` by the std of all N combined rewards; ``"none"`` only
         subtract the group mean (Dr. GRPO).
-    multi_reward : ``"sum"`` weighted nansum of the rewards, then the above; ``"gdpo"`` first normalise each reward
-        within its group, ``(r_k - mean_group(r_k)) / (std_group(r_k) + eps)``, then the weighted sum, then the above
-        (so one reward's scale cannot drown another's signal).
+    aggregation : TRL's ``multi_objective_aggregation``. ``"sum_then_normalize"`` weighted nansum of the rewards, then
+        the above; ``"normalize_then_sum"`` (GDPO) first normalise each reward within its group,
+        ``(r_k - mean_group(r_k)) / (std_group(r_k) + eps)``, then the weighted sum, then the above (so one reward's
+        scale cannot drown another's signal).
+    failed : (N,) bool, True for a completion whose judgement failed: it is left out of every statistic (per-reward,
+        group and batch) and gets advantage 0, exactly as if it had not been sampled. Never trained as a 0 reward.
     eps : added to every std.
 
     Returns
     -------
-    advantages : (N,); 0 for a completion no reward applied to.
+    advantages : (N,); 0 for a completion no reward applied to, or whose judgement failed.
     zero_std_groups : number of groups whose combined reward has zero std (they carry no learning signal).
     """
     N, R = rewards.shape
     if N % group_size:
         raise ValueError(f"{N} rewards do not split into groups of {group_size}")
-    unscorable = torch.isnan(rewards).all(1)  # (N,)
-    if multi_reward == "gdpo":
+    left_out = torch.isnan(rewards).all(1)  # (N,) no reward applied
+    if failed is not None:
+        left_out = left_out | failed.to(left_out.device)
+    rewards = torch.where(left_out[:, None], torch.nan, rewards)  # out of the per-reward statistics too
+    if aggregation == "normalize_then_sum":
         grouped = rewards.view(-1, group_size, R)  # (B, G, R)
         per_reward = (grouped - torch.nanmean(grouped, 1, keepdim=True)) / (nanstd(grouped, 1, keepdim=True) + eps)
         combined = (per_reward.reshape(N, R) * weights).nansum(1)  # (N,)
-    elif multi_reward == "sum":
+    elif aggregation == "sum_then_normalize":
         combined = (rewards * weights).nansum(1)  # (N,)
     else:
-        raise ValueError(f"multi_reward must be 'sum' or 'gdpo', got {multi_reward!r}")
-    combined = torch.where(unscorable, torch.nan, combined)  # keep them out of the group baselines
+        raise ValueError(f"aggregation must be 'sum_then_normalize' or 'normalize_then_sum', got {aggregation!r}")
+    combined = torch.where(left_out, torch.nan, combined)  # keep them out of the group baselines
     grouped = combined.view(-1, group_size)  # (B, G)
     group_mean = torch.nanmean(grouped, 1).repeat_interleave(group_size)  # (N,)
     group_std = nanstd(grouped, 1)  # (B,)
@@ -344,19 +360,20 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
 
     ro = sample_completions(run.policy, run.processor, items, cfg, acc.device)  # 2. N = len(items) * G rows
     n = ro.completion_ids.shape[0]
-    mask = ro.completion_mask
-    if g.mask_truncated_completions:  # a cut-off completion has no real ending to reward or punish
-        mask = mask * (~ro.truncated).float().unsqueeze(1)
 
     # 4. Rewards of this process's completions, then everyone's: groups and batch statistics must be global.
     local_rewards = torch.from_numpy(score(ro, run.rewards, step=step, max_steps=max_steps)).to(acc.device)
     all_rewards = acc.gather(local_rewards) if world > 1 else local_rewards  # (N_all, R)
     weights = torch.tensor([r.weight for r in run.rewards], device=acc.device)
+    failed = torch.isnan(all_rewards[:, failure_columns(run.rewards)]).any(1)  # (N_all,) a judgement failed
 
     # 5. Advantages over all processes' groups; keep this process's rows.
     all_adv, zero_std = compute_advantages(all_rewards, weights, G, scale=g.scale_rewards,
-                                           multi_reward=g.multi_reward)
+                                           aggregation=g.multi_objective_aggregation, failed=failed)
     advantages = all_adv[rank * n:(rank + 1) * n]  # (n,)
+    mask = ro.completion_mask * (~failed[rank * n:(rank + 1) * n]).float().unsqueeze(1)  # failed: out of the loss
+    if g.mask_truncated_completions:  # a cut-off completion has no real ending to reward or punish
+        mask = mask * (~ro.truncated).float().unsqueeze(1)
 
     # Denominators of the whole batch (every process, every chunk), so the chunk losses add up to the batch loss.
     num_tokens, = _global_sum(acc, [float(mask.sum())])
@@ -372,6 +389,30 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
         if run.ref_model is not None else None
 
     # 6. num_iterations optimiser updates on these rollouts; each a gradient accumulation over the chunks.
+    sums = update(run, ro, mask, advantages, chunks, old_logp, ref_logp, num_sequences=num_sequences,
+                  num_tokens=num_tokens)
+    sums["num_tokens"] = num_tokens
+    metrics = step_metrics(run, ro, all_rewards, failed, sums, zero_std)
+    # A few completions, one per prompt first, for completions.jsonl.
+    order = [b * G + j for j in range(G) for b in range(n // G)][:cfg.logging.completions_per_step]
+    samples = [{"item_id": ro.items[i].id, "question": ro.items[i].question, "answer": ro.items[i].answer,
+                "completion": ro.texts[i], "truncated": bool(ro.truncated[i]), "advantage": float(advantages[i]),
+                "rewards": {r.name: (None if math.isnan(v := float(local_rewards[i, j])) else v)
+                            for j, r in enumerate(run.rewards)}} for i in order]
+    return metrics, samples
+
+
+def update(run: Run, ro: Rollout, mask: torch.Tensor, advantages: torch.Tensor, chunks: list[slice],
+           old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, *, num_sequences: int,
+           num_tokens: float) -> dict[str, float]:
+    """Step 6: ``num_iterations`` optimiser updates on one rollout, each a gradient accumulation over ``chunks`` of
+    its rows. ``mask`` (n, T) the tokens that count; ``advantages`` (n,); ``old_logp`` / ``ref_logp`` (n, T) or None;
+    ``num_sequences`` and ``num_tokens`` the whole batch's loss denominators.
+
+    Returns sums over the updates: ``loss``, ``clip_low``, ``clip_high``, ``clip_region``, ``kl``, ``tokens``, the
+    sampling policy's ``entropy`` and the mean ``grad_norm``.
+    """
+    g, acc, world = run.cfg.grpo, run.accelerator, run.accelerator.num_processes
     sums = dict.fromkeys(("loss", "clip_low", "clip_high", "clip_region", "kl", "tokens", "entropy"), 0.0)
     grad_norms = []
     params = [p for p in run.policy.parameters() if p.requires_grad]
@@ -394,49 +435,54 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
                 sums[k] += float(stats[k])
             if it == 0:  # entropy of the policy that sampled
                 sums["entropy"] += float((entropy * mask[sl]).sum())
-        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+        max_norm = run.cfg.optim.max_grad_norm if run.cfg.optim.max_grad_norm > 0 else float("inf")
         grad_norms.append(float(acc.clip_grad_norm_(params, max_norm)))
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
 
-    # Metrics, global over processes.
+    sums["grad_norm"] = float(np.mean(grad_norms))
+    return sums
+
+
+def step_metrics(run: Run, ro: Rollout, all_rewards: torch.Tensor, failed: torch.Tensor, sums: dict[str, float],
+                 zero_std: int) -> dict:
+    """The step's log line, global over processes: loss and clipping (``sums`` of :func:`train_step`), rewards
+    (``all_rewards`` (N_all, R); ``failed`` (N_all,) completions left out for a failed judgement), sampling statistics
+    of this process's rollout ``ro`` summed over processes, and the judges' cumulative counters."""
+    acc, g = run.accelerator, run.cfg.grpo
+    num_sequences = ro.completion_ids.shape[0] * acc.num_processes
     parsed = [prompts.parse_completion(t) for t in ro.texts]
-    lengths = ro.completion_mask.sum(1)
     local = [sums["loss"], sums["clip_low"], sums["clip_high"], sums["clip_region"], sums["kl"], sums["tokens"],
              sums["entropy"], float(sum(p.thought for p in parsed)),
              float(sum(p.answer == it.answer for p, it in zip(parsed, ro.items))),
-             float(sum(p.well_formed for p in parsed)), float(lengths.sum()), float(ro.truncated.sum())]
+             float(sum(p.well_formed for p in parsed)), float(ro.completion_mask.sum()), float(ro.truncated.sum())]
     (loss_sum, clip_low, clip_high, clip_region, kl, tokens, entropy, thought, correct, well_formed, length,
      truncated) = _global_sum(acc, local)
+    weights = torch.tensor([r.weight for r in run.rewards], device=all_rewards.device)
     total = (all_rewards * weights).nansum(1)
-    total = torch.where(torch.isnan(all_rewards).all(1), torch.nan, total)
+    total = torch.where(torch.isnan(all_rewards).all(1) | failed, torch.nan, total)  # the rewards that were paid
     it_tokens = max(tokens, 1.0)  # summed over iterations
-    metrics = {
-        "loss": loss_sum / g.num_iterations, "grad_norm": float(np.mean(grad_norms)),
+    per_reward = {}
+    for j, r in enumerate(run.rewards):
+        per_reward[f"rewards/{r.name}/mean"] = float(torch.nanmean(all_rewards[:, j]))
+        per_reward[f"rewards/{r.name}/std"] = float(nanstd(all_rewards[:, j]))
+        # None (not applicable, or a failed judgement) is left out, never paid as 0: counted here
+        per_reward[f"rewards/{r.name}/missing"] = int(torch.isnan(all_rewards[:, j]).sum())
+    judges = [j for r in run.rewards for j in r.judges]
+    return {
+        "loss": loss_sum / g.num_iterations, "grad_norm": sums["grad_norm"],
         "reward": float(torch.nanmean(total)), "reward_std": float(nanstd(total)),
-        "frac_reward_zero_std": zero_std / (num_sequences // G), "zero_std_groups": zero_std,
-        **{f"rewards/{r.name}/mean": float(torch.nanmean(all_rewards[:, j])) for j, r in enumerate(run.rewards)},
-        **{f"rewards/{r.name}/std": float(nanstd(all_rewards[:, j])) for j, r in enumerate(run.rewards)},
-        # None from a reward (a judge that failed for that completion) is left out, never paid as 0: counted here
-        **{f"rewards/{r.name}/missing": int(torch.isnan(all_rewards[:, j]).sum()) for j, r in enumerate(run.rewards)},
-        "kl": kl / it_tokens if g.beta > 0 else None, "entropy": entropy / max(num_tokens, 1.0),
+        "frac_reward_zero_std": zero_std / (num_sequences // g.num_generations), "zero_std_groups": zero_std,
+        "failed_judgements": int(failed.sum()), **per_reward,
+        "kl": kl / it_tokens if g.beta > 0 else None, "entropy": entropy / max(sums["num_tokens"], 1.0),
         "clip_ratio/low": clip_low / it_tokens, "clip_ratio/high": clip_high / it_tokens,
         "clip_ratio/region": clip_region / it_tokens,
         "completion_length": length / num_sequences, "truncated_frac": truncated / num_sequences,
         "think_rate": thought / num_sequences, "accuracy": correct / num_sequences,
         "well_formed": well_formed / num_sequences,
+        **{f"judge/{k}": v for k, v in sum_stats(judges).items()},  # cumulative, the judges this stage's rewards ask
     }
-    from rl.judge import process_stats
-
-    metrics.update({f"judge/{k}": v for k, v in process_stats().items()})  # cumulative, this process's judges
-    # A few completions, one per prompt first, for completions.jsonl.
-    order = [b * G + j for j in range(G) for b in range(n // G)][:cfg.logging.completions_per_step]
-    samples = [{"item_id": ro.items[i].id, "question": ro.items[i].question, "answer": ro.items[i].answer,
-                "completion": ro.texts[i], "truncated": bool(ro.truncated[i]), "advantage": float(advantages[i]),
-                "rewards": {r.name: (None if math.isnan(v := float(local_rewards[i, j])) else v)
-                            for j, r in enumerate(run.rewards)}} for i in order]
-    return metrics, samples
 
 
 # ==================================================================================================================
@@ -462,21 +508,14 @@ def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
     return mined
 
 
-def start_judges(weights: dict[str, float], reward_kwargs: dict[str, dict], say) -> None:
-    """Build the judges of a stage's rewards now rather than at the first paid completion: an unreachable server or a
-    missing model fails before any training, and the judge's memory is part of the warm-up, not a jump mid-run."""
-    from rl.rewards.embedding import embed
-    from rl.rewards.reasoning import DEFAULT_W, EMBEDDING_REWARDS, JUDGE_REWARDS, judge_for
-
-    for name in weights:
-        kwargs = reward_kwargs.get(name, {})
-        w = kwargs.get("w", DEFAULT_W)
-        if name in JUDGE_REWARDS and w > 0:
-            judge = judge_for(kwargs, name)
-            judge.warm_up()
-            say(f"reward {name!r}: judge {judge.describe()}")
-        if name in EMBEDDING_REWARDS and w < 1:
-            embed(["warm-up"], kwargs.get("embedding_model"))
+def warm_up_rewards(rewards: list[Reward], say) -> None:
+    """Let every reward load what it needs now (``Reward.warm_up``: a judge, an embedder) rather than at the first
+    paid completion: an unreachable server or a missing model fails before any training, and the memory is part of
+    the warm-up, not a jump mid-run."""
+    for r in rewards:
+        said = r.warm_up()
+        if said:
+            say(f"reward {r.name!r}: {said}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -498,6 +537,162 @@ def _truncate_jsonl(path: Path, max_step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+@dataclass
+class Session:
+    """What stays the same across the stages of one ``train`` call: the accelerator, the models, the output paths,
+    the trainer state (step, stage, data position) and the run's shared judge."""
+
+    cfg: TrainConfig
+    acc: object
+    say: Callable[[str], None]
+    out: Path
+    state: ckpt.TrainerState
+    start: Path | None  # the checkpoint a resume starts from (None: a fresh run, or past the resumed stage)
+    model: torch.nn.Module
+    policy: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    processor: object
+    judge: SharedJudge
+    lock: object = None  # the main process's exclusive lock on ``out``: a second run there stops at once
+
+    @property
+    def root(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+
+def _accelerator(accelerator, report_to: list[str], out: Path):
+    """The given accelerator or a new one (with the trackers of ``logging.report_to``, logging under ``out``);
+    refuses N processes that each think they train alone."""
+    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                                     **trackers.accelerator_kwargs(report_to, out))
+    if acc.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up a single process; on CPU "
+                           "set ACCELERATE_USE_CPU=true (accelerate launch --multi_gpu --num_processes N)")
+    return acc
+
+
+def _resume_point(cfg: TrainConfig, root: Path, resume: bool, world: int, say) -> tuple[Path | None,
+                                                                                         ckpt.TrainerState]:
+    """(checkpoint to start from or None, trainer state): the newest complete checkpoint with ``resume``; a fresh
+    state otherwise (a folder that already holds checkpoints is refused without ``resume``)."""
+    state = ckpt.TrainerState(config=cfg.to_dict(), world_size=world)
+    if not resume:
+        if ckpt.list_checkpoints(root):
+            raise FileExistsError(f"{root} already holds checkpoints: pass --resume to continue that run, or choose "
+                                  "another --out")
+        return None, state
+    start = ckpt.find_latest(root, say)
+    if start is None:
+        say(f"--resume: no complete checkpoint in {root}; starting from the beginning")
+        return None, state
+    state = ckpt.load_trainer_state(start)
+    if state.stage >= len(cfg.stages):
+        raise ConfigError(f"{start} is in stage {state.stage} but {cfg.source} has {len(cfg.stages)} stages")
+    say(f"resuming from {start.name}: step {state.step}, stage {cfg.stages[state.stage].name!r}")
+    if state.config != cfg.to_dict():
+        say("warning: the config differs from the one the checkpoint was written with")
+    state.config, state.world_size = cfg.to_dict(), world
+    return start, state
+
+
+def _open_session(cfg: TrainConfig, out: Path, resume: bool, acc) -> Session:
+    """Output folder, resume point, models (policy trainable except ``optim.freeze``; the frozen KL reference),
+    seeds and logs: everything before the first stage."""
+    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    say = (lambda msg: tqdm.write(f"[grpo] {msg}", file=sys.stderr)) if main else (lambda msg: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.grpo.batch_size % world:
+        raise ConfigError(f"{cfg.source}: grpo.batch_size = {cfg.grpo.batch_size} does not split over {world} "
+                          "processes")
+    lock = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = exclusive_lock(out / LOCK, f"the training run in {out}")  # before touching another run's temp dirs
+        ckpt.remove_temp_dirs(out / "checkpoints", say)
+    acc.wait_for_everyone()
+    start, state = _resume_point(cfg, out / "checkpoints", resume, world, say)
+    policy, processor = load_organism(start or cfg.model_path())  # eval mode: see the module docstring
+    for name, p in policy.named_parameters():
+        p.requires_grad_(not any(name.startswith(prefix) for prefix in cfg.optim.freeze))
+    ref_model = None
+    if cfg.grpo.beta > 0:  # the KL anchor: the run's starting model (not the checkpoint a resume starts from)
+        ref_model = load_organism(cfg.ref_model or cfg.model_path())[0].requires_grad_(False).to(acc.device)
+    model = acc.prepare_model(policy)  # DDP wrapper with several processes; the model itself with one
+    _seed_everything(cfg.seed + rank)  # each process samples differently (a resume restores the saved states)
+    if main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        for path in (out / "log.jsonl", out / "completions.jsonl"):
+            if start is None:
+                path.unlink(missing_ok=True)
+            else:
+                _truncate_jsonl(path, state.step)
+    return Session(cfg, acc, say, out, state, start, model, acc.unwrap_model(model), ref_model, processor,
+                   SharedJudge(cfg.judge.backend, **cfg.judge.settings()), lock)
+
+
+def _enter_stage(se: Session, si: int) -> tuple[Run, list[Item], PromptStream]:
+    """Stage ``si``: its items (mined ones from the policy's rollouts, or a resume's saved selection), rewards
+    (warmed up), a fresh optimiser and schedule, the prompt stream; restored from the checkpoint when resuming
+    inside this stage."""
+    cfg, state, stage = se.cfg, se.state, se.cfg.stages[si]
+    here = se.start is not None and si == state.stage  # resuming inside (or at the end of) this stage
+    where = f"stage {stage.name!r}"
+    if stage.data.source == "mined":
+        if here and state.mined_item_ids is not None:
+            by_id = {it.id: it for it in load_data(cfg.mining.pool, where="mining.pool")}
+            items = [by_id[i] for i in state.mined_item_ids]
+        else:
+            items = mine_items(se.policy, se.processor, cfg, se.acc)
+        mined_ids = [it.id for it in items]
+    else:
+        items, mined_ids = load_data(stage.data, where=where), None
+    rewards = resolve_rewards(stage.rewards, cfg.reward_kwargs, judge=se.judge, judge_weight=cfg.judge.weight)
+    check_requirements(rewards, items, where=where)
+    warm_up_rewards(rewards, se.say)
+    lr = cfg.optim.lr if stage.lr is None else stage.lr
+    optimizer, scheduler = build_optimizer(se.policy, cfg, lr, stage.steps * cfg.grpo.num_iterations)
+    stream = PromptStream(len(items), [cfg.seed, si], stage.data.shuffle, state.data_position if here else None)
+    if here:
+        scheduler.load_state_dict(state.scheduler)
+        ckpt.restore(se.start, optimizer, rank=se.acc.process_index, log=se.say)  # last: no random draws after it
+    else:
+        state.stage, state.stage_step, state.data_position, state.mined_item_ids = si, 0, stream.state(), mined_ids
+    se.say(f"{where}: {len(items)} items, {stage.steps} steps, rewards {stage.rewards}")
+    return Run(cfg, se.model, se.policy, se.ref_model, se.processor, se.acc, rewards, optimizer, scheduler,
+               suppressed_token_ids(se.processor.tokenizer)), items, stream
+
+
+def _log_step(se: Session, metrics: dict, samples: list[dict], seconds: float, lr: float, bar) -> None:
+    """Append the step's line to log.jsonl (strict JSON: NaN as null) and its samples to completions.jsonl."""
+    if not se.main:
+        return
+    stage = se.cfg.stages[se.state.stage].name
+    record = {"step": se.state.step, "stage": stage, "lr": lr, "seconds": round(seconds, 3),
+              **{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}}
+    with open(se.out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    trackers.log(se.acc, record, se.state.step)
+    with open(se.out / "completions.jsonl", "a") as f:
+        f.writelines(json.dumps({"step": se.state.step, **s}) + "\n" for s in samples)
+    bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}",
+                    think=f"{metrics['think_rate']:.2f}")
+
+
+def _checkpoint_if_due(se: Session, run: Run) -> None:
+    """7. A checkpoint every ``checkpoint.every`` global steps and at the end of each stage."""
+    cfg, state = se.cfg, se.state
+    if state.step % cfg.checkpoint.every == 0 or state.stage_step == cfg.stages[state.stage].steps:
+        path = ckpt.save_checkpoint(se.root, state, se.policy, se.processor, run.optimizer,
+                                    keep_last=cfg.checkpoint.keep_last, rank=se.acc.process_index, is_main=se.main,
+                                    barrier=se.acc.wait_for_everyone)
+        se.say(f"saved {path}")
+
+
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after: int | None = None,
           accelerator=None) -> torch.nn.Module:
     """Run every stage of ``cfg``, writing ``out/log.jsonl``, ``out/completions.jsonl`` and ``out/checkpoints``.
@@ -506,142 +701,59 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     ----------
     resume : continue from the newest complete checkpoint in ``out/checkpoints`` (start afresh if there is none).
         Without it, a folder that already holds checkpoints is refused.
-    stop_after : stop after this global step without a final checkpoint (an interruption, for tests and time boxes).
+    stop_after : stop once global step ``stop_after`` (>= 1) is done, without a final checkpoint (an interruption, for
+        tests and time boxes): a fresh run trains exactly that many steps; a resumed run already past it trains none.
     accelerator : an ``accelerate.Accelerator``; default: a new one.
 
     Returns
     -------
     The trained (unwrapped) model.
+
+    Raises
+    ------
+    ValueError
+        ``stop_after`` < 1 (it would train nothing).
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    from rl.organism import load_organism
-
-    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-                                     **trackers.accelerator_kwargs(cfg.logging.report_to, out))
-    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
-    if world == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N processes each training alone: refuse
-        raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up a single process; on CPU "
-                           "set ACCELERATE_USE_CPU=true (accelerate launch --multi_gpu --num_processes N)")
-    say = (lambda msg: tqdm.write(f"[grpo] {msg}", file=sys.stderr)) if main else (lambda msg: None)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.grpo.batch_size % world:
-        raise ConfigError(f"{cfg.source}: grpo.batch_size = {cfg.grpo.batch_size} does not split over {world} "
-                          "processes")
-    out = Path(out)
-    root = out / "checkpoints"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_temp_dirs(root, say)
-    acc.wait_for_everyone()
-
-    start, state = None, ckpt.TrainerState(config=cfg.to_dict(), world_size=world)
-    if resume:
-        start = ckpt.find_latest(root, say)
-        if start is None:
-            say(f"--resume: no complete checkpoint in {root}; starting from the beginning")
-        else:
-            state = ckpt.load_trainer_state(start)
-            if state.stage >= len(cfg.stages):
-                raise ConfigError(f"{start} is in stage {state.stage} but {cfg.source} has {len(cfg.stages)} stages")
-            say(f"resuming from {start.name}: step {state.step}, stage {cfg.stages[state.stage].name!r}")
-            if state.config != cfg.to_dict():
-                say("warning: the config differs from the one the checkpoint was written with")
-            state.config, state.world_size = cfg.to_dict(), world
-    elif ckpt.list_checkpoints(root):
-        raise FileExistsError(f"{root} already holds checkpoints: pass --resume to continue that run, or choose "
-                              "another --out")
-
-    policy, processor = load_organism(start or cfg.model_path())  # eval mode: see the module docstring
-    for name, p in policy.named_parameters():
-        p.requires_grad_(not any(name.startswith(prefix) for prefix in cfg.optim.freeze))
-    ref_model = None
-    if cfg.grpo.beta > 0:  # the KL anchor: the run's starting model (not the checkpoint a resume starts from)
-        ref_model = load_organism(cfg.ref_model or cfg.model_path())[0].requires_grad_(False).to(acc.device)
-    model = acc.prepare_model(policy)  # DDP wrapper with several processes; the model itself with one
-    policy = acc.unwrap_model(model)
-    _seed_everything(cfg.seed + rank)  # each process samples differently (a resume restores the saved states)
-
-    log_path, samples_path = out / "log.jsonl", out / "completions.jsonl"
-    if main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        for path in (log_path, samples_path):
-            if start is None:
-                path.unlink(missing_ok=True)
-            else:
-                _truncate_jsonl(path, state.step)
-    trackers.start(acc, cfg.to_dict())
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1 (the global step to stop after), got {stop_after}: "
+                         "0 would train nothing")
+    se = _open_session(cfg, Path(out), resume, _accelerator(accelerator, cfg.logging.report_to, Path(out)))
+    state = se.state
+    trackers.start(se.acc, cfg.to_dict())
     max_steps = sum(s.steps for s in cfg.stages)
-    bar = tqdm(total=max_steps, initial=state.step, desc="grpo", disable=not (main and cfg.logging.progress_bar))
-    local_n = cfg.grpo.batch_size // world
-
+    bar = tqdm(total=max_steps, initial=state.step, desc="grpo", disable=not (se.main and cfg.logging.progress_bar))
+    local_n, rank = cfg.grpo.batch_size // se.acc.num_processes, se.acc.process_index
     for si in range(state.stage, len(cfg.stages)):
-        stage = cfg.stages[si]
-        here = start is not None and si == state.stage  # resuming inside (or at the end of) this stage
-        where = f"stage {stage.name!r}"
-        if stage.data.source == "mined":
-            if here and state.mined_item_ids is not None:
-                by_id = {it.id: it for it in load_data(cfg.mining.pool, where="mining.pool")}
-                items = [by_id[i] for i in state.mined_item_ids]
-            else:
-                items = mine_items(policy, processor, cfg, acc)
-            mined_ids = [it.id for it in items]
-        else:
-            items, mined_ids = load_data(stage.data, where=where), None
-        rewards = resolve_rewards(stage.rewards, cfg.reward_kwargs)
-        check_requirements(rewards, items, where=where)
-        start_judges(stage.rewards, cfg.reward_kwargs, say)
-        lr = cfg.optim.lr if stage.lr is None else stage.lr
-        optimizer, scheduler = build_optimizer(policy, cfg, lr, stage.steps * cfg.grpo.num_iterations)
-        stream = PromptStream(len(items), [cfg.seed, si], stage.data.shuffle, state.data_position if here else None)
-        if here:
-            scheduler.load_state_dict(state.scheduler)
-            ckpt.restore(start, optimizer, rank=rank, log=say)  # last: nothing may draw random numbers after it
-        else:
-            state.stage, state.stage_step, state.data_position, state.mined_item_ids = si, 0, stream.state(), mined_ids
-        run = Run(cfg, model, policy, ref_model, processor, acc, rewards, optimizer, scheduler,
-                  suppressed_token_ids(processor.tokenizer))
-        say(f"{where}: {len(items)} items, {stage.steps} steps, rewards {stage.rewards}")
-
-        for stage_step in range(state.stage_step, stage.steps):
-            t0, lr_used = time.time(), optimizer.param_groups[0]["lr"]
+        if stop_after is not None and state.step >= stop_after:
+            break
+        run, items, stream = _enter_stage(se, si)
+        for stage_step in range(state.stage_step, cfg.stages[si].steps):
+            t0, lr = time.time(), run.optimizer.param_groups[0]["lr"]
             batch = stream.take(cfg.grpo.batch_size)  # the same global batch on every process ...
             mine = [items[i] for i in batch[rank * local_n:(rank + 1) * local_n]]  # ... each samples its share
             metrics, samples = train_step(run, mine, step=state.step, max_steps=max_steps)
             state.step, state.stage_step, state.data_position = state.step + 1, stage_step + 1, stream.state()
-            state.scheduler = scheduler.state_dict()
-            if main:
-                record = {"step": state.step, "stage": stage.name, "lr": lr_used, "seconds": round(time.time() - t0, 3),
-                          **{k: None if isinstance(v, float) and not math.isfinite(v) else v  # strict JSON: no NaN
-                             for k, v in metrics.items()}}
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                trackers.log(acc, record, state.step)
-                with open(samples_path, "a") as f:
-                    f.writelines(json.dumps({"step": state.step, **s}) + "\n" for s in samples)
-                bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}",
-                                think=f"{metrics['think_rate']:.2f}")
+            state.scheduler = run.scheduler.state_dict()
+            _log_step(se, metrics, samples, time.time() - t0, lr, bar)
             bar.update(1)
-            if state.step % cfg.checkpoint.every == 0 or state.stage_step == stage.steps:  # 7.
-                path = ckpt.save_checkpoint(root, state, policy, processor, optimizer,
-                                            keep_last=cfg.checkpoint.keep_last, rank=rank, is_main=main,
-                                            barrier=acc.wait_for_everyone)
-                say(f"saved {path}")
+            _checkpoint_if_due(se, run)
             if stop_after is not None and state.step >= stop_after:
                 bar.close()
-                trackers.end(acc)
-                return policy
-        start = None
+                trackers.end(se.acc)
+                return se.policy
+        se.start = None
     bar.close()
-    trackers.end(acc)
-    acc.wait_for_everyone()
-    return policy
+    trackers.end(se.acc)
+    se.acc.wait_for_everyone()
+    return se.policy
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = cli_options.parser(cli_options.train_arguments, __doc__.splitlines()[0],
-                              epilog="Data parallel: accelerate launch -m rl.train.grpo ...").parse_args(argv)
+    ap = cli_options.parser(cli_options.train_arguments, __doc__.splitlines()[0],
+                            epilog="Data parallel: accelerate launch -m rl.train.grpo ...")
+    args = ap.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        ap.error(f"--stop-after must be >= 1 (the global step to stop after), got {args.stop_after}")
     try:
         cfg = load_config(args.config, args.set)
     except ConfigError as exc:

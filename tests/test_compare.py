@@ -1,0 +1,130 @@
+"""``adt-probe compare`` end to end on tiny organisms, and its clear errors for inputs that cannot be compared."""
+
+import json
+
+import numpy as np
+import pytest
+
+from adt_probe.weights import random_update
+from analyses import verdicts
+from analyses.compare import CompareInputError, compare
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def rl_dir(tmp_path_factory, tiny_organism, processor):
+    """The tiny organism with every weight changed a little (an 'RL' checkpoint of the same architecture)."""
+    path = tmp_path_factory.mktemp("tiny_rl") / "model"
+    random_update(tiny_organism, part="all", rel=0.05, seed=1).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def run(base, rl, items, out, **kw):
+    opts = {"n_nulls": 2, "n_boot": 50, "max_new_tokens": 8, "batch_size": 16, "allow_unverified": True, **kw}
+    return compare(base, rl if isinstance(rl, list) else [rl], items, out, **opts)
+
+
+def test_compare_writes_findings_figures_and_report(tiny_dir, rl_dir, items, tmp_path):
+    f = run(tiny_dir, [rl_dir, rl_dir], items[:10], tmp_path / "cmp")
+    written = json.loads((tmp_path / "cmp" / "findings.json").read_text())
+    assert written["stamp"]["rules_hash"] == verdicts.RULES_HASH
+    for name in ("upper_routers", "crystallization"):
+        v = written["verdicts"][name]
+        assert v["verdict"] in verdicts.VERDICTS and v["rule"] == verdicts.RULES[name] and v["numbers"]
+    assert written["routers"]["ratio"]["n_runs"] == 2  # two runs: the hierarchical interval
+    assert len(written["routers"]["ratio"]["per_run_intervals"]) == 2
+    assert "mirror" in written and "controls" in written
+    assert written["decomposition"]["max_residual"] < 1e-10
+    for fig in written["figures"].values():
+        assert {p.rsplit(".", 1)[1] for p in fig} == {"png", "pdf"}
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert verdicts.RULES_HASH in report and verdicts.UPPER_ROUTERS_RULE in report
+    assert f["verdicts"]["upper_routers"]["verdict"] in report
+
+
+def test_base_equal_to_rl_says_so_and_nothing_is_shown(tiny_dir, items, tmp_path, capsys):
+    # the reference chains teacher-forced: think tokens to measure although the random tiny model writes none
+    f = run(tiny_dir, tiny_dir, items[:10], tmp_path / "same", source="reference")
+    assert "exactly the weights of the base" in capsys.readouterr().err
+    assert f["warnings"] and "exactly the weights" in f["warnings"][0]
+    assert {v["verdict"] for v in f["verdicts"].values()} == {"not shown"}
+    table = f["decomposition"]
+    for name in ("rel_change", "topk_change", "top1_flip", "js"):
+        values = np.asarray(table[name]["total"]["value"], float)
+        assert np.all(np.nan_to_num(values) == 0), name
+    assert f["crystallization"]["delta_upper_share"]["value"] == 0
+
+
+def test_different_architectures_are_refused(tiny_dir, tokenizer, processor, items, tmp_path):
+    from rl import organism
+
+    deeper = tmp_path / "deeper"
+    organism.build_model(tokenizer, seed=0, num_hidden_layers=3).save_pretrained(deeper)
+    processor.save_pretrained(deeper)
+    with pytest.raises(CompareInputError, match="cannot be compared.*differ in"):
+        run(tiny_dir, deeper, items[:4], tmp_path / "x")
+
+
+def test_different_tokenizers_are_refused(tiny_dir, tiny_organism, items, tmp_path):
+    from rl.organism import load_processor
+
+    other = tmp_path / "other_tok"
+    tiny_organism.save_pretrained(other)
+    load_processor().save_pretrained(other)  # the shipped organism's tokenizer, not the tiny one's
+    with pytest.raises(CompareInputError, match="different tokenizers"):
+        run(tiny_dir, other, items[:4], tmp_path / "x")
+
+
+def test_reference_analysis_without_reference_chains_is_refused(tiny_dir, rl_dir, items, tmp_path):
+    import dataclasses
+
+    bare = [dataclasses.replace(it, reference_chain=None) for it in items[:4]]
+    with pytest.raises(CompareInputError, match="no reference_chain.*--source rl"):
+        run(tiny_dir, rl_dir, bare, tmp_path / "x", source="reference")
+
+
+def test_the_command_line_reports_a_bad_pair_in_one_line(tiny_dir, tiny_organism, items, tmp_path):
+    from analyses.cli import main
+    from rl.data.items import write_items
+    from rl.organism import load_processor
+
+    other = tmp_path / "other_tok"
+    tiny_organism.save_pretrained(other)
+    load_processor().save_pretrained(other)
+    write_items(items[:4], tmp_path / "items.jsonl")
+    with pytest.raises(SystemExit, match="adt-probe compare: .*different tokenizers"):
+        main(["compare", "--base", str(tiny_dir), "--rl", str(other), "--data", str(tmp_path / "items.jsonl"),
+              "--out", str(tmp_path / "o"), "--allow-unverified"])
+
+
+def test_settling_numbers_on_known_streams_with_user_token_labels():
+    """Hand-made settling streams: shares, the output-only bin, the paired difference and user-given token groups."""
+    from types import SimpleNamespace
+
+    from analyses.compare import crystallization_numbers
+
+    n_layers, per_seq = 4, 4  # streams -1 (embedding) .. 2; 3 = only at the output
+    seq = np.repeat(np.arange(10), per_seq)
+    base = np.tile([-1.0, 0.0, 2.0, 3.0], 10)  # settled: E, block 0, block 2 (upper), output only
+    rl = np.tile([-1.0, 2.0, 2.0, 3.0], 10)  # one more token settles in the upper band
+    info = {"sequence": seq, "segment": np.array(["think"] * len(seq)), "token_id": np.arange(len(seq)) % per_seq,
+            "output_rank": np.zeros(len(seq), int), "base_output_rank": np.zeros(len(seq), int), "n_layers": n_layers}
+    items = [SimpleNamespace(family="f", difficulty="easy")] * 10
+
+    def labels(tokenizer, token_ids, segments):
+        return np.where(token_ids == 1, "my_group", "")
+
+    f = crystallization_numbers([base], [rl], [info], items, tokenizer=object(), token_labels=labels, n_boot=100)
+    assert f["upper_share_rl"]["value"] == pytest.approx(2 / 3)
+    assert f["upper_share_base"]["value"] == pytest.approx(1 / 3)
+    assert f["delta_upper_share"]["value"] == pytest.approx(1 / 3)
+    think = f["curves"]["think"]
+    assert think["stream"] == [-1, 0, 1, 2]
+    assert think["base"]["value"] == pytest.approx([0.25, 0.5, 0.5, 0.75])
+    assert think["never_settled"]["rl"]["value"] == pytest.approx(0.25)
+    mine = f["curves"]["my_group"]
+    assert mine["n_tokens"] == 10 and mine["delta"]["value"] == pytest.approx([0, -1, -1, 0])
+    v = verdicts.crystallization(f["upper_share_rl"], f["delta_upper_share"], n_sequences=f["n_sequences"])
+    assert v["verdict"] == "reproduces"  # every sequence moves the same way: a degenerate, exact interval

@@ -91,7 +91,8 @@ def test_text_models_get_the_written_facts_instead_of_the_audio():
 @pytest.mark.parametrize("kind", ["mixtral", "llama", "organism"])
 def test_each_family_recorded_against_itself_drifts_exactly_zero(folders, kind, tmp_path):
     cli.main(["record", "--base", str(folders[kind]), "--rl", str(folders[kind]), "--out", str(tmp_path),
-              "--n-per-cell", "1", "--max-new-tokens", "6", "--batch-size", "2", "--routing", "full"])
+              "--n-per-cell", "1", "--max-new-tokens", "6", "--batch-size", "2", "--routing", "full",
+              "--allow-unverified"])
     base, rl = adt_probe.open(tmp_path / "base.zarr").load(), adt_probe.open(tmp_path / "rl.zarr").load()
     assert base.sizes["token"] > 0
     np.testing.assert_array_equal(base.lens_logprob.values, rl.lens_logprob.values)
@@ -104,7 +105,8 @@ def test_each_family_recorded_against_itself_drifts_exactly_zero(folders, kind, 
 
 
 def test_weights_command_on_a_text_moe(folders, tmp_path):
-    cli.main(["weights", "--base", str(folders["mixtral"]), "--rl", str(folders["mixtral"]), "--out", str(tmp_path)])
+    cli.main(["weights", "--base", str(folders["mixtral"]), "--rl", str(folders["mixtral"]), "--out", str(tmp_path),
+              "--allow-unverified"])
     ds = xr.open_dataset(tmp_path / "router_weight_drift.nc", engine="h5netcdf")
     assert float(ds.rel_change.max()) == 0.0 and float(ds.cosine.min()) == 1.0
 
@@ -114,8 +116,8 @@ def test_cli_errors_are_one_message_and_exit_status_2(tmp_path, capsys):
         cli.main(["weights", "--base", str(tmp_path / "nowhere"), "--rl", str(tmp_path), "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "error: LoadError: no model in" in err and "Traceback" not in err
-    with pytest.raises(models.LoadError):
+    assert "error: FileNotFoundError:" in err and "nowhere: no such model folder" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError):
         cli.main(["--debug", "weights", "--base", str(tmp_path / "nowhere"), "--rl", str(tmp_path),
                   "--out", str(tmp_path)])
 
@@ -125,15 +127,15 @@ def test_transplant_and_decompose_on_a_text_moe_against_itself(folders, tmp_path
     input effects of a model against itself are exactly 0."""
     mixtral = str(folders["mixtral"])
     cli.main(["transplant", "--base", mixtral, "--rl", mixtral, "--out", str(tmp_path / "tr"), "--n-per-cell", "1",
-              "--max-new-tokens", "5", "--n-boot", "20"])
+              "--max-new-tokens", "5", "--n-boot", "20", "--allow-unverified"])
     effects = xr.open_dataset(tmp_path / "tr" / "transplant.nc", engine="h5netcdf")
     assert float(np.abs(effects.accuracy_delta).max()) == 0.0 and float(np.abs(effects.reward_delta).max()) == 0.0
     cli.main(["record", "--base", mixtral, "--rl", mixtral, "--out", str(tmp_path / "rec"), "--n-per-cell", "1",
-              "--max-new-tokens", "5", "--routing", "full"])
+              "--max-new-tokens", "5", "--routing", "full", "--allow-unverified"])
     cli.main(["decompose", "--base", mixtral, "--rl", mixtral, "--recordings", str(tmp_path / "rec"),
-              "--out", str(tmp_path / "dec"), "--n-boot", "20"])
+              "--out", str(tmp_path / "dec"), "--n-boot", "20", "--allow-unverified"])
     dec = xr.open_dataset(tmp_path / "dec" / "decomposition.nc", engine="h5netcdf")
-    assert float(np.nanmax(np.abs(dec.js.values))) == 0.0
+    assert float(np.nanmax(np.abs(dec.rel_change.sel(effect="total").values))) == 0.0
 
 
 def test_the_organism_loader_refuses_other_families(folders):

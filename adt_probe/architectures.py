@@ -59,6 +59,7 @@ from torch import nn
 
 __all__ = [
     "CAUSAL_LM",
+    "DENSE_FAMILIES",
     "FAMILIES",
     "VLM",
     "ArchitectureSpec",
@@ -235,6 +236,9 @@ _DEFAULTS: dict[str, Any] = {
     "topk_norm_p": 1.0,
     "logit_softcap": None,
     "moe_layers": lambda cfg, n: (),
+    "final_proj": None,
+    "logit_scale": 1.0,
+    "final_logit_softcap": None,
 }
 
 # Qwen2/3-MoE lineage: softmax over all experts, top-k, optional renormalisation.
@@ -294,6 +298,38 @@ _LLAMA4 = {
     "moe_layers": listed("moe_layers"),
 }
 
+# What some families do to the unembedding's output (see ``logit_scale`` / ``final_logit_softcap`` below).
+_GRANITE_LOGITS = {"logit_scale": lambda c: 1.0 / c.logits_scaling}  # logits / logits_scaling
+_COHERE_LOGITS = {"logit_scale": Attr("logit_scale", default=1.0)}
+_SOFTCAPPED_LOGITS = {"final_logit_softcap": lambda c: getattr(c, "final_logit_softcapping", None) or None}
+# Dense decoder-only layouts other than ``CAUSAL_LM``: they need a row only because their paths differ.
+_GPT2_LAYOUT = {"layers": "transformer.h", "final_norm": "transformer.ln_f", "unembed": "lm_head"}
+
+#: Dense (router-less) families whose layout or logits differ from a plain ``CAUSAL_LM`` (a dense model of any other
+#: family with that layout resolves without a row). Kept apart from the MoE rows only so that tests can tell them
+#: apart; :data:`FAMILIES` holds both.
+DENSE_FAMILIES: dict[str, dict[str, Any]] = {
+    "gpt2": _GPT2_LAYOUT,
+    "gpt_neo": _GPT2_LAYOUT,
+    "gptj": _GPT2_LAYOUT,
+    "codegen": _GPT2_LAYOUT,
+    "gpt_bigcode": _GPT2_LAYOUT,
+    "bloom": _GPT2_LAYOUT,
+    "falcon": _GPT2_LAYOUT,
+    "gpt_neox": {"layers": "gpt_neox.layers", "final_norm": "gpt_neox.final_layer_norm", "unembed": "lm_head"},
+    "opt": {"layers": "model.decoder.layers", "final_norm": "model.decoder.final_layer_norm",
+            "final_proj": "model.decoder.project_out", "unembed": "lm_head"},
+    "phi": {"final_norm": "model.final_layernorm"},
+    "granite": _GRANITE_LOGITS,
+    "cohere": _COHERE_LOGITS,
+    "cohere2": _COHERE_LOGITS,
+    "gemma2": _SOFTCAPPED_LOGITS,
+    "gemma3_text": _SOFTCAPPED_LOGITS,
+    "vaultgemma": _SOFTCAPPED_LOGITS,
+    "falcon_h1": {"logit_scale": Attr("lm_head_multiplier", default=1.0)},
+    "hyperclovax": {"logit_scale": Attr("logits_scaling", default=1.0)},  # MuP: multiplies (Granite divides)
+}
+
 #: One row per ``config.model_type``. Keys (all optional; defaults in ``_DEFAULTS``), each a constant or a
 #: callable of the text config:
 #:
@@ -311,6 +347,12 @@ _LLAMA4 = {
 #: - ``logit_softcap``: applied to the logits before scoring (Laguna).
 #: - ``moe_layers``: ``rule(cfg, n_layers) -> indices`` (:func:`sparse_step`, :func:`from_layer`, ...).
 #: - ``config``: how to reach the text config from ``model.config`` (default ``get_text_config(decoder=True)``).
+#: - ``final_proj``: dotted path from the model to a projection applied after the final norm, before the
+#:   unembedding (OPT's ``project_out``); a path that resolves to None (the model has none) is skipped.
+#: - ``logit_scale``, ``final_logit_softcap``: what the model does to the unembedding's output, in this order:
+#:   ``logits * logit_scale`` (Granite divides by ``logits_scaling``, Cohere multiplies by ``logit_scale``), then
+#:   ``tanh(logits / cap) * cap`` (Gemma 2/3 ``final_logit_softcapping``). The lens applies both
+#:   (:meth:`ArchitectureSpec.readout`), so that the last layer's lens is the model's own distribution.
 FAMILIES: dict[str, dict[str, Any]] = {
     # --- Qwen lineage ---------------------------------------------------------------------------------------
     "qwen2_moe": _QWEN,  # the shared expert's sigmoid ``shared_expert_gate`` is not the router
@@ -373,10 +415,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     # --- top-k on logits, softmax over the k ----------------------------------------------------------------
     "gpt_oss": {**_TOPK_THEN_SOFTMAX, "router": "mlp.router", "router_bias": "bias"},
-    "granitemoe": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router"},
-    "granitemoeshared": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router"},
-    "granitemoe_swa": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router"},
-    "granitemoehybrid": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router"},
+    "granitemoe": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router", **_GRANITE_LOGITS},
+    "granitemoeshared": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router", **_GRANITE_LOGITS},
+    "granitemoe_swa": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router", **_GRANITE_LOGITS},
+    "granitemoehybrid": {**_TOPK_THEN_SOFTMAX, "router": "block_sparse_moe.router", **_GRANITE_LOGITS},
     "aria_text": {
         **_TOPK_THEN_SOFTMAX,
         "router": "mlp.router",
@@ -392,6 +434,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "n_experts": Attr("num_experts"),
         "norm_topk_prob": Attr("norm_topk_prob", default=False),  # only read by the sigmoid variant
         "moe_layers": layer_type_is("mlp_layer_types", "sparse"),
+        **_COHERE_LOGITS,
     },
     # --- DeepSeek lineage -----------------------------------------------------------------------------------
     "deepseek_v2": {
@@ -419,7 +462,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "axk1": _DEEPSEEK_V3_TYPED,
     "dots3_note_text": _DEEPSEEK_V3_TYPED,
     # Beam applies routed_scaling_factor to the MoE output, not inside the router: same effective weights
-    "beam": {**_DEEPSEEK_V3_TYPED, "n_experts": Attr("num_experts")},
+    "beam": {**_DEEPSEEK_V3_TYPED, "n_experts": Attr("num_experts"), **_SOFTCAPPED_LOGITS},
     "solar_open": {**_DEEPSEEK_V3, "moe_layers": every_layer()},
     "nemotron_h": {
         **_DEEPSEEK_V3,
@@ -499,6 +542,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
 }
 
+FAMILIES.update(DENSE_FAMILIES)
+
 # Hints that a model has experts, so that an unknown family is refused rather than taken for a dense one.
 _MOE_CONFIG_HINTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
 _MOE_MODULE_HINTS = ("Router", "Gating", "MoE", "Moe", "Experts", "Sparse")
@@ -557,6 +602,12 @@ class ArchitectureSpec:
         p of the norm used by ``norm_topk_prob`` (DBRX ``moe_normalize_expert_weights``; 1 elsewhere).
     logit_softcap : float or None
         Soft-cap applied to the logits in :meth:`router_logits`: ``tanh(l / cap) * cap`` (Laguna).
+    final_proj : str or None
+        Dotted path from the model to a projection after the final norm (OPT ``project_out``), or None.
+    logit_scale : float
+        Multiplies the unembedding's output (Granite ``1 / logits_scaling``, Cohere ``logit_scale``).
+    final_logit_softcap : float or None
+        Soft-cap of the output logits after the scale: ``tanh(l / cap) * cap`` (Gemma 2/3).
     """
 
     family: str
@@ -583,6 +634,9 @@ class ArchitectureSpec:
     jitter_eps: float = 0.0
     topk_norm_p: float = 1.0
     logit_softcap: float | None = None
+    final_proj: str | None = None
+    logit_scale: float = 1.0
+    final_logit_softcap: float | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -595,6 +649,38 @@ class ArchitectureSpec:
             return {}
         blocks = get_module(model, self.layers)
         return {i: get_module(blocks[i], self.router) for i in self.moe_layers}
+
+    @property
+    def transforms_logits(self) -> bool:
+        """Whether the model changes the unembedding's output (a scale or a soft-cap) before its softmax."""
+        return self.logit_scale != 1.0 or bool(self.final_logit_softcap)
+
+    def output_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's own transform of the unembedding's output ``(..., vocab)``: scale, then soft-cap."""
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.final_logit_softcap:
+            logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap
+        return logits
+
+    def readout(self, model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        """``(norm, unembed)`` that turn a residual stream into the logits the model itself would give.
+
+        ``norm(h)`` is the final norm followed by :attr:`final_proj` (either absent: skipped), ``(tokens, hidden)``
+        -> ``(tokens, d)``; ``unembed(x)`` is the unembedding module itself when the family leaves its output as
+        it is (so a lens may use its weight as a plain linear map), else a module applying :meth:`output_logits`
+        after it. The logit lens of the last block's output through these equals the model's own log-probs.
+        """
+        steps = [m for m in (get_module(model, self.final_norm),
+                             get_module(model, self.final_proj) if self.final_proj else None) if m is not None]
+
+        def norm(h: torch.Tensor) -> torch.Tensor:
+            for step in steps:
+                h = step(h)
+            return h
+
+        unembed = get_module(model, self.unembed)
+        return norm, (_TransformedUnembedding(unembed, self) if self.transforms_logits else unembed)
 
     def selection_bias(self, block: nn.Module) -> torch.Tensor | None:
         """The selection-only bias of one decoder block as a 1-D fp32 tensor, or ``None`` if the family has none."""
@@ -682,6 +768,18 @@ class ArchitectureSpec:
             if self.norm_topk_prob:
                 weights = weights / weights.norm(p=self.topk_norm_p, dim=-1, keepdim=True).clamp_min(1e-20)
         return experts.long(), (weights * self.routed_scaling_factor).float()
+
+
+class _TransformedUnembedding(nn.Module):
+    """An unembedding followed by the family's logit scale and soft-cap (see :meth:`ArchitectureSpec.readout`)."""
+
+    def __init__(self, unembed: nn.Module, spec: ArchitectureSpec):
+        super().__init__()
+        self.unembed, self.spec = unembed, spec
+        self.out_features = getattr(unembed, "out_features", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec.output_logits(self.unembed(x))
 
 
 def _mask_groups(choice: torch.Tensor, n_group: int, topk_group: int, group_score: str) -> torch.Tensor:
@@ -783,6 +881,8 @@ def architecture(model: nn.Module) -> ArchitectureSpec:
         blocks = get_module(model, fields["layers"])
         get_module(model, fields["final_norm"])
         get_module(model, fields["unembed"])
+        if fields["final_proj"]:
+            get_module(model, fields["final_proj"])
     except AttributeError as err:
         if row:
             raise ValueError(f"FAMILIES[{model_type!r}] does not match {type(model).__name__}: {err}") from err
@@ -808,6 +908,8 @@ def architecture(model: nn.Module) -> ArchitectureSpec:
         n_group=int(fields.pop("n_group")),
         topk_group=int(fields.pop("topk_group")),
         routed_scaling_factor=float(fields.pop("routed_scaling_factor")),
+        logit_scale=float(fields.pop("logit_scale")),
+        final_logit_softcap=float(cap) if (cap := fields.pop("final_logit_softcap")) else None,
         **fields,
     )
 

@@ -183,7 +183,7 @@ def embedding_top1(model, inputs, *, batch_size: int = 8) -> np.ndarray:
     """
     spec = architecture(model)
     block0 = get_module(model, spec.layers)[0]
-    norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
+    norm, unembed = spec.readout(model)  # with the family's logit scale / soft-cap, if any
     out, seen = [], {}
 
     def grab(module, args, kwargs):

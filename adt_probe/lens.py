@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adt_probe.architectures import ArchitectureSpec, get_module
+from adt_probe.architectures import ArchitectureSpec
 
 #: layers beyond which KL's cross term sum(p_f z) comes from one (p_f W) product per chunk instead of a pass per layer
 CROSS_BY_PRODUCT_AFTER = 16
@@ -189,7 +189,7 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
     product per chunk replaces a pass over the vocabulary per layer (for models deeper than
     ``CROSS_BY_PRODUCT_AFTER`` layers, where that pays).
     """
-    norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
+    norm, unembed = spec.readout(model)  # with the family's logit scale / soft-cap, if any
     n, n_layers = targets.shape[0], len(resid)
     out = {"lens_logprob": np.full((n, n_layers), np.nan, np.float32),
            "lens_rank": np.full((n, n_layers), -1, np.int32),

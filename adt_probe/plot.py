@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are files
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+# No backend is chosen here: matplotlib picks the headless Agg itself when there is no display, and a notebook's
+# inline backend must stay in charge there so that figures (returned ones, plt.show(), xarray's .plot) display.
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -237,6 +238,137 @@ def transplant_effects(effects: xr.Dataset, metric: str = "accuracy") -> plt.Fig
     ax.set_ylabel(f"change in {metric}")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+# --- token x layer grids (one sequence) -------------------------------------------------------------------------------
+
+def _one_sequence(ds: xr.Dataset, sequence: int, max_tokens: int) -> xr.Dataset:
+    """The last ``max_tokens`` tokens of ``sequence`` (where completions end), in position order."""
+    if int(sequence) not in set(np.unique(ds["sequence"].values).tolist()):
+        raise ValueError(f"sequence {sequence} is not in the recording (it has sequences "
+                         f"{sorted(set(np.unique(ds['sequence'].values).tolist()))[:10]} ...)")
+    seq = ds.isel(token=np.flatnonzero(ds["sequence"].values == sequence))
+    seq = seq.isel(token=np.argsort(seq["position"].values, kind="stable"))
+    return seq.isel(token=slice(-max_tokens, None))
+
+
+def _token_text(tokenizer, ids) -> list[str]:
+    """Readable token strings (byte-level symbols decoded; line breaks and tabs shown as escapes)."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    return [tokenizer.decode([int(i)]).replace("\n", "\\n").replace("\t", "\\t") for i in ids]
+
+
+def _token_labels(seq: xr.Dataset, tokenizer) -> list[str]:
+    if "token_str" in seq.coords:
+        return [str(t) for t in seq["token_str"].values]
+    if tokenizer is None:
+        return [str(int(i)) for i in seq["token_id"].values]
+    return _token_text(tokenizer, seq["token_id"].values)
+
+
+def _grid_axes(n_tokens: int, n_layers: int) -> tuple[Figure, plt.Axes]:
+    # Made through pyplot (whose first figure makes a notebook's inline backend render Figures) and closed at once:
+    # a notebook then shows it once, as the cell's value, and scripts making many figures hold none of them open
+    fig = plt.figure(figsize=(min(2.0 + 0.62 * n_tokens, 40), min(max(3.5, 1.5 + 0.3 * n_layers), 30)),
+                     layout="constrained")
+    plt.close(fig)
+    return fig, fig.add_subplot()
+
+
+def _label_grid(ax: plt.Axes, labels: list[str], layers: np.ndarray, segments: np.ndarray) -> None:
+    ax.set_xticks(range(len(labels)), [lab[:10] for lab in labels], rotation=90, fontsize=7)
+    step = max(1, len(layers) // 16)
+    ax.set_yticks(range(0, len(layers), step), [str(int(v)) for v in layers[::step]], fontsize=7)
+    ax.set_xlabel("input token (think and answer tokens in bold)")
+    ax.set_ylabel("layer (0 = first block's output)")
+    for tick, seg in zip(ax.get_xticklabels(), segments):
+        if seg in ("think", "answer"):
+            tick.set_fontweight("bold")
+
+
+def logit_lens_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_tokens: int = 24,
+                    cell_text: bool = True) -> Figure:
+    """The classic logit-lens picture of one sequence: token x layer, each cell the lens's top-1 prediction.
+
+    Parameters
+    ----------
+    ds : a recording with ``lens_top1`` and ``lens_logprob`` (token, layer) (``adt_probe.record(lens="logit")``).
+    tokenizer : turns token ids into the strings written in the cells (and on the axis, unless the recording has a
+        ``token_str`` coordinate); without one the cells hold token ids.
+    sequence : which sequence of the recording.
+    max_tokens : the last this many tokens of the sequence are shown (a completion's end).
+    cell_text : write the top-1 token in each cell.
+
+    Returns
+    -------
+    matplotlib Figure: x = input token, y = layer (the model's output at the top); colour = log-probability the
+    lens gives the actual next token (nats; white: no next token).
+    """
+    for name in ("lens_top1", "lens_logprob"):
+        if name not in ds:
+            raise ValueError(f"the recording has no {name!r}: record with lens='logit' (or 'tuned')")
+    seq = _one_sequence(ds, sequence, max_tokens)
+    logprob = seq["lens_logprob"].transpose("layer", "token").values  # (layers, tokens)
+    top1 = seq["lens_top1"].transpose("layer", "token").values
+    fig, ax = _grid_axes(seq.sizes["token"], seq.sizes["layer"])
+    finite = logprob[np.isfinite(logprob)]
+    vmin = float(np.percentile(finite, 2)) if finite.size else -10.0
+    image = ax.imshow(np.ma.masked_invalid(logprob), aspect="auto", origin="lower", cmap="viridis", vmin=vmin,
+                      vmax=0.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="lens log-prob of the actual next token (nats)", shrink=0.8)
+    if cell_text:
+        ids = np.unique(top1[top1 >= 0])  # -1: the lens was not computed for that token (lens_segments)
+        words = {i: w[:7] for i, w in zip(ids, _token_text(tokenizer, ids))} if tokenizer is not None \
+            else {i: str(i) for i in ids}
+        words[-1] = ""
+        dark = logprob < (vmin / 2)  # white text on the dark end of viridis
+        for (layer, tok), word in np.ndenumerate(np.vectorize(words.get, otypes=[object])(top1)):
+            ax.text(tok, layer, word, ha="center", va="center", fontsize=5.5,
+                    color="white" if dark[layer, tok] else "black")
+    _label_grid(ax, _token_labels(seq, tokenizer), seq["layer"].values, seq["segment"].values)
+    fig.suptitle(f"Logit lens, sequence {sequence}: the top-1 token each layer predicts next", fontsize=9)
+    return fig
+
+
+def expert_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_tokens: int = 24,
+                cell_text: bool = True) -> Figure:
+    """Token x layer grid of each token's top-1 expert in one sequence (MoE layers only).
+
+    Parameters
+    ----------
+    ds : a recording with ``topk_experts`` and ``topk_weights`` (token, layer, k), k = 0 the heaviest expert.
+    tokenizer : for the token strings on the axis (or the recording's ``token_str`` coordinate).
+    sequence, max_tokens, cell_text : as in :func:`logit_lens_grid`.
+
+    Returns
+    -------
+    matplotlib Figure: colour = top-1 expert index (one colour per expert), cell text = that expert and its routing
+    weight in percent.
+    """
+    if "topk_experts" not in ds:
+        raise ValueError("the recording has no 'topk_experts': record an MoE model with routing='topk' or 'full'")
+    seq = _one_sequence(ds, sequence, max_tokens)
+    moe = seq["moe_layer"].values if "moe_layer" in seq.coords else np.ones(seq.sizes["layer"], bool)
+    seq = seq.isel(layer=np.flatnonzero(moe))
+    expert = seq["topk_experts"].isel(k=0).transpose("layer", "token").values.astype(int)
+    weight = seq["topk_weights"].isel(k=0).transpose("layer", "token").values
+    n_experts = int(ds.attrs.get("n_experts") or expert.max() + 1)
+    colours = plt.get_cmap("tab20" if n_experts > 10 else "tab10").colors
+    cmap = ListedColormap([colours[i % len(colours)] for i in range(n_experts)])
+    fig, ax = _grid_axes(seq.sizes["token"], seq.sizes["layer"])
+    image = ax.imshow(np.ma.masked_less(expert, 0), aspect="auto", origin="lower", cmap=cmap,
+                      norm=BoundaryNorm(np.arange(n_experts + 1) - 0.5, n_experts), interpolation="nearest")
+    bar = fig.colorbar(image, ax=ax, label="top-1 expert", shrink=0.8)
+    bar.set_ticks(range(0, n_experts, max(1, n_experts // 16)))
+    if cell_text:
+        for (layer, tok), e in np.ndenumerate(expert):
+            if e >= 0:
+                ax.text(tok, layer, f"{e}\n{100 * weight[layer, tok]:.0f}%", ha="center", va="center",
+                        fontsize=5, linespacing=0.9)
+    _label_grid(ax, _token_labels(seq, tokenizer), seq["layer"].values, seq["segment"].values)
+    fig.suptitle(f"Top-1 expert per token and MoE layer, sequence {sequence} (text: expert, routing weight)",
+                 fontsize=9)
     return fig
 
 

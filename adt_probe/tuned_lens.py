@@ -105,7 +105,7 @@ def _frozen(*modules: nn.Module) -> Iterator[None]:
 
 def _kl_per_layer(model, spec, lens: TunedLens | None, resid: torch.Tensor) -> torch.Tensor:
     """KL(final || lens_l) per layer, mean over tokens, shape (layers,), nats (gradients reach only ``lens``)."""
-    norm, unembed = get_module(model, spec.final_norm), get_module(model, spec.unembed)
+    norm, unembed = spec.readout(model)  # with the family's logit scale / soft-cap, if any
     with torch.no_grad():  # the target distribution is a constant
         final = torch.log_softmax(unembed(norm(resid[-1])).float(), -1)
     kls = []

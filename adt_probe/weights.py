@@ -25,21 +25,7 @@ import torch
 import xarray as xr
 
 from adt_probe.architectures import ArchitectureSpec, architecture, get_module
-
-
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a checkpoint folder with the class its ``config.json`` names (safetensors only, no remote code)."""
-    import transformers
-
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: no config.json; expected a folder written by save_pretrained")
-    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    names = getattr(config, "architectures", None) or []
-    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
-    if cls is None:
-        raise ValueError(f"{path}: config.json names architectures {names}, none of which is a transformers class")
-    return cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True).eval()
+from adt_probe.loading import load_model  # the one loader (class from config.json, all weights or an error)
 
 
 def _as_model(x):
@@ -65,6 +51,8 @@ def check_compatible(a, b) -> ArchitectureSpec:
         if getattr(sa, field) != getattr(sb, field):
             raise ValueError(f"the two models differ in {field}: {getattr(sa, field)} vs {getattr(sb, field)}; "
                              "compare a base model with an RL model trained from it.")
+    if not sa.moe_layers:  # dense models: nothing router-shaped to compare
+        return sa
     wa = router_tensors(sa, get_module(a, sa.layers)[sa.moe_layers[0]])["weight"]
     wb = router_tensors(sb, get_module(b, sb.layers)[sb.moe_layers[0]])["weight"]
     if wa.shape != wb.shape:

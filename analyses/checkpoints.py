@@ -3,12 +3,12 @@
 ``adt_probe`` takes explicit checkpoint paths and does not know what a complete checkpoint is; the run's own contract
 (``rl.train.checkpoint``: list, verify every file against ``manifest.json``, newest complete) decides, here, for
 ``record``, ``trajectory``, ``reproduce``, ``weights``, ``transplant`` and ``decompose`` alike. A folder without a
-manifest (a user's own model) is refused unless ``--allow-unverified``, which warns.
+manifest (a user's own model) is refused unless ``--allow-unverified``, which warns (the option, with
+``--overwrite``, is declared with every command's options in ``analyses.cli``, which must not import torch).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -55,12 +55,3 @@ def latest(run_dir: str | os.PathLike) -> Path:
     """The newest checkpoint of a run that verifies (FileNotFoundError if there is none)."""
     return run_checkpoints(run_dir)[-1][1]
 
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """``--allow-unverified`` and ``--overwrite``, the same in every command that reads models and writes ``--out``."""
-    ap.add_argument("--allow-unverified", action="store_true",
-                    help="load model folders that have no manifest.json (your own model) without checksum "
-                         "verification; a warning is printed")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="write into a non-empty --out that this command did not write; only the files it writes "
-                         "are replaced, others are left alone")

@@ -20,7 +20,6 @@ verdicts use it. Intervals: BCa over sequences, stratified by family x difficult
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -49,6 +48,8 @@ from adt_probe.decompose import (
 from adt_probe.stats import bca_interval, hierarchical_interval
 from adt_probe.weights import check_compatible, random_update, router_nulls, router_parameter_names, update_norms
 from analyses import checkpoints, verdicts
+from analyses.cli import command_parser
+from analyses.models import load_pretrained
 
 #: band quantities reported beside the verdict's ratio (see ``adt_probe.decompose.band_sums``)
 BAND_QUANTITIES = ("rel_router", "rel_input", "rel_total", "share_router", "topk_change_router", "top1_flip_router",
@@ -305,13 +306,11 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
 # the command
 
 
-def load(path):
-    """Model and processor of a checkpoint folder (the organism's loader: any Qwen3-Omni thinker folder)."""
-    from rl.organism import load_organism
-
+def load(path, *, dtype: str = "float32", device_map: str | None = None):
+    """Model and processor of a checkpoint folder (``analyses.models.load_pretrained``: any transformers model)."""
     if not Path(path, "config.json").exists():
         raise CompareInputError(f"{path}: no config.json; pass a checkpoint folder written by save_pretrained")
-    return load_organism(path)
+    return load_pretrained(path, dtype=dtype, device_map=device_map)
 
 
 def inputs_for(model, processor, items, source: str, max_new_tokens: int) -> tuple[list[str], dict]:
@@ -375,7 +374,8 @@ def _null_per_layer(effects, segment: str) -> dict:
 
 def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: int = 5, n_boot: int = 1000,
             max_new_tokens: int = 96, source: str = "rl", mirror: bool = True, batch_size: int = 8,
-            data_path: str = "data", token_labels=content_groups, allow_unverified: bool = False) -> dict:
+            data_path: str = "data", token_labels=content_groups, allow_unverified: bool = False,
+            dtype: str = "float32", device_map: str | None = None) -> dict:
     """Run every analysis of a base against one or several RL checkpoints; write ``findings.json``, figures and
     ``report.md`` to ``out``. Returns the findings.
 
@@ -391,10 +391,10 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
     torch.manual_seed(seed)
     base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
     rl_paths = [checkpoints.model_folder(p, allow_unverified=allow_unverified) for p in rl_paths]
-    base, processor = load(base_path)
+    base, processor = load(base_path, dtype=dtype, device_map=device_map)
     rls, warnings = [], []
     for path in rl_paths:
-        rl, rl_processor = load(path)
+        rl, rl_processor = load(path, dtype=dtype, device_map=device_map)
         warnings += check_pair(base, processor, rl, rl_processor, base_path, path)
         rls.append(rl)
     for w in warnings:
@@ -478,29 +478,13 @@ def main(argv=None) -> None:
     from rl.data.items import load_items
     from rl.train.checkpoint import CheckpointError
 
-    ap = argparse.ArgumentParser(prog="adt-probe compare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="base checkpoint folder")
-    ap.add_argument("--rl", required=True, action="append",
-                    help="RL checkpoint folder (repeat for several runs), or a folder of run checkpoints")
-    ap.add_argument("--data", required=True, help="JSONL items (rl.data.items format)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--nulls", type=int, default=5, help="random-update draws for calibration and controls")
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--source", choices=["rl", "reference"], default="rl",
-                    help="teacher-force the RL model's completions (default) or the items' reference chains")
-    ap.add_argument("--no-mirror", action="store_true", help="skip the mirror on the base's own completions")
-    ap.add_argument("--allow-unverified", action="store_true",
-                    help="load model folders that have no manifest.json (your own model) without checksum "
-                         "verification; a warning is printed")
-    args = ap.parse_args(argv)
+    args = command_parser("compare", __doc__).parse_args(argv)
     try:
         items = load_items(args.data)
         result = compare(args.base, expand_runs(args.rl), items, Path(args.out), seed=args.seed, n_nulls=args.nulls,
                          n_boot=args.n_boot, max_new_tokens=args.max_new_tokens, source=args.source,
-                         mirror=not args.no_mirror, data_path=args.data, allow_unverified=args.allow_unverified)
+                         mirror=not args.no_mirror, batch_size=args.batch_size, data_path=args.data,
+                         allow_unverified=args.allow_unverified, dtype=args.dtype, device_map=args.device_map)
     except (CompareInputError, CheckpointError) as err:
         sys.exit(f"adt-probe compare: {err}")
     for name, v in result["verdicts"].items():

@@ -11,7 +11,6 @@ layer x effect), the figure, and the upper and lower band means of the router an
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -21,31 +20,34 @@ from adt_probe.decompose import band_mean, band_sums, router_decomposition, rout
 from adt_probe.outputs import output_dir
 from adt_probe.stats import bca_interval
 from analyses import checkpoints
+from analyses.cli import command_parser
+from analyses.compare import halves, segment_for
+from analyses.models import load_pretrained
+from analyses.sequences import recorded_inputs
 
 WRITES = ["decomposition.nc", "decomposition.nc.sha256.json", "drift_decomposition.png", "drift_decomposition.pdf"]
 
 
 def run(base_path, rl_path, recordings, out: Path, *, n_boot: int = 1000, allow_unverified: bool = False,
-        overwrite: bool = False) -> dict:
-    """Decompose, save and plot; both model folders are verified first (see ``analyses.checkpoints``)."""
+        overwrite: bool = False, batch_size: int = 8, dtype: str = "float32", device_map: str | None = None) -> dict:
+    """Decompose, save and plot; both model folders are verified first (see ``analyses.checkpoints``), then any
+    pair of model folders of one MoE architecture loads (``analyses.models``; ``dtype``, ``device_map`` as there)."""
     base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
     rl_path = checkpoints.model_folder(rl_path, allow_unverified=allow_unverified)
     with output_dir(out, tool="adt-probe decompose", writes=WRITES, overwrite=overwrite,
                     inputs=[recordings, base_path, rl_path]):
-        return _run(base_path, rl_path, Path(recordings), out, n_boot=n_boot, overwrite=overwrite)
+        base, processor = load_pretrained(base_path, dtype=dtype, device_map=device_map)
+        rl, _ = load_pretrained(rl_path, dtype=dtype, device_map=device_map)
+        return _run(base, rl, processor, Path(recordings), out, n_boot=n_boot, overwrite=overwrite,
+                    batch_size=batch_size)
 
 
-def _run(base_path, rl_path, recordings: Path, out: Path, *, n_boot: int, overwrite: bool) -> dict:
+def _run(base, rl, processor, recordings: Path, out: Path, *, n_boot: int, overwrite: bool, batch_size: int) -> dict:
     """Per band, the relative router and input terms and their shares with BCa intervals."""
-    from analyses.compare import halves, load, segment_for
-    from analyses.sequences import recorded_inputs
-
-    base, processor = load(base_path)
-    rl, _ = load(rl_path)
     inputs = recorded_inputs(recordings, processor)
-    dec = router_decomposition(base, rl, inputs, tokenizer=processor.tokenizer, n_boot=n_boot)
+    dec = router_decomposition(base, rl, inputs, tokenizer=processor.tokenizer, n_boot=n_boot, batch_size=batch_size)
     adt_probe.save(dec, out / "decomposition.nc", overwrite=overwrite)
-    effects = router_effects(base, rl, inputs, tokenizer=processor.tokenizer)
+    effects = router_effects(base, rl, inputs, tokenizer=processor.tokenizer, batch_size=batch_size)
     segment = segment_for([effects])
     lower, upper = halves(effects["layer"].values)
     fig = plot.drift_decomposition(dec, "rel_change", segment)
@@ -60,16 +62,10 @@ def _run(base_path, rl_path, recordings: Path, out: Path, *, n_boot: int, overwr
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True)
-    ap.add_argument("--rl", required=True)
-    ap.add_argument("--recordings", required=True, help="an `adt-probe record` folder")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    checkpoints.add_arguments(ap)
-    args = ap.parse_args(argv)
+    args = command_parser("decompose", __doc__).parse_args(argv)
     result = run(args.base, args.rl, args.recordings, Path(args.out), n_boot=args.n_boot,
-                 allow_unverified=args.allow_unverified, overwrite=args.overwrite)
+                 allow_unverified=args.allow_unverified, overwrite=args.overwrite, batch_size=args.batch_size,
+                 dtype=args.dtype, device_map=args.device_map)
     print(json.dumps(result, indent=1, default=str))
 
 

@@ -16,7 +16,6 @@ are the lower and upper halves of the MoE layers, fixed before looking.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import adt_probe
 from adt_probe import plot
 from adt_probe.crystallize import compare_crystallization, crystallization
 from adt_probe.drift import above_noise, band_contrast, gating_drift, rank_layers
+from analyses.cli import command_parser
 
 
 def halves(drift) -> tuple[list[int], list[int]]:
@@ -91,11 +91,7 @@ def _interval(ds, name: str, segment: str) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recordings", required=True, help="folder with base.zarr, rl.zarr, base_noise.zarr")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    args = ap.parse_args(argv)
+    args = command_parser("findings", __doc__).parse_args(argv)
     result = findings(Path(args.recordings), Path(args.out), n_boot=args.n_boot)
     print(json.dumps({k: v for k, v in result.items() if k != "figures"}, indent=2))
 

@@ -11,16 +11,25 @@ in fp32 on CPU a batch change alone moves the router logits by ~1e-7, a floor th
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
+import logging
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import adt_probe
 from adt_probe.outputs import output_dir
 from analyses import checkpoints
+from analyses.cli import command_parser
+from analyses.models import for_model, load_pretrained
+from analyses.sequences import completions, teacher_forced_inputs
+from rl.data.items import load_items, write_items
+from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
+from rl.evaluate import check_fits, check_items
+
+log = logging.getLogger(__name__)
 
 #: what ``adt-probe record`` writes in ``--out`` (and, with ``--overwrite``, the only names it replaces there)
 WRITES = ["base.zarr", "rl.zarr", "base_noise.zarr", "items.jsonl", "completions.jsonl", "audio"]
@@ -28,10 +37,6 @@ WRITES = ["base.zarr", "rl.zarr", "base_noise.zarr", "items.jsonl", "completions
 
 def heldout(n_per_cell: int, seed: int, data: str | None):
     """The evaluation items: a JSONL file, or ``n_per_cell`` synthetic items per family x difficulty."""
-    from rl.data.items import load_items
-    from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
-    from rl.evaluate import check_items
-
     if data:
         items = load_items(data)
         check_items(items, data)
@@ -52,32 +57,31 @@ def input_paths(items, data: str | Path | None = None) -> list[Path]:
 
 def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", routing: str = "topk",
                 lens: adt_probe.Lens | None = _LOGIT_LENS, batch_size: int = 8, max_new_tokens: int = 96,
-                allow_unverified: bool = False,
-                overwrite: bool = False, data: str | Path | None = None) -> dict[str, Path]:
+                allow_unverified: bool = False, overwrite: bool = False, data: str | Path | None = None,
+                dtype: str = "float32", device_map: str | None = None) -> dict[str, Path]:
     """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``.
+
+    Any two folders of one architecture load (``analyses.models.load_pretrained``; ``dtype``, ``device_map`` as
+    there); a text model gets the items' written facts instead of their audio (``analyses.models.for_model``).
 
     Before any model runs: both folders are verified (``analyses.checkpoints``; a run folder as ``rl_path`` means
     its newest complete checkpoint), ``out`` is claimed (not the input data's folder, not a folder of someone
     else's files unless ``overwrite``, writable, locked), and the items are checked to fit the model's context.
     """
-    from rl.evaluate import check_fits, check_items
-
     check_items(items, str(data or "items"))
     base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
     rl_path = checkpoints.model_folder(rl_path, allow_unverified=allow_unverified)
     with output_dir(out, tool="adt-probe record", writes=WRITES, overwrite=overwrite,
                     inputs=[*input_paths(items, data), base_path, rl_path]):
-        base, processor, rl = _load_pair(base_path, rl_path)
-        check_fits(rl, processor, items, max_new_tokens=max_new_tokens)
+        base, processor, rl = _load_pair(base_path, rl_path, dtype=dtype, device_map=device_map)
+        check_fits(rl, processor, for_model(items, processor), max_new_tokens=max_new_tokens)
         return _record(base, rl, processor, items, out, source=source, routing=routing, lens=lens,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, overwrite=overwrite)
 
 
-def _load_pair(base_path: Path, rl_path: Path):
-    from rl.organism import load_organism
-
-    base, processor = load_organism(base_path)
-    rl, rl_processor = load_organism(rl_path)
+def _load_pair(base_path: Path, rl_path: Path, *, dtype: str, device_map: str | None):
+    base, processor = load_pretrained(base_path, dtype=dtype, device_map=device_map)
+    rl, rl_processor = load_pretrained(rl_path, dtype=dtype, device_map=device_map)
     if processor.tokenizer.get_vocab() != rl_processor.tokenizer.get_vocab():
         raise ValueError(f"{base_path} and {rl_path} have different tokenizers: the same token ids would mean "
                          "different text to the two models. Compare an RL model with the base it was trained from.")
@@ -88,20 +92,19 @@ def _load_pair(base_path: Path, rl_path: Path):
 def _record(base, rl, processor, items, out: Path, *, source: str, routing: str, lens: adt_probe.Lens | None,
             batch_size: int,
             max_new_tokens: int, overwrite: bool) -> dict[str, Path]:
-    from analyses.sequences import completions, teacher_forced_inputs
-    from rl.data.items import write_items
-
-    texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens)
+    # with completions.jsonl: the recorded sequences, rebuilt by analyses.sequences.recorded_inputs
+    write_items(items, out / "items.jsonl")
+    items = for_model(items, processor)
+    texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size)
     (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
                                                    for it, t in zip(items, texts)))
-    write_items(items, out / "items.jsonl")  # with completions.jsonl: the recorded sequences, rebuilt by
-    # analyses.sequences.recorded_inputs
     inputs = teacher_forced_inputs(processor, items, texts)
     attrs = {"source": source, "n_items": len(items)}
     paths = {}
     base_bf16 = copy.deepcopy(base).to(torch.bfloat16)
-    for name, model, bs in (("base", base, batch_size), ("rl", rl, batch_size),
-                            ("base_noise", base_bf16, max(1, batch_size // 2 + 1))):
+    runs = (("base", base, batch_size), ("rl", rl, batch_size), ("base_noise", base_bf16, max(1, batch_size // 2 + 1)))
+    for name, model, bs in tqdm(runs, desc="record", unit="model"):
         ds = adt_probe.record(model, inputs, tokenizer=processor.tokenizer, routing=routing, lens=lens,
                               options=adt_probe.RecordOptions(batch_size=bs), attrs={**attrs, "role": name})
         paths[name] = adt_probe.save(ds, out / f"{name}.zarr", overwrite=overwrite)  # replaces only its own output
@@ -109,26 +112,14 @@ def _record(base, rl, processor, items, out: Path, *, source: str, routing: str,
 
 
 def main(argv=None) -> None:
-    from rl.organism import ORGANISM_DIR
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default=str(ORGANISM_DIR), help="base model folder")
-    ap.add_argument("--rl", required=True, help="RL model folder (a checkpoint, or a run folder: its newest complete "
-                                                "checkpoint)")
-    ap.add_argument("--out", required=True, help="output folder (new or empty, or an earlier `record` output)")
-    ap.add_argument("--data", help="JSONL items (default: synthetic held-out set)")
-    ap.add_argument("--n-per-cell", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=30_011)
-    ap.add_argument("--source", choices=["rl", "base"], default="rl", help="whose completions are teacher-forced")
-    ap.add_argument("--routing", choices=["topk", "full"], default="full")
-    checkpoints.add_arguments(ap)
-    args = ap.parse_args(argv)
+    args = command_parser("record", __doc__).parse_args(argv)
     torch.manual_seed(0)
     paths = record_pair(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), Path(args.out),
-                        source=args.source, routing=args.routing,
-                        allow_unverified=args.allow_unverified, overwrite=args.overwrite, data=args.data)
+                        source=args.source, routing=args.routing, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, allow_unverified=args.allow_unverified,
+                        overwrite=args.overwrite, data=args.data, dtype=args.dtype, device_map=args.device_map)
     for name, path in paths.items():
-        print(f"{name}: {path}")
+        log.info("%s: %s", name, path)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ import os
 from pathlib import Path
 from string import Template
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# No backend set here (a notebook importing analyses keeps its inline one); headless, matplotlib picks Agg itself
+import matplotlib.pyplot as plt
 
 from adt_probe.integrity import versions  # noqa: E402
 

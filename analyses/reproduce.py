@@ -29,7 +29,6 @@ Nothing here is tuned to make a finding appear: the held-out set, bands and stat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import subprocess
@@ -44,8 +43,9 @@ import torch
 import adt_probe
 from adt_probe.outputs import output_dir
 from analyses import checkpoints
+from analyses.cli import command_parser
+from analyses.models import load_pretrained
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
-from rl.organism import load_organism
 from rl.train.config import load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
@@ -133,7 +133,7 @@ def step_evaluate(plan: Plan) -> dict:
     items, judge = heldout(plan), make_eval_judge("smollm2")
     reports = {}
     for name, path in (("base", base_path(plan)), *((f"seed-{s}", final_checkpoint(plan, s)) for s in plan.seeds)):
-        model, processor = load_organism(checkpoints.model_folder(path))
+        model, processor = load_pretrained(checkpoints.model_folder(path))
         torch.manual_seed(0)
         report = evaluate(model, processor, items, judge=judge, max_new_tokens=plan.max_new_tokens)
         report["model"] = str(path)
@@ -366,16 +366,7 @@ def _run_steps(plan: Plan, redo: str | None, threads: int) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="output folder (a re-run continues what is there)")
-    ap.add_argument("--quick", action="store_true", help="the 3-minute version: fewer steps and held-out items")
-    ap.add_argument("--config", help=f"GRPO config (default: {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[2])})")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    ap.add_argument("--redo", metavar="STEP", help="run STEP and every later step again")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the analysis steps")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="run in a non-empty --out that reproduce did not write (its other files are left alone)")
-    args = ap.parse_args(argv)
+    args = command_parser("reproduce", __doc__).parse_args(argv)
     plan = Plan.make(args.out, quick=args.quick, config=args.config, overrides=args.set)
     reproduce(plan, redo=args.redo, threads=args.threads, overwrite=args.overwrite)
 

@@ -8,7 +8,6 @@ teacher-forced through the base and every checkpoint. Writes ``trajectory.nc`` a
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,6 +15,9 @@ import adt_probe
 from adt_probe import plot
 from adt_probe.outputs import output_dir
 from analyses import checkpoints
+from analyses.cli import command_parser
+from analyses.models import load_pretrained
+from analyses.sequences import recorded_inputs
 
 WRITES = ["trajectory.nc", "trajectory.nc.sha256.json", "drift_trajectory.png", "drift_trajectory.pdf"]
 
@@ -27,14 +29,11 @@ def run(run_dir, base_path, recordings, out: Path, *, n_boot: int = 200, allow_u
     Every checkpoint of ``run_dir`` is verified against its manifest first (damaged ones are skipped, with the file
     and the check named); the base folder too (``allow_unverified`` for one without a manifest).
     """
-    from analyses.sequences import recorded_inputs
-    from rl.organism import load_organism
-
     base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
     found = checkpoints.run_checkpoints(run_dir)
     with output_dir(out, tool="adt-probe trajectory", writes=WRITES, overwrite=overwrite,
                     inputs=[recordings, run_dir, base_path]):
-        base, processor = load_organism(base_path)
+        base, processor = load_pretrained(base_path)
         traj = adt_probe.drift_trajectory(found, recorded_inputs(recordings, processor), base=base,
                                           tokenizer=processor.tokenizer, routing="full", n_boot=n_boot)
         traj.attrs["run_dir"] = str(run_dir)
@@ -48,14 +47,7 @@ def run(run_dir, base_path, recordings, out: Path, *, n_boot: int = 200, allow_u
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="the run folder (checkpoints/step-N inside)")
-    ap.add_argument("--base", required=True, help="base model folder (step 0)")
-    ap.add_argument("--recordings", required=True, help="an `adt-probe record` folder: the sequences")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-boot", type=int, default=200)
-    checkpoints.add_arguments(ap)
-    args = ap.parse_args(argv)
+    args = command_parser("trajectory", __doc__).parse_args(argv)
     print(json.dumps(run(args.run, args.base, args.recordings, Path(args.out), n_boot=args.n_boot,
                          allow_unverified=args.allow_unverified, overwrite=args.overwrite), indent=1))
 

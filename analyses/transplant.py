@@ -18,22 +18,31 @@ Writes ``transplant.nc``, ``transplant.json`` and figures.
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 import adt_probe
 from adt_probe import plot
+from adt_probe.architectures import get_module
 from adt_probe.decompose import batches
 from adt_probe.outputs import output_dir
 from adt_probe.segments import segment_tokens
 from adt_probe.stats import bca_interval, paired_proportions, per_sequence_sums
-from adt_probe.weights import transplant
+from adt_probe.weights import check_compatible, transplant
 from analyses import checkpoints
+from analyses.cli import command_parser
+from analyses.models import for_model, load_pretrained
+from analyses.record_pair import heldout
+from analyses.sequences import teacher_forced_inputs
+from rl.evaluate import generate, score
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = ("rl <- base", "base <- rl")
 BINARY = ("accuracy", "think_rate")
@@ -48,11 +57,9 @@ def bands_of(n_layers: int, n_bands: int) -> list[list[int]]:
     return [list(b) for b in np.array_split(np.arange(n_layers), n_bands)]
 
 
-def per_item(model, processor, items, max_new_tokens: int) -> dict[str, np.ndarray]:
-    from rl.evaluate import generate, score
-
-    s = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens),
-              with_similarity=False)
+def per_item(model, processor, items, max_new_tokens: int, batch_size: int = 32) -> dict[str, np.ndarray]:
+    s = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
+                              batch_size=batch_size), with_similarity=False)
     return {"accuracy": s.correct.astype(bool), "think_rate": s.thought.astype(bool),
             "reward": s.correct.astype(float) + 0.5 * s.well_formed.astype(float)}
 
@@ -122,29 +129,36 @@ def continuous_effects(outcomes: dict, bands, *, n_boot: int = 1000, seed: int =
 
 
 def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed: int = 0,
-        max_new_tokens: int = 96, allow_unverified: bool = False) -> xr.Dataset:
-    """Both directions per band: binary outcomes on generations, continuous ones teacher-forced on RL completions
-    (both model folders verified first: ``analyses.checkpoints``)."""
-    from analyses.compare import load
-    from analyses.sequences import teacher_forced_inputs
-    from rl.evaluate import generate
+        max_new_tokens: int = 96, batch_size: int = 32, allow_unverified: bool = False, dtype: str = "float32",
+        device_map: str | None = None) -> xr.Dataset:
+    """Both directions per band: binary outcomes on generations, continuous ones teacher-forced on RL completions.
 
-    base, processor = load(checkpoints.model_folder(base_path, allow_unverified=allow_unverified))
-    rl, _ = load(checkpoints.model_folder(rl_path, allow_unverified=allow_unverified))
-    bands = bands_of(base.config.text_config.num_hidden_layers, n_bands)
-    reference = {"rl <- base": per_item(rl, processor, items, max_new_tokens),
-                 "base <- rl": per_item(base, processor, items, max_new_tokens)}
+    Both model folders are verified first (``analyses.checkpoints``); any pair of folders of one MoE architecture
+    loads, and a text model is asked the items' written facts (``analyses.models``).
+    """
+    base, processor = load_pretrained(checkpoints.model_folder(base_path, allow_unverified=allow_unverified),
+                                      dtype=dtype, device_map=device_map)
+    rl, _ = load_pretrained(checkpoints.model_folder(rl_path, allow_unverified=allow_unverified), dtype=dtype,
+                            device_map=device_map)
+    spec = check_compatible(base, rl)
+    if not spec.is_moe:
+        raise ValueError(f"{base_path} is a dense {spec.family} model: a router transplant needs routers")
+    items = for_model(items, processor)
+    bands = bands_of(len(get_module(base, spec.layers)), n_bands)
+    reference = {"rl <- base": per_item(rl, processor, items, max_new_tokens, batch_size),
+                 "base <- rl": per_item(base, processor, items, max_new_tokens, batch_size)}
     inputs = teacher_forced_inputs(processor, items, generate(rl, processor, items, "think",
-                                                              max_new_tokens=max_new_tokens))
-    outcomes = teacher_forced_outcomes(rl, base, inputs, bands, tokenizer=processor.tokenizer)
+                                                              max_new_tokens=max_new_tokens, batch_size=batch_size))
+    outcomes = teacher_forced_outcomes(rl, base, inputs, bands, tokenizer=processor.tokenizer,
+                                       batch_size=min(batch_size, 8))
     cont = continuous_effects(outcomes, bands, n_boot=n_boot, seed=seed)
     names = [*BINARY, "reward", *CONTINUOUS]
     data = {f"{m}_delta{s}": np.full((len(bands), 2), np.nan) for m in names for s in ("", "_lo", "_hi")}
     data.update({f"{m}_mcnemar_p": np.full((len(bands), 2), np.nan) for m in BINARY})
-    for b, band in enumerate(bands):
+    for b, band in enumerate(tqdm(bands, desc="transplant", unit="band")):
         for d, (direction, (model, donor)) in enumerate({"rl <- base": (rl, base), "base <- rl": (base, rl)}.items()):
             with transplant(model, donor, band):
-                got = per_item(model, processor, items, max_new_tokens)
+                got = per_item(model, processor, items, max_new_tokens, batch_size)
             ref = reference[direction]
             cells = {m: paired_proportions(ref[m], got[m]) for m in BINARY}
             diff = got["reward"] - ref["reward"]
@@ -169,31 +183,20 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
 
 
 def main(argv=None) -> None:
-    from analyses.record_pair import heldout
-    from rl.organism import ORGANISM_DIR
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default=str(ORGANISM_DIR))
-    ap.add_argument("--rl", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--data", help="JSONL items (default: synthetic held-out set)")
-    ap.add_argument("--n-per-cell", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=30_011)
-    ap.add_argument("--bands", type=int, default=2, help="number of equal layer bands")
-    checkpoints.add_arguments(ap)
-    args = ap.parse_args(argv)
+    args = command_parser("transplant", __doc__).parse_args(argv)
     out = Path(args.out)
     with output_dir(out, tool="adt-probe transplant", writes=WRITES, overwrite=args.overwrite,
                     inputs=[args.base, args.rl] + ([args.data] if args.data else [])):
         ds = run(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), n_bands=args.bands,
-                 allow_unverified=args.allow_unverified)
+                 n_boot=args.n_boot, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                 allow_unverified=args.allow_unverified, dtype=args.dtype, device_map=args.device_map)
         adt_probe.save(ds, out / "transplant.nc", overwrite=args.overwrite)
         (out / "transplant.json").write_text(json.dumps(ds.to_dict(data="list"), indent=2, default=str) + "\n")
         for metric in FIGURES:
             fig = plot.transplant_effects(ds, metric)
             plot.save(fig, out / f"transplant_{metric}")
             plot.plt.close(fig)
-    print(ds.to_dataframe().round(4).to_string())
+    log.info("%s", ds.to_dataframe().round(4).to_string())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Writes ``router_weight_drift.nc`` and the figure (PNG and PDF). No data needed: 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -17,19 +16,25 @@ import adt_probe
 from adt_probe import plot
 from adt_probe.outputs import output_dir
 from analyses import checkpoints
+from analyses.cli import command_parser
+from analyses.models import load_pretrained
 
 WRITES = ["router_weight_drift.nc", "router_weight_drift.nc.sha256.json", "router_weight_drift.png",
           "router_weight_drift.pdf"]
 
 
-def run(base, rl, out: Path, *, allow_unverified: bool = False, overwrite: bool = False) -> dict:
+def run(base, rl, out: Path, *, allow_unverified: bool = False, overwrite: bool = False, dtype: str = "float32",
+        device_map: str | None = None) -> dict:
     """Compute, save and plot; returns per-layer ``rel_change``, ``rel_change_other`` and ``cosine``.
 
-    Both folders are verified first (a run folder as ``rl`` means its newest complete checkpoint)."""
+    Both folders are verified first (a run folder as ``rl`` means its newest complete checkpoint), then loaded with
+    ``analyses.models.load_pretrained`` (any transformers model folder; ``dtype``, ``device_map`` as there)."""
     base = checkpoints.model_folder(base, allow_unverified=allow_unverified)
     rl = checkpoints.model_folder(rl, allow_unverified=allow_unverified)
     with output_dir(out, tool="adt-probe weights", writes=WRITES, overwrite=overwrite, inputs=[base, rl]):
-        ds = adt_probe.router_weight_drift(base, rl)
+        base_model, _ = load_pretrained(base, dtype=dtype, device_map=device_map)
+        rl_model, _ = load_pretrained(rl, dtype=dtype, device_map=device_map)
+        ds = adt_probe.router_weight_drift(base_model, rl_model)
         adt_probe.save(ds, out / "router_weight_drift.nc", overwrite=overwrite)
         fig = plot.router_weight_drift(ds)
         plot.save(fig, out / "router_weight_drift")
@@ -39,14 +44,9 @@ def run(base, rl, out: Path, *, allow_unverified: bool = False, overwrite: bool 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="base model folder")
-    ap.add_argument("--rl", required=True, help="RL model folder")
-    ap.add_argument("--out", required=True)
-    checkpoints.add_arguments(ap)
-    args = ap.parse_args(argv)
+    args = command_parser("weights", __doc__).parse_args(argv)
     print(json.dumps(run(args.base, args.rl, Path(args.out), allow_unverified=args.allow_unverified,
-                         overwrite=args.overwrite), indent=1))
+                         overwrite=args.overwrite, dtype=args.dtype, device_map=args.device_map), indent=1))
 
 
 if __name__ == "__main__":

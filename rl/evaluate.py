@@ -7,7 +7,6 @@ text to the reference chain are measured on the ``think`` prompt, greedy and sam
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from adt_probe.outputs import check_writable
+from rl import cli_options
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE, Item
 from rl.train.rollout import Sampling, sample
@@ -323,30 +323,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     from rl.data.tasks import FAMILIES, generate_items
     from rl.organism import ORGANISM_DIR, load_organism
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ORGANISM_DIR), help="model folder (default: the shipped organism)")
-    ap.add_argument("--data", help="JSONL items (rl/items.py format); default: a held-out synthetic set")
-    ap.add_argument("--n-per-cell", type=int, default=20, help="synthetic items per family x difficulty")
-    ap.add_argument("--seed", type=int, default=10_007, help="seed of the synthetic held-out set")
-    ap.add_argument("--judge", default="smollm2",
-                    help="judge of the process score: 'smollm2' (in-process, default), a folder with a causal LM, "
-                         "an OpenAI-compatible URL (http://...), or 'none' to skip the process score")
-    ap.add_argument("--judge-model", help="model name on the judge server (with a URL)")
-    ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--no-sampled", action="store_true", help="skip the think prompt sampled at temperature 1")
-    ap.add_argument("--out", help="write the JSON report here")
-    args = ap.parse_args(argv)
+    args = cli_options.parser(cli_options.evaluate_arguments, __doc__).parse_args(argv)
     torch.manual_seed(0)
     items = load_items(args.data) if args.data else \
         generate_items(args.n_per_cell * len(FAMILIES) * 3, seed=args.seed, prefix="heldout")
     check_items(items, args.data or "the synthetic set")
     if args.out:
         check_writable(Path(args.out).parent)
-    model, processor = load_organism(args.model)
+    model, processor = load_organism(args.model or ORGANISM_DIR)
     judge = make_eval_judge(args.judge, args.judge_model)
     report = evaluate(model, processor, items, judge=judge, think_samples=not args.no_sampled,
                       max_new_tokens=args.max_new_tokens)
-    report.update(model=str(args.model), data=args.data or f"synthetic (seed {args.seed})")
+    report.update(model=str(args.model or ORGANISM_DIR), data=args.data or f"synthetic (seed {args.seed})")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))

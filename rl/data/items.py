@@ -29,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -37,13 +38,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
 __all__ = [
+    "to_hf_dataset",
     "SAMPLE_RATE",
     "Item",
     "ItemFormatError",
@@ -52,6 +54,9 @@ __all__ = [
     "load_items",
     "write_items",
 ]
+
+if TYPE_CHECKING:
+    import datasets
 
 SAMPLE_RATE = 16_000  # Hz; every audio array in an Item is mono float32 at this rate
 
@@ -727,3 +732,76 @@ def write_items(
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+#: The columns the reward functions read (``rl.rewards.registry.item_columns``), as ``datasets`` feature types.
+REWARD_COLUMNS = {"id": "string", "question": "string", "choices": ["string"], "answer": "string",
+                  "reference_chain": ["string"], "family": "string", "difficulty": "string", "meta": "string"}
+
+
+def _wav_bytes(audio: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(audio, np.float32), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def to_hf_dataset(items: Iterable[Item], *, mode: str = "think", written_facts: bool = False,
+                  decode_audio: bool | None = None) -> datasets.Dataset:
+    """Items as a Hugging Face ``datasets.Dataset`` for ``trl.GRPOTrainer``: a conversational ``prompt``, an ``audio``
+    column and the columns the rewards read.
+
+    Parameters
+    ----------
+    items : items with or without audio.
+    mode : the prompt (``rl.data.prompts``: ``"think"``, ``"answer"``, ``"describe"``).
+    written_facts : put each clip's facts (``meta["description"]``) in the prompt as text: what a text-only policy
+        (TRL feeds text) needs to answer.
+    decode_audio : the ``Audio`` feature's ``decode``; default: decode when ``torchcodec`` (which ``datasets`` decodes
+        audio with) is installed, else rows hold ``{"bytes": <16 kHz PCM-16 WAV>, "path": None}``.
+
+    Returns
+    -------
+    datasets.Dataset with columns ``prompt`` (list of ``{"role", "content"}`` messages, content a string), ``audio``
+    (``datasets.Audio(sampling_rate=16000)``; None for an item without audio), ``id``, ``question``, ``choices``,
+    ``answer``, ``reference_chain`` (None when absent), ``family``, ``difficulty`` and ``meta`` (JSON text).
+
+    Raises
+    ------
+    ValueError
+        ``written_facts`` for an item without ``meta["description"]``.
+    """
+    # datasets takes seconds to import and only this adapter needs it; rl.data.prompts imports this module (a cycle)
+    import datasets
+    import pyarrow as pa
+
+    from rl.data import prompts
+
+    reward_features = datasets.Features({
+        name: datasets.List(datasets.Value(kind[0])) if isinstance(kind, list) else datasets.Value(kind)
+        for name, kind in REWARD_COLUMNS.items()})
+
+    items = list(items)
+    rows: dict[str, list] = {name: [] for name in ("prompt", "audio", *REWARD_COLUMNS)}
+    for it in items:
+        context = None
+        if written_facts:
+            if not it.meta.get("description"):
+                raise ValueError(f"item {it.id!r} has no meta['description'] to write into the prompt: pass "
+                                 "written_facts=False, or items with descriptions")
+            context = it.meta["description"]
+        rows["prompt"].append(prompts.messages(it, mode, audio=False, context=context))
+        rows["audio"].append({"bytes": _wav_bytes(it.audio), "path": None} if it.audio is not None else None)
+        for name in REWARD_COLUMNS:
+            value = getattr(it, name)
+            rows[name].append(json.dumps(value, default=_json_default) if name == "meta" else value)
+    decode = datasets.config.TORCHCODEC_AVAILABLE if decode_audio is None else decode_audio
+    # Built from Arrow, not from_dict: datasets encodes audio arrays with torchcodec, which needs FFmpeg; the WAV
+    # bytes are what it would store anyway
+    audio_type = pa.struct({"bytes": pa.binary(), "path": pa.string()})
+    table = pa.table({"audio": pa.array(rows.pop("audio"), type=audio_type)})
+    rest = datasets.Dataset.from_dict(rows, features=datasets.Features({
+        "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        **reward_features}))
+    audio = datasets.Dataset(table).cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE, decode=decode))
+    return datasets.concatenate_datasets([rest, audio], axis=1).select_columns(
+        ["prompt", "audio", *REWARD_COLUMNS])

@@ -59,7 +59,9 @@ def messages(item: Item, mode: Mode, *, audio: bool = True, context: str | None 
     if context is not None:
         parts.append({"type": "text", "text": f"Sounds: {context}\n"})
     parts.append({"type": "text", "text": user_text(item, mode)})
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": parts}]
+    # Without audio the content is one string: what every chat template (not only the organism's) renders
+    content = parts if audio else "".join(p["text"] for p in parts)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
 
 
 def target(item: Item, mode: Mode) -> str:

@@ -141,7 +141,16 @@ def load_organism(path: str | Path = ORGANISM_DIR, *, dtype: torch.dtype = torch
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model in {path}: expected config.json and model.safetensors there. "
                                 "Train the organism with `python -m rl.organism.train_base` or pass the right folder.")
-    model = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type != Qwen3OmniMoeThinkerConfig.model_type:
+        raise ValueError(f"{path} holds a {model_type!r} model, not a Qwen3-Omni-MoE thinker: loading it as the "
+                         "organism would initialise its weights at random. Load it with "
+                         "analyses.models.load_pretrained (or adt_probe.load_model), which uses the class it names.")
+    model, info = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(
+        str(path), dtype=dtype, use_safetensors=True, output_loading_info=True)
+    if info["missing_keys"] or info["mismatched_keys"]:  # transformers would have initialised them at random
+        raise ValueError(f"{path}: weights missing from the checkpoint {sorted(info['missing_keys'])[:5]} or of the "
+                         f"wrong shape {sorted(map(str, info['mismatched_keys']))[:5]}; was it saved completely?")
     return model.eval(), load_processor(path)
 
 

@@ -384,7 +384,8 @@ def main(argv=None) -> None:
                     help="measure the model already in --out on the held-out set and update its manifest")
     for f in dataclasses.fields(BaseTrainConfig):
         if f.type in ("int", "float"):
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type=eval(f.type), default=f.default)
+            ap.add_argument(f"--{f.name.replace('_', '-')}", type=eval(f.type), default=f.default,
+                            help=f"base-training setting BaseTrainConfig.{f.name} (default: %(default)s)")
     ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
                     default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}")
     ap.add_argument("--checkpoint-dir", default="runs/train_base",

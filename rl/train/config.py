@@ -151,6 +151,9 @@ class CheckpointConfig:
 class LoggingConfig:
     completions_per_step: int = 4  # sampled completions written to completions.jsonl per step
     progress_bar: bool = True
+    # accelerate trackers that also get every step's numbers, as TRL's report_to: ["tensorboard"], ["wandb"], ...
+    # (rl.train.trackers; tensorboard writes to <out>/runs)
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass

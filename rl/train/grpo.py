@@ -30,7 +30,6 @@ Run ``python -m rl.train.grpo --config rl/configs/smoke.toml --out runs/smoke`` 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -49,6 +48,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from adt_probe.outputs import LOCK, exclusive_lock
+from rl import cli_options
 from rl.data import prompts
 from rl.data.items import Item, load_items
 from rl.data.tasks import generate_items
@@ -63,7 +63,7 @@ from rl.rewards.registry import (
     resolve_rewards,
 )
 from rl.train import checkpoint as ckpt
-from rl.train import rollout
+from rl.train import rollout, trackers
 from rl.train.config import ConfigError, DataConfig, TrainConfig, load_config
 from rl.train.curriculum import mine_boundary_items
 from rl.train.rollout import Rollout, Sampling, suppressed_token_ids, token_logprobs
@@ -564,9 +564,11 @@ class Session:
         return self.acc.is_main_process
 
 
-def _accelerator(accelerator):
-    """The given accelerator or a new one; refuses N processes that each think they train alone."""
-    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+def _accelerator(accelerator, report_to: list[str], out: Path):
+    """The given accelerator or a new one (with the trackers of ``logging.report_to``, logging under ``out``);
+    refuses N processes that each think they train alone."""
+    acc = accelerator or Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                                     **trackers.accelerator_kwargs(report_to, out))
     if acc.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up a single process; on CPU "
                            "set ACCELERATE_USE_CPU=true (accelerate launch --multi_gpu --num_processes N)")
@@ -674,6 +676,7 @@ def _log_step(se: Session, metrics: dict, samples: list[dict], seconds: float, l
               **{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}}
     with open(se.out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    trackers.log(se.acc, record, se.state.step)
     with open(se.out / "completions.jsonl", "a") as f:
         f.writelines(json.dumps({"step": se.state.step, **s}) + "\n" for s in samples)
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}",
@@ -714,8 +717,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be >= 1 (the global step to stop after), got {stop_after}: "
                          "0 would train nothing")
-    se = _open_session(cfg, Path(out), resume, _accelerator(accelerator))
+    se = _open_session(cfg, Path(out), resume, _accelerator(accelerator, cfg.logging.report_to, Path(out)))
     state = se.state
+    trackers.start(se.acc, cfg.to_dict())
     max_steps = sum(s.steps for s in cfg.stages)
     bar = tqdm(total=max_steps, initial=state.step, desc="grpo", disable=not (se.main and cfg.logging.progress_bar))
     local_n, rank = cfg.grpo.batch_size // se.acc.num_processes, se.acc.process_index
@@ -735,24 +739,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             _checkpoint_if_due(se, run)
             if stop_after is not None and state.step >= stop_after:
                 bar.close()
+                trackers.end(se.acc)
                 return se.policy
         se.start = None
     bar.close()
+    trackers.end(se.acc)
     se.acc.wait_for_everyone()
     return se.policy
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="Configs: rl/configs/*.toml. Data parallel: "
-                                 "accelerate launch -m rl.train.grpo ...")
-    ap.add_argument("--config", required=True, help="TOML or YAML run configuration")
-    ap.add_argument("--out", required=True, help="output folder: log.jsonl, completions.jsonl, checkpoints/")
-    ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. --set grpo.temperature=0.7 --set stages.0.steps=3")
-    ap.add_argument("--stop-after", type=int, metavar="N",
-                    help="stop once global step N (>= 1) is done, without a final checkpoint")
+    ap = cli_options.parser(cli_options.train_arguments, __doc__.splitlines()[0],
+                            epilog="Data parallel: accelerate launch -m rl.train.grpo ...")
     args = ap.parse_args(argv)
     if args.stop_after is not None and args.stop_after < 1:
         ap.error(f"--stop-after must be >= 1 (the global step to stop after), got {args.stop_after}")

@@ -1,0 +1,42 @@
+"""The command-line options of the ``rl`` entry points (``python -m rl.evaluate``, ``python -m rl.train.grpo``),
+declared apart from those modules so that ``--help`` (here and in ``adt-probe eval|train --help``) answers without
+importing torch. Each function adds its options to a parser; the module's ``main`` parses with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def evaluate_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``rl.evaluate``."""
+    ap.add_argument("--model", help="model folder (default: the shipped organism, rl/assets/organism)")
+    ap.add_argument("--data", help="JSONL items (rl.data.items format); default: a held-out synthetic set")
+    ap.add_argument("--n-per-cell", type=int, default=20, help="synthetic items per family x difficulty")
+    ap.add_argument("--seed", type=int, default=10_007, help="seed of the synthetic held-out set")
+    ap.add_argument("--judge", default="smollm2",
+                    help="judge of the process score: 'smollm2' (in-process), a folder with a causal LM, "
+                         "an OpenAI-compatible URL (http://...), or 'none' to skip the process score")
+    ap.add_argument("--judge-model", help="model name on the judge server (with a URL)")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="longest completion generated per item")
+    ap.add_argument("--no-sampled", action="store_true", help="skip the think prompt sampled at temperature 1")
+    ap.add_argument("--out", help="write the JSON report here")
+
+
+def train_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``rl.train.grpo``."""
+    ap.add_argument("--config", required=True, help="TOML or YAML run configuration (examples: rl/configs/*.toml)")
+    ap.add_argument("--out", required=True, help="output folder: log.jsonl, completions.jsonl, checkpoints/")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set grpo.temperature=0.7 --set stages.0.steps=3")
+    ap.add_argument("--stop-after", type=int, help="stop after this global step (no final checkpoint)")
+
+
+def parser(arguments, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A parser with ``arguments`` for ``python -m ...`` use (defaults shown)."""
+    ap = argparse.ArgumentParser(description=description, epilog=epilog,
+                                 formatter_class=type("Formatter", (argparse.RawDescriptionHelpFormatter,
+                                                                     argparse.ArgumentDefaultsHelpFormatter), {}))
+    arguments(ap)
+    return ap

@@ -59,7 +59,7 @@ from scipy.optimize import linear_sum_assignment
 
 from rl.judge import Judge, SharedJudge, sanitize_candidate
 from rl.rewards.embedding import embed
-from rl.rewards.judged import JudgedReward, _reference_text, paid_completions
+from rl.rewards.judged import JudgedReward, WeightedReward, _reference_text, paid_completions
 from rl.rewards.registry import register_reward
 
 __all__ = ["DEFAULT_CHAIN_WEIGHT", "RECALL_PROMPT", "ChainJudgeReward", "ChainReasoningReward", "ChainScores",
@@ -489,7 +489,7 @@ class ChainJudgeReward(JudgedReward):
 
 
 @register_reward("chain_reasoning")
-class ChainReasoningReward(ChainJudgeReward):
+class ChainReasoningReward(WeightedReward):
     """``judge_weight * judge recall + (1 - judge_weight) * chain_alignment`` for a correct answer with think text;
     0.0 otherwise; None where the judge failed. In [0, 1].
 
@@ -502,10 +502,7 @@ class ChainReasoningReward(ChainJudgeReward):
 
     def __init__(self, judge: Judge | SharedJudge, judge_weight: float = DEFAULT_CHAIN_WEIGHT,
                  embedding_model: str | None = None):
-        if not 0.0 <= judge_weight <= 1.0:
-            raise ValueError(f"reward 'chain_reasoning': judge_weight must lie in [0, 1], got {judge_weight}")
-        super().__init__(judge)
-        self.judge_weight, self.embedding_model = float(judge_weight), embedding_model
+        super().__init__(judge, judge_weight, embedding_model)
 
     @classmethod
     def build(cls, *, judge: Judge | SharedJudge | None, judge_weight: float = DEFAULT_CHAIN_WEIGHT,
@@ -517,27 +514,14 @@ class ChainReasoningReward(ChainJudgeReward):
                              "use chain_alignment for no judge")
         return cls(judge if judge is not None else SharedJudge(), chain_weight, **kwargs)
 
-    @property
-    def judges(self) -> list[Judge]:
-        return super().judges if self.judge_weight > 0 else []
-
     def warm_up(self) -> str:
-        """Build and check the judge (if it is weighed) and load the embedder (if it is)."""
-        said = super().warm_up() if self.judge_weight > 0 else "no judge (judge_weight = 0)"
-        if self.judge_weight < 1:
-            embed(["warm-up"], self.embedding_model)
-            said += f", embedder {self.embedding_model or 'all-MiniLM-L6-v2'}"
+        said = super().warm_up()
+        if self.judge_weight > 0:
+            _check_likelihood(self.judge, self.name)
         return said
 
-    def __call__(self, prompts: list, completions: list, completion_ids: list, *, answer: list[str],
-                 reference_chain: list | None = None, **columns) -> list[float | None]:
-        thinks, refs, paid = self._paid(completions, answer, reference_chain, columns.get("id"))
-        out: list[float | None] = [0.0] * len(completions)
-        if not paid:
-            return out
-        w = self.judge_weight
-        judged = self._recall(thinks, refs) if w > 0 else [0.0] * len(paid)
-        aligned = _alignment(thinks, refs, self.embedding_model) if w < 1 else [0.0] * len(paid)
-        for i, j, a in zip(paid, judged, aligned):
-            out[i] = None if j is None else float(w * j + (1.0 - w) * a)
-        return out
+    def judge_part(self, thinks: list[str], refs: list) -> list[float | None]:
+        return judge_recall(_check_likelihood(self.judge, self.name), thinks, refs)
+
+    def embedding_part(self, thinks: list[str], refs: list) -> list[float]:
+        return _alignment(thinks, refs, self.embedding_model)

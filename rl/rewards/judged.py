@@ -108,31 +108,16 @@ class JudgedReward:
         return paid_completions(self.name, completions, answer, reference_chain, ids)
 
 
-@register_reward("hybrid_reasoning")
-class HybridReasoningReward(JudgedReward):
-    """The stage-1 reward: ``judge_weight * judge + (1 - judge_weight) * cosine(embed(think), embed(reference))`` for a
-    correct answer.
+class WeightedReward(JudgedReward):
+    """``judge_weight * judge part + (1 - judge_weight) * embedding part`` for a correct answer with think text; 0.0
+    otherwise; None where the judge failed. Subclasses supply the two parts (each a list of scores in [0, 1] for the
+    paid completions); ``judge_weight`` = 0 never asks the judge, 1 never loads the embedder."""
 
-    Paid only when the answer is correct (0.0 otherwise, and 0.0 for a correct answer with an empty think block); only
-    those completions are judged. The cosine (all-MiniLM-L6-v2 unless ``embedding_model`` names another
-    sentence-transformers folder) is clipped to [0, 1], so the reward lies in [0, 1]. None where the judge failed.
-    ``judge_weight`` = 1 is the judge alone, 0 the embedding alone (the judge is then never asked).
-    """
-
-    name = "hybrid_reasoning"
-
-    def __init__(self, judge: Judge | SharedJudge, judge_weight: float = DEFAULT_HYBRID_WEIGHT,
-                 embedding_model: str | None = None):
+    def __init__(self, judge: Judge | SharedJudge, judge_weight: float, embedding_model: str | None = None):
         if not 0.0 <= judge_weight <= 1.0:
-            raise ValueError(f"reward 'hybrid_reasoning': judge_weight must lie in [0, 1], got {judge_weight}")
+            raise ValueError(f"reward {self.name!r}: judge_weight must lie in [0, 1], got {judge_weight}")
         super().__init__(judge)
         self.judge_weight, self.embedding_model = float(judge_weight), embedding_model
-
-    @classmethod
-    def build(cls, *, judge: Judge | SharedJudge | None, judge_weight: float = DEFAULT_HYBRID_WEIGHT, **kwargs):
-        if judge is None and judge_weight > 0:
-            raise ValueError("reward 'hybrid_reasoning' asks an LLM judge, but none was configured (a [judge] table)")
-        return cls(judge if judge is not None else SharedJudge(), judge_weight, **kwargs)
 
     @property
     def judges(self) -> list[Judge]:
@@ -146,6 +131,12 @@ class HybridReasoningReward(JudgedReward):
             said += f", embedder {self.embedding_model or 'all-MiniLM-L6-v2'}"
         return said
 
+    def judge_part(self, thinks: list[str], refs: list) -> list[float | None]:
+        raise NotImplementedError
+
+    def embedding_part(self, thinks: list[str], refs: list) -> list[float]:
+        raise NotImplementedError
+
     def __call__(self, prompts: list, completions: list, completion_ids: list, *, answer: list[str],
                  reference_chain: list | None = None, **columns) -> list[float | None]:
         thinks, refs, paid = self._paid(completions, answer, reference_chain, columns.get("id"))
@@ -153,12 +144,42 @@ class HybridReasoningReward(JudgedReward):
         if not paid:
             return out
         w = self.judge_weight
-        judged = self.judge.score(thinks, refs) if w > 0 else [0.0] * len(paid)
-        cos = np.clip(similarity(thinks, [_reference_text(r) for r in refs], self.embedding_model), 0.0, 1.0) \
-            if w < 1 else np.zeros(len(paid))
-        for i, j, c in zip(paid, judged, cos):
-            out[i] = None if j is None else float(w * j + (1.0 - w) * c)
+        judged = self.judge_part(thinks, refs) if w > 0 else [0.0] * len(paid)
+        embedded = self.embedding_part(thinks, refs) if w < 1 else [0.0] * len(paid)
+        for i, j, e in zip(paid, judged, embedded):
+            out[i] = None if j is None else float(w * j + (1.0 - w) * e)
         return out
+
+
+@register_reward("hybrid_reasoning")
+class HybridReasoningReward(WeightedReward):
+    """The stage-1 reward: ``judge_weight * judge + (1 - judge_weight) * cosine(embed(think), embed(reference))`` for a
+    correct answer.
+
+    Paid only when the answer is correct (0.0 otherwise, and 0.0 for a correct answer with an empty think block); only
+    those completions are judged. The cosine (all-MiniLM-L6-v2 unless ``embedding_model`` names another
+    sentence-transformers folder) is clipped to [0, 1], so the reward lies in [0, 1]. None where the judge failed.
+    ``judge_weight`` = 1 is the judge alone, 0 the embedding alone (the judge is then never asked).
+    """
+
+    name = "hybrid_reasoning"
+
+    def __init__(self, judge: Judge | SharedJudge, judge_weight: float = DEFAULT_HYBRID_WEIGHT,
+                 embedding_model: str | None = None):
+        super().__init__(judge, judge_weight, embedding_model)
+
+    @classmethod
+    def build(cls, *, judge: Judge | SharedJudge | None, judge_weight: float = DEFAULT_HYBRID_WEIGHT, **kwargs):
+        if judge is None and judge_weight > 0:
+            raise ValueError("reward 'hybrid_reasoning' asks an LLM judge, but none was configured (a [judge] table)")
+        return cls(judge if judge is not None else SharedJudge(), judge_weight, **kwargs)
+
+    def judge_part(self, thinks: list[str], refs: list) -> list[float | None]:
+        return self.judge.score(thinks, refs)
+
+    def embedding_part(self, thinks: list[str], refs: list) -> list[float]:
+        cos = similarity(thinks, [_reference_text(r) for r in refs], self.embedding_model)
+        return np.clip(cos, 0.0, 1.0).tolist()
 
 
 @register_reward("llm_judge")

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from rl.data.items import SAMPLE_RATE, to_hf_dataset
 from rl.data.tasks import generate_items
-from rl.rewards.registry import accuracy_reward, format_reward
+from rl.rewards import accuracy_reward, format_reward
 
 
 def test_columns_audio_and_prompts():

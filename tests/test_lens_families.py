@@ -62,7 +62,7 @@ def test_last_layer_lens_is_the_models_own_logprobs(family: str):
     assert spec.family == family
     ids = torch.randint(3, V, (2, 9), generator=torch.Generator().manual_seed(1))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    ds = adt_probe.record(model, inputs, routing=None, backend="hooks")
+    ds = adt_probe.record(model, inputs, routing=None, options=adt_probe.RecordOptions(backend="hooks"))
     with torch.no_grad():
         own = torch.log_softmax(model(**inputs).logits.float(), -1)  # (2, 9, V)
     want = own[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].reshape(-1).numpy()  # positions with a next token

@@ -45,7 +45,7 @@ import xarray as xr
 
 from adt_probe.architectures import ArchitectureSpec, architecture, get_module
 from adt_probe.drift import ALL, segment_index
-from adt_probe.recording import capture_hooks
+from adt_probe.recording import SCHEMA_VERSION, capture_hooks
 from adt_probe.segments import SEGMENTS, segment_tokens
 from adt_probe.stats import bootstrap_ratio, per_sequence_sums
 from adt_probe.weights import check_compatible, router_tensors
@@ -221,7 +221,8 @@ def _effects_dataset(cat, ids, mask, segments, layers, n_null, spec) -> xr.Datas
                                   "token_id": ("token", ids.reshape(-1).numpy()[flat]),
                                   "segment": ("token", segments.reshape(-1)[flat].astype("<U6")),
                                   "layer": layers, "effect": list(EFFECTS), "null": np.arange(n_null)})
-    ds.attrs = {"kind": "router_effects", "architecture": spec.family, "router_scoring": spec.scoring,
+    ds.attrs = {"schema_version": SCHEMA_VERSION, "kind": "router_effects", "architecture": spec.family,
+                "router_scoring": spec.scoring,
                 "top_k": spec.top_k, "max_residual": float(cat["residual"].max()) if cat["residual"].size else 0.0,
                 "centred": int(spec.scoring == "softmax"),
                 "definition": "z_r - z_b = (dW xbar + db) [router] + Wbar dx [input], exactly; norms of "

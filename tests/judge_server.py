@@ -36,6 +36,7 @@ class ModelServer:
         self.trickle: float = 0.0
         self.logprob: float | None = None
         self.reply: str | None = None
+        self.alternatives: list[tuple[str, float]] | None = None  # the top alternatives at every position, if set
 
     # --- the model ----------------------------------------------------------------------------------------------
 
@@ -126,6 +127,8 @@ class ModelServer:
                 reply, steps = server.complete(text, int(body.get("max_tokens") or 16), max(top_k, 1))
                 if server.logprob is not None:
                     steps = [(t, server.logprob, [(a, server.logprob) for a, _ in alts]) for t, _, alts in steps]
+                if server.alternatives is not None:
+                    steps = [(t, v, list(server.alternatives)) for t, v, _ in steps]
                 if server.reply is not None:
                     reply = server.reply
                 lp = None

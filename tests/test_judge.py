@@ -218,8 +218,9 @@ def test_server_without_logprobs_falls_back_to_strict_json(fresh):
 
 
 def test_no_score_token_among_the_alternatives_is_a_failure(fresh):
+    fresh.alternatives = [("{", -0.1), ('"', -2.5), ("score", -4.0)]  # no digit among the top 3, whatever the model
     judge = J.OpenAIJudge(fresh.url, "tiny-judge", top_logprobs=3, retries=0, max_failure_fraction=None)
-    assert judge.score(CANDS[:1], [REF]) == [None]  # the model starts '{"score": ...' with no digit in its top 3
+    assert judge.score(CANDS[:1], [REF]) == [None]
     assert "no score token" in judge.last_error and judge.stats.failures == 1
 
 

@@ -293,7 +293,7 @@ def logit_lens_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_to
 
     Parameters
     ----------
-    ds : a recording with ``lens_top1`` and ``lens_logprob`` (token, layer) (``adt_probe.record`` with the default ``LogitLens``).
+    ds : a recording with ``lens_top1`` and ``lens_logprob`` (token, layer) (``adt_probe.record``, default lens).
     tokenizer : turns token ids into the strings written in the cells (and on the axis, unless the recording has a
         ``token_str`` coordinate); without one the cells hold token ids.
     sequence : which sequence of the recording.

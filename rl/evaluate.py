@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from adt_probe.outputs import check_writable
+from adt_probe.stats import hierarchical_interval, wilson
 from rl import cli_options
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE, Item
@@ -73,16 +74,6 @@ def check_fits(model, processor, items: Sequence[Item], *, max_new_tokens: int, 
                              "audio shorter, lower --max-new-tokens, or leave these items out.")
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (well-behaved at 0 and 1, unlike the normal approximation)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def generate(model, processor, items: Sequence[Item], mode: prompts.Mode, *, max_new_tokens: int = 48,
              temperature: float = 0.0, batch_size: int = 32, seed: int = 0, written_facts: bool = False,
              notes: bool = False) -> list[str]:
@@ -132,9 +123,9 @@ def score(items: Sequence[Item], completions: Sequence[str], *, with_similarity:
 
 
 def proportion(mask: np.ndarray) -> dict:
-    """``{"value", "lo", "hi", "n"}`` of a boolean array, with a 95% Wilson interval."""
-    lo, hi = wilson_interval(int(mask.sum()), len(mask))
-    return {"value": float(mask.mean()) if len(mask) else math.nan, "lo": lo, "hi": hi, "n": int(len(mask))}
+    """``{"value", "lo", "hi", "n"}`` of a boolean array, with a 95% Wilson interval (``adt_probe.stats.wilson``)."""
+    ci = wilson(int(mask.sum()), len(mask))
+    return {key: ci[key] for key in ("value", "lo", "hi", "n")}
 
 
 def mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -248,7 +239,8 @@ def per_item(items: Sequence[Item], direct: Scores, think_columns: dict[str, np.
 
 
 def hierarchical_mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Mean over runs and items with a two-level percentile bootstrap: resample runs, then items within each run.
+    """Mean over runs and items with a two-level percentile bootstrap (runs, then items within each run:
+    ``adt_probe.stats.hierarchical_interval``).
 
     Parameters
     ----------
@@ -260,16 +252,13 @@ def hierarchical_mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, 
     the interval is the items' bootstrap alone.
     """
     values = np.asarray(values, dtype=float)
-    runs, n = values.shape
-    rng = np.random.default_rng(seed)
-    pick_runs = rng.integers(0, runs, size=(n_boot, runs))  # (B, runs)
-    pick_items = rng.integers(0, n, size=(n_boot, runs, n))  # (B, runs, n)
-    boots = np.nanmean(np.nanmean(values[pick_runs[..., None], pick_items], axis=2), axis=1)  # (B,)
-    tail = (1 - level) / 2
-    return {"value": float(np.nanmean(np.nanmean(values, axis=1))), "lo": float(np.nanquantile(boots, tail)),
-            "hi": float(np.nanquantile(boots, 1 - tail)), "n_runs": int(runs), "n_items": int(n),
-            "n_missing": int(np.isnan(values).sum())}
-
+    present = ~np.isnan(values)
+    # Per item (sum, count) of each run: the statistic, sum / count of the resampled items, is the run's mean.
+    per_run = [np.column_stack([np.where(ok, row, 0.0), ok]) for row, ok in zip(values, present)]
+    ci = hierarchical_interval(per_run, lambda sums: sums[..., 0] / sums[..., 1], n_boot=n_boot, seed=seed,
+                               level=level)
+    return {"value": ci["value"], "lo": ci["lo"], "hi": ci["hi"], "n_runs": int(values.shape[0]),
+            "n_items": int(values.shape[1]), "n_missing": int((~present).sum())}
 
 def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, sample_seed: int = 0,
              think_samples: bool = True, judge=None, max_new_tokens: int = 96) -> dict:

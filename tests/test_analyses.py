@@ -10,6 +10,7 @@ import adt_probe
 from analyses import checkpoints, findings, record_pair, transplant
 from rl.data.tasks import generate_items
 from rl.train import checkpoint as ckpt
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -91,5 +92,3 @@ def test_drift_trajectory_over_a_real_run(tmp_path, tiny_dir, processor, items):
     assert float(traj.js.sel(step=0, segment="all").max()) == 0.0
     assert float(traj.rel_change.sel(step=2).max()) > float(traj.rel_change.sel(step=1).max()) > 0
 
-
-from tests.test_grpo_loop import tiny_config  # noqa: E402  (the config builder is reused)

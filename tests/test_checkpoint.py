@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import tests.helpers  # noqa: F401  (registers the test_tokens reward the runs use)
 from adt_probe.integrity import sha256
-from rl.rewards.registry import register_reward
 from rl.train import checkpoint as ckpt
 from rl.train import grpo
 from rl.train.config import config_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@register_reward("test_tokens")
-def tokens_reward(prompts, completions, completion_ids, **kwargs):
-    """Mean token id: varies between completions of a random model, so every step updates the weights."""
-    return [float(np.mean(ids)) / 400 if ids else 0.0 for ids in completion_ids]
 
 
 def run_config(model_dir, steps=4):

@@ -7,7 +7,7 @@ import torch
 
 from adt_probe import plot
 from adt_probe.decompose import router_decomposition, router_effects
-from tests.test_drift import tiny_moe
+from tests.helpers import tiny_moe
 
 
 def planted_pair(layer: int = 1):

@@ -8,12 +8,13 @@ import torch
 import xarray as xr
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy
-from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+from transformers import Qwen3MoeForCausalLM
 
 import adt_probe
 from adt_probe.crystallize import compare_crystallization, crystallization, crystallization_layer
 from adt_probe.drift import DriftInputError, above_noise, gating_drift, rank_layers, router_probs, token_metrics
 from adt_probe.testing import synthetic_recording, with_logits
+from tests.helpers import tiny_moe
 
 
 def softmax(z):
@@ -91,18 +92,6 @@ def test_streamed_zarr_equals_in_memory(tmp_path):
 
 
 # --- planted effects in a real MoE model ---------------------------------------------------------------------------
-
-def tiny_moe(n_layers: int = 6) -> Qwen3MoeForCausalLM:
-    torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-                         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                         num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, max_position_embeddings=64)
-    model = Qwen3MoeForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.gate.weight.normal_(0, 1.0)  # decisive routing, as in a trained model
-    return model
-
 
 def plant(model: Qwen3MoeForCausalLM, layers: list[int]) -> Qwen3MoeForCausalLM:
     """Copy ``model`` and redraw the routers of ``layers``. Their experts are made identical first (in both models),

@@ -26,33 +26,13 @@ from rl.rewards.registry import (
 )
 from rl.train import grpo, rollout
 from rl.train.config import ConfigError, config_from_dict, load_config
+from tests.helpers import tiny_config, to_toml, tokens_reward
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "rl" / "configs"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@register_reward("test_tokens")
-def tokens_reward(prompts, completions, completion_ids, **kwargs):
-    """Mean token id: varies between completions of a random model, so advantages are non-zero."""
-    return [float(np.mean(ids)) / 400 if ids else 0.0 for ids in completion_ids]
-
-
-def tiny_config(model_dir, **sections) -> dict:
-    cfg = {"model": str(model_dir), "seed": 0, "threads": 1,
-           "grpo": {"num_generations": 2, "batch_size": 2, "max_new_tokens": 6},
-           "optim": {"lr": 1e-3}, "checkpoint": {"every": 1, "keep_last": 0},
-           "logging": {"progress_bar": False, "completions_per_step": 3},
-           "stages": [{"name": "s1", "steps": 2, "rewards": {"accuracy": 1.0, "format": 0.25, "test_tokens": 1.0},
-                       "data": {"n_items": 3, "seed": 5, "families": ["pitch_compare"]}}]}
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
 
 
 # --- config --------------------------------------------------------------------------------------------------------
@@ -168,7 +148,7 @@ def test_basic_rewards():
 
 def test_registry():
     assert get_reward("accuracy") is accuracy_reward and get_reward("format") is format_reward
-    assert get_reward("tests.test_grpo_loop:tokens_reward") is tokens_reward
+    assert get_reward("tests.helpers:tokens_reward") is tokens_reward
     with pytest.raises(ValueError, match="unknown reward 'acuracy'; registered rewards: .*'accuracy'"):
         get_reward("acuracy")
 
@@ -260,7 +240,7 @@ def test_training_run_through_the_cli(tmp_path, tiny_dir, tiny_organism):
                                       "epsilon_high": 0.28, "loss_type": "grpo"},
                       optim={"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 1})
     path = tmp_path / "run.toml"
-    path.write_text(_to_toml(cfg))
+    path.write_text(to_toml(cfg))
     grpo.main(["--config", str(path), "--out", str(tmp_path / "out")])
 
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
@@ -344,7 +324,7 @@ def test_stop_after_stops_after_exactly_n_steps_and_zero_is_an_error(tmp_path, t
     cfg = tiny_config(tiny_dir, stages=[{"name": "s1", "steps": 3, "rewards": {"test_tokens": 1.0},
                                          "data": {"n_items": 3, "seed": 5, "families": ["pitch_compare"]}}])
     path = tmp_path / "run.toml"
-    path.write_text(_to_toml(cfg))
+    path.write_text(to_toml(cfg))
     grpo.main(["--config", str(path), "--out", str(tmp_path / "out"), "--stop-after", "2"])
     assert [json.loads(line)["step"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [1, 2]
     grpo.train(config_from_dict(cfg), tmp_path / "out", resume=True, stop_after=2)  # already there: nothing more
@@ -410,7 +390,7 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_dir):
     cfg = tiny_config(tiny_dir, grpo={"num_generations": 2, "batch_size": 2, "max_new_tokens": 5,
                                       "scale_rewards": "batch"},
                       stages=[{"name": "s", "steps": 2, "rewards": {"test_tokens": 1.0}, "data": {"n_items": 4}}])
-    (tmp_path / "ddp.toml").write_text(_to_toml(cfg))
+    (tmp_path / "ddp.toml").write_text(to_toml(cfg))
     (tmp_path / "ddp_run.py").write_text(DDP_SCRIPT)
     out = tmp_path / "out"
     # accelerate 1.15: `launch --cpu --num_processes 2` starts ONE process unless MPI is set up; torchrun-based
@@ -438,34 +418,6 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_dir):
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
-
-def _to_toml(cfg: dict) -> str:
-    """A tiny TOML writer for the test configs (tables, arrays of tables, scalars, inline tables)."""
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
-        raise TypeError(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in cfg.items() if not isinstance(v, (dict, list)) or
-             (isinstance(v, list) and not (v and isinstance(v[0], dict)))]
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            lines.append(f"[{k}]")
-            lines += [f"{kk} = {value(vv)}" for kk, vv in v.items()]
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for entry in v:
-                lines.append(f"[[{k}]]")
-                lines += [f"{kk} = {value(vv)}" for kk, vv in entry.items()]
-    return "\n".join(lines) + "\n"
-
 
 def test_text_only_model_trains_with_the_same_loop(tok):
     """A text LM (tiny Llama) on items without audio: the loop's text path (used by benchmarks/grpo_bench.py)."""

@@ -8,13 +8,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rl.train import grpo, trackers
 from rl.train.config import ConfigError
-from tests.test_grpo_loop import _to_toml, tiny_config
+from tests.helpers import tiny_config, to_toml
 
 
 def test_tensorboard_gets_every_logged_step(tmp_path, tiny_dir):
     cfg = tiny_config(tiny_dir, logging={"progress_bar": False, "completions_per_step": 1,
                                          "report_to": ["tensorboard"]})
-    (tmp_path / "run.toml").write_text(_to_toml(cfg))
+    (tmp_path / "run.toml").write_text(to_toml(cfg))
     grpo.main(["--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "out")])
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     events = list((tmp_path / "out" / "runs").rglob("events.out.tfevents.*"))

@@ -8,7 +8,7 @@ import torch
 
 import adt_probe
 from adt_probe.weights import router_weight_drift, transplant
-from tests.test_drift import tiny_moe
+from tests.helpers import tiny_moe
 
 
 def test_weight_drift_finds_the_changed_layers_and_reads_checkpoints(tmp_path):

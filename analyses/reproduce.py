@@ -271,13 +271,15 @@ def headline(report: dict) -> dict:
     """The numbers of the results table: think-first prompt, greedy (the setting RL trains), plus direct accuracy."""
     greedy = report["think_prompt"]["greedy"]
     row = {}
-    for name in ("accuracy", "think_rate", "reference_similarity", "process_score"):
+    for name in ("accuracy", "think_rate", "reference_similarity", "inference_coverage", "process_score"):
         if name in greedy:
             row[name] = greedy[name]["value"]
             row[f"{name}_ci"] = [greedy[name]["lo"], greedy[name]["hi"]]
     sampled = report["think_prompt"].get("sampled_t1")
     if sampled:
         row["think_rate_sampled_t1"] = sampled["think_rate"]["value"]
+    for name, d in greedy.get("distinct_ngrams", {}).items():
+        row[name] = d["value"]
     direct = report["accuracy"]["all"]["all"]
     row["direct_accuracy"], row["direct_accuracy_ci"] = direct["value"], [direct["lo"], direct["hi"]]
     row["n_items"] = report["n_items"]
@@ -286,7 +288,8 @@ def headline(report: dict) -> dict:
 
 #: The per-item outcomes pooled over seeds: results-table name -> ``per_item`` key of ``rl.evaluate.evaluate``.
 POOLED = {"accuracy": "accuracy", "think_rate": "think_rate", "reference_similarity": "reference_similarity",
-          "process_score": "process_score", "direct_accuracy": "direct_correct"}
+          "inference_coverage": "inference_coverage", "process_score": "process_score",
+          "direct_accuracy": "direct_correct"}
 
 
 def pooled_headline(reports: list[dict], minus: dict | None = None) -> dict:

@@ -206,10 +206,42 @@ def holds_inference(items: Sequence[Item], s: Scores) -> np.ndarray:
     return np.array([any(step in think for step in inference_steps(it)) for it, think in zip(items, thinks)])
 
 
+def inference_coverage(items: Sequence[Item], s: Scores) -> np.ndarray:
+    """(n,) float: the share of its item's inference steps the think text states word for word; NaN for an item
+    whose reference chain has none (nothing to cover)."""
+    thinks = [prompts.parse_completion(c).think for c in s.completions]
+    steps = [inference_steps(it) for it in items]
+    return np.array([np.mean([step in think for step in st]) if st else np.nan for st, think in zip(steps, thinks)])
+
+
+def distinct_ngrams(texts: Sequence[str], n: int) -> dict:
+    """Distinct-n of a set of texts (Li et al. 2016): unique word n-grams over all n-grams, pooled over the texts.
+
+    1.0 when no n-gram repeats; a policy that writes the same stereotyped phrases everywhere drives it towards 0.
+    Pooled, not per text, because the collapse RL can cause is across completions. Words are lower-cased, split on
+    whitespace and punctuation.
+
+    Returns
+    -------
+    ``{"value", "n_ngrams", "n_texts"}``; value NaN when the texts hold no n-gram.
+
+    Examples
+    --------
+    >>> distinct_ngrams(["a high tone", "a high tone"], 2)["value"]
+    0.5
+    """
+    grams = [tuple(w[i:i + n]) for w in (re.findall(r"[a-z0-9]+", t.lower()) for t in texts)
+             for i in range(len(w) - n + 1)]
+    value = len(set(grams)) / len(grams) if grams else math.nan
+    return {"value": value, "n_ngrams": len(grams), "n_texts": len(texts)}
+
+
 def think_columns(items: Sequence[Item], s: Scores, judge=None) -> dict[str, np.ndarray]:
     """Per-item outcomes of think-prompt completions, each (n,): ``accuracy`` and ``think_rate`` (bool),
-    ``reference_similarity`` (float) and, with a judge, ``process_score`` (float, NaN where the judge failed)."""
-    columns = {"accuracy": s.correct, "think_rate": s.thought, "reference_similarity": s.similarity.astype(float)}
+    ``reference_similarity`` and ``inference_coverage`` (float; see :func:`inference_coverage`) and, with a judge,
+    ``process_score`` (float, NaN where the judge failed)."""
+    columns = {"accuracy": s.correct, "think_rate": s.thought, "reference_similarity": s.similarity.astype(float),
+               "inference_coverage": inference_coverage(items, s)}
     if judge is not None:
         columns["process_score"] = process_scores(judge, items, s)
     return columns
@@ -222,6 +254,9 @@ def think_metrics(items: Sequence[Item], s: Scores, columns: dict[str, np.ndarra
     out["reference_similarity_when_thinking"] = mean_ci(s.similarity[s.thought])
     # How often the think text already holds a step of reasoning (not only perception): what RL can reinforce.
     out["inference_statement_rate"] = proportion(holds_inference(items, s))
+    # Whether RL collapses the think text into stereotyped phrases: distinct bigrams / trigrams over the set.
+    thinks = [t for t in (prompts.parse_completion(c).think for c in s.completions) if t]
+    out["distinct_ngrams"] = {f"distinct_{n}": distinct_ngrams(thinks, n) for n in (2, 3)}
     out["by_group"] = {name: group_table(items, v) for name, v in columns.items()}
     out["examples"] = s.completions[:3]
     return out
@@ -361,7 +396,8 @@ def format_table(report: dict) -> str:
         lines.append(f"| {family} | {acc[family]['all']['chance']:.2f} | " + " | ".join(cells) + " |" + extra)
     greedy = report["think_prompt"].get("greedy")
     if greedy and "by_group" in greedy:
-        metrics = [m for m in ("accuracy", "think_rate", "reference_similarity", "process_score")
+        metrics = [m for m in ("accuracy", "think_rate", "reference_similarity", "inference_coverage",
+                               "process_score")
                    if m in greedy["by_group"]]
         lines += ["", "Think-first prompt, greedy (95% intervals):", "",
                   "| family | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
@@ -375,7 +411,9 @@ def format_table(report: dict) -> str:
         lines.append(f"\nThink-first prompt, {name}: think-rate {tr['value']:.3f} [{tr['lo']:.3f}, {tr['hi']:.3f}], "
                      f"similarity to reference {sim['value']:.3f} [{sim['lo']:.3f}, {sim['hi']:.3f}], "
                      f"accuracy {t['accuracy']['value']:.3f}"
-                     + (f", think text with an inference step {inference['value']:.3f}" if inference else ""))
+                     + (f", think text with an inference step {inference['value']:.3f}" if inference else "")
+                     + "".join(f", {k.replace('_', '-')} {v['value']:.3f}"
+                               for k, v in t.get("distinct_ngrams", {}).items()))
     return "\n".join(lines)
 
 

@@ -60,7 +60,8 @@ def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread):
             "--max-new-tokens", "8"])
     report = json.loads(out.read_text())
     greedy = report["think_prompt"]["greedy"]
-    assert set(greedy["by_group"]) == {"accuracy", "think_rate", "reference_similarity"}
+    assert set(greedy["by_group"]) == {"accuracy", "think_rate", "reference_similarity",
+                                         "inference_coverage"}
     assert set(greedy["by_group"]["accuracy"]) == {it.family for it in items} | {"all"}
     assert greedy["accuracy"]["n"] == 7 and report["data"] == str(data)
     assert report["accuracy_with_notes"]["all"]["all"]["n"] == 7
@@ -85,3 +86,21 @@ def test_hierarchical_interval_widens_with_run_to_run_variation():
     with_gap[0, :10] = np.nan
     c = E.hierarchical_mean_ci(with_gap, seed=1)
     assert c["n_missing"] == 10 and np.isfinite(c["lo"])
+
+
+def test_inference_coverage_counts_the_reference_steps_stated():
+    items = [it for it in generate_items(40, seed=2) if len(E.inference_steps(it)) >= 2][:2]
+    assert len(items) == 2, "the task families give some items two or more inference steps"
+    steps = E.inference_steps(items[0])
+    completions = [f"<think>\n{steps[0]}\n</think>\n\n<answer>{items[0].answer}</answer>",
+                   f"<think>\n{' '.join(E.inference_steps(items[1]))}\n</think>\n\n<answer>x</answer>"]
+    got = E.inference_coverage(items, E.score(items, completions, with_similarity=False))
+    assert got[0] == pytest.approx(1 / len(steps)) and got[1] == 1.0
+
+
+def test_distinct_ngrams_falls_when_texts_repeat():
+    varied = ["sound one is high", "the second tone lasts longer", "three loud beeps"]
+    assert E.distinct_ngrams(varied, 2)["value"] == 1.0
+    got = E.distinct_ngrams(["sound one is high"] * 4, 2)
+    assert got["value"] == pytest.approx(3 / 12) and got["n_ngrams"] == 12 and got["n_texts"] == 4
+    assert np.isnan(E.distinct_ngrams(["one"], 2)["value"])

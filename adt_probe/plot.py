@@ -86,6 +86,15 @@ def new_figure(figsize: tuple[float, float], caption: str = "", **kwargs) -> Pap
     return fig
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _words(items: Sequence[str]) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _style(i: int) -> dict:
     return {"color": LINE_COLOURS[i % len(LINE_COLOURS)], "marker": MARKERS[i % len(MARKERS)], "markersize": 4}
 
@@ -160,11 +169,11 @@ def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str
     segment's colour, its interval in grey. ``bands``: lower/upper layers (default: halves of the MoE layers)."""
     bands = default_bands(drift) if bands is None else bands
     noise = f"noise_{metric}" in drift
-    caption = (f"{NAMES.get(metric, metric).capitalize()} per decoder layer, for {', '.join(segments)} tokens; "
+    caption = (f"{_cap(NAMES.get(metric, metric))} per decoder layer, for {_words(segments)} tokens; "
                f"shaded: 95% bootstrap interval over sequences."
-               + (" Dashed: the noise floor of each segment (the same measure between the base model and a copy "
-                  "of it under a small perturbation), grey: its 95% interval." if noise else
-                  " No noise floor was recorded.") + _band_sentence(bands))
+               + (" Dashed: the noise floor of each segment (the same measure between two recordings of the base "
+                  "model that should not differ, e.g. another dtype or batch composition), grey: its 95% interval."
+                  if noise else " No noise floor was recorded.") + _band_sentence(bands))
     fig = new_figure((6, 3.4), caption, layout="constrained")
     ax = fig.subplots()
     layers = drift["layer"].values
@@ -183,7 +192,8 @@ def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str
     ax.set_ylabel(LABELS.get(metric, metric))
     if title:
         ax.set_title(title)
-    _legend(ax, SHADED + ("; grey: noise floor's" if noise else ""), ncol=2 if noise else 1)
+    _legend(ax, SHADED + ("\n(grey: of the noise floor)" if noise else ""), loc="upper left",
+            bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     return fig
 
@@ -193,7 +203,7 @@ def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: 
     """Per layer, the change made by the router term (same input, other router), by the input term (same router,
     other input) and in total, each with its 95% interval (``adt_probe.decompose.router_decomposition``)."""
     bands = default_bands(decomposition) if bands is None else bands
-    caption = (f"{NAMES.get(metric, metric).capitalize()} per decoder layer ({segment} tokens), split exactly into "
+    caption = (f"{_cap(NAMES.get(metric, metric))} per decoder layer ({segment} tokens), split exactly into "
                f"the router term (the RL router on the base model's input), the input term (the base router on the "
                f"RL model's input) and the total; whiskers: 95% bootstrap interval over sequences."
                + _band_sentence(bands))
@@ -282,7 +292,7 @@ def drift_trajectory(trajectory: xr.Dataset, metric: str = "js", layers: Sequenc
     noise = f"noise_{metric}" in trajectory
     ncols = min(len(layers), 4 if len(layers) <= 12 else 8)
     nrows = math.ceil(len(layers) / ncols)
-    caption = (f"{NAMES.get(metric, metric).capitalize()} from the base model at each checkpoint of the RL run "
+    caption = (f"{_cap(NAMES.get(metric, metric))} from the base model at each checkpoint of the RL run "
                f"({segment} tokens), one panel per decoder layer"
                + (" (blue: lower band, vermillion: upper band)" if bands.get("upper") else "")
                + "; shaded: 95% bootstrap interval over sequences; step 0 is the base (0 by construction)."
@@ -306,11 +316,13 @@ def drift_trajectory(trajectory: xr.Dataset, metric: str = "js", layers: Sequenc
         ax.set_visible(False)
     fig.supxlabel("RL step", fontsize=9)
     fig.supylabel(LABELS.get(metric, metric), fontsize=9)
+    for ax in axes[:len(layers)]:
+        ax.tick_params(labelbottom=True)
     handles = [axes[0].plot([], [], **_style(0), label="lower band")[0],
-               axes[0].plot([], [], **_style(1), label="upper band")[0]] if upper else []
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=7, title=SHADED,
-                   title_fontsize=7)
+               axes[0].plot([], [], **_style(1), label="upper band")[0]] if upper else \
+        [axes[0].plot([], [], **_style(0), label="drift from the base")[0]]
+    fig.legend(handles=handles, loc="outside upper center", ncol=2, frameon=False, fontsize=7, title=SHADED,
+               title_fontsize=7)
     return fig
 
 
@@ -321,8 +333,8 @@ def crystallization_curves(curves: dict[str, xr.Dataset], variable: str = "lens_
     first = next(iter(curves.values()))
     bands = default_bands(first) if bands is None else bands
     names = list(curves)
-    caption = (f"{NAMES.get(variable, variable).capitalize()} after each decoder layer, for "
-               f"{', '.join(segments)} tokens; {names[0]} solid"
+    caption = (f"{_cap(NAMES.get(variable, variable))} after each decoder layer, for "
+               f"{_words(segments)} tokens; {names[0]} solid"
                + (f", {names[1]} dashed" if len(names) > 1 else "")
                + "; shaded: 95% bootstrap interval over sequences. No noise floor (a per-model measure)."
                + _band_sentence(bands))
@@ -338,7 +350,7 @@ def crystallization_curves(curves: dict[str, xr.Dataset], variable: str = "lens_
     _bands_marked(ax, bands)
     ax.set_xlabel("decoder layer (lens after the block)")
     ax.set_ylabel(LABELS.get(variable, variable))
-    _legend(ax, SHADED)
+    _legend(ax, SHADED, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     return fig
 
@@ -349,7 +361,7 @@ def crystallization_histogram(curves: dict[str, xr.Dataset], segments: Sequence[
     first = next(iter(curves.values()))
     bands = default_bands(first) if bands is None else bands
     caption = ("Share of tokens per crystallization layer (the layer from which the logit lens keeps the final "
-               f"prediction), per model, for {', '.join(segments)} tokens; legend: mean crystallization layer. "
+               f"prediction), per model, for {_words(segments)} tokens; legend: mean crystallization layer. "
                "Shares, no interval." + _band_sentence(bands))
     fig = new_figure((4 * len(segments), 3.2), caption, layout="constrained")
     axes = fig.subplots(1, len(segments), sharey=True, squeeze=False)
@@ -558,7 +570,7 @@ def router_effect_by_layer(table: dict, bands: dict | None = None, null: dict | 
     _bands_marked(ax, bands)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("relative router-logit change")
-    _legend(ax, SHADED, fontsize=7)
+    _legend(ax, SHADED, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     return fig
 

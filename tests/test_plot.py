@@ -218,6 +218,9 @@ def test_training_figure_has_reward_apart_from_rates(tmp_path):
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     plt.close("all")
     paths, caption = training_figure(log, tmp_path / "training")
+    from analyses.report import figure_caption
+
+    assert figure_caption(paths[0]) == caption and figure_caption(tmp_path / "missing", "x") == "x"
     assert plt.get_fignums() == []
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     with Image.open(paths[0]) as image:

@@ -227,3 +227,13 @@ def test_training_figure_has_reward_apart_from_rates(tmp_path):
         assert np.allclose(image.info["dpi"], 300, atol=0.5)
         assert image.info["Description"] == caption
     assert "reward" in caption and "stage" in caption
+
+
+def test_report_captions_come_from_the_figures(tmp_path):
+    from analyses.report import _figure
+
+    fig = FIGURES["drift_by_layer"][0]()
+    paths = plot.save(fig, tmp_path / "figures" / "drift_js")
+    md = _figure({"figures": {"drift_js": [str(p) for p in paths]}}, "drift_js", "short alt text", tmp_path)
+    assert md.startswith("![short alt text](figures/drift_js.png)")
+    assert f"*{fig.caption}*" in md and "95% bootstrap interval over sequences" in md and "noise floor" in md

@@ -61,7 +61,7 @@ TRANSPLANT = {  # metric: (y label, interval named in the legend)
     "accuracy": ("change in accuracy", "95% paired score interval (Newcombe), over items"),
     "think_rate": ("change in think-rate", "95% paired score interval (Newcombe), over items"),
     "reward": ("change in reward", "95% paired BCa bootstrap interval over items"),
-    "kl_to_rl": ("KL from the RL model's output\n(nats per think token)",
+    "kl_to_rl": ("change in KL from the RL model's output\n(nats per think token)",
                  "95% paired BCa bootstrap interval over sequences"),
     "think_logprob": ("change in log-prob of the think text\n(nats per think token)",
                       "95% paired BCa bootstrap interval over sequences")}

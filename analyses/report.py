@@ -181,7 +181,9 @@ def write_report(plan, steps: dict) -> dict:
                f"{_ci(c2.get('upper_share_base'))}, difference {_ci(c2['delta_upper_share'])}. Curves per token group "
                f"and the rule: [compare/report.md](compare/report.md).")
     tr = steps["transplant"]
-    tr_lines = [f"| {direction} | {band} | {_ci(v['accuracy'])} | {_ci(v['think_rate'])} |"
+    from adt_probe.plot import DIRECTIONS
+
+    tr_lines = [f"| {DIRECTIONS.get(direction, direction)} | {band} | {_ci(v['accuracy'])} | {_ci(v['think_rate'])} |"
                 for direction, bands in tr.items() if direction != "reference" for band, v in bands.items()]
     md = f"""# adt-probe reproduce{' (quick)' if plan.quick else ''}
 
@@ -232,7 +234,7 @@ Change when a band of layers routes with the other model's routers (95% paired b
 final model accuracy {tr['reference'].get('rl_accuracy', float('nan')):.3f}, base
 {tr['reference'].get('base_accuracy', float('nan')):.3f}.
 
-| direction | layers | change of accuracy | change of think-rate |
+| routers swapped | layers | change of accuracy | change of think-rate |
 |---|---|---|---|
 {chr(10).join(tr_lines)}
 

@@ -1,243 +1,417 @@
 """Figures: one function per figure type, each taking Datasets and returning a matplotlib Figure.
 
-Every figure shows intervals (shaded 95% bootstrap bands) and, where the Dataset has one, the noise floor (grey
-band). Figures carry no titles: the caption belongs to the paper or report that shows them; legends name the
-interval. Colours come from the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and
-lines also differ in marker, so figures read in greyscale print. ``save(fig, path)`` writes PNG (300 dpi) and PDF.
+Figures are built without pyplot (``matplotlib.figure.Figure`` with an Agg canvas), so none stays open in pyplot's
+registry: in a notebook a returned figure displays exactly once (as the cell's value), and a script making many
+figures holds none of them. Nothing here chooses a backend.
+
+Every figure shows intervals (shaded 95% bootstrap bands or whiskers, the kind named in the legend) and, where the
+Dataset has one, the noise floor of each segment. Figures carry no titles: each carries its caption as
+``fig.caption`` (what is shown, the interval, the noise floor) for the paper or report that shows it, and ``save``
+writes it into the files' metadata. Where layers are the x axis, the boundary between the lower and the upper band of
+layers is a dotted line. Colours come from the Okabe-Ito palette (distinguishable with the common colour-vision
+deficiencies; its yellow is never used for lines) and lines also differ in marker, so figures read in greyscale
+print. ``save(fig, path)`` writes PNG (300 dpi) beside a PDF.
 
 Examples
 --------
 >>> fig = drift_by_layer(drift, metric="js", segments=["think", "answer"])   # doctest: +SKIP
+>>> print(fig.caption)                                                        # doctest: +SKIP
 >>> save(fig, "figures/drift_js")                                             # writes .png and .pdf
 """
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-# No backend is chosen here: matplotlib picks the headless Agg itself when there is no display, and a notebook's
-# inline backend must stay in charge there so that figures (returned ones, plt.show(), xarray's .plot) display.
-import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+# Colours for lines and markers: the palette without its yellow (#F0E442), which is near-invisible as a thin line
+LINE_COLOURS = tuple(c for c in OKABE_ITO if c != "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LABELS = {"js": "Jensen-Shannon divergence (bits)", "kl": "KL(base || RL) (nats)",
-          "topk_jaccard": "top-k Jaccard overlap", "top1_agreement": "top-1 agreement",
+          "topk_jaccard": "top-k Jaccard overlap", "top1_agreement": "top-1 expert agreement",
           "entropy_delta": "routing entropy change (nats)", "lens_logprob": "log-prob of next token (nats)",
           "lens_rank": "rank of next token", "lens_kl_final": "KL(final || lens) (nats)",
           "lens_entropy": "lens entropy (nats)", "rel_change": "relative router-logit change",
           "share": "share of the router-logit change", "topk_change": "top-k set change rate",
           "top1_flip": "top-1 flip rate"}
+NAMES = {"js": "Jensen-Shannon divergence between the base and RL routing distributions",
+         "kl": "KL divergence between the base and RL routing distributions",
+         "topk_jaccard": "overlap of the base and RL top-k expert sets",
+         "top1_agreement": "agreement of the base and RL top-1 experts",
+         "entropy_delta": "change of the routing entropy", "lens_logprob": "logit-lens log-prob of the next token",
+         "lens_rank": "logit-lens rank of the next token",
+         "lens_kl_final": "KL divergence of the logit lens from the model's final distribution",
+         "lens_entropy": "entropy of the logit lens", "rel_change": "relative router-logit change",
+         "share": "share of the router-logit change", "topk_change": "top-k set change rate",
+         "top1_flip": "top-1 flip rate"}
+SHADED = "shaded: 95% sequence-bootstrap interval"
+WHISKERS = "whiskers: 95% sequence-bootstrap interval"
+DIRECTIONS = {"rl <- base": "base routers in the RL model", "base <- rl": "RL routers in the base model"}
+TRANSPLANT = {  # metric: (y label, interval named in the legend)
+    "accuracy": ("change in accuracy", "95% paired score interval (Newcombe), over items"),
+    "think_rate": ("change in think-rate", "95% paired score interval (Newcombe), over items"),
+    "reward": ("change in reward", "95% paired BCa bootstrap interval over items"),
+    "kl_to_rl": ("change in KL from the RL model's output\n(nats per think token)",
+                 "95% paired BCa bootstrap interval over sequences"),
+    "think_logprob": ("change in log-prob of the think text\n(nats per think token)",
+                      "95% paired BCa bootstrap interval over sequences")}
+
+
+class PaperFigure(Figure):
+    """A Figure outside pyplot, with its caption (``caption``) and a PNG representation for notebooks."""
+
+    caption: str = ""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
+
+
+def new_figure(figsize: tuple[float, float], caption: str = "", **kwargs) -> PaperFigure:
+    """A Figure with an Agg canvas that pyplot does not know about (``Figure(...)``, then ``fig.subplots``)."""
+    fig = PaperFigure(figsize=figsize, **kwargs)
+    FigureCanvasAgg(fig)
+    fig.caption = caption
+    return fig
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _words(items: Sequence[str]) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _style(i: int) -> dict:
-    return {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)], "markersize": 4}
+    return {"color": LINE_COLOURS[i % len(LINE_COLOURS)], "marker": MARKERS[i % len(MARKERS)], "markersize": 4}
 
 
-def _bands_marked(ax, bands: dict | None) -> None:
-    """A dotted line between the lower and the upper band of layers."""
-    if bands and bands.get("lower") and bands.get("upper"):
-        ax.axvline((bands["lower"][-1] + bands["upper"][0]) / 2, color="0.3", ls=":", lw=1)
-        ax.text(bands["upper"][0] - 0.45, 0.98, "upper band", transform=ax.get_xaxis_transform(), fontsize=7,
-                va="top")
+def _moe_layers(ds: xr.Dataset) -> list[int]:
+    """The MoE layers (``moe_layer`` coordinate or variable; every layer without one)."""
+    layers = ds["layer"].values
+    if "moe_layer" in ds.coords or "moe_layer" in ds:
+        moe = ds["moe_layer"].transpose(..., "layer").values
+        layers = layers[np.asarray(moe, bool).reshape(-1, len(layers))[0]]
+    return [int(i) for i in layers]
 
 
-def save(fig: plt.Figure, path: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write ``fig`` as ``path.png`` (300 dpi) and ``path.pdf`` (vector); returns the paths."""
+def default_bands(ds: xr.Dataset) -> dict[str, list[int]]:
+    """Lower and upper half of the MoE layers (``moe_layer`` coordinate; all layers without one), as the analyses
+    split them."""
+    layers = _moe_layers(ds)
+    return {"lower": layers[: len(layers) // 2], "upper": layers[len(layers) // 2:]}
+
+
+def _bands_marked(ax, bands: dict | None, *, label: bool = True) -> None:
+    """A dotted line between the lower and the upper band of layers, the bands named at the top."""
+    if not (bands and bands.get("lower") and bands.get("upper")):
+        return
+    boundary = (bands["lower"][-1] + bands["upper"][0]) / 2
+    ax.axvline(boundary, color="0.3", ls=":", lw=1, gid="band_boundary")
+    if label:
+        kw = {"transform": ax.get_xaxis_transform(), "fontsize": 7, "va": "top", "color": "0.3"}
+        ax.text(boundary - 0.1, 0.98, "lower band", ha="right", **kw)
+        ax.text(boundary + 0.1, 0.98, "upper band", ha="left", **kw)
+
+
+def _band_sentence(bands: dict | None) -> str:
+    if not (bands and bands.get("lower") and bands.get("upper")):
+        return ""
+    return (f" Dotted line: boundary between the lower band (layers {bands['lower'][0]}-{bands['lower'][-1]}) and "
+            f"the upper band (layers {bands['upper'][0]}-{bands['upper'][-1]}).")
+
+
+def save(fig: Figure, path: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write ``fig`` as ``path.png`` (300 dpi) and ``path.pdf`` (vector) with its caption in the files' metadata
+    (PNG ``Description``, PDF ``Subject``); returns the paths."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    caption = getattr(fig, "caption", "")
     out = []
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=300, bbox_inches="tight")
+        metadata = {"png": {"Description": caption}, "pdf": {"Subject": caption}}.get(fmt) if caption else None
+        fig.savefig(target, dpi=300, bbox_inches="tight", metadata=metadata)
         out.append(target)
     return out
 
 
 def _band(ax, x, lo, hi, color, alpha=0.2):
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
     ok = ~(np.isnan(lo) | np.isnan(hi))
     if ok.any():
-        ax.fill_between(np.asarray(x)[ok], np.asarray(lo)[ok], np.asarray(hi)[ok], color=color, alpha=alpha, lw=0)
+        ax.fill_between(np.asarray(x)[ok], lo[ok], hi[ok], color=color, alpha=alpha, lw=0)
 
+
+def _legend(ax, title: str, **kwargs) -> None:
+    ax.legend(frameon=False, fontsize=kwargs.pop("fontsize", 8), title=title, title_fontsize=7, **kwargs)
+
+
+# --- drift by layer ---------------------------------------------------------------------------------------------------
 
 def drift_by_layer(drift: xr.Dataset, metric: str = "js", segments: Sequence[str] = ("all",),
-                   title: str | None = None) -> plt.Figure:
-    """Drift per layer with its 95% interval per segment, and the noise floor's interval in grey."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+                   title: str | None = None, bands: dict | None = None) -> PaperFigure:
+    """Drift per layer with its 95% sequence-bootstrap interval per segment and, where the Dataset has one (the
+    ``noise_<metric>`` variables of ``gating_drift(..., noise=...)``), the noise floor of each segment: dashed in the
+    segment's colour, its interval in grey. ``bands``: lower/upper layers (default: halves of the MoE layers)."""
+    bands = default_bands(drift) if bands is None else bands
+    noise = f"noise_{metric}" in drift
+    caption = (f"{_cap(NAMES.get(metric, metric))} per decoder layer, for {_words(segments)} tokens; "
+               f"shaded: 95% bootstrap interval over sequences."
+               + (" Dashed: the noise floor of each segment (the same measure between two recordings of the base "
+                  "model that should not differ, e.g. another dtype or batch composition), grey: its 95% interval."
+                  if noise else " No noise floor was recorded.") + _band_sentence(bands))
+    fig = new_figure((6, 3.4), caption, layout="constrained")
+    ax = fig.subplots()
     layers = drift["layer"].values
     for i, seg in enumerate(segments):
         st = _style(i)
-        ax.plot(layers, drift[metric].sel(segment=seg), label=f"{seg} (95% CI, bootstrap over sequences)", **st)
+        ax.plot(layers, drift[metric].sel(segment=seg), label=f"{seg} tokens", **st)
         _band(ax, layers, drift[f"{metric}_lo"].sel(segment=seg), drift[f"{metric}_hi"].sel(segment=seg), st["color"])
-    if f"noise_{metric}" in drift:  # one floor per segment: segments differ in length and so in floor
+    if noise:  # one floor per segment: segments differ in length and so in floor
         for i, seg in enumerate(segments):
-            ax.plot(layers, drift[f"noise_{metric}"].sel(segment=seg), color="0.4", ls=(0, (1 + i, 2)), lw=1,
+            ax.plot(layers, drift[f"noise_{metric}"].sel(segment=seg), color=_style(i)["color"], ls="--", lw=1,
                     label=f"noise floor, {seg}")
             _band(ax, layers, drift[f"noise_{metric}_lo"].sel(segment=seg),
                   drift[f"noise_{metric}_hi"].sel(segment=seg), "0.5", alpha=0.15)
+    _bands_marked(ax, bands)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(LABELS.get(metric, metric))
     if title:
         ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8)
+    _legend(ax, SHADED + ("\n(grey: of the noise floor)" if noise else ""), loc="upper left",
+            bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
-def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: str = "all") -> plt.Figure:
+def drift_decomposition(decomposition: xr.Dataset, metric: str = "js", segment: str = "all",
+                        bands: dict | None = None) -> PaperFigure:
     """Per layer, the change made by the router term (same input, other router), by the input term (same router,
     other input) and in total, each with its 95% interval (``adt_probe.decompose.router_decomposition``)."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bands = default_bands(decomposition) if bands is None else bands
+    caption = (f"{_cap(NAMES.get(metric, metric))} per decoder layer ({segment} tokens), split exactly into "
+               f"the router term (the RL router on the base model's input), the input term (the base router on the "
+               f"RL model's input) and the total; whiskers: 95% bootstrap interval over sequences."
+               + _band_sentence(bands))
+    fig = new_figure((6, 3.4), caption, layout="constrained")
+    ax = fig.subplots()
     layers = decomposition["layer"].values
     effects = list(decomposition["effect"].values)
+    names = {"router": "router term (fixed input)", "input": "input term (fixed router)", "total": "total"}
     width = 0.8 / len(effects)
     for i, effect in enumerate(effects):
         sel = decomposition.sel(effect=effect, segment=segment)
         est = sel[metric].values
         err = np.vstack([est - sel[f"{metric}_lo"].values, sel[f"{metric}_hi"].values - est])
-        ax.bar(layers + (i - (len(effects) - 1) / 2) * width, est, width=width, yerr=np.clip(err, 0, None),
-               capsize=2, color=OKABE_ITO[i], hatch=("", "//", "..")[i % 3], label=f"{effect} (95% CI)")
+        ax.bar(layers + (i - (len(effects) - 1) / 2) * width, est, width=width,
+               yerr=np.clip(np.nan_to_num(err), 0, None), capsize=2, color=LINE_COLOURS[i],
+               hatch=("", "//", "..")[i % 3], label=names.get(str(effect), str(effect)))
+    _bands_marked(ax, bands)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(LABELS.get(metric, metric))
-    ax.legend(frameon=False, fontsize=8)
+    _legend(ax, WHISKERS)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     return fig
 
 
-def expert_load(drift: xr.Dataset, segment: str = "all", title: str | None = None) -> plt.Figure:
+def expert_load(drift: xr.Dataset, segment: str = "all", title: str | None = None) -> PaperFigure:
     """Heatmaps of expert load (layer x expert): base, RL, and the shift (diverging, centred at 0)."""
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharey=True)
+    caption = (f"Expert load per decoder layer ({segment} tokens): the share of top-k routing slots each expert gets "
+               f"in the base model, in the RL model, and the shift (RL minus base). Point estimates; no interval.")
+    fig = new_figure((11, 3.4), caption, layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
     base, rl = drift["base_load"].sel(segment=segment), drift["rl_load"].sel(segment=segment)
     shift = drift["load_shift"].sel(segment=segment)
     vmax = float(max(base.max(), rl.max()))
-    for ax, data, name in ((axes[0], base, "base"), (axes[1], rl, "RL")):
+    for ax, data, name in ((axes[0], base, "base model"), (axes[1], rl, "RL model")):
         im = ax.imshow(data.values, aspect="auto", cmap="cividis", vmin=0, vmax=vmax, origin="lower")
-        ax.set_title(f"{name} load ({segment})")
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("expert")
     fig.colorbar(im, ax=axes[:2], fraction=0.03, label="share of top-k slots")
     lim = float(np.nanmax(np.abs(shift.values))) or 1.0
     im2 = axes[2].imshow(shift.values, aspect="auto", cmap="PuOr", vmin=-lim, vmax=lim, origin="lower")
-    axes[2].set_title("load shift (RL - base)")
+    axes[2].set_title("shift (RL minus base)", fontsize=9)
     axes[2].set_xlabel("expert")
-    fig.colorbar(im2, ax=axes[2], fraction=0.05)
+    fig.colorbar(im2, ax=axes[2], fraction=0.05, label="change in share of slots")
     axes[0].set_ylabel("decoder layer")
     if title:
         fig.suptitle(title)
     return fig
 
 
-def router_weight_drift(weights: xr.Dataset, title: str | None = None) -> plt.Figure:
+def router_weight_drift(weights: xr.Dataset, title: str | None = None, bands: dict | None = None) -> PaperFigure:
     """Relative change of the router weights per layer (bar: whole router; whisker: range over experts' rows) next to
     the relative change of the block's other weights (the reference: how much training moved that block at all)."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bands = default_bands(weights) if bands is None else bands
+    other = "rel_change_other" in weights
+    caption = ("Relative change of the router weights per decoder layer, ||W_RL - W_base|| / ||W_base||; whiskers: "
+               "range over the experts' rows (no sampling interval: the weights are not a sample)."
+               + (" Hatched: the same for the block's other weights, how much training moved that block at all."
+                  if other else "") + _band_sentence(bands))
+    fig = new_figure((6, 3.4), caption, layout="constrained")
+    ax = fig.subplots()
     layers = weights["layer"].values
     rel = weights["rel_change"].values
     lo = np.nanmin(weights["rel_change_expert"].values, axis=1)
     hi = np.nanmax(weights["rel_change_expert"].values, axis=1)
-    ax.bar(layers - 0.2, rel, width=0.4, color=OKABE_ITO[0], label="router",
-           yerr=np.vstack([np.clip(rel - lo, 0, None), np.clip(hi - rel, 0, None)]), capsize=2)
-    if "rel_change_other" in weights:
-        ax.bar(layers + 0.2, weights["rel_change_other"].values, width=0.4, color=OKABE_ITO[1], hatch="//",
+    ax.bar(layers - 0.2, rel, width=0.4, color=LINE_COLOURS[0], label="router",
+           yerr=np.nan_to_num(np.vstack([np.clip(rel - lo, 0, None), np.clip(hi - rel, 0, None)])), capsize=2)
+    if other:
+        ax.bar(layers + 0.2, weights["rel_change_other"].values, width=0.4, color=LINE_COLOURS[1], hatch="//",
                label="other weights of the block")
+    _bands_marked(ax, bands)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(r"$\|W_{RL} - W_{base}\| / \|W_{base}\|$")
     if title:
         ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8)
+    _legend(ax, "whiskers: range over the experts' rows")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     return fig
 
 
 def drift_trajectory(trajectory: xr.Dataset, metric: str = "js", layers: Sequence[int] | None = None,
-                     segment: str = "all") -> plt.Figure:
-    """Drift from the base along the checkpoints of a run (``step`` dimension), one line per layer."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+                     segment: str = "all", bands: dict | None = None) -> PaperFigure:
+    """Drift from the base along the checkpoints of a run (``step`` dimension) as small multiples: one panel per
+    layer (default: the MoE layers), shared axes, coloured by band, each with its 95% interval."""
+    bands = default_bands(trajectory) if bands is None else bands
+    layers = _moe_layers(trajectory) if layers is None else [int(v) for v in layers]
+    noise = f"noise_{metric}" in trajectory
+    ncols = min(len(layers), 4 if len(layers) <= 12 else 8)
+    nrows = math.ceil(len(layers) / ncols)
+    caption = (f"{_cap(NAMES.get(metric, metric))} from the base model at each checkpoint of the RL run "
+               f"({segment} tokens), one panel per decoder layer"
+               + (" (blue: lower band, vermillion: upper band)" if bands.get("upper") else "")
+               + "; shaded: 95% bootstrap interval over sequences; step 0 is the base (0 by construction)."
+               + (" Dashed: the noise floor." if noise else " No noise floor was recorded along the run."))
+    fig = new_figure((1.9 * ncols + 0.8, 1.45 * nrows + 0.8), caption, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
     steps = trajectory["step"].values
-    layers = list(trajectory["layer"].values if layers is None else layers)
-    for i, layer in enumerate(layers):
+    upper = set(bands.get("upper") or [])
+    for ax, layer in zip(axes, layers):
+        i = 1 if layer in upper else 0
         st = _style(i)
         sel = trajectory.sel(layer=layer, segment=segment)
-        ax.plot(steps, sel[metric], label=f"layer {layer}", **st)
-        _band(ax, steps, sel[f"{metric}_lo"], sel[f"{metric}_hi"], st["color"], alpha=0.12)
-    ax.set_xlabel("RL step")
-    ax.set_ylabel(LABELS.get(metric, metric))
-    ax.legend(frameon=False, fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        ax.plot(steps, sel[metric], lw=1.5, **st)
+        _band(ax, steps, sel[f"{metric}_lo"], sel[f"{metric}_hi"], st["color"], alpha=0.2)
+        if noise:
+            ax.plot(steps, sel[f"noise_{metric}"], color="0.4", ls="--", lw=1)
+        band = " (upper)" if layer in upper else " (lower)" if layer in (bands.get("lower") or []) else ""
+        ax.text(0.03, 0.95, f"layer {layer}{band}", transform=ax.transAxes, fontsize=7, va="top")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(layers):]:
+        ax.set_visible(False)
+    fig.supxlabel("RL step", fontsize=9)
+    fig.supylabel(LABELS.get(metric, metric), fontsize=9)
+    for ax in axes[:len(layers)]:
+        ax.tick_params(labelbottom=True)
+    handles = [axes[0].plot([], [], **_style(0), label="lower band")[0],
+               axes[0].plot([], [], **_style(1), label="upper band")[0]] if upper else \
+        [axes[0].plot([], [], **_style(0), label="drift from the base")[0]]
+    fig.legend(handles=handles, loc="outside upper center", ncol=2, frameon=False, fontsize=7, title=SHADED,
+               title_fontsize=7)
     return fig
 
 
 def crystallization_curves(curves: dict[str, xr.Dataset], variable: str = "lens_logprob",
-                           segments: Sequence[str] = ("think", "answer")) -> plt.Figure:
+                           segments: Sequence[str] = ("think", "answer"), bands: dict | None = None) -> PaperFigure:
     """Lens curves by layer for each (model, segment), e.g. ``{"base": c_base, "RL": c_rl}`` from
     ``crystallization``; solid = first model, dashed = second."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    first = next(iter(curves.values()))
+    bands = default_bands(first) if bands is None else bands
+    names = list(curves)
+    caption = (f"{_cap(NAMES.get(variable, variable))} after each decoder layer, for "
+               f"{_words(segments)} tokens; {names[0]} solid"
+               + (f", {names[1]} dashed" if len(names) > 1 else "")
+               + "; shaded: 95% bootstrap interval over sequences. No noise floor (a per-model measure)."
+               + _band_sentence(bands))
+    fig = new_figure((6, 3.4), caption, layout="constrained")
+    ax = fig.subplots()
     for m, (label, c) in enumerate(curves.items()):
         for i, seg in enumerate(segments):
             st = _style(i)
             layers = c["layer"].values
-            ax.plot(layers, c[variable].sel(segment=seg), ls="-" if m == 0 else "--",
-                    label=f"{label}: {seg} (95% CI)", **st)
+            ax.plot(layers, c[variable].sel(segment=seg), ls="-" if m == 0 else "--", label=f"{label}: {seg}", **st)
             _band(ax, layers, c[f"{variable}_lo"].sel(segment=seg), c[f"{variable}_hi"].sel(segment=seg),
                   st["color"], alpha=0.15)
-    ax.set_xlabel("decoder layer (lens after block)")
+    _bands_marked(ax, bands)
+    ax.set_xlabel("decoder layer (lens after the block)")
     ax.set_ylabel(LABELS.get(variable, variable))
-    ax.legend(frameon=False, fontsize=8)
+    _legend(ax, SHADED, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
-def crystallization_histogram(curves: dict[str, xr.Dataset], segments: Sequence[str] = ("think", "answer")
-                              ) -> plt.Figure:
+def crystallization_histogram(curves: dict[str, xr.Dataset], segments: Sequence[str] = ("think", "answer"),
+                              bands: dict | None = None) -> PaperFigure:
     """Where tokens crystallize: share of tokens per crystallization layer, per model and segment."""
-    fig, axes = plt.subplots(1, len(segments), figsize=(4 * len(segments), 3.2), sharey=True, squeeze=False)
+    first = next(iter(curves.values()))
+    bands = default_bands(first) if bands is None else bands
+    caption = ("Share of tokens per crystallization layer (the layer from which the logit lens keeps the final "
+               f"prediction), per model, for {_words(segments)} tokens; legend: mean crystallization layer. "
+               "Shares, no interval." + _band_sentence(bands))
+    fig = new_figure((4 * len(segments), 3.2), caption, layout="constrained")
+    axes = fig.subplots(1, len(segments), sharey=True, squeeze=False)
     for ax, seg in zip(axes[0], segments):
         n = len(curves)
         for m, (label, c) in enumerate(curves.items()):
             layers = c["layer"].values
             width = 0.8 / n
             ax.bar(layers + (m - (n - 1) / 2) * width, c["layer_histogram"].sel(segment=seg), width=width,
-                   color=OKABE_ITO[m], hatch=("", "//", "..")[m % 3], label=f"{label} (mean "
+                   color=LINE_COLOURS[m], hatch=("", "//", "..")[m % 3], label=f"{label} (mean "
                    f"{float(c['mean_crystallization_layer'].sel(segment=seg)):.2f})")
-        ax.set_title(f"{seg} tokens")
+        _bands_marked(ax, bands)
+        ax.set_title(f"{seg} tokens", fontsize=9)
         ax.set_xlabel("crystallization layer")
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=8, loc="center left")
     axes[0][0].set_ylabel("share of tokens")
-    fig.tight_layout()
     return fig
 
 
-def transplant_effects(effects: xr.Dataset, metric: str = "accuracy") -> plt.Figure:
-    """Change of ``metric`` when a band of layers routes with the other model's routers, with intervals.
+def transplant_effects(effects: xr.Dataset, metric: str = "accuracy") -> PaperFigure:
+    """Change of ``metric`` when a band of layers routes with the other model's routers: one dot per (band,
+    direction) with its 95% paired interval, directions in words.
 
     ``effects`` has dims ``band`` and ``direction`` and variables ``<metric>_delta``, ``_lo``, ``_hi``.
     """
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ylabel, interval = TRANSPLANT.get(metric, (f"change in {metric}", "95% paired interval"))
+    directions = list(effects["direction"].values)
+    words = [DIRECTIONS.get(str(d), str(d)) for d in directions]
+    caption = (f"Router transplant: {ylabel.replace(chr(10), ' ')} when the routers of one band of layers are "
+               f"swapped ({'; '.join(words)}), against the unmodified model; whiskers: {interval}. Zero: no change.")
+    fig = new_figure((6, 3.4), caption, layout="constrained")
+    ax = fig.subplots()
     bands = [str(b) for b in effects["band"].values]
     x = np.arange(len(bands))
-    directions = list(effects["direction"].values)
-    width = 0.8 / len(directions)
-    for i, d in enumerate(directions):
+    width = 0.5 / max(1, len(directions) - 1) if len(directions) > 1 else 0.0
+    for i, (d, word) in enumerate(zip(directions, words)):
         sel = effects.sel(direction=d)
         est = sel[f"{metric}_delta"].values
-        err = np.vstack([est - sel[f"{metric}_delta_lo"].values, sel[f"{metric}_delta_hi"].values - est])
-        ax.bar(x + (i - (len(directions) - 1) / 2) * width, est, width=width, yerr=err, capsize=3,
-               color=OKABE_ITO[i], hatch=("", "//")[i % 2], label=str(d))
+        err = np.clip(np.nan_to_num(np.vstack([est - sel[f"{metric}_delta_lo"].values,
+                                               sel[f"{metric}_delta_hi"].values - est])), 0, None)
+        st = _style(i)
+        ax.errorbar(x + (i - (len(directions) - 1) / 2) * width, est, yerr=err, ls="none", capsize=3,
+                    color=st["color"], marker=st["marker"], markersize=6, label=word)
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_xticks(x, bands)
-    ax.set_xlabel("transplanted layer band")
-    ax.set_ylabel(f"change in {metric}")
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
+    ax.set_xticks(x, [f"layers {b}" for b in bands])
+    ax.set_xlim(-0.6, len(bands) - 0.4)
+    ax.set_xlabel("band of layers whose routers are swapped")
+    ax.set_ylabel(ylabel)
+    _legend(ax, f"whiskers: {interval}")
+    ax.grid(alpha=0.3, axis="y")
     return fig
 
 
@@ -267,16 +441,13 @@ def _token_labels(seq: xr.Dataset, tokenizer) -> list[str]:
     return _token_text(tokenizer, seq["token_id"].values)
 
 
-def _grid_axes(n_tokens: int, n_layers: int) -> tuple[Figure, plt.Axes]:
-    # Made through pyplot (whose first figure makes a notebook's inline backend render Figures) and closed at once:
-    # a notebook then shows it once, as the cell's value, and scripts making many figures hold none of them open
-    fig = plt.figure(figsize=(min(2.0 + 0.62 * n_tokens, 40), min(max(3.5, 1.5 + 0.3 * n_layers), 30)),
+def _grid_axes(n_tokens: int, n_layers: int, caption: str):
+    fig = new_figure((min(2.0 + 0.62 * n_tokens, 40), min(max(3.5, 1.5 + 0.3 * n_layers), 30)), caption,
                      layout="constrained")
-    plt.close(fig)
     return fig, fig.add_subplot()
 
 
-def _label_grid(ax: plt.Axes, labels: list[str], layers: np.ndarray, segments: np.ndarray) -> None:
+def _label_grid(ax, labels: list[str], layers: np.ndarray, segments: np.ndarray) -> None:
     ax.set_xticks(range(len(labels)), [lab[:10] for lab in labels], rotation=90, fontsize=7)
     step = max(1, len(layers) // 16)
     ax.set_yticks(range(0, len(layers), step), [str(int(v)) for v in layers[::step]], fontsize=7)
@@ -288,7 +459,7 @@ def _label_grid(ax: plt.Axes, labels: list[str], layers: np.ndarray, segments: n
 
 
 def logit_lens_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_tokens: int = 24,
-                    cell_text: bool = True) -> Figure:
+                    cell_text: bool = True) -> PaperFigure:
     """The classic logit-lens picture of one sequence: token x layer, each cell the lens's top-1 prediction.
 
     Parameters
@@ -311,7 +482,10 @@ def logit_lens_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_to
     seq = _one_sequence(ds, sequence, max_tokens)
     logprob = seq["lens_logprob"].transpose("layer", "token").values  # (layers, tokens)
     top1 = seq["lens_top1"].transpose("layer", "token").values
-    fig, ax = _grid_axes(seq.sizes["token"], seq.sizes["layer"])
+    fig, ax = _grid_axes(seq.sizes["token"], seq.sizes["layer"],
+                         f"Logit lens on sequence {sequence}: for each input token (x) and layer (y), the token the "
+                         f"lens after that layer predicts next (cell text) and the log-probability it gives the "
+                         f"actual next token (colour; white: no next token). One sequence, no interval.")
     finite = logprob[np.isfinite(logprob)]
     vmin = float(np.percentile(finite, 2)) if finite.size else -10.0
     image = ax.imshow(np.ma.masked_invalid(logprob), aspect="auto", origin="lower", cmap="viridis", vmin=vmin,
@@ -327,12 +501,11 @@ def logit_lens_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_to
             ax.text(tok, layer, word, ha="center", va="center", fontsize=5.5,
                     color="white" if dark[layer, tok] else "black")
     _label_grid(ax, _token_labels(seq, tokenizer), seq["layer"].values, seq["segment"].values)
-    fig.suptitle(f"Logit lens, sequence {sequence}: the top-1 token each layer predicts next", fontsize=9)
     return fig
 
 
 def expert_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_tokens: int = 24,
-                cell_text: bool = True) -> Figure:
+                cell_text: bool = True) -> PaperFigure:
     """Token x layer grid of each token's top-1 expert in one sequence (MoE layers only).
 
     Parameters
@@ -354,9 +527,12 @@ def expert_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_tokens
     expert = seq["topk_experts"].isel(k=0).transpose("layer", "token").values.astype(int)
     weight = seq["topk_weights"].isel(k=0).transpose("layer", "token").values
     n_experts = int(ds.attrs.get("n_experts") or expert.max() + 1)
-    colours = plt.get_cmap("tab20" if n_experts > 10 else "tab10").colors
+    colours = colormaps["tab20" if n_experts > 10 else "tab10"].colors
     cmap = ListedColormap([colours[i % len(colours)] for i in range(n_experts)])
-    fig, ax = _grid_axes(seq.sizes["token"], seq.sizes["layer"])
+    fig, ax = _grid_axes(seq.sizes["token"], seq.sizes["layer"],
+                         f"Top-1 expert of each input token (x) in each MoE layer (y), sequence {sequence}: colour "
+                         f"and cell text name the expert, with its routing weight in percent. One sequence, no "
+                         f"interval.")
     image = ax.imshow(np.ma.masked_less(expert, 0), aspect="auto", origin="lower", cmap=cmap,
                       norm=BoundaryNorm(np.arange(n_experts + 1) - 0.5, n_experts), interpolation="nearest")
     bar = fig.colorbar(image, ax=ax, label="top-1 expert", shrink=0.8)
@@ -367,60 +543,73 @@ def expert_grid(ds: xr.Dataset, tokenizer=None, *, sequence: int = 0, max_tokens
                 ax.text(tok, layer, f"{e}\n{100 * weight[layer, tok]:.0f}%", ha="center", va="center",
                         fontsize=5, linespacing=0.9)
     _label_grid(ax, _token_labels(seq, tokenizer), seq["layer"].values, seq["segment"].values)
-    fig.suptitle(f"Top-1 expert per token and MoE layer, sequence {sequence} (text: expert, routing weight)",
-                 fontsize=9)
     return fig
 
 
-def router_effect_by_layer(table: dict, bands: dict | None = None, null: dict | None = None) -> plt.Figure:
+def router_effect_by_layer(table: dict, bands: dict | None = None, null: dict | None = None) -> PaperFigure:
     """Relative router-logit change per layer: router term (fixed input), input term and total, 95% intervals;
     grey: the range of uniform random router updates (the calibration). ``table``: ``findings["decomposition"]``."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    caption = ("Relative router-logit change per decoder layer, split exactly into the router term (the RL router "
+               "on the base model's input), the input term (the base router on the changed input) and the total; "
+               "shaded: 95% bootstrap interval over sequences."
+               + (f" Grey: the noise floor, the range of the router term under {null['k']} uniform random router "
+                  f"updates of the same relative size." if null else " No noise floor was computed.")
+               + _band_sentence(bands))
+    fig = new_figure((6, 3.4), caption, layout="constrained")
+    ax = fig.subplots()
     layers = np.asarray(table["layer"])
     for i, (effect, label) in enumerate((("router", "router term ||dW x̄|| (fixed input)"),
                                          ("input", "input term ||W̄ dx||"), ("total", "total"))):
         v = table["rel_change"][effect]
         st = _style(i)
-        ax.plot(layers, v["value"], label=f"{label}", **st)
+        ax.plot(layers, np.asarray(v["value"], float), label=label, **st)
         _band(ax, layers, np.asarray(v["lo"], float), np.asarray(v["hi"], float), st["color"])
     if null:
         ax.fill_between(layers, null["min"], null["max"], color="0.6", alpha=0.35, lw=0,
-                        label=f"uniform random router updates ({null['k']} draws, range)")
+                        label=f"noise floor: random router updates ({null['k']} draws, range)")
     _bands_marked(ax, bands)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("relative router-logit change")
-    ax.legend(frameon=False, fontsize=7, title="shaded: 95% CI, bootstrap over sequences", title_fontsize=7)
+    _legend(ax, SHADED, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
-def router_share_by_layer(table: dict, bands: dict | None = None) -> plt.Figure:
+def router_share_by_layer(table: dict, bands: dict | None = None) -> PaperFigure:
     """Share of the router-logit change made by the router term and by the input term per layer (they add up to 1
     exactly), 95% intervals."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    caption = ("Share of the router-logit change made by the router term and by the input term per decoder layer "
+               "(an exact split: they add up to 1); whiskers: 95% bootstrap interval over sequences."
+               + _band_sentence(bands))
+    fig = new_figure((6, 3.2), caption, layout="constrained")
+    ax = fig.subplots()
     layers = np.asarray(table["layer"])
     for i, effect in enumerate(("router", "input")):
         v = table["share"][effect]
         est = np.asarray(v["value"], float)
         err = np.clip(np.vstack([est - np.asarray(v["lo"], float), np.asarray(v["hi"], float) - est]), 0, None)
-        ax.bar(layers + (i - 0.5) * 0.4, est, width=0.4, yerr=err, capsize=2, color=OKABE_ITO[i],
-               hatch=("", "//")[i], label=f"{effect} term (95% CI)")
+        ax.bar(layers + (i - 0.5) * 0.4, est, width=0.4, yerr=np.nan_to_num(err), capsize=2,
+               color=LINE_COLOURS[i], hatch=("", "//")[i], label=f"{effect} term")
     _bands_marked(ax, bands)
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xlabel("decoder layer")
-    ax.set_ylabel("share of the logit change")
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_ylabel("share of the router-logit change")
+    _legend(ax, WHISKERS)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     return fig
 
 
 def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequence[str] = ("think", "answer")
-                    ) -> plt.Figure:
+                    ) -> PaperFigure:
     """Share of tokens settled by each stream (E = embedding, then each block), base solid and RL dashed, with 95%
     intervals; the share that settles only at the output is printed in the legend (it is no settling layer)."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    caption = ("Share of tokens whose logit-lens prediction has settled by each stream (E: the embedding; i: after "
+               "block i), base model solid, RL model dashed, per token group; shaded: 95% bootstrap interval over "
+               "sequences; legend: the share settling only at the output. No noise floor (a per-model measure)."
+               + ("" if first_upper is None else
+                  f" Dotted line: boundary between the lower and the upper band (blocks {first_upper} and later)."))
+    fig = new_figure((6, 3.4), caption, layout="constrained")
+    ax = fig.subplots()
     for i, g in enumerate(x for x in groups if x in curves and "rl" in curves[x]):
         c = curves[g]
         x = np.asarray(c["stream"])
@@ -431,24 +620,28 @@ def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequen
                     f"{never:.2f})", **st)
             _band(ax, x, np.asarray(c[m]["lo"], float), np.asarray(c[m]["hi"], float), st["color"], alpha=0.12)
     if first_upper is not None:
-        ax.axvline(first_upper - 0.5, color="0.3", ls=":", lw=1)
+        _bands_marked(ax, {"lower": [first_upper - 1], "upper": [first_upper]})
     ticks = np.asarray(next(iter(curves.values()))["stream"])
     ax.set_xticks(ticks, ["E" if t < 0 else str(t) for t in ticks])
     ax.set_xlabel("stream (E: embedding; i: after block i)")
     ax.set_ylabel("share settled by this stream")
     ax.set_ylim(0, 1)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(frameon=False, fontsize=7, title="shaded: 95% CI, bootstrap over sequences", title_fontsize=7)
+        _legend(ax, SHADED, fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
-def control_bars(controls: dict) -> plt.Figure:
+def control_bars(controls: dict) -> PaperFigure:
     """Relative router-logit change at fixed input (router term) and input term, lower and upper band: RL next to
     random-direction updates of RL's own per-tensor norm (routers only, all but routers, everything; mean of the
     draws, whiskers: range)."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=False)
+    caption = ("Relative router-logit change at fixed input (router term, left) and input term (right) in the "
+               "lower and the upper band: the RL update next to random-direction updates with the RL update's own "
+               f"norm per tensor (routers only, all but routers, everything); bars: mean of {controls['k']} draws, "
+               "whiskers: their range (the controls' spread; the RL bar is one measurement).")
+    fig = new_figure((8, 3.2), caption, layout="constrained")
+    axes = fig.subplots(1, 2, sharey=False)
     names = ["rl", "routers", "others", "all"]
     labels = ["RL", "random:\nrouters", "random:\nall but routers", "random:\nall"]
     for ax, q, ylabel in ((axes[0], "rel_router", "router term (relative)"),
@@ -464,11 +657,10 @@ def control_bars(controls: dict) -> plt.Figure:
                     vals.append(np.mean(draws)), lo.append(min(draws)), hi.append(max(draws))
             x = np.arange(len(names)) + (j - 0.5) * 0.4
             err = np.clip(np.vstack([np.subtract(vals, lo), np.subtract(hi, vals)]), 0, None)
-            ax.bar(x, vals, width=0.4, yerr=err, capsize=2, color=OKABE_ITO[j], hatch=("", "//")[j],
+            ax.bar(x, vals, width=0.4, yerr=err, capsize=2, color=LINE_COLOURS[j], hatch=("", "//")[j],
                    label=f"{band} band")
         ax.set_xticks(np.arange(len(names)), labels, fontsize=7)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(frameon=False, fontsize=8, title=f"whiskers: range of {controls['k']} draws", title_fontsize=7)
-    fig.tight_layout()
     return fig

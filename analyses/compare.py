@@ -460,7 +460,6 @@ def figures(findings: dict, folder: Path) -> dict:
     paths = {}
     for name, fig in made.items():
         paths[name] = [str(p) for p in plot.save(fig, folder / name)]
-        plot.plt.close(fig)
     return paths
 
 

@@ -50,9 +50,8 @@ def _run(base, rl, processor, recordings: Path, out: Path, *, n_boot: int, overw
     effects = router_effects(base, rl, inputs, tokenizer=processor.tokenizer, batch_size=batch_size)
     segment = segment_for([effects])
     lower, upper = halves(effects["layer"].values)
-    fig = plot.drift_decomposition(dec, "rel_change", segment)
+    fig = plot.drift_decomposition(dec, "rel_change", segment, bands={"lower": lower, "upper": upper})
     plot.save(fig, out / "drift_decomposition")
-    plot.plt.close(fig)
     result = {"segment": segment, "bands": {"lower": lower, "upper": upper},
               "max_residual": float(effects.attrs["max_residual"])}
     for q in ("rel_router", "rel_input", "share_router", "share_input"):

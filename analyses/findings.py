@@ -53,9 +53,10 @@ def findings(recordings: Path, out: Path, *, n_boot: int = 1000, seed: int = 0) 
             "layers_above_noise": [int(i) for i in np.flatnonzero(above_noise(drift, "js", segment).values)],
             "n_tokens": int(drift.n_tokens.sel(segment=segment))}
     segments = [s for s in ("think", "answer", "all") if int(drift.n_tokens.sel(segment=s)) > 0]
+    bands = {"lower": lower, "upper": upper}
     figures = {
-        "drift_js": plot.drift_by_layer(drift, "js", segments),
-        "drift_top1": plot.drift_by_layer(drift, "top1_agreement", segments),
+        "drift_js": plot.drift_by_layer(drift, "js", segments, bands=bands),
+        "drift_top1": plot.drift_by_layer(drift, "top1_agreement", segments, bands=bands),
         "expert_load": plot.expert_load(drift, "all"),
     }
     c_base, c_rl = crystallization(base, n_boot=n_boot, seed=seed), crystallization(rl, n_boot=n_boot, seed=seed)
@@ -72,15 +73,14 @@ def findings(recordings: Path, out: Path, *, n_boot: int = 1000, seed: int = 0) 
             "n_tokens": int(c_rl.n_tokens.sel(segment=seg))}
     if cryst_segments:
         figures["crystallization_logprob"] = plot.crystallization_curves({"base": c_base, "RL": c_rl},
-                                                                         "lens_logprob", cryst_segments)
+                                                                         "lens_logprob", cryst_segments, bands=bands)
         figures["crystallization_kl"] = plot.crystallization_curves({"base": c_base, "RL": c_rl},
-                                                                    "lens_kl_final", cryst_segments)
+                                                                    "lens_kl_final", cryst_segments, bands=bands)
         figures["crystallization_histogram"] = plot.crystallization_histogram({"base": c_base, "RL": c_rl},
-                                                                              cryst_segments)
+                                                                              cryst_segments, bands=bands)
     result["figures"] = {}
     for name, fig in figures.items():
         result["figures"][name] = [str(p) for p in plot.save(fig, out / name)]
-        plot.plt.close(fig)
     result["bands"] = {"lower": lower, "upper": upper}
     (out / "findings.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -15,17 +15,32 @@ import os
 from pathlib import Path
 from string import Template
 
-# No backend set here (a notebook importing analyses keeps its inline one); headless, matplotlib picks Agg itself
-import matplotlib.pyplot as plt
+# Figures are made without pyplot (adt_probe.plot.new_figure): nothing here sets a backend or leaves a figure open
+from PIL import Image
 
-from adt_probe.integrity import versions  # noqa: E402
+from adt_probe.integrity import versions
 
-JS_CAPTION = "Gating drift (Jensen-Shannon) per layer, 95% bootstrap intervals over sequences; grey: noise floor"
-WEIGHT_CAPTION = "Router weight drift per layer, next to the other weights of the block"
-ROUTER_CAPTION = ("Relative router-logit change per layer: router term at fixed input, input term, total (95% CI); "
-                  "grey: uniform random router updates")
-DECOMPOSITION_CAPTION = "Router-logit change per layer made by the router term, the input term and in total (95% CI)"
-SETTLING_CAPTION = "Share of tokens settled by each stream (E: embedding), base solid, RL dashed, 95% CI"
+# Fallback captions, for figures whose files carry none (each figure's own caption is in its PNG's metadata, written
+# by adt_probe.plot.save: what is shown, the interval, the noise floor)
+JS_CAPTION = ("Jensen-Shannon divergence between the base and RL routing distributions per decoder layer; shaded: 95% "
+              "bootstrap interval over sequences; dashed: the noise floor of each segment")
+WEIGHT_CAPTION = ("Relative change of the router weights per decoder layer, next to the block's other weights; "
+                  "whiskers: range over the experts' rows (weights are no sample: no interval, no noise floor)")
+ROUTER_CAPTION = ("Relative router-logit change per decoder layer: router term at fixed input, input term and total; "
+                  "shaded: 95% bootstrap interval over sequences; grey: the noise floor, uniform random router updates")
+DECOMPOSITION_CAPTION = ("Router-logit change per decoder layer made by the router term, the input term and in total; "
+                         "whiskers: 95% bootstrap interval over sequences")
+SETTLING_CAPTION = ("Share of tokens settled by each stream (E: embedding), base solid, RL dashed; shaded: 95% "
+                    "bootstrap interval over sequences; no noise floor (a per-model measure)")
+
+
+def figure_caption(path: str | Path, fallback: str = "") -> str:
+    """The caption ``adt_probe.plot.save`` wrote into the figure's PNG (``fallback`` when there is none)."""
+    try:
+        with Image.open(Path(path).with_suffix(".png")) as image:
+            return image.info.get("Description") or fallback
+    except OSError:
+        return fallback
 
 
 def _ci(v: dict | None, digits: int = 3) -> str:
@@ -66,28 +81,39 @@ def drift_summary(findings: dict, weights: dict | None) -> dict:
     return out
 
 
-def training_figure(log_path: Path, out: Path) -> list[Path]:
-    """Reward, think-rate and accuracy of the rollouts per GRPO step (stage boundaries marked)."""
-    from adt_probe.plot import OKABE_ITO, save
+def training_figure(log_path: Path, out: Path) -> tuple[list[Path], str]:
+    """The rollouts per GRPO step in two panels: the mean reward (top) apart from the think-rate and accuracy (rates,
+    bottom), stage boundaries dotted; returns the paths written (PNG 300 dpi, PDF) and the caption."""
+    from adt_probe.plot import LINE_COLOURS, new_figure, save
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for i, (key, label) in enumerate((("reward", "reward"), ("think_rate", "think-rate"),
-                                      ("accuracy", "accuracy"))):
-        ax.plot(steps, [r[key] for r in rows], color=OKABE_ITO[i], marker="os^"[i], markersize=3, label=label)
-    for a, b in zip(rows, rows[1:]):
-        if a["stage"] != b["stage"]:
-            ax.axvline(a["step"] + 0.5, color="0.4", ls=":", lw=1)
-            ax.text(a["step"] + 0.7, 0.02, b["stage"], fontsize=7, transform=ax.get_xaxis_transform())
-    ax.set_xlabel("GRPO step")
-    ax.set_title("Rollouts during training (per-step batch means)")
-    ax.legend(frameon=False, fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths = save(fig, out)
-    plt.close(fig)
-    return paths
+    stages = list(dict.fromkeys(str(r["stage"]) for r in rows))
+    caption = ("Rollouts during GRPO training, per step: the mean reward of the step's rollouts (top) and the share "
+               "of rollouts that think first and that answer correctly (bottom); batch means of one step, no interval "
+               "and no noise floor." + (f" Dotted: the start of each stage ({', '.join(stages[1:])})."
+                                        if len(stages) > 1 else f" One stage ({stages[0]}).") if rows else
+               "Rollouts during GRPO training: the log has no steps.")
+    fig = new_figure((6, 4.4), caption, layout="constrained")
+    reward_ax, rate_ax = fig.subplots(2, 1, sharex=True, height_ratios=(1, 1.2))
+    reward_ax.plot(steps, [r["reward"] for r in rows], color=LINE_COLOURS[0], marker="o", markersize=3)
+    reward_ax.set_ylabel("mean reward")
+    for i, (key, label) in enumerate((("think_rate", "think-rate"), ("accuracy", "accuracy")), start=1):
+        rate_ax.plot(steps, [r[key] for r in rows], color=LINE_COLOURS[i], marker="os^"[i], markersize=3,
+                     label=label)
+    rate_ax.set_ylim(-0.03, 1.03)
+    rate_ax.set_ylabel("share of rollouts")
+    rate_ax.set_xlabel("GRPO step")
+    rate_ax.legend(frameon=False, fontsize=8, title="per-step batch means", title_fontsize=7)
+    for ax in (reward_ax, rate_ax):
+        ax.grid(alpha=0.3)
+        for a, b in zip(rows, rows[1:]):
+            if a["stage"] != b["stage"]:
+                ax.axvline(a["step"] + 0.5, color="0.4", ls=":", lw=1, gid="stage_boundary")
+                if ax is reward_ax:
+                    ax.text(a["step"] + 0.7, 0.95, str(b["stage"]), fontsize=7, va="top",
+                            transform=ax.get_xaxis_transform())
+    return save(fig, out), caption
 
 
 def write_report(plan, steps: dict) -> dict:
@@ -116,7 +142,8 @@ def write_report(plan, steps: dict) -> dict:
 
     def fig(path: str, caption: str) -> str:
         rel = os.path.relpath(Path(path).with_suffix(".png"), d)
-        return f"![{caption}]({rel})\n\n*{caption}* ([PDF]({Path(rel).with_suffix('.pdf')}))\n"
+        full = figure_caption(path, caption)
+        return f"![{caption}]({rel})\n\n*{full}* ([PDF]({Path(rel).with_suffix('.pdf')}))\n"
 
     figs = steps["findings"]["findings"]["figures"]
     cmd = f"adt-probe reproduce --out {d}" + (" --quick" if plan.quick else "") + "".join(
@@ -154,7 +181,9 @@ def write_report(plan, steps: dict) -> dict:
                f"{_ci(c2.get('upper_share_base'))}, difference {_ci(c2['delta_upper_share'])}. Curves per token group "
                f"and the rule: [compare/report.md](compare/report.md).")
     tr = steps["transplant"]
-    tr_lines = [f"| {direction} | {band} | {_ci(v['accuracy'])} | {_ci(v['think_rate'])} |"
+    from adt_probe.plot import DIRECTIONS
+
+    tr_lines = [f"| {DIRECTIONS.get(direction, direction)} | {band} | {_ci(v['accuracy'])} | {_ci(v['think_rate'])} |"
                 for direction, bands in tr.items() if direction != "reference" for band, v in bands.items()]
     md = f"""# adt-probe reproduce{' (quick)' if plan.quick else ''}
 
@@ -205,7 +234,7 @@ Change when a band of layers routes with the other model's routers (95% paired b
 final model accuracy {tr['reference'].get('rl_accuracy', float('nan')):.3f}, base
 {tr['reference'].get('base_accuracy', float('nan')):.3f}.
 
-| direction | layers | change of accuracy | change of think-rate |
+| routers swapped | layers | change of accuracy | change of think-rate |
 |---|---|---|---|
 {chr(10).join(tr_lines)}
 
@@ -311,7 +340,7 @@ def _figure(findings: dict, name: str, caption: str, base: Path) -> str:
     if not paths:
         return ""
     png = os.path.relpath(paths[0], base)
-    return f"![{caption}]({png})\n\n*{caption}* ([PDF]({Path(png).with_suffix('.pdf')}))\n"
+    return f"![{caption}]({png})\n\n*{figure_caption(paths[0], caption)}* ([PDF]({Path(png).with_suffix('.pdf')}))\n"
 
 
 def _band_rows(r: dict) -> str:

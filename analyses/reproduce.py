@@ -215,7 +215,6 @@ def step_transplant(plan: Plan) -> dict:
     for metric in ("accuracy", "think_rate"):
         fig = plot.transplant_effects(ds, metric)
         plot.save(fig, folder / f"transplant_{metric}")
-        plot.plt.close(fig)
     return {direction: {band: {m: {k: float(ds[f"{m}_delta{s}"].sel(band=band, direction=direction))
                                    for k, s in (("value", ""), ("lo", "_lo"), ("hi", "_hi"))}
                                for m in ("accuracy", "think_rate", "reward", "kl_to_rl", "think_logprob")}

@@ -41,7 +41,6 @@ def run(run_dir, base_path, recordings, out: Path, *, n_boot: int = 200, allow_u
         segment = "think" if int(traj.n_tokens.sel(segment="think").max()) > 0 else "all"
         fig = plot.drift_trajectory(traj, "js", segment=segment)
         plot.save(fig, out / "drift_trajectory")
-        plot.plt.close(fig)
     return {"steps": [int(s) for s in traj.step.values], "segment": segment,
             "js_mean_over_layers": [round(float(v), 6) for v in traj.js.sel(segment=segment).mean("layer").values]}
 

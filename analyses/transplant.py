@@ -195,7 +195,6 @@ def main(argv=None) -> None:
         for metric in FIGURES:
             fig = plot.transplant_effects(ds, metric)
             plot.save(fig, out / f"transplant_{metric}")
-            plot.plt.close(fig)
     log.info("%s", ds.to_dataframe().round(4).to_string())
 
 

@@ -38,7 +38,6 @@ def run(base, rl, out: Path, *, allow_unverified: bool = False, overwrite: bool 
         adt_probe.save(ds, out / "router_weight_drift.nc", overwrite=overwrite)
         fig = plot.router_weight_drift(ds)
         plot.save(fig, out / "router_weight_drift")
-        plot.plt.close(fig)
     return {name: [None if not np.isfinite(v) else round(float(v), 6) for v in ds[name].values]
             for name in ("rel_change", "rel_change_other", "cosine")}
 

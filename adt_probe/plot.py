@@ -438,7 +438,7 @@ def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequen
     ax.set_ylabel("share settled by this stream")
     ax.set_ylim(0, 1)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(frameon=False, fontsize=7, title="shaded: 95% CI, bootstrap over sequences", title_fontsize=7)
+        ax.legend(frameon=False, fontsize=7, title="shaded: 95% BCa CI, bootstrap over sequences", title_fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -294,7 +294,8 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
         labels = np.asarray(token_labels(tokenizer, info0["token_id"], info0["segment"])).astype(str)
         for g in sorted(set(labels) - {""}):
             token_sets[g] = labels == g
-    curves = {g: settling_curves(b0, r0, info0["sequence"], keep, n_layers, n_boot=n_boot, seed=seed)
+    curves = {g: settling_curves(b0, r0, info0["sequence"], keep, n_layers, n_boot=n_boot, seed=seed,
+                                 strata=strata_of(items, np.unique(info0["sequence"][keep])))
               for g, keep in token_sets.items()}
     return {"upper_share_rl": u, "upper_share_base": ub, "delta_upper_share": d, "n_sequences": n_seq,
             "first_upper_block": first_upper,

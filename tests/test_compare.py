@@ -128,3 +128,62 @@ def test_settling_numbers_on_known_streams_with_user_token_labels():
     assert mine["n_tokens"] == 10 and mine["delta"]["value"] == pytest.approx([0, -1, -1, 0])
     v = verdicts.crystallization(f["upper_share_rl"], f["delta_upper_share"], n_sequences=f["n_sequences"])
     assert v["verdict"] == "reproduces"  # every sequence moves the same way: a degenerate, exact interval
+
+
+def small_streams(seed: int = 3, n_layers: int = 4, n_seq: int = 12):
+    """Random settling streams of two models over ``n_seq`` sequences of 2-5 tokens (a few tokens left out)."""
+    rng = np.random.default_rng(seed)
+    seq = np.repeat(np.arange(n_seq), rng.integers(2, 6, n_seq))
+    base = rng.integers(-1, n_layers, len(seq)).astype(float)
+    rl = np.minimum(base + rng.integers(0, 2, len(seq)), n_layers - 1)
+    keep = np.arange(len(seq)) % 5 != 0
+    return base, rl, seq, keep
+
+
+def test_settling_curves_are_scipys_bca_over_sequences():
+    """Every stream's share and paired difference: value and BCa limits equal scipy.stats.bootstrap's, computed
+    directly from per-sequence counts (the same seed draws the same resamples)."""
+    from scipy.stats import bootstrap
+
+    from adt_probe.crystallize import settling_curves
+
+    n_layers = 4
+    base, rl, seq, keep = small_streams(n_layers=n_layers)
+    got = settling_curves(base, rl, seq, keep, n_layers, n_boot=300, seed=4)
+    ids = np.unique(seq[keep])
+    count = np.array([np.sum(keep & (seq == i)) for i in ids], float)
+    for j, s in enumerate(got["stream"]):
+        nb, nr = (np.array([np.sum((m <= s) & keep & (seq == i)) for i in ids], float) for m in (base, rl))
+        def share(num, idx):
+            return num[idx].sum(-1) / count[idx].sum(-1)
+
+        # the difference as a difference of shares (as the curves compute it): the data are discrete, so resamples
+        # tie with the estimate and BCa's bias correction sees the last bit of rounding
+        for name, stat in (("base", lambda idx, axis=-1, nb=nb: share(nb, idx)),
+                           ("delta", lambda idx, axis=-1, nb=nb, nr=nr: share(nr, idx) - share(nb, idx))):
+            ref = bootstrap((np.arange(len(ids)),), stat, n_resamples=300, method="BCa", vectorized=True,
+                            random_state=np.random.default_rng(4))
+            assert got[name]["value"][j] == pytest.approx(stat(np.arange(len(ids))))
+            assert got[name]["lo"][j] == pytest.approx(ref.confidence_interval.low, rel=1e-9), (name, s)
+            assert got[name]["hi"][j] == pytest.approx(ref.confidence_interval.high, rel=1e-9), (name, s)
+            assert got[name]["n_nan"][j] == 0
+    assert got["never_settled"]["rl"]["value"] == pytest.approx(np.mean(rl[keep] == n_layers - 1))
+    assert got["method"] == "BCa bootstrap over sequences" and got["n_sequences"] == len(ids)
+
+
+def test_settling_curves_resample_within_strata():
+    """Two strata settling at opposite ends: stratified intervals are much narrower and say so."""
+    from adt_probe.crystallize import settling_curves
+
+    n_layers, n_seq = 4, 20
+    seq = np.repeat(np.arange(n_seq), 3)
+    base = np.where(seq < 10, -1.0, 2.0)  # half the sequences settle at the embedding, half in the last block
+    rl = base.copy()
+    keep = np.ones(len(seq), bool)
+    strata = np.repeat(["easy", "hard"], 10)
+    plain = settling_curves(base, rl, seq, keep, n_layers, n_boot=500, seed=0)
+    strat = settling_curves(base, rl, seq, keep, n_layers, n_boot=500, seed=0, strata=strata)
+    assert "stratified" in strat["method"]
+    width = {name: np.subtract(c["base"]["hi"], c["base"]["lo"])[0] for name, c in (("p", plain), ("s", strat))}
+    assert width["p"] > 0.3 and width["s"] == pytest.approx(0.0, abs=1e-12)
+    assert strat["base"]["value"] == pytest.approx([0.5, 0.5, 0.5, 1.0])

@@ -416,11 +416,19 @@ def router_share_by_layer(table: dict, bands: dict | None = None) -> plt.Figure:
     return fig
 
 
-def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequence[str] = ("think", "answer")
-                    ) -> plt.Figure:
+def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequence[str] = ("think", "answer"),
+                    random_init: dict | None = None) -> plt.Figure:
     """Share of tokens settled by each stream (E = embedding, then each block), base solid and RL dashed, with 95%
-    intervals; the share that settles only at the output is printed in the legend (it is no settling layer)."""
+    intervals; the share that settles only at the output is printed in the legend (it is no settling layer).
+    ``random_init``: the random-weights baseline's think curve (``curves["think"]`` of ``random_init_numbers``),
+    drawn grey and dotted as the floor."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
+    if random_init and "random_init" in random_init:
+        c = random_init["random_init"]
+        ax.plot(random_init["stream"], c["value"], color="0.5", ls=":", marker=".", label="random init: think "
+                f"(output only: {random_init['never_settled']['random_init']['value']:.2f})")
+        _band(ax, np.asarray(random_init["stream"]), np.asarray(c["lo"], float), np.asarray(c["hi"], float), "0.5",
+              alpha=0.1)
     for i, g in enumerate(x for x in groups if x in curves and "rl" in curves[x]):
         c = curves[g]
         x = np.asarray(c["stream"])
@@ -447,17 +455,19 @@ def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequen
 def control_bars(controls: dict) -> plt.Figure:
     """Relative router-logit change at fixed input (router term) and input term, lower and upper band: RL next to
     random-direction updates of RL's own per-tensor norm (routers only, all but routers, everything; mean of the
-    draws, whiskers: range)."""
+    draws, whiskers: range) and, when run, the SFT control at RL's norm."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=False)
-    names = ["rl", "routers", "others", "all"]
-    labels = ["RL", "random:\nrouters", "random:\nall but routers", "random:\nall"]
+    every = {"rl": "RL", "routers": "random:\nrouters", "others": "random:\nall but routers", "all": "random:\nall",
+             "sft": "SFT,\nRL's norm"}
+    names = [n for n in every if n in controls]
+    labels = [every[n] for n in names]
     for ax, q, ylabel in ((axes[0], "rel_router", "router term (relative)"),
                           (axes[1], "rel_input", "input term (relative)")):
         for j, band in enumerate(("lower", "upper")):
             vals, lo, hi = [], [], []
             for n in names:
-                if n == "rl":
-                    v = controls["rl"][q][band]
+                if n in ("rl", "sft"):  # one model each: no range
+                    v = controls[n][q][band]
                     vals.append(v), lo.append(v), hi.append(v)
                 else:
                     draws = [d[q][band] for d in controls[n]["draws"]]

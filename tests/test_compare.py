@@ -36,11 +36,17 @@ def test_compare_writes_findings_figures_and_report(tiny_dir, rl_dir, items, tmp
     assert written["routers"]["ratio"]["n_runs"] == 2  # two runs: the hierarchical interval
     assert len(written["routers"]["ratio"]["per_run_intervals"]) == 2
     assert "mirror" in written and "controls" in written
+    sft = written["controls"]["sft"]  # auto: on for a model this small
+    assert sft["max_rel_error"] < 1e-5 and {"rel_router", "topk_change_router", "ratio_rel_router"} <= set(sft)
+    floor = written["crystallization"]["random_init"]
+    assert floor["upper_share"]["method"] and "random_init" in floor["curves"]["think"]
+    assert "mirror" in written and "random_init" not in written["mirror"]["crystallization"]
     assert written["decomposition"]["max_residual"] < 1e-10
     for fig in written["figures"].values():
         assert {p.rsplit(".", 1)[1] for p in fig} == {"png", "pdf"}
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert verdicts.RULES_HASH in report and verdicts.UPPER_ROUTERS_RULE in report
+    assert "random weights" in report and "SFT on RL's think text" in report
     assert f["verdicts"]["upper_routers"]["verdict"] in report
 
 
@@ -187,3 +193,51 @@ def test_settling_curves_resample_within_strata():
     width = {name: np.subtract(c["base"]["hi"], c["base"]["lo"])[0] for name, c in (("p", plain), ("s", strat))}
     assert width["p"] > 0.3 and width["s"] == pytest.approx(0.0, abs=1e-12)
     assert strat["base"]["value"] == pytest.approx([0.5, 0.5, 0.5, 1.0])
+
+
+@pytest.fixture(scope="module")
+def think_inputs(processor, items):
+    """Six items' reference chains teacher-forced (think tokens although the tiny model writes none)."""
+    from analyses.compare import reference_texts
+    from analyses.sequences import teacher_forced_inputs
+
+    return teacher_forced_inputs(processor, items[:6], reference_texts(items[:6]))
+
+
+def test_random_init_baseline_is_seeded_and_differs_from_the_model(tiny_organism, think_inputs, tokenizer):
+    import torch
+
+    from analyses.compare import random_init, settling_of
+
+    a, b = random_init(tiny_organism, 10_000), random_init(tiny_organism, 10_000)
+    pairs = list(zip(tiny_organism.parameters(), a.parameters(), b.parameters()))
+    assert all(torch.equal(x, y) for _, x, y in pairs)  # seeded
+    assert not all(torch.equal(m, x) for m, x, _ in pairs)  # not the model's weights
+    mine, _ = settling_of(tiny_organism, think_inputs, tokenizer=tokenizer)
+    floor, _ = settling_of(a, think_inputs, tokenizer=tokenizer)
+    assert mine.shape == floor.shape and np.any(mine != floor)
+
+
+def test_sft_control_has_rls_update_norm_per_tensor(tiny_organism, think_inputs, tokenizer):
+    import torch
+
+    from adt_probe.weights import update_norms
+    from analyses.sft_control import sft_control, sft_finetune
+
+    rl = random_update(tiny_organism, part="all", rel=0.05, seed=1)
+    model, info = sft_control(tiny_organism, rl, think_inputs, tokenizer=tokenizer, steps=3, batch_size=3)
+    want, got = update_norms(tiny_organism, rl), update_norms(tiny_organism, model)
+    matched = [n for n in want if n not in info["unmatched"]]
+    assert len(matched) > 0.5 * len(want)
+    for n in matched:
+        assert got[n] == pytest.approx(want[n], rel=1e-5), n
+    assert all(got[n] == 0 for n in info["unmatched"]) and info["max_rel_error"] < 1e-5
+    # the direction is the fine-tuning's: same update up to a positive scale per tensor
+    tuned = sft_finetune(tiny_organism, think_inputs, tokenizer=tokenizer, steps=3, batch_size=3)
+    theirs, ctrl = dict(tuned.named_parameters()), dict(model.named_parameters())
+    moved = [(n, p) for n, p in tiny_organism.named_parameters() if n in matched and want[n] > 0]
+    for n, p in moved[:8]:
+        cos = torch.nn.functional.cosine_similarity((theirs[n] - p).detach().flatten().double(),
+                                                    (ctrl[n] - p).detach().flatten().double(), dim=0)
+        assert float(cos) > 0.999, n
+    assert all(p.grad is None for p in tiny_organism.parameters())  # the base is left untouched

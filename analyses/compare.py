@@ -9,8 +9,11 @@ mirror check, the base's own completions). Then:
    into ``ΔW x̄ + Δb`` and ``W̄ Δx``), per layer and per band, scale-free, with top-k change and top-1 flip rates and
    JS beside it; calibrated by ``--nulls`` random router updates of uniform relative size on the same tokens;
 2. controls without retraining: random-direction updates with the RL update's own norm per tensor, of the routers
-   only, of everything but the routers, and of everything (``--nulls`` seeds each);
-3. crystallization: where think tokens (and content tokens) settle, embedding stream included, output-only bin apart;
+   only, of everything but the routers, and of everything (``--nulls`` seeds each); and the SFT control
+   (``analyses.sft_control``: the base fine-tuned a few dozen steps on the RL model's think text, its update rescaled
+   per tensor to RL's norm; ``--sft-control``, by default only for models of at most 50M parameters);
+3. crystallization: where think tokens (and content tokens) settle, embedding stream included, output-only bin apart,
+   with paired BCa curves; its floor, the same architecture with random weights on the same tokens;
 4. the verdicts of ``analyses.verdicts`` (rules and hash stamped), ``findings.json``, figures (PNG 300 dpi + PDF),
    ``report.md``.
 

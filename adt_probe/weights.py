@@ -214,6 +214,21 @@ def router_nulls(model, rel: float, k: int, seed: int = 0) -> list[dict[int, tor
     return out
 
 
+def _rescaled(theta: torch.Tensor, delta: torch.Tensor, want: float, dtype: torch.dtype,
+              rounds: int = 4) -> torch.Tensor:
+    """``theta + s * delta`` in ``dtype`` with ``s`` chosen so that the update *after rounding to dtype* has norm
+    ``want``: rounding adds noise of norm ~eps ||theta||, which is 1e-5 of a small update (a few RL steps) in
+    float32, so the scale is corrected from the realised norm a few times (float64 in, ``dtype`` out)."""
+    scale = want / float(delta.norm())
+    for _ in range(rounds):
+        out = (theta + delta * scale).to(dtype)
+        realised = float((out.double() - theta).norm())
+        if realised == 0.0 or abs(realised / want - 1) < 1e-9:
+            break
+        scale *= want / realised
+    return out
+
+
 def matched_update(base, moved, norms: dict[str, float]) -> tuple[object, dict]:
     """``base`` plus ``moved``'s update rescaled per tensor to a given norm: the direction of one update at the size
     of another (an SFT update at the RL update's size, say).
@@ -243,7 +258,7 @@ def matched_update(base, moved, norms: dict[str, float]) -> tuple[object, dict]:
             if size == 0.0:
                 unmatched += [name] if want > 0 else []
                 continue
-            p.copy_((p.detach().double() + delta * (want / size)).to(p.dtype))
+            p.copy_(_rescaled(p.detach().double(), delta, want, p.dtype))
     realised = update_norms(base, out)
     errors = [abs(realised[n] / norms[n] - 1) for n in norms if norms[n] > 0 and n not in unmatched]
     total = sum(v ** 2 for v in norms.values())

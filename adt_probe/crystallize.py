@@ -29,7 +29,7 @@ from adt_probe.architectures import architecture, get_module
 from adt_probe.decompose import batches
 from adt_probe.drift import ALL, check_same_tokens, segment_index
 from adt_probe.segments import segment_names
-from adt_probe.stats import bca_interval, bootstrap_ratio, per_sequence_sums
+from adt_probe.stats import bca_interval, bca_intervals, bootstrap_ratio, per_sequence_sums
 
 CURVES = ("lens_logprob", "lens_rank", "lens_kl_final", "lens_entropy")
 
@@ -219,9 +219,38 @@ def settling_stream(top1: np.ndarray, embedding: np.ndarray | None = None) -> np
     return crystallization_layer(np.concatenate([np.asarray(embedding)[:, None], top1], axis=1)) - 1.0
 
 
+def settling_sums(base_stream: np.ndarray, rl_stream: np.ndarray, sequence: np.ndarray, keep: np.ndarray,
+                  n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence sums for :func:`settling_curves`.
+
+    Returns
+    -------
+    sums : (n_seq, 2 * n_streams + 3): tokens settled by each stream ``-1 .. n_layers - 2`` for the base, then the
+        RL model, then tokens settling only at the output (base, RL), then the token count.
+    seq_ids : (n_seq,) the sorted sequence ids of the kept tokens (the rows).
+    """
+    streams = np.arange(EMBEDDING, n_layers - 1)
+    seq_ids, seq = np.unique(sequence[keep], return_inverse=True)
+    base, rl = base_stream[keep], rl_stream[keep]
+    cols = np.concatenate([base[:, None] <= streams, rl[:, None] <= streams, (base >= n_layers - 1)[:, None],
+                           (rl >= n_layers - 1)[:, None], np.ones((len(seq), 1), bool)], axis=1)
+    s, _ = per_sequence_sums(cols.astype(np.float64), seq, np.zeros(len(seq), np.int64), len(seq_ids), 1)
+    return s[:, 0], seq_ids
+
+
+def settling_statistic(n_streams: int):
+    """``(..., 2 * n_streams + 3) -> (..., 3 * n_streams + 2)`` of :func:`settling_sums` column sums: the base curve,
+    the RL curve, RL minus base, then the output-only shares of the base and the RL model."""
+    def statistic(sums: np.ndarray) -> np.ndarray:
+        shares = sums[..., :-1] / sums[..., -1:]
+        base, rl = shares[..., :n_streams], shares[..., n_streams:2 * n_streams]
+        return np.concatenate([base, rl, rl - base, shares[..., 2 * n_streams:]], axis=-1)
+    return statistic
+
+
 def settling_curves(base_stream: np.ndarray, rl_stream: np.ndarray, sequence: np.ndarray, keep: np.ndarray,
-                    n_layers: int, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """"Settled by stream s" curves of two models on the same tokens, with paired intervals.
+                    n_layers: int, *, n_boot: int = 1000, seed: int = 0, strata: np.ndarray | None = None) -> dict:
+    """"Settled by stream s" curves of two models on the same tokens, with paired BCa intervals.
 
     Parameters
     ----------
@@ -229,29 +258,29 @@ def settling_curves(base_stream: np.ndarray, rl_stream: np.ndarray, sequence: np
     sequence : (tokens,) sequence ids (the bootstrap unit).
     keep : (tokens,) bool, the tokens of the group.
     n_layers : blocks; stream ``n_layers - 1`` is the output.
+    strata : (n_seq,) a label per sequence of the group (sorted sequence ids), e.g. family x difficulty: sequences
+        are resampled within each; None: unstratified.
 
     Returns
     -------
-    dict: ``stream`` (-1 .. n_layers - 2), per model ``{"value", "lo", "hi"}`` lists of the share settled by each
-    stream, ``delta`` (RL minus base, paired), ``never_settled`` per model (share that settles only at the output),
-    ``n_tokens``, ``n_sequences``; 95% percentile bootstrap over sequences.
+    dict: ``stream`` (-1 .. n_layers - 2), per model ``{"value", "lo", "hi", "n_nan"}`` lists of the share settled by
+    each stream, ``delta`` (RL minus base, paired), ``never_settled`` per model (share that settles only at the
+    output; an interval dict of :func:`adt_probe.stats.bca_intervals`), ``n_tokens``, ``n_sequences``, ``method``,
+    ``n_boot``. Every interval comes from the same resamples of sequences (one vectorised bootstrap).
     """
     streams = np.arange(EMBEDDING, n_layers - 1)
-    seq_ids, seq = np.unique(sequence[keep], return_inverse=True)
-    out = {"stream": streams.tolist(), "n_tokens": int(keep.sum()), "n_sequences": len(seq_ids)}
+    out = {"stream": streams.tolist(), "n_tokens": int(keep.sum()), "n_sequences": 0}
     if not keep.any():
         return out
-    groups = np.zeros(len(seq), np.int64)
-    ind = {"base": base_stream[keep][:, None] <= streams, "rl": rl_stream[keep][:, None] <= streams}
-    for name, values in (*ind.items(), ("delta", ind["rl"].astype(float) - ind["base"])):
-        s, c = per_sequence_sums(values.astype(float), seq, groups, len(seq_ids), 1)
-        est, lo, hi = bootstrap_ratio(s[:, 0], c[:, 0], n_boot=n_boot, seed=seed)
-        out[name] = {"value": est.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
-    for name, st in (("base", base_stream), ("rl", rl_stream)):
-        never = (st[keep] >= n_layers - 1).astype(float)
-        s, c = per_sequence_sums(never, seq, groups, len(seq_ids), 1)
-        est, lo, hi = bootstrap_ratio(s[:, 0], c[:, 0], n_boot=n_boot, seed=seed)
-        out.setdefault("never_settled", {})[name] = {"value": float(est), "lo": float(lo), "hi": float(hi)}
+    sums, seq_ids = settling_sums(base_stream, rl_stream, sequence, keep, n_layers)
+    out["n_sequences"] = len(seq_ids)
+    k = len(streams)
+    cis = bca_intervals(sums, settling_statistic(k), n_boot=n_boot, seed=seed, strata=strata)
+    for i, name in enumerate(("base", "rl", "delta")):
+        part = cis[i * k:(i + 1) * k]
+        out[name] = {key: [c[key] for c in part] for key in ("value", "lo", "hi", "n_nan")}
+    out["never_settled"] = {"base": cis[3 * k], "rl": cis[3 * k + 1]}
+    out["method"], out["n_boot"] = cis[0]["method"], cis[0]["n_boot"]
     return out
 
 

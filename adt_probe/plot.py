@@ -599,17 +599,27 @@ def router_share_by_layer(table: dict, bands: dict | None = None) -> PaperFigure
     return fig
 
 
-def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequence[str] = ("think", "answer")
-                    ) -> PaperFigure:
+def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequence[str] = ("think", "answer"),
+                    random_init: dict | None = None) -> PaperFigure:
     """Share of tokens settled by each stream (E = embedding, then each block), base solid and RL dashed, with 95%
-    intervals; the share that settles only at the output is printed in the legend (it is no settling layer)."""
+    intervals; the share that settles only at the output is printed in the legend (it is no settling layer).
+    ``random_init``: the random-weights baseline's think curve (``curves["think"]`` of ``random_init_numbers``),
+    drawn grey and dotted as the floor."""
     caption = ("Share of tokens whose logit-lens prediction has settled by each stream (E: the embedding; i: after "
-               "block i), base model solid, RL model dashed, per token group; shaded: 95% bootstrap interval over "
-               "sequences; legend: the share settling only at the output. No noise floor (a per-model measure)."
+               "block i), base model solid, RL model dashed, per token group; shaded: 95% BCa bootstrap interval "
+               "over sequences; legend: the share settling only at the output."
+               + (" Grey dotted: the same architecture with random weights (the floor a trained model must clear)."
+                  if random_init and "random_init" in random_init else " No noise floor (a per-model measure).")
                + ("" if first_upper is None else
                   f" Dotted line: boundary between the lower and the upper band (blocks {first_upper} and later)."))
     fig = new_figure((6, 3.4), caption, layout="constrained")
     ax = fig.subplots()
+    if random_init and "random_init" in random_init:
+        c = random_init["random_init"]
+        ax.plot(random_init["stream"], c["value"], color="0.5", ls=":", marker=".", label="random init: think "
+                f"(output only: {random_init['never_settled']['random_init']['value']:.2f})")
+        _band(ax, np.asarray(random_init["stream"]), np.asarray(c["lo"], float), np.asarray(c["hi"], float), "0.5",
+              alpha=0.1)
     for i, g in enumerate(x for x in groups if x in curves and "rl" in curves[x]):
         c = curves[g]
         x = np.asarray(c["stream"])
@@ -627,7 +637,7 @@ def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequen
     ax.set_ylabel("share settled by this stream")
     ax.set_ylim(0, 1)
     if ax.get_legend_handles_labels()[0]:
-        _legend(ax, SHADED, fontsize=7, loc="lower right")
+        _legend(ax, "shaded: 95% BCa interval, bootstrap over sequences", fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return fig
 
@@ -635,22 +645,26 @@ def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequen
 def control_bars(controls: dict) -> PaperFigure:
     """Relative router-logit change at fixed input (router term) and input term, lower and upper band: RL next to
     random-direction updates of RL's own per-tensor norm (routers only, all but routers, everything; mean of the
-    draws, whiskers: range)."""
+    draws, whiskers: range) and, when run, the SFT control at RL's norm."""
     caption = ("Relative router-logit change at fixed input (router term, left) and input term (right) in the "
                "lower and the upper band: the RL update next to random-direction updates with the RL update's own "
                f"norm per tensor (routers only, all but routers, everything); bars: mean of {controls['k']} draws, "
-               "whiskers: their range (the controls' spread; the RL bar is one measurement).")
+               "whiskers: their range (the controls' spread; the RL bar is one measurement)"
+               + ("; SFT: the base fine-tuned on the RL model's think text, its update scaled to RL's norm per tensor."
+                  if "sft" in controls else "."))
     fig = new_figure((8, 3.2), caption, layout="constrained")
     axes = fig.subplots(1, 2, sharey=False)
-    names = ["rl", "routers", "others", "all"]
-    labels = ["RL", "random:\nrouters", "random:\nall but routers", "random:\nall"]
+    every = {"rl": "RL", "routers": "random:\nrouters", "others": "random:\nall but routers", "all": "random:\nall",
+             "sft": "SFT,\nRL's norm"}
+    names = [n for n in every if n in controls]
+    labels = [every[n] for n in names]
     for ax, q, ylabel in ((axes[0], "rel_router", "router term (relative)"),
                           (axes[1], "rel_input", "input term (relative)")):
         for j, band in enumerate(("lower", "upper")):
             vals, lo, hi = [], [], []
             for n in names:
-                if n == "rl":
-                    v = controls["rl"][q][band]
+                if n in ("rl", "sft"):  # one model each: no range
+                    v = controls[n][q][band]
                     vals.append(v), lo.append(v), hi.append(v)
                 else:
                     draws = [d[q][band] for d in controls[n]["draws"]]

@@ -144,62 +144,83 @@ def _bca_limits(theta: float, reps: np.ndarray, jack: np.ndarray, level: float) 
     return tuple(float(v) for v in np.quantile(ok, np.clip(q, 0, 1)))
 
 
-def _constant(statistic, per_seq: np.ndarray, theta: float) -> bool:
-    """True when leaving out any one sequence leaves the statistic unchanged (then so does any resample)."""
-    total = per_seq.sum(0)
-    jack = np.array([statistic(total - row) for row in per_seq], np.float64)
-    return bool(np.isfinite(theta) and np.all(jack == theta))
+def _replicates(per_seq: np.ndarray, statistic, n_boot: int, seed: int, level: float,
+                strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bootstrap replicates (k, n_boot) of a k-valued statistic, and scipy's BCa limits (2, k) when unstratified.
+
+    Unstratified this is ``scipy.stats.bootstrap(method="BCa")`` over sequence indices (all k values from the same
+    resamples); stratified, multinomial weights within each stratum (scipy has no strata).
+    """
+    n = per_seq.shape[0]
+    if strata is None:
+        with warnings.catch_warnings():  # NaN replicates make scipy's BCa NaN: handled (counted) by the caller
+            warnings.simplefilter("ignore")
+            res = bootstrap((np.arange(n),), lambda idx, axis=-1: np.moveaxis(statistic(per_seq[idx].sum(-2)), -1, 0),
+                            n_resamples=n_boot, method="BCa", confidence_level=level, vectorized=True,
+                            random_state=np.random.default_rng(seed))
+        limits = np.array([np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)])
+        return np.asarray(res.bootstrap_distribution, np.float64).reshape(-1, n_boot), limits
+    rng = np.random.default_rng(seed)
+    strata = np.asarray(strata)
+    w = np.zeros((n_boot, n))
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+    return np.asarray(statistic(w @ per_seq), np.float64).T, None
 
 
-def bca_interval(per_seq: np.ndarray, statistic, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                 strata: np.ndarray | None = None) -> dict:
-    """BCa bootstrap interval over sequences of a statistic of per-sequence sums.
+def bca_intervals(per_seq: np.ndarray, statistic, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                  strata: np.ndarray | None = None) -> list[dict]:
+    """BCa bootstrap intervals over sequences of k statistics of per-sequence sums, from the same resamples.
 
     Parameters
     ----------
     per_seq : (n_seq, m) per-sequence sums (numerators and counts side by side; paired quantities of two models in
-        the same rows, so the interval is paired).
-    statistic : function of column sums, ``(..., m) -> (...)`` (for example a ratio of two band means).
+        the same rows, so the intervals are paired).
+    statistic : function of column sums, ``(..., m) -> (..., k)`` (a settling curve's k streams, say).
     strata : (n_seq,) labels (family x difficulty, say): sequences are resampled within each stratum.
 
     Returns
     -------
-    dict ``value``, ``lo``, ``hi``, ``method``, ``n_boot``, ``n_nan`` (replicates where the statistic was NaN:
-    counted, left out of the quantiles). Without strata this is ``scipy.stats.bootstrap(method="BCa")``.
+    k dicts ``value``, ``lo``, ``hi``, ``method``, ``n_boot``, ``n_nan`` (replicates where that statistic was NaN:
+    counted, left out of the quantiles). Without strata the limits are ``scipy.stats.bootstrap(method="BCa")``'s.
     """
     per_seq = np.asarray(per_seq, np.float64)
     n = per_seq.shape[0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        theta = float(statistic(per_seq.sum(0)))
+        theta = np.asarray(statistic(per_seq.sum(0)), np.float64)
+        k = theta.shape[-1]
         if n < 3 or n_boot <= 0:
-            return _interval(theta, np.array([]), np.nan, np.nan, "none (fewer than 3 sequences)", 0)
-        if not np.isfinite(theta):  # 0 / 0 on the whole sample (no change at all, say): every replicate is NaN too
-            return _interval(theta, np.full(n_boot, np.nan), np.nan, np.nan, "undefined on the full sample", n_boot)
-        if np.all(per_seq == per_seq[:1]) or _constant(statistic, per_seq, theta):
-            # every resample gives the same value (two identical models, say): the interval is that value
-            return _interval(theta, np.array([]), theta, theta, "degenerate (every resample equal)", n_boot)
-        if strata is None:
-            with warnings.catch_warnings():  # NaN replicates make scipy's BCa NaN: handled (counted) below
-                warnings.simplefilter("ignore")
-                res = bootstrap((np.arange(n),), lambda idx, axis=-1: statistic(per_seq[idx].sum(-2)),
-                                n_resamples=n_boot, method="BCa", confidence_level=level, vectorized=True,
-                                random_state=np.random.default_rng(seed))
-            reps = res.bootstrap_distribution
-            lo, hi = res.confidence_interval
-            if not (np.isfinite(lo) and np.isfinite(hi)) and np.isfinite(reps).any():  # NaN replicates: BCa on the rest
-                jack = np.array([statistic(per_seq.sum(0) - per_seq[i]) for i in range(n)])
-                lo, hi = _bca_limits(theta, reps, jack, level)
-            return _interval(theta, reps, lo, hi, "BCa bootstrap over sequences", n_boot)
-        rng = np.random.default_rng(seed)
-        strata = np.asarray(strata)
-        w = np.zeros((n_boot, n))
-        for s in np.unique(strata):
-            idx = np.flatnonzero(strata == s)
-            w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
-        reps = np.asarray(statistic(w @ per_seq), np.float64)
-        jack = np.array([statistic(per_seq.sum(0) - per_seq[i]) for i in range(n)])
-        lo, hi = _bca_limits(theta, reps, jack, level)
-    return _interval(theta, reps, lo, hi, "BCa bootstrap over sequences, stratified", n_boot)
+            return [_interval(t, np.array([]), np.nan, np.nan, "none (fewer than 3 sequences)", 0) for t in theta]
+        # leave-one-out values: BCa's acceleration, and a statistic no left-out sequence moves is constant under any
+        # resample (two identical models, say): its interval is that value
+        jack = np.asarray(statistic(per_seq.sum(0) - per_seq), np.float64)  # (n, k)
+        constant = np.isfinite(theta) & (np.all(jack == theta, 0) | bool(np.all(per_seq == per_seq[:1])))
+        method = "BCa bootstrap over sequences" + (", stratified" if strata is not None else "")
+        reps, limits = (_replicates(per_seq, statistic, n_boot, seed, level, strata)
+                        if not np.all(constant | ~np.isfinite(theta)) else (np.full((k, n_boot), np.nan), None))
+        out = []
+        for j in range(k):
+            if not np.isfinite(theta[j]):  # 0 / 0 on the whole sample: every replicate is NaN too
+                out.append(_interval(theta[j], np.full(n_boot, np.nan), np.nan, np.nan,
+                                     "undefined on the full sample", n_boot))
+            elif constant[j]:
+                out.append(_interval(theta[j], np.array([]), theta[j], theta[j], "degenerate (every resample equal)",
+                                     n_boot))
+            else:
+                lo, hi = (limits[0, j], limits[1, j]) if limits is not None else (np.nan, np.nan)
+                if not (np.isfinite(lo) and np.isfinite(hi)):  # stratified, or NaN replicates: BCa on the rest
+                    lo, hi = _bca_limits(theta[j], reps[j], jack[:, j], level)
+                out.append(_interval(theta[j], reps[j], lo, hi, method, n_boot))
+    return out
+
+
+def bca_interval(per_seq: np.ndarray, statistic, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 strata: np.ndarray | None = None) -> dict:
+    """BCa bootstrap interval over sequences of one statistic of per-sequence sums (:func:`bca_intervals` with
+    ``statistic: (..., m) -> (...)``); the dict has ``value``, ``lo``, ``hi``, ``method``, ``n_boot``, ``n_nan``."""
+    return bca_intervals(per_seq, lambda s: np.asarray(statistic(s))[..., None], n_boot=n_boot, seed=seed,
+                         level=level, strata=strata)[0]
 
 
 def hierarchical_interval(per_run: list[np.ndarray], statistic, *, n_boot: int = 1000, seed: int = 0,

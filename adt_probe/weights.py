@@ -212,3 +212,55 @@ def router_nulls(model, rel: float, k: int, seed: int = 0) -> list[dict[int, tor
             draw[i] = d * (rel * float(w.norm()) / float(d.norm()))
         out.append(draw)
     return out
+
+
+def _rescaled(theta: torch.Tensor, delta: torch.Tensor, want: float, dtype: torch.dtype,
+              rounds: int = 4) -> torch.Tensor:
+    """``theta + s * delta`` in ``dtype`` with ``s`` chosen so that the update *after rounding to dtype* has norm
+    ``want``: rounding adds noise of norm ~eps ||theta||, which is 1e-5 of a small update (a few RL steps) in
+    float32, so the scale is corrected from the realised norm a few times (float64 in, ``dtype`` out)."""
+    scale = want / float(delta.norm())
+    for _ in range(rounds):
+        out = (theta + delta * scale).to(dtype)
+        realised = float((out.double() - theta).norm())
+        if realised == 0.0 or abs(realised / want - 1) < 1e-9:
+            break
+        scale *= want / realised
+    return out
+
+
+def matched_update(base, moved, norms: dict[str, float]) -> tuple[object, dict]:
+    """``base`` plus ``moved``'s update rescaled per tensor to a given norm: the direction of one update at the size
+    of another (an SFT update at the RL update's size, say).
+
+    Parameters
+    ----------
+    base, moved : models of the same architecture (left unchanged); the update is ``theta_moved - theta_base``.
+    norms : per tensor name the wanted ``||delta||_F`` (``update_norms(base, rl)``); tensors missing from it stay.
+
+    Returns
+    -------
+    (model, info): the rescaled copy (eval mode) and ``{"unmatched": names the update left at exactly 0 although a
+    norm > 0 was asked (they stay unchanged), "unmatched_share": their share of the asked squared norm,
+    "max_rel_error": the largest |realised / asked - 1| over matched tensors (rounding to the parameter dtype)}``.
+    """
+    check_compatible(base, moved)
+    out = copy.deepcopy(base).eval()
+    theirs = dict(moved.named_parameters())
+    unmatched = []
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            want = norms.get(name, 0.0)
+            if not p.is_floating_point() or name not in norms:
+                continue
+            delta = theirs[name].detach().double() - p.detach().double()  # float64: the rescale adds no rounding
+            size = float(delta.norm())
+            if size == 0.0:
+                unmatched += [name] if want > 0 else []
+                continue
+            p.copy_(_rescaled(p.detach().double(), delta, want, p.dtype))
+    realised = update_norms(base, out)
+    errors = [abs(realised[n] / norms[n] - 1) for n in norms if norms[n] > 0 and n not in unmatched]
+    total = sum(v ** 2 for v in norms.values())
+    return out, {"unmatched": unmatched, "max_rel_error": max(errors, default=0.0),
+                 "unmatched_share": sum(norms[n] ** 2 for n in unmatched) / total if total > 0 else 0.0}

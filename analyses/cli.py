@@ -163,6 +163,9 @@ def compare_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--source", choices=["rl", "reference"], default="rl",
                     help="teacher-force the RL model's completions or the items' reference chains")
     ap.add_argument("--no-mirror", action="store_true", help="skip the mirror on the base's own completions")
+    ap.add_argument("--sft-control", choices=["auto", "on", "off"], default="auto",
+                    help="the SFT control (base fine-tuned on the RL model's think text at RL's update norm); auto: "
+                         "only for models of at most 50M parameters (it trains a copy of the base)")
     add_model_options(ap)
     add_checkpoint_options(ap, overwrite=False)
 

@@ -9,8 +9,11 @@ mirror check, the base's own completions). Then:
    into ``ΔW x̄ + Δb`` and ``W̄ Δx``), per layer and per band, scale-free, with top-k change and top-1 flip rates and
    JS beside it; calibrated by ``--nulls`` random router updates of uniform relative size on the same tokens;
 2. controls without retraining: random-direction updates with the RL update's own norm per tensor, of the routers
-   only, of everything but the routers, and of everything (``--nulls`` seeds each);
-3. crystallization: where think tokens (and content tokens) settle, embedding stream included, output-only bin apart;
+   only, of everything but the routers, and of everything (``--nulls`` seeds each); and the SFT control
+   (``analyses.sft_control``: the base fine-tuned a few dozen steps on the RL model's think text, its update rescaled
+   per tensor to RL's norm; ``--sft-control``, by default only for models of at most 50M parameters);
+3. crystallization: where think tokens (and content tokens) settle, embedding stream included, output-only bin apart,
+   with paired BCa curves; its floor, the same architecture with random weights on the same tokens;
 4. the verdicts of ``analyses.verdicts`` (rules and hash stamped), ``findings.json``, figures (PNG 300 dpi + PDF),
    ``report.md``.
 
@@ -34,6 +37,7 @@ from adt_probe.crystallize import (
     settling_stream,
     upper_share,
     upper_share_delta,
+    upper_share_intervals,
     upper_share_sums,
 )
 from adt_probe.decompose import (
@@ -50,11 +54,15 @@ from adt_probe.weights import check_compatible, random_update, router_nulls, rou
 from analyses import checkpoints, verdicts
 from analyses.cli import command_parser
 from analyses.models import load_pretrained
+from analyses.sft_control import sft_control
+from analyses.sft_control import wanted as sft_wanted
 
 #: band quantities reported beside the verdict's ratio (see ``adt_probe.decompose.band_sums``)
 BAND_QUANTITIES = ("rel_router", "rel_input", "rel_total", "share_router", "topk_change_router", "top1_flip_router",
                    "js_router", "topk_change_input", "topk_change_total", "top1_flip_total", "js_total")
 CONTROL_PARTS = ("routers", "others", "all")
+#: band means of every control (relative router-logit change at fixed input, input term, routing change rates)
+CONTROL_QUANTITIES = ("rel_router", "rel_input", "topk_change_router", "top1_flip_router")
 #: organism content words (attribute levels, event kinds); counts are digits and the answer word its own group
 ATTRIBUTE_WORDS = frozenset({"very", "low", "middle", "high", "short", "medium", "long", "quiet", "loud", "tone",
                              "noise", "higher", "lower", "longer", "shorter", "louder", "quieter"})
@@ -209,21 +217,33 @@ def router_finding(base, rls, inputs_list, items, *, tokenizer=None, n_nulls: in
     return {"effects": effects, "numbers": numbers, "verdict": verdict}
 
 
+def _rl_over(rl_row: dict, control: dict) -> dict:
+    """RL's router term over a control's, per band (NaN where the control's is 0)."""
+    return {b: rl_row["rel_router"][b] / control["rel_router"][b] if control["rel_router"][b] > 0 else float("nan")
+            for b in ("lower", "upper")}
+
+
 def controls(base, rl, inputs, items, *, tokenizer=None, k: int = 5, seed: int = 0, n_boot: int = 200,
-             batch_size: int = 8) -> dict:
+             batch_size: int = 8, sft: bool = False) -> dict:
     """Random-direction updates with the RL update's own norm per tensor, of the routers only, everything but the
     routers, and everything; ``k`` seeds each. Per part: the band means of the router and input terms and the
-    upper/lower ratio of each draw, and how RL's router effect compares (RL over the draws' mean)."""
+    upper/lower ratio of each draw, and how RL's router effect compares (RL over the draws' mean). ``sft``: also the
+    SFT control (``analyses.sft_control``: the base fine-tuned on these inputs' think text, at RL's norm per tensor),
+    under ``"sft"`` with the same numbers and its fine-tuning record."""
     norms = update_norms(base, rl)
     routers = router_parameter_names(base)
     cached = capture_router_inputs(base, inputs, batch_size=batch_size)  # the base once for all 3 x k draws
-    rl_eff = router_effects(base, rl, inputs, tokenizer=tokenizer, batch_size=batch_size, base_inputs=cached)
+
+    def effects(model):
+        return router_effects(base, model, inputs, tokenizer=tokenizer, batch_size=batch_size, base_inputs=cached)
+
+    rl_eff = effects(rl)
     lower, upper = halves(rl_eff["layer"].values)
     segment = segment_for([rl_eff])
 
     def summary(eff) -> dict:
         row = {}
-        for q in ("rel_router", "rel_input", "topk_change_router", "top1_flip_router"):
+        for q in CONTROL_QUANTITIES:
             s = band_sums(eff, q, lower=lower, upper=upper, segment=segment).sum(0)
             row[q] = {"lower": float(band_mean("lower")(s)), "upper": float(band_mean("upper")(s))}
         row["ratio_rel_router"] = float(band_ratio(band_sums(eff, "rel_router", lower=lower, upper=upper,
@@ -232,17 +252,16 @@ def controls(base, rl, inputs, items, *, tokenizer=None, k: int = 5, seed: int =
 
     out = {"rl": summary(rl_eff), "k": k, "segment": segment, "definition":
            "per tensor a Gaussian direction scaled to ||theta_rl - theta_base|| of that tensor"}
-    for part in CONTROL_PARTS:
+    for part in CONTROL_PARTS if k > 0 else ():
         chosen = {n: v for n, v in norms.items() if part == "all" or (part == "routers") == (n in routers)}
-        draws = [summary(router_effects(base, random_update(base, part=part, norms=chosen, seed=seed + j), inputs,
-                                        tokenizer=tokenizer, batch_size=batch_size, base_inputs=cached))
-                 for j in range(k)]
+        draws = [summary(effects(random_update(base, part=part, norms=chosen, seed=seed + j))) for j in range(k)]
         mean = {q: {b: float(np.mean([d[q][b] for d in draws])) for b in ("lower", "upper")}
-                for q in ("rel_router", "rel_input", "topk_change_router", "top1_flip_router")}
-        out[part] = {"draws": draws, "mean": mean,
-                     "rl_over_control_rel_router": {b: out["rl"]["rel_router"][b] / mean["rel_router"][b]
-                                                    if mean["rel_router"][b] > 0 else float("nan")
-                                                    for b in ("lower", "upper")}}
+                for q in CONTROL_QUANTITIES}
+        out[part] = {"draws": draws, "mean": mean, "rl_over_control_rel_router": _rl_over(out["rl"], mean)}
+    if sft:
+        model, record = sft_control(base, rl, inputs, tokenizer=tokenizer, seed=seed, batch_size=batch_size)
+        row = summary(effects(model))
+        out["sft"] = {**row, "rl_over_control_rel_router": _rl_over(out["rl"], row), **record}
     return out
 
 
@@ -294,11 +313,66 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
         labels = np.asarray(token_labels(tokenizer, info0["token_id"], info0["segment"])).astype(str)
         for g in sorted(set(labels) - {""}):
             token_sets[g] = labels == g
-    curves = {g: settling_curves(b0, r0, info0["sequence"], keep, n_layers, n_boot=n_boot, seed=seed)
+    curves = {g: settling_curves(b0, r0, info0["sequence"], keep, n_layers, n_boot=n_boot, seed=seed,
+                                 strata=strata_of(items, np.unique(info0["sequence"][keep])))
               for g, keep in token_sets.items()}
     return {"upper_share_rl": u, "upper_share_base": ub, "delta_upper_share": d, "n_sequences": n_seq,
             "first_upper_block": first_upper,
             "n_layers": n_layers, "curves": curves}
+
+
+#: added to ``--seed`` for the random initialisation: seed 0 is often the initialisation the base itself was trained
+#: from (``rl.organism.build_model(seed=0)``), and the baseline must be an independent draw
+RANDOM_INIT_SEED_OFFSET = 10_000
+
+
+def random_init(model, seed: int):
+    """The same architecture with freshly initialised weights (``model.__class__(model.config)`` after
+    ``torch.manual_seed(seed)``), in the model's dtype and device, eval mode; the global RNG state is left as it was."""
+    p = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = model.__class__(model.config)
+    return fresh.to(device=p.device, dtype=p.dtype).eval()
+
+
+def _renamed(curve: dict, name: str) -> dict:
+    """A :func:`settling_curves` dict whose "base" model is ``name`` (the random-init baseline, say)."""
+    out = {(name if k == "base" else k): v for k, v in curve.items()}
+    if "never_settled" in out:
+        out["never_settled"] = {(name if k == "base" else k): v for k, v in out["never_settled"].items()}
+    return out
+
+
+def random_init_numbers(model, rl_stream: np.ndarray, info: dict, inputs, items, *, tokenizer=None, seed: int = 0,
+                        n_boot: int = 1000, batch_size: int = 8) -> dict:
+    """The floor of finding 2: the architecture with random weights, recorded on the same tokens as the RL model.
+
+    Parameters
+    ----------
+    model : the base (its architecture and config are used, not its weights).
+    rl_stream : (tokens,) the RL model's settling streams on ``inputs``; ``info``: its :func:`settling_of` dict.
+
+    Returns
+    -------
+    dict: ``upper_share`` (the random-init model's share of settled think tokens settling in the upper band),
+    ``rl_minus_random_upper_share`` (paired), ``curves`` (think tokens: ``random_init`` vs ``rl`` and their
+    difference), ``seed``. A "crystallizes in the upper layers" claim must clear this floor: a random network's
+    lens also agrees with its own output from some block on.
+    """
+    init_seed = seed + RANDOM_INIT_SEED_OFFSET
+    stream, _ = settling_of(random_init(model, init_seed), inputs, tokenizer=tokenizer, batch_size=batch_size)
+    n_layers = info["n_layers"]
+    keep = info["segment"] == "think"
+    strata = strata_of(items, np.unique(info["sequence"][keep]))
+    shares = upper_share_intervals(upper_share_sums(stream, rl_stream, info["sequence"], keep, n_layers // 2,
+                                                    n_layers), n_boot=n_boot, seed=seed, strata=strata)
+    curve = settling_curves(stream, rl_stream, info["sequence"], keep, n_layers, n_boot=n_boot, seed=seed,
+                            strata=strata)
+    return {"seed": init_seed, "upper_share": shares["base"], "rl_minus_random_upper_share": shares["delta"],
+            "curves": {"think": _renamed(curve, "random_init")},
+            "definition": "the base's architecture with random weights (model.__class__(config), seeded), "
+                          "recorded on the RL model's completions"}
 
 
 
@@ -323,8 +397,12 @@ def inputs_for(model, processor, items, source: str, max_new_tokens: int) -> tup
 
 
 def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int, n_boot: int,
-            batch_size: int = 8, with_controls: bool = True, token_labels=content_groups) -> dict:
-    """Both findings on given inputs (one per RL run); returns numbers, verdicts and the datasets to save."""
+            batch_size: int = 8, with_controls: bool = True, token_labels=content_groups, sft: bool = False) -> dict:
+    """Both findings on given inputs (one per RL run); returns numbers, verdicts and the datasets to save.
+
+    ``with_controls``: also the random-update controls (and with ``sft`` the SFT control) and the random-init
+    baseline of crystallization, on the first run's inputs.
+    """
     f1 = router_finding(base, rls, inputs_list, items, tokenizer=tokenizer, n_nulls=n_nulls, seed=seed,
                         n_boot=n_boot, batch_size=batch_size)
     base_streams, rl_streams, infos = [], [], []
@@ -337,15 +415,18 @@ def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int
     f2 = crystallization_numbers(base_streams, rl_streams, infos, items, tokenizer=tokenizer,
                                  token_labels=token_labels, n_boot=n_boot,
                                  seed=seed)
+    if with_controls:
+        f2["random_init"] = random_init_numbers(base, rl_streams[0], infos[0], inputs_list[0], items,
+                                                tokenizer=tokenizer, seed=seed, n_boot=n_boot, batch_size=batch_size)
     v2 = verdicts.crystallization(f2["upper_share_rl"], f2["delta_upper_share"], n_sequences=f2["n_sequences"])
     layers = layer_effects(f1["effects"][0], segment=f1["numbers"]["segment"], n_boot=n_boot, seed=seed)
     out = {"verdicts": {"upper_routers": f1["verdict"], "crystallization": v2},
            "routers": f1["numbers"], "crystallization": f2, "decomposition": _layer_table(layers),
            "null_per_layer": _null_per_layer(f1["effects"][0], f1["numbers"]["segment"]),
            "_datasets": {"router_effects_per_layer": layers}}
-    if with_controls and n_nulls > 0:
+    if with_controls and (n_nulls > 0 or sft):
         out["controls"] = controls(base, rls[0], inputs_list[0], items, tokenizer=tokenizer, k=n_nulls, seed=seed,
-                                   n_boot=n_boot, batch_size=batch_size)
+                                   n_boot=n_boot, batch_size=batch_size, sft=sft)
     return out
 
 
@@ -375,13 +456,15 @@ def _null_per_layer(effects, segment: str) -> dict:
 def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: int = 5, n_boot: int = 1000,
             max_new_tokens: int = 96, source: str = "rl", mirror: bool = True, batch_size: int = 8,
             data_path: str = "data", token_labels=content_groups, allow_unverified: bool = False,
-            dtype: str = "float32", device_map: str | None = None) -> dict:
+            dtype: str = "float32", device_map: str | None = None, sft_control: str = "auto") -> dict:
     """Run every analysis of a base against one or several RL checkpoints; write ``findings.json``, figures and
     ``report.md`` to ``out``. Returns the findings.
 
     ``token_labels(tokenizer, token_ids, segments) -> labels``: the user's token groups for the settling curves
     (default :func:`content_groups`, the organism's content tokens; None: segments only). Model folders are
     verified against their manifest first (``analyses.checkpoints``; ``allow_unverified`` for your own models).
+    ``sft_control``: ``on``, ``off`` or ``auto`` (on for models of at most ``analyses.sft_control.AUTO_MAX_PARAMETERS``
+    parameters: it trains a copy of the base, cheap for the organism, not for a 30B model on a laptop).
     """
     from analyses.report import write_compare_report
 
@@ -402,13 +485,14 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
     out.mkdir(parents=True, exist_ok=True)
     texts = [inputs_for(rl, processor, items, source, max_new_tokens) for rl in rls]
     _write_completions(out / "completions_rl.jsonl", items, [t for t, _ in texts], rl_paths)
+    sft = sft_wanted(sft_control, base)
     main_result = analyse(base, rls, [i for _, i in texts], items, tokenizer=processor.tokenizer, n_nulls=n_nulls,
-                          seed=seed, n_boot=n_boot, batch_size=batch_size, token_labels=token_labels)
+                          seed=seed, n_boot=n_boot, batch_size=batch_size, token_labels=token_labels, sft=sft)
     datasets = main_result.pop("_datasets")
     findings = {"stamp": verdicts.stamp(), "verdicts": main_result.pop("verdicts"), **main_result,
                 "inputs": {"base": str(base_path), "rl": [str(p) for p in rl_paths], "data": data_path,
                            "n_items": len(items), "seed": seed, "nulls": n_nulls, "n_boot": n_boot,
-                           "source": source, "max_new_tokens": max_new_tokens},
+                           "source": source, "max_new_tokens": max_new_tokens, "sft_control": sft},
                 "warnings": warnings}
     if mirror and source == "rl":
         b_texts, b_inputs = inputs_for(base, processor, items, "rl", max_new_tokens)
@@ -454,7 +538,9 @@ def figures(findings: dict, folder: Path) -> dict:
                                                          findings.get("null_per_layer")),
             "router_share": plot.router_share_by_layer(findings["decomposition"], findings["routers"]["bands"]),
             "settling": plot.settling_curves(findings["crystallization"]["curves"],
-                                             findings["crystallization"]["first_upper_block"])}
+                                             findings["crystallization"]["first_upper_block"],
+                                             random_init=findings["crystallization"].get("random_init", {})
+                                             .get("curves", {}).get("think"))}
     if "controls" in findings:
         made["controls"] = plot.control_bars(findings["controls"])
     paths = {}
@@ -483,7 +569,8 @@ def main(argv=None) -> None:
         result = compare(args.base, expand_runs(args.rl), items, Path(args.out), seed=args.seed, n_nulls=args.nulls,
                          n_boot=args.n_boot, max_new_tokens=args.max_new_tokens, source=args.source,
                          mirror=not args.no_mirror, batch_size=args.batch_size, data_path=args.data,
-                         allow_unverified=args.allow_unverified, dtype=args.dtype, device_map=args.device_map)
+                         allow_unverified=args.allow_unverified, dtype=args.dtype, device_map=args.device_map,
+                         sft_control=args.sft_control)
     except (CompareInputError, CheckpointError) as err:
         sys.exit(f"adt-probe compare: {err}")
     for name, v in result["verdicts"].items():

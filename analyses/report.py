@@ -302,6 +302,7 @@ input (relative), lower / upper band:
 |---|---|---|---|
 $control_rows
 
+$sft_text
 $fig_controls
 ## Finding 2: do reasoning tokens crystallize progressively in the upper layers? **$v2**
 
@@ -310,6 +311,8 @@ $why2
 Share of settled think tokens that settle in the upper band (blocks $first_upper and later): RL $u_rl, base on the
 same tokens $u_base, difference $du. Think tokens whose prediction appears only at the output: base $never_base,
 RL $never_rl.
+
+$random_init
 
 | tokens | n | settled by E (base / RL) | by the last lower block (base / RL) | output only (base / RL) |
 |---|---|---|---|---|
@@ -355,15 +358,33 @@ def _band_rows(r: dict) -> str:
 def _control_rows(c: dict | None) -> str:
     if not c:
         return "| (not run) | | | |"
-    rows = [f"| RL | {c['rl']['rel_router']['lower']:.4g} / {c['rl']['rel_router']['upper']:.4g} | "
-            f"{c['rl']['rel_input']['lower']:.4g} / {c['rl']['rel_input']['upper']:.4g} | 1 |"]
+
+    def row(label: str, v: dict, ratio: dict | None) -> str:
+        over = f"{_maybe(ratio['lower'])} / {_maybe(ratio['upper'])}" if ratio else "1"
+        return (f"| {label} | {v['rel_router']['lower']:.4g} / {v['rel_router']['upper']:.4g} | "
+                f"{v['rel_input']['lower']:.4g} / {v['rel_input']['upper']:.4g} | {over} |")
+
+    rows = [row("RL", c["rl"], None)]
     names = {"routers": "random: routers only", "others": "random: all but routers", "all": "random: everything"}
-    for part, label in names.items():
-        m, ratio = c[part]["mean"], c[part]["rl_over_control_rel_router"]
-        rows.append(f"| {label} | {m['rel_router']['lower']:.4g} / {m['rel_router']['upper']:.4g} | "
-                    f"{m['rel_input']['lower']:.4g} / {m['rel_input']['upper']:.4g} | "
-                    f"{_maybe(ratio['lower'])} / {_maybe(ratio['upper'])} |")
+    rows += [row(label, c[part]["mean"], c[part]["rl_over_control_rel_router"])
+             for part, label in names.items() if part in c]
+    if "sft" in c:
+        rows.append(row(f"SFT on RL's think text ({c['sft']['steps']} steps, RL's norm)", c["sft"],
+                        c["sft"]["rl_over_control_rel_router"]))
     return "\n".join(rows)
+
+
+def _sft_text(c: dict | None) -> str:
+    """The SFT control's routing numbers and how well its norm was matched (empty when it was not run)."""
+    s = (c or {}).get("sft")
+    if not s:
+        return ""
+    return (f"SFT control: top-k change rate at fixed input {_maybe(s['topk_change_router']['lower'])} / "
+            f"{_maybe(s['topk_change_router']['upper'])} (RL {_maybe(c['rl']['topk_change_router']['lower'])} / "
+            f"{_maybe(c['rl']['topk_change_router']['upper'])}), upper/lower ratio of the router term "
+            f"{_maybe(s['ratio_rel_router'])} (RL {_maybe(c['rl']['ratio_rel_router'])}); update norm per tensor "
+            f"matched to RL's within {s['max_rel_error']:.1e} (relative); {len(s['unmatched'])} tensors the "
+            f"fine-tuning left unchanged ({100 * s['unmatched_share']:.2f}% of RL's squared update norm).\n")
 
 
 def _maybe(x) -> str:
@@ -382,6 +403,20 @@ def _group_rows(cr: dict) -> str:
                     f"{c['base']['value'][i_l]:.3f} / {c['rl']['value'][i_l]:.3f} | "
                     f"{c['never_settled']['base']['value']:.3f} / {c['never_settled']['rl']['value']:.3f} |")
     return "\n".join(rows)
+
+
+def _random_init_text(cr: dict) -> str:
+    """The random-init floor of finding 2 beside base and RL (empty when it was not computed)."""
+    ri = cr.get("random_init")
+    if not ri:
+        return ""
+    think = ri["curves"]["think"]
+    never = think.get("never_settled", {}).get("random_init")
+    return (f"Floor: the same architecture with random weights (seed {ri['seed']}) on the same tokens settles "
+            f"{_fmt(ri['upper_share'])} of its settled think tokens in the upper band (RL minus random-init "
+            f"{_fmt(ri['rl_minus_random_upper_share'])}); settled by the embedding stream "
+            f"{_maybe(think['random_init']['value'][0]) if 'random_init' in think else 'n/a'}, only at the output "
+            f"{_fmt(never)}. An upper-band share at this floor says nothing about training.")
 
 
 def compare_report_text(findings: dict, base: Path) -> str:
@@ -412,13 +447,14 @@ def compare_report_text(findings: dict, base: Path) -> str:
         fig_router_share=_figure(findings, "router_share", "Share of the router-logit change made by the router "
                                  "and the input term per layer (exact split; they add up to 1), 95% CI", base),
         control_k=(findings.get("controls") or {}).get("k", 0), control_rows=_control_rows(findings.get("controls")),
+        sft_text=_sft_text(findings.get("controls")),
         fig_controls=_figure(findings, "controls", "RL next to random-direction updates of RL's own per-tensor "
                              "norm: router and input terms per band (whiskers: range over draws)", base),
         v2=v["crystallization"]["verdict"], why2=v["crystallization"]["why"], rule2=v["crystallization"]["rule"],
         first_upper=cr["first_upper_block"], u_rl=_fmt(cr["upper_share_rl"]),
         u_base=_fmt(cr.get("upper_share_base")),
         du=_fmt(cr["delta_upper_share"]), never_base=_fmt(never.get("base")), never_rl=_fmt(never.get("rl")),
-        group_rows=_group_rows(cr),
+        group_rows=_group_rows(cr), random_init=_random_init_text(cr),
         fig_settling=_figure(findings, "settling", "Share of tokens settled by each stream (E: embedding), base "
                              "solid, RL dashed, 95% CI; legend: share settling only at the output", base),
         mirror=mirror_text, mirror_key=", `mirror`" if mirror else "")

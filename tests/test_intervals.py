@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from adt_probe.stats import bca_interval, hierarchical_interval, paired_proportions, wilson
+from adt_probe.stats import bca_interval, bca_intervals, hierarchical_interval, paired_proportions, wilson
 
 
 def mean_of(sums):
@@ -87,3 +87,16 @@ def test_transplanting_identical_routers_changes_nothing_on_rl_completions(tiny_
     for (direction, band, metric), ci in effects.items():
         assert ci["value"] == 0.0, (direction, band, metric)  # same routers swapped in: exactly no change
     assert np.all(out["rl"]["kl_to_rl"] == 0) and np.all(out["base"]["kl_to_rl"] > 0)
+
+
+def test_several_statistics_share_resamples_and_each_equals_its_own_bca():
+    # three ratios at once (a settling curve's streams, say), one with NaN replicates: each as bca_interval alone
+    rng = np.random.default_rng(5)
+    per_seq = np.column_stack([rng.random(15), rng.random(15), np.r_[1.0, np.zeros(14)], np.ones(15)])
+    both = bca_intervals(per_seq, lambda s: s[..., :3] / np.stack([s[..., 3], s[..., 3], s[..., 2]], -1),
+                         n_boot=400, seed=2)
+    for j, got in enumerate(both):
+        den = 2 if j == 2 else 3
+        alone = bca_interval(per_seq, lambda s, j=j, den=den: s[..., j] / s[..., den], n_boot=400, seed=2)
+        assert got == pytest.approx(alone, nan_ok=True)
+    assert both[2]["n_nan"] > 0 and both[0]["n_nan"] == 0

@@ -9,14 +9,15 @@ prompts for both trainers (8 per step, chat-templated by ``rl.data.collate``), G
 at T = 1, DAPO loss, one update per rollout, no KL term, the same two rewards (accuracy and format from
 ``rl.rewards.registry``), one torch thread. Each trainer runs ``--steps`` steps; the first ``--warmup`` are dropped and
 the median step time of the rest gives completions/s. The two run alternately ``--repeats`` times in one process so
-that load on the machine hits both. Our loop's step is also split into phases (``Run.timings``: generation,
-rewards, log-probs, backward, optimizer; medians over the measured steps). Writes
-``benchmarks/results/grpo_vs_trl.json``.
+that load on the machine hits both (``--unshared`` adds our loop with prompt sharing off, as it was before it). Our
+loop's step is also split into phases (``Run.timings``: generation, rewards, log-probs, backward, optimizer; medians
+over the measured steps). Writes ``benchmarks/results/grpo_vs_trl.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -54,8 +55,12 @@ def items():
     return out
 
 
-def ours(tok, steps: int, model: str, phases: dict[str, list[float]] | None = None) -> list[float]:
-    """Seconds per step of rl.train.grpo.train_step; each step's seconds per phase are appended to ``phases``."""
+def ours(tok, steps: int, model: str, phases: dict[str, list[float]] | None = None, *,
+         share_prompts: bool = True) -> list[float]:
+    """Seconds per step of rl.train.grpo.train_step; each step's seconds per phase are appended to ``phases``.
+    ``share_prompts=False`` turns prompt sharing off (``generate`` and the one-pass forward: the loop before it)."""
+    from unittest import mock
+
     from accelerate import Accelerator
 
     from rl.data.collate import TextProcessor
@@ -76,10 +81,12 @@ def ours(tok, steps: int, model: str, phases: dict[str, list[float]] | None = No
               optimizer, scheduler, suppressed_token_ids(tok))
     batch, times = items(), []
     torch.manual_seed(0)
+    off = mock.patch("rl.train.rollout.shares_prompts", lambda *a: False)
     for step in range(steps):
         run.timings = {}
         t0 = time.perf_counter()
-        train_step(run, batch, step=step, max_steps=steps)
+        with contextlib.nullcontext() if share_prompts else off:
+            train_step(run, batch, step=step, max_steps=steps)
         times.append(time.perf_counter() - t0)
         if phases is not None:
             for k in PHASES:
@@ -127,25 +134,27 @@ def trl_times(tok, steps: int, model: str) -> list[float]:
 
 def bench(tok, model: str, args) -> dict:
     """Both trainers on ``model``, alternating ``args.repeats`` times: completions/s, ratio, our step's phases."""
-    runs: dict[str, list[float]] = {"adt_probe": [], "trl": []}
-    phases: dict[str, list[float]] = {}
+    names = ("adt_probe", "trl") + (("adt_probe_unshared",) if args.unshared else ())
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    phases: dict[str, dict[str, list[float]]] = {}
     for r in range(args.repeats):
-        for name in ("adt_probe", "trl"):
+        for name in names:
             step_phases: dict[str, list[float]] = {}
-            times = ours(tok, args.steps, model, step_phases) if name == "adt_probe" else trl_times(tok, args.steps,
-                                                                                                      model)
+            if name == "trl":
+                times = trl_times(tok, args.steps, model)
+            else:
+                times = ours(tok, args.steps, model, step_phases, share_prompts=name == "adt_probe")
             times = times[args.warmup:]
             runs[name].append(statistics.median(times))
             for k, v in step_phases.items():
-                phases.setdefault(k, []).extend(v[args.warmup:])
+                phases.setdefault(name, {}).setdefault(k, []).extend(v[args.warmup:])
             print(f"{model} repeat {r}: {name} median step {runs[name][-1]:.3f} s", flush=True)
     per_s = {name: PROMPTS * G / statistics.median(v) for name, v in runs.items()}
-    step_phases = {k: statistics.median(v) for k, v in phases.items()}
-    total = sum(step_phases.values())
+    step_phases = {name: {k: statistics.median(v) for k, v in ph.items()} for name, ph in phases.items()}
     return {"completions_per_second": per_s, "ratio_adt_probe_over_trl": per_s["adt_probe"] / per_s["trl"],
             "median_step_seconds_per_repeat": runs,
-            "adt_probe_step_phases": {"median_seconds": step_phases,
-                                      "share": {k: v / total for k, v in step_phases.items()}},
+            "step_phases": {name: {"median_seconds": ph, "share": {k: v / sum(ph.values()) for k, v in ph.items()}}
+                            for name, ph in step_phases.items()},
             "setting": {"model": MODELS[model][2], "prompts_per_step": PROMPTS, "G": G,
                         "max_new_tokens": MODELS[model][1], "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
                         "steps": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
@@ -161,6 +170,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--unshared", action="store_true",
+                    help="also time our loop with prompt sharing off (generate + one-pass forward: the loop before)")
     ap.add_argument("--note", default="", help="written into the result (for example the machine's load)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grpo_vs_trl.json"))
     args = ap.parse_args(argv)
@@ -175,7 +186,8 @@ def main(argv=None) -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for m, r in result["models"].items():
         print(m, json.dumps({k: r[k] for k in ("completions_per_second", "ratio_adt_probe_over_trl")}),
-              json.dumps({k: round(v, 3) for k, v in r["adt_probe_step_phases"]["median_seconds"].items()}))
+              json.dumps({name: {k: round(v, 3) for k, v in ph["median_seconds"].items()}
+                          for name, ph in r["step_phases"].items()}))
 
 
 if __name__ == "__main__":

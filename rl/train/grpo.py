@@ -5,7 +5,8 @@ signature. One step:
 
 1. **prompts**     B items -> chat prompts with their audio clip (``collate.encode``)
 2. **rollouts**    G completions per prompt, sampled at ``temperature``; every per-sequence input (token ids, masks,
-                   audio features) is repeated G times, so row ``b * G + j`` is completion j of prompt b
+                   audio features) is repeated G times, so row ``b * G + j`` is completion j of prompt b (a text
+                   decoder runs each prompt once and shares its key-value cache with the G rows, here and in 3)
 3. **log-probs**   per-token ``log pi(token)`` of the completion at the sampling temperature, teacher-forced over
                    prompt + completion (with the audio), masked after the first EOS
 4. **rewards**     reward functions ``f(prompts, completions, completion_ids, **item_columns)`` -> (B*G, R) matrix

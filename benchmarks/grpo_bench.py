@@ -1,18 +1,23 @@
-"""Completions per second: this repository's GRPO loop (``rl/grpo.py``) vs ``trl.GRPOTrainer``, side by side.
+"""Completions per second: this repository's GRPO loop (``rl/train/grpo.py``) vs ``trl.GRPOTrainer``, side by side.
 
-    python -m benchmarks.grpo_bench                 # about 2 minutes on 2 cores
+    python -m benchmarks.grpo_bench                      # both models, about 10 minutes on one core
+    python -m benchmarks.grpo_bench --models moe --repeats 1
 
-Same tiny Llama (``rl/testing.py``, the model the TRL reward test uses), same prompts (8 per step, chat-templated
-by ``rl.data.collate``), G = 8 completions each, 32 new tokens, pure sampling at T = 1, DAPO loss, one update per
-rollout, no KL term, the same two rewards (accuracy and format from ``rl.rewards.registry``), one torch thread each.
-Each trainer runs ``--steps`` steps; the first ``--warmup`` are dropped and the median step time of the rest gives
-completions/s. The two run alternately ``--repeats`` times in one process so that load on the machine hits both.
-Writes ``benchmarks/results/grpo_vs_trl.json``.
+Two tiny models from ``rl/testing.py``: ``llama`` (2 layers, hidden 32, the model the TRL reward test uses; 32 new
+tokens) and ``moe`` (Qwen3-MoE, 8 layers, hidden 128, 8 experts, top-2, every layer sparse; 48 new tokens). Same
+prompts for both trainers (8 per step, chat-templated by ``rl.data.collate``), G = 8 completions each, pure sampling
+at T = 1, DAPO loss, one update per rollout, no KL term, the same two rewards (accuracy and format from
+``rl.rewards.registry``), one torch thread. Each trainer runs ``--steps`` steps; the first ``--warmup`` are dropped and
+the median step time of the rest gives completions/s. The two run alternately ``--repeats`` times in one process so
+that load on the machine hits both (``--unshared`` adds our loop with prompt sharing off, as it was before it). Our
+loop's step is also split into phases (``Run.timings``: generation, rewards, log-probs, backward, optimizer; medians
+over the measured steps). Writes ``benchmarks/results/grpo_vs_trl.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -25,7 +30,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PROMPTS, G, NEW_TOKENS, LR = 8, 8, 32, 1e-5
+PROMPTS, G, LR = 8, 8, 1e-5
+MODELS = {  # name -> (rl.testing builder, new tokens, description)
+    "llama": ("build_model", 32, "rl/testing.py Llama (2 layers, hidden 32)"),
+    "moe": ("build_moe_model", 48, "rl/testing.py Qwen3-MoE (8 layers, hidden 128, 8 experts, top-2, all layers MoE)"),
+}
+PHASES = ("generation", "rewards", "logprobs_old_ref", "logprobs_policy", "backward", "optimizer")
+
+
+def build(model: str, tok):
+    from rl import testing as tiny_lm
+
+    return getattr(tiny_lm, MODELS[model][0])(tok, seed=1)
 
 
 def items():
@@ -39,43 +55,52 @@ def items():
     return out
 
 
-def ours(tok, steps: int) -> list[float]:
-    """Seconds per step of rl.train.grpo.train_step."""
+def ours(tok, steps: int, model: str, phases: dict[str, list[float]] | None = None, *,
+         share_prompts: bool = True) -> list[float]:
+    """Seconds per step of rl.train.grpo.train_step; each step's seconds per phase are appended to ``phases``.
+    ``share_prompts=False`` turns prompt sharing off (``generate`` and the one-pass forward: the loop before it)."""
+    from unittest import mock
+
     from accelerate import Accelerator
 
-    from rl import testing as tiny_lm
     from rl.data.collate import TextProcessor
     from rl.rewards.registry import resolve_rewards
     from rl.train.config import config_from_dict
     from rl.train.grpo import Run, build_optimizer, suppressed_token_ids, train_step
 
-    cfg = config_from_dict({"grpo": {"num_generations": G, "batch_size": PROMPTS, "max_new_tokens": NEW_TOKENS,
+    cfg = config_from_dict({"grpo": {"num_generations": G, "batch_size": PROMPTS, "max_new_tokens": MODELS[model][1],
                                      "temperature": 1.0, "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
                                      "mask_truncated_completions": False},
                             "optim": {"lr": LR, "lr_schedule": "constant", "warmup_steps": 0},
                             "stages": [{"name": "bench", "steps": steps,
                                         "rewards": {"accuracy": 1.0, "format": 0.25}}]})
-    policy = tiny_lm.build_model(tok, seed=1)
+    policy = build(model, tok)
     acc = Accelerator(cpu=True)
     optimizer, scheduler = build_optimizer(policy, cfg, LR, steps)
     run = Run(cfg, policy, policy, None, TextProcessor(tok), acc, resolve_rewards(cfg.stages[0].rewards),
               optimizer, scheduler, suppressed_token_ids(tok))
     batch, times = items(), []
     torch.manual_seed(0)
+    off = mock.patch("rl.train.rollout.shares_prompts", lambda *a: False)
     for step in range(steps):
+        run.timings = {}
         t0 = time.perf_counter()
-        train_step(run, batch, step=step, max_steps=steps)
+        with contextlib.nullcontext() if share_prompts else off:
+            train_step(run, batch, step=step, max_steps=steps)
         times.append(time.perf_counter() - t0)
+        if phases is not None:
+            for k in PHASES:
+                phases.setdefault(k, []).append(run.timings.get(k, 0.0))
+            phases.setdefault("other", []).append(times[-1] - sum(run.timings.values()))
     return times
 
 
-def trl_times(tok, steps: int) -> list[float]:
+def trl_times(tok, steps: int, model: str) -> list[float]:
     """Seconds per step of trl.GRPOTrainer (generation included: it happens inside the training step)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl import testing as tiny_lm
     from rl.data import collate
     from rl.data.collate import TextProcessor
     from rl.rewards import accuracy_reward, format_reward
@@ -97,46 +122,72 @@ def trl_times(tok, steps: int) -> list[float]:
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(output_dir=tmp, per_device_train_batch_size=PROMPTS * G, num_generations=G,
-                          max_completion_length=NEW_TOKENS, max_steps=steps, learning_rate=LR, loss_type="dapo",
+                          max_completion_length=MODELS[model][1], max_steps=steps, learning_rate=LR, loss_type="dapo",
                           beta=0.0, num_iterations=1, temperature=1.0, top_k=0, top_p=1.0, shuffle_dataset=False,
                           reward_weights=[1.0, 0.25], report_to="none", save_strategy="no", use_cpu=True,
                           bf16=False, seed=0, disable_tqdm=True, logging_steps=10_000, lr_scheduler_type="constant")
-        trainer = GRPOTrainer(model=tiny_lm.build_model(tok, seed=1), reward_funcs=[accuracy_reward, format_reward],
+        trainer = GRPOTrainer(model=build(model, tok), reward_funcs=[accuracy_reward, format_reward],
                               args=args, train_dataset=data, processing_class=tok, callbacks=[clock])
         trainer.train()
     return clock.times
+
+
+def bench(tok, model: str, args) -> dict:
+    """Both trainers on ``model``, alternating ``args.repeats`` times: completions/s, ratio, our step's phases."""
+    names = ("adt_probe", "trl") + (("adt_probe_unshared",) if args.unshared else ())
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    phases: dict[str, dict[str, list[float]]] = {}
+    for r in range(args.repeats):
+        for name in names:
+            step_phases: dict[str, list[float]] = {}
+            if name == "trl":
+                times = trl_times(tok, args.steps, model)
+            else:
+                times = ours(tok, args.steps, model, step_phases, share_prompts=name == "adt_probe")
+            times = times[args.warmup:]
+            runs[name].append(statistics.median(times))
+            for k, v in step_phases.items():
+                phases.setdefault(name, {}).setdefault(k, []).extend(v[args.warmup:])
+            print(f"{model} repeat {r}: {name} median step {runs[name][-1]:.3f} s", flush=True)
+    per_s = {name: PROMPTS * G / statistics.median(v) for name, v in runs.items()}
+    step_phases = {name: {k: statistics.median(v) for k, v in ph.items()} for name, ph in phases.items()}
+    return {"completions_per_second": per_s, "ratio_adt_probe_over_trl": per_s["adt_probe"] / per_s["trl"],
+            "median_step_seconds_per_repeat": runs,
+            "step_phases": {name: {"median_seconds": ph, "share": {k: v / sum(ph.values()) for k, v in ph.items()}}
+                            for name, ph in step_phases.items()},
+            "setting": {"model": MODELS[model][2], "prompts_per_step": PROMPTS, "G": G,
+                        "max_new_tokens": MODELS[model][1], "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
+                        "steps": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
+                        "threads": args.threads}}
 
 
 def main(argv=None) -> None:
     from rl import testing as tiny_lm
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["llama", "moe"])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--unshared", action="store_true",
+                    help="also time our loop with prompt sharing off (generate + one-pass forward: the loop before)")
+    ap.add_argument("--note", default="", help="written into the result (for example the machine's load)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grpo_vs_trl.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = tiny_lm.build_tokenizer()
-    runs: dict[str, list[float]] = {"adt_probe": [], "trl": []}
-    for r in range(args.repeats):
-        for name, fn in (("adt_probe", ours), ("trl", trl_times)):
-            times = fn(tok, args.steps)[args.warmup:]
-            runs[name].append(statistics.median(times))
-            print(f"repeat {r}: {name} median step {runs[name][-1]:.3f} s", flush=True)
-    per_s = {name: PROMPTS * G / statistics.median(v) for name, v in runs.items()}
+    import transformers
     import trl
 
-    result = {"completions_per_second": per_s, "ratio_adt_probe_over_trl": per_s["adt_probe"] / per_s["trl"],
-              "median_step_seconds_per_repeat": runs, "setting": {
-                  "model": "rl/testing.py Llama (2 layers, hidden 32)", "prompts_per_step": PROMPTS, "G": G,
-                  "max_new_tokens": NEW_TOKENS, "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
-                  "steps": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
-                  "threads": args.threads},
-              "versions": {"torch": torch.__version__, "trl": trl.__version__}}
+    result = {"models": {m: bench(tok, m, args) for m in args.models}, "note": args.note,
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "trl": trl.__version__}}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "median_step_seconds_per_repeat"}, indent=2))
+    for m, r in result["models"].items():
+        print(m, json.dumps({k: r[k] for k in ("completions_per_second", "ratio_adt_probe_over_trl")}),
+              json.dumps({name: {k: round(v, 3) for k, v in ph["median_seconds"].items()}
+                          for name, ph in r["step_phases"].items()}))
 
 
 if __name__ == "__main__":

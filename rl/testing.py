@@ -1,6 +1,7 @@
 """Tiny causal LMs for the judge and reward tests and the training benchmarks: a byte-level BPE tokenizer trained
 here with ``tokenizers`` (ChatML template, digits single tokens) and a random ``LlamaForCausalLM`` (2 layers, hidden
-32), optionally taught a fixed reply so that it says something definite (a JSON score, a well-formed completion)."""
+32), optionally taught a fixed reply so that it says something definite (a JSON score, a well-formed completion); and
+a random tiny ``Qwen3MoeForCausalLM`` (8 layers, hidden 128, 8 experts, top-2) for the MoE training benchmark."""
 
 from __future__ import annotations
 
@@ -57,6 +58,21 @@ def build_model(tokenizer, seed: int = 0):
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
                       tie_word_embeddings=False)
     return LlamaForCausalLM(cfg).eval()
+
+
+def build_moe_model(tokenizer, seed: int = 0, *, layers: int = 8, hidden: int = 128, experts: int = 8, top_k: int = 2):
+    """A random ``Qwen3MoeForCausalLM`` for ``tokenizer``, seeded: every layer sparse (``experts`` experts of width
+    ``hidden``, top-``top_k``, probabilities renormalised over the chosen), 4 heads of 32 (2 key-value heads)."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3MoeConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         moe_intermediate_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=hidden // 4, num_experts=experts, num_experts_per_tok=top_k,
+                         decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                         tie_word_embeddings=False)
+    return Qwen3MoeForCausalLM(cfg).eval()
 
 
 def teach(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], steps: int = 60, lr: float = 3e-2,

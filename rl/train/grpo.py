@@ -5,7 +5,8 @@ signature. One step:
 
 1. **prompts**     B items -> chat prompts with their audio clip (``collate.encode``)
 2. **rollouts**    G completions per prompt, sampled at ``temperature``; every per-sequence input (token ids, masks,
-                   audio features) is repeated G times, so row ``b * G + j`` is completion j of prompt b
+                   audio features) is repeated G times, so row ``b * G + j`` is completion j of prompt b (a text
+                   decoder runs each prompt once and shares its key-value cache with the G rows, here and in 3)
 3. **log-probs**   per-token ``log pi(token)`` of the completion at the sampling temperature, teacher-forced over
                    prompt + completion (with the audio), masked after the first EOS
 4. **rewards**     reward functions ``f(prompts, completions, completion_ids, **item_columns)`` -> (B*G, R) matrix
@@ -336,6 +337,20 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     suppress: list[int]  # token ids never sampled (suppressed_token_ids)
+    timings: dict[str, float] | None = None  # when a dict: seconds per phase of the steps are added to it (profiling)
+
+
+@contextlib.contextmanager
+def _phase(run: Run, name: str):
+    """Add the block's wall time to ``run.timings[name]`` when the run collects timings; nothing otherwise."""
+    if run.timings is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        run.timings[name] = run.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _global_sum(acc, values: list[float]) -> list[float]:
@@ -343,11 +358,20 @@ def _global_sum(acc, values: list[float]) -> list[float]:
     return (acc.reduce(t, reduction="sum") if acc.num_processes > 1 else t).tolist()
 
 
+def _shared_group(model, sl: slice, G: int) -> int:
+    """The group size token_logprobs may share prompts over in chunk ``sl`` (1: none). Not through
+    DistributedDataParallel: it allows one forward per backward, and the shared prompt pass is a second."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or sl.start % G or (sl.stop - sl.start) % G:
+        return 1
+    return G
+
+
 @torch.no_grad()
-def _logprobs_no_grad(model, ro: Rollout, chunks: list[slice], temperature: float, suppress: list[int]
+def _logprobs_no_grad(model, ro: Rollout, chunks: list[slice], temperature: float, suppress: list[int], G: int
                       ) -> torch.Tensor:
     return torch.cat([token_logprobs(model, _rows(ro.inputs, sl), ro.completion_ids[sl], ro.completion_mask[sl],
-                                     temperature, suppress)[0] for sl in chunks])
+                                     temperature, suppress, group_size=_shared_group(model, sl, G))[0]
+                      for sl in chunks])
 
 
 def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tuple[dict, list[dict]]:
@@ -358,11 +382,13 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
     cfg, g, acc = run.cfg, run.cfg.grpo, run.accelerator
     G, world, rank = g.num_generations, acc.num_processes, acc.process_index
 
-    ro = sample_completions(run.policy, run.processor, items, cfg, acc.device)  # 2. N = len(items) * G rows
+    with _phase(run, "generation"):
+        ro = sample_completions(run.policy, run.processor, items, cfg, acc.device)  # 2. N = len(items) * G rows
     n = ro.completion_ids.shape[0]
 
     # 4. Rewards of this process's completions, then everyone's: groups and batch statistics must be global.
-    local_rewards = torch.from_numpy(score(ro, run.rewards, step=step, max_steps=max_steps)).to(acc.device)
+    with _phase(run, "rewards"):
+        local_rewards = torch.from_numpy(score(ro, run.rewards, step=step, max_steps=max_steps)).to(acc.device)
     all_rewards = acc.gather(local_rewards) if world > 1 else local_rewards  # (N_all, R)
     weights = torch.tensor([r.weight for r in run.rewards], device=acc.device)
     failed = torch.isnan(all_rewards[:, failure_columns(run.rewards)]).any(1)  # (N_all,) a judgement failed
@@ -383,10 +409,11 @@ def train_step(run: Run, items: list[Item], *, step: int, max_steps: int) -> tup
 
     # 3. Log-probs at sampling time and under the reference, computed once before any update. With a single
     # iteration the sampling-time log-probs equal the first forward's, so `logp.detach()` serves (no extra pass).
-    old_logp = _logprobs_no_grad(run.policy, ro, chunks, g.temperature, run.suppress) \
-        if g.num_iterations > 1 else None
-    ref_logp = _logprobs_no_grad(run.ref_model, ro, chunks, g.temperature, run.suppress) \
-        if run.ref_model is not None else None
+    with _phase(run, "logprobs_old_ref"):
+        old_logp = _logprobs_no_grad(run.policy, ro, chunks, g.temperature, run.suppress, G) \
+            if g.num_iterations > 1 else None
+        ref_logp = _logprobs_no_grad(run.ref_model, ro, chunks, g.temperature, run.suppress, G) \
+            if run.ref_model is not None else None
 
     # 6. num_iterations optimiser updates on these rollouts; each a gradient accumulation over the chunks.
     sums = update(run, ro, mask, advantages, chunks, old_logp, ref_logp, num_sequences=num_sequences,
@@ -421,25 +448,29 @@ def update(run: Run, ro: Rollout, mask: torch.Tensor, advantages: torch.Tensor, 
             # DDP all-reduces gradients on every backward; skip it until the last chunk of the update.
             sync = ci == len(chunks) - 1
             with contextlib.nullcontext() if sync or world == 1 else acc.no_sync(run.model):
-                logp, entropy = token_logprobs(run.model, _rows(ro.inputs, sl), ro.completion_ids[sl], mask[sl],
-                                               g.temperature, run.suppress)
-                loss, stats = grpo_loss(
-                    logp, logp.detach() if old_logp is None else old_logp[sl], advantages[sl], mask[sl],
-                    epsilon=g.epsilon, epsilon_high=g.epsilon_high, loss_type=g.loss_type,
-                    ref_logp=None if ref_logp is None else ref_logp[sl], beta=g.beta,
-                    max_completion_length=g.max_new_tokens, num_sequences=num_sequences, num_tokens=num_tokens)
+                with _phase(run, "logprobs_policy"):
+                    logp, entropy = token_logprobs(run.model, _rows(ro.inputs, sl), ro.completion_ids[sl],
+                                                   mask[sl], g.temperature, run.suppress,
+                                                   group_size=_shared_group(run.model, sl, g.num_generations))
+                    loss, stats = grpo_loss(
+                        logp, logp.detach() if old_logp is None else old_logp[sl], advantages[sl], mask[sl],
+                        epsilon=g.epsilon, epsilon_high=g.epsilon_high, loss_type=g.loss_type,
+                        ref_logp=None if ref_logp is None else ref_logp[sl], beta=g.beta,
+                        max_completion_length=g.max_new_tokens, num_sequences=num_sequences, num_tokens=num_tokens)
                 # DDP averages gradients over processes; the denominators are already global, so undo the average.
-                acc.backward(loss * world)
+                with _phase(run, "backward"):
+                    acc.backward(loss * world)
             sums["loss"] += float(loss.detach())
             for k in ("clip_low", "clip_high", "clip_region", "kl", "tokens"):
                 sums[k] += float(stats[k])
             if it == 0:  # entropy of the policy that sampled
                 sums["entropy"] += float((entropy * mask[sl]).sum())
-        max_norm = run.cfg.optim.max_grad_norm if run.cfg.optim.max_grad_norm > 0 else float("inf")
-        grad_norms.append(float(acc.clip_grad_norm_(params, max_norm)))
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        with _phase(run, "optimizer"):
+            max_norm = run.cfg.optim.max_grad_norm if run.cfg.optim.max_grad_norm > 0 else float("inf")
+            grad_norms.append(float(acc.clip_grad_norm_(params, max_norm)))
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
 
     sums["grad_norm"] = float(np.mean(grad_norms))
     return sums

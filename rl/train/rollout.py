@@ -106,6 +106,59 @@ def generation_config(tokenizer, sampling: Sampling) -> GenerationConfig:
                             suppress_tokens=suppressed_token_ids(tokenizer) or None)
 
 
+def shares_prompts(model, inputs: dict[str, torch.Tensor]) -> bool:
+    """Whether the prompt of a group can be run once and its key-value cache shared by the group's G rows: a plain
+    text decoder (a transformers ``*ForCausalLM``: 1-D rotary positions, a ``DynamicCache``) and text-only inputs.
+    Multimodal models (audio features, 3-D rotary positions) take the general path."""
+    return set(inputs) <= {"input_ids", "attention_mask"} and type(model).__name__.endswith("ForCausalLM")
+
+
+def _prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, G: int,
+                  position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, object]:
+    """Run B distinct prompts once; returns their last position's logits and the key-value cache, both repeated to
+    B * G rows (row ``b * G + j`` is prompt b). Differentiable when grad is enabled: the G rows' gradients flow back
+    into the one prompt pass through the repeated cache."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                logits_to_keep=1)
+    cache = out.cache
+    cache.batch_repeat_interleave(G)
+    return out.logits[:, -1].repeat_interleave(G, dim=0), cache
+
+
+def _sample_shared_prompts(policy, batch: dict[str, torch.Tensor], G: int, sampling: Sampling, tok) -> torch.Tensor:
+    """``policy.generate``'s sampling loop (same logits processing: placeholders at -inf, divide by the temperature,
+    ``torch.multinomial`` of the softmax, pad after EOS, stop when every row has ended; same positions: the cumulative
+    attention mask), with each prompt's forward run once for its G completions. (B*G, T) completion ids."""
+    ids, am = batch["input_ids"], batch["attention_mask"]
+    pos = (am.long().cumsum(-1) - 1).masked_fill(am == 0, 0)  # as generate's _prepare_position_ids_for_generation
+    logits, cache = _prompt_cache(policy, ids, am, G, position_ids=pos)
+    am, last = am.repeat_interleave(G, dim=0), pos[:, -1:].repeat_interleave(G, dim=0)
+    n = am.shape[0]
+    suppress = suppressed_token_ids(tok)
+    suppress = torch.tensor(suppress, device=ids.device) if suppress else None
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    unfinished = torch.ones(n, dtype=torch.bool, device=ids.device)
+    out = []
+    for step in range(sampling.max_new_tokens):
+        scores = logits.float()
+        if suppress is not None:
+            scores = scores.index_fill(-1, suppress, -math.inf)
+        if sampling.temperature > 0:
+            nxt = torch.multinomial(torch.softmax(scores / sampling.temperature, -1), num_samples=1).squeeze(1)
+        else:
+            nxt = scores.argmax(-1)
+        nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
+        out.append(nxt)
+        unfinished = unfinished & (nxt != eos)
+        if step == sampling.max_new_tokens - 1 or not bool(unfinished.any()):
+            break
+        am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+        last = last + 1
+        logits = policy(input_ids=nxt[:, None], attention_mask=am, position_ids=last, cache=cache,
+                        use_cache=True).logits[:, -1]
+    return torch.stack(out, 1)
+
+
 @torch.no_grad()
 def sample(policy, processor, items: Sequence[Item], sampling: Sampling, *, mode: str = "think",
            device: torch.device | str = "cpu", written_facts: bool = False, notes: bool = False) -> Rollout:
@@ -124,8 +177,11 @@ def sample(policy, processor, items: Sequence[Item], sampling: Sampling, *, mode
     G, tok = sampling.num_generations, processor.tokenizer
     texts, batch = prompt_batch(processor, items, mode, written_facts=written_facts, notes=notes)
     inputs = {k: v.repeat_interleave(G, dim=0).to(device) for k, v in batch.items()}  # every row tensor -> (B*G, ...)
-    ids = policy.generate(**inputs, generation_config=generation_config(tok, sampling))  # (N, P + T)
-    completion_ids = ids[:, inputs["input_ids"].shape[1]:]  # (N, T)
+    if G > 1 and shares_prompts(policy, inputs):
+        completion_ids = _sample_shared_prompts(policy, {k: v.to(device) for k, v in batch.items()}, G, sampling, tok)
+    else:
+        ids = policy.generate(**inputs, generation_config=generation_config(tok, sampling))  # (N, P + T)
+        completion_ids = ids[:, inputs["input_ids"].shape[1]:]  # (N, T)
     mask, truncated = eos_mask(completion_ids, tok.eos_token_id)
     keep = mask.bool() & (completion_ids != tok.eos_token_id)
     decoded = [tok.decode(row[m], skip_special_tokens=False) for row, m in zip(completion_ids, keep)]
@@ -133,9 +189,20 @@ def sample(policy, processor, items: Sequence[Item], sampling: Sampling, *, mode
                    [it for it in items for _ in range(G)])
 
 
+def _grouped(inputs: dict[str, torch.Tensor], G: int) -> bool:
+    """Rows ``b*G .. b*G+G-1`` of every input are copies of row ``b*G``."""
+    for v in inputs.values():
+        if v.shape[0] % G:
+            return False
+        g = v.reshape(v.shape[0] // G, G, *v.shape[1:])
+        if not bool((g == g[:, :1]).all()):
+            return False
+    return True
+
+
 def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float,
-                   suppress: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   suppress: list[int] | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced ``log softmax(logits / temperature)`` of each completion token, and the policy's entropy there.
 
     Parameters
@@ -143,19 +210,32 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch
     inputs : prompt tensors of n rows (``input_ids`` (n, P), ``attention_mask`` (n, P), audio features).
     completion_ids, completion_mask : (n, T).
     suppress : token ids generation never samples (``suppressed_token_ids``): their logits are -inf here too.
+    group_size : G when rows ``b*G .. b*G+G-1`` share one prompt: a text decoder then runs each prompt once and the
+        G completions on its shared key-value cache (same positions and masks as the one-pass forward; equal to it
+        up to float rounding). Ignored when the rows do not repeat that way or the model is multimodal.
 
     Returns
     -------
     logp : (n, T), differentiable. entropy : (n, T), detached. Values past the mask are meaningless (mask them).
     """
     P = inputs["input_ids"].shape[1]
-    audio = {k: inputs[k] for k in ("input_features", "feature_attention_mask") if k in inputs}  # none: text LM
-    out = model(input_ids=torch.cat([inputs["input_ids"], completion_ids], 1),
-                attention_mask=torch.cat([inputs["attention_mask"], completion_mask.long()], 1),
-                use_cache=False, **audio)
-    # Position P - 1 + t predicts completion token t; divide by the sampling temperature so that these are the
-    # log-probs of the distribution the tokens were drawn from.
-    logits = out.logits[:, P - 1:-1].float() / temperature  # (n, T, V)
+    attention_mask = torch.cat([inputs["attention_mask"], completion_mask.long()], 1)
+    G = group_size if group_size > 1 and shares_prompts(model, inputs) and _grouped(inputs, group_size) else 1
+    if G > 1:  # each prompt once; its cache (and gradient) shared by the G completions
+        first, cache = _prompt_cache(model, inputs["input_ids"][::G], inputs["attention_mask"][::G], G)
+        logits = first[:, None]
+        if completion_ids.shape[1] > 1:  # positions P .. P + T - 2, as in the one-pass forward
+            rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                         cache=cache, use_cache=True).logits
+            logits = torch.cat([logits, rest], 1)
+        logits = logits.float() / temperature  # (n, T, V)
+    else:
+        audio = {k: inputs[k] for k in ("input_features", "feature_attention_mask") if k in inputs}  # none: text LM
+        out = model(input_ids=torch.cat([inputs["input_ids"], completion_ids], 1), attention_mask=attention_mask,
+                    use_cache=False, **audio)
+        # Position P - 1 + t predicts completion token t; divide by the sampling temperature so that these are the
+        # log-probs of the distribution the tokens were drawn from.
+        logits = out.logits[:, P - 1:-1].float() / temperature  # (n, T, V)
     if suppress:
         logits = logits.index_fill(-1, torch.tensor(suppress, device=logits.device), -math.inf)
     logp_all = logits.log_softmax(-1)

@@ -606,8 +606,8 @@ def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequen
     ``random_init``: the random-weights baseline's think curve (``curves["think"]`` of ``random_init_numbers``),
     drawn grey and dotted as the floor."""
     caption = ("Share of tokens whose logit-lens prediction has settled by each stream (E: the embedding; i: after "
-               "block i), base model solid, RL model dashed, per token group; shaded: 95% BCa bootstrap interval "
-               "over sequences; legend: the share settling only at the output."
+               "block i), base model solid, RL model dashed, per token group; shaded: 95% bootstrap interval over "
+               "sequences (BCa); legend: the share settling only at the output."
                + (" Grey dotted: the same architecture with random weights (the floor a trained model must clear)."
                   if random_init and "random_init" in random_init else " No noise floor (a per-model measure).")
                + ("" if first_upper is None else
@@ -637,7 +637,7 @@ def settling_curves(curves: dict, first_upper: int | None = None, groups: Sequen
     ax.set_ylabel("share settled by this stream")
     ax.set_ylim(0, 1)
     if ax.get_legend_handles_labels()[0]:
-        _legend(ax, "shaded: 95% BCa interval, bootstrap over sequences", fontsize=7, loc="lower right")
+        _legend(ax, SHADED + " (BCa)", fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return fig
 

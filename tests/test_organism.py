@@ -219,7 +219,7 @@ def test_shipped_organism_matches_its_manifest():
     for name, meta in manifest["files"].items():
         assert sha256(organism.ORGANISM_DIR / name) == meta["sha256"], name
     text = json.loads((organism.ORGANISM_DIR / "config.json").read_text())["text_config"]
-    assert text["num_experts"] >= 8 and text["num_experts_per_tok"] == 2
+    assert text["num_hidden_layers"] >= 12 and text["num_experts"] >= 8 and text["num_experts_per_tok"] == 2
     assert text["mlp_only_layers"] == [] and text["decoder_sparse_step"] == 1
     assert (organism.ORGANISM_DIR / "model.safetensors").stat().st_size <= 25_000_000
     assert manifest["heldout"]["n_items"] == 420 and manifest["train_config"]["seed"] == manifest["seed"]

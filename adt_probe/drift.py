@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from scipy import sparse
 
 from adt_probe.segments import segment_names
-from adt_probe.stats import bootstrap_ratio, per_sequence_sums
+from adt_probe.stats import bootstrap_ratio
 
 TOKEN_METRICS = ("js", "kl", "topk_jaccard", "top1_agreement", "entropy_delta")
 ALL = "all"
@@ -131,16 +132,32 @@ def segment_index(ds: xr.Dataset, names: list[str] | None = None) -> np.ndarray:
     return np.array([names.index(s) for s in found], np.int64)[inverse]
 
 
-# --- the streaming kernel: per (sequence, segment) sums over chunks of tokens --------------------------------------
+# --- the streaming kernel: per (sequence, segment) sums over blocks of tokens ----------------------------------------
+#
+# Blocks of tokens (a whole store chunk at a time) are read once, with only the variables drift needs, and reduced to
+# per (sequence, segment) sums: the bootstrap then resamples sequences from those sums. ``_block_sums`` works on
+# plain arrays and is what a pool of processes (``client=``) runs on each block; the next block is read in a
+# background thread while the current one is computed.
 
-def _normalised_topk(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Experts (tokens, layers, k), their weights renormalised to sum 1 (float64, 0 on empty slots) and the valid
-    mask, exactly as ``router_probs`` scatters them over experts."""
-    experts, weights = ds["topk_experts"].values, ds["topk_weights"].values
-    valid = experts >= 0
-    w = np.where(valid, weights, 0.0)
-    total = w.sum(-1, keepdims=True)
-    return experts, (w / np.where(total > 0, total, 1.0)).astype(np.float64), valid
+_DRIFT_VARS = ("topk_experts", "topk_weights", "router_logits")
+
+
+def _rowsum(rows) -> np.ndarray:
+    """Sum of k rows, in the order numpy sums a last axis of length k (pairwise blocks of 8): bit-identical to
+    ``x.sum(-1)`` of the (..., k) layout."""
+    k = len(rows)
+    if k < 8:
+        out = rows[0] + 0.0
+        for r in rows[1:]:
+            out = out + r
+        return out
+    r = list(rows[:8])
+    for i in range(8, k - k % 8, 8):
+        r = [r[j] + rows[i + j] for j in range(8)]
+    out = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for i in range(k - k % 8, k):
+        out = out + rows[i]
+    return out
 
 
 def _xlogx(p: np.ndarray) -> np.ndarray:
@@ -148,59 +165,166 @@ def _xlogx(p: np.ndarray) -> np.ndarray:
         return np.where(p > 0, p * np.log(p), 0.0)
 
 
+def _normalised_rows(experts: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Valid mask and weights renormalised to sum 1 (float64, 0 on empty slots) of a (k, n) layout, exactly as
+    ``router_probs`` scatters them over experts (normalised in the weights' dtype)."""
+    valid = experts >= 0
+    w = np.where(valid, weights, 0.0)
+    total = _rowsum(list(w))
+    return valid, (w / np.where(total > 0, total, 1.0)).astype(np.float64)
+
+
+def _topk_kernel(ea: np.ndarray, wa: np.ndarray, eb: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """The metrics of ``TOKEN_METRICS`` on the top-k sets, (5, n), from (k, n) experts and weights of both models.
+
+    Loops over the k x k slot pairs with whole-row numpy operations (no (n, k, k) temporaries, no reductions over
+    a short last axis); JS(a, b) = H(m) - (H(a) + H(b)) / 2 with m = (a + b) / 2: on base's experts
+    m = (w_a + w_b at them) / 2, on the experts only rl selected m = w_b / 2.
+    """
+    k, n = ea.shape
+    va, wa = _normalised_rows(ea, wa)
+    vb, wb = _normalised_rows(eb, wb)
+    in_a = np.zeros((k, n), bool)  # rl's slot j holds an expert base also selected
+    inter = np.zeros(n, np.int64)  # |top-k(a) & top-k(b)|, counted as the all-expert path does
+    m = np.empty((k, n))  # m on base's experts
+    hit, eq, w_at, tmp = np.empty(n, bool), np.empty(n, bool), np.empty(n), np.empty(n)
+    for i in range(k):
+        hit[:] = False
+        w_at[:] = 0.0
+        for j in range(k):
+            np.equal(ea[i], eb[j], out=eq)
+            hit |= eq
+            eq &= va[i]
+            in_a[j] |= eq
+            np.multiply(wb[j], eq, out=tmp)
+            w_at += tmp
+        inter += hit
+        np.add(wa[i], w_at, out=m[i])
+        m[i] *= 0.5
+    only_b = np.where(in_a, 0.0, 0.5 * wb)
+    xa, xb = _rowsum(list(_xlogx(wa))), _rowsum(list(_xlogx(wb)))  # -H(a), -H(b)
+    m_log_m = _rowsum(list(_xlogx(m))) + _rowsum(list(_xlogx(only_b)))
+    out = np.empty((len(TOKEN_METRICS), n))
+    out[0] = (0.5 * xa + 0.5 * xb - m_log_m) / np.log(2)
+    out[1] = np.nan
+    out[2] = inter / (2 * k - inter)
+    out[3] = ea[0] == eb[0]
+    out[4] = xa - xb
+    out[:, ~(ea >= 0).any(0)] = np.nan  # dense layers
+    no_dist = ~va.any(0) | ~vb.any(0)
+    for row in (0, 1, 4):  # js, kl, entropy_delta
+        out[row, no_dist] = np.nan
+    return out
+
+
+def _slot_major(x: np.ndarray) -> np.ndarray:
+    """(tokens, layers, k) -> (k, tokens * layers), contiguous."""
+    return np.ascontiguousarray(np.moveaxis(x, -1, 0)).reshape(x.shape[-1], -1)
+
+
 def topk_token_metrics(a: xr.Dataset, b: xr.Dataset) -> dict[str, np.ndarray]:
     """``token_metrics`` of two top-k-only chunks on the k selected experts: O(k^2) per token and layer instead of
     O(experts) (the distributions are zero outside the top-k, so every sum runs over the union of the two sets).
 
-    Returns the metrics it can compute this way (``js``, ``kl`` (NaN), ``topk_jaccard``, ``top1_agreement``,
-    ``entropy_delta``), each (tokens, layers); equal to ``token_metrics`` (tested).
-
-    Notes
-    -----
-    JS(a, b) = H(m) - (H(a) + H(b)) / 2 with m = (a + b) / 2: on base's experts m = (w_a + w_b at them) / 2, on the
-    experts only rl selected m = w_b / 2.
+    Returns ``js``, ``kl`` (NaN), ``topk_jaccard``, ``top1_agreement``, ``entropy_delta``, each (tokens, layers);
+    equal to ``token_metrics`` (tested).
     """
-    ea, wa, va = _normalised_topk(a)
-    eb, wb, vb = _normalised_topk(b)
-    equal = ea[..., :, None] == eb[..., None, :]  # (tokens, layers, k, k)
-    same = equal & va[..., :, None] & vb[..., None, :]
-    in_b = same.any(-1)  # base's slot j holds an expert rl also selected
-    wb_at_a = np.where(in_b, np.take_along_axis(wb, same.argmax(-1), -1), 0.0)
-    only_b = np.where(same.any(-2), 0.0, 0.5 * wb)
-    xa, xb = _xlogx(wa).sum(-1), _xlogx(wb).sum(-1)  # -H(a), -H(b)
-    m_log_m = _xlogx(0.5 * (wa + wb_at_a)).sum(-1) + _xlogx(only_b).sum(-1)
-    js = (0.5 * xa + 0.5 * xb - m_log_m) / np.log(2)
-    inter = equal.any(-1).sum(-1)
-    k = ea.shape[-1]
-    out = {"js": js, "kl": np.full(js.shape, np.nan), "topk_jaccard": inter / (2 * k - inter),
-           "top1_agreement": (ea[..., 0] == eb[..., 0]).astype(np.float64), "entropy_delta": xa - xb}
-    dense = (ea < 0).all(-1)
-    for v in out.values():
-        v[dense] = np.nan
-    no_dist = ~va.any(-1) | ~vb.any(-1)
-    for name in ("js", "kl", "entropy_delta"):
-        out[name][no_dist] = np.nan
-    return out
+    shape = a["topk_experts"].shape[:2]
+    out = _topk_kernel(*(_slot_major(ds[v].values) for ds in (a, b) for v in ("topk_experts", "topk_weights")))
+    return {name: out[i].reshape(shape) for i, name in enumerate(TOKEN_METRICS)}
 
 
-def _chunk_metrics(ca: xr.Dataset, cb: xr.Dataset, scoring: str) -> tuple[dict[str, np.ndarray], str]:
-    """Per token x layer metrics of one chunk: on the top-k sets when the recordings hold no full router logits."""
+def _chunk_metrics(ca: dict, cb: dict, scoring: str, n_experts: int) -> tuple[np.ndarray, str]:
+    """Metrics (5, tokens, layers) of one chunk of arrays: on the top-k sets when neither holds full router logits."""
     if "router_logits" in ca or "router_logits" in cb:
-        return token_metrics(ca, cb, scoring)
-    fast = topk_token_metrics(ca, cb)
-    if set(TOKEN_METRICS) - set(fast):  # a metric the top-k kernel does not know: computed over all experts
-        fast.update({k: v for k, v in token_metrics(ca, cb, scoring)[0].items() if k not in fast})
-    return {k: fast[k] for k in TOKEN_METRICS}, "topk"
+        dims = {"topk_experts": ("token", "layer", "k"), "topk_weights": ("token", "layer", "k"),
+                "router_logits": ("token", "layer", "expert")}
+        da, db = (xr.Dataset({v: (dims[v], x) for v, x in c.items()}, coords={"expert": np.arange(n_experts)})
+                  for c in (ca, cb))
+        metrics, source = token_metrics(da, db, scoring)
+        return np.stack([metrics[name] for name in TOKEN_METRICS]), source
+    shape = ca["topk_experts"].shape[:2]
+    out = _topk_kernel(*(_slot_major(c[v]) for c in (ca, cb) for v in ("topk_experts", "topk_weights")))
+    return out.reshape(len(TOKEN_METRICS), *shape), "topk"
 
 
-def _slot_sums(ds: xr.Dataset, cell: np.ndarray, n_cells: int) -> np.ndarray:
+def _slot_sums(experts: np.ndarray, cell: np.ndarray, n_cells: int, n_experts: int) -> np.ndarray:
     """Top-k slots each expert fills, summed per cell: (n_cells, layers, experts), with one ``bincount`` instead of
     a (tokens, layers, experts) indicator."""
-    experts = ds["topk_experts"].values.astype(np.int64)
-    n_layers, n_experts = experts.shape[1], ds.sizes["expert"]
+    experts = experts.astype(np.int64)
+    n_layers = experts.shape[1]
     index = (cell[:, None, None] * n_layers + np.arange(n_layers)[None, :, None]) * n_experts + experts
-    index = index[experts >= 0]
-    return np.bincount(index, minlength=n_cells * n_layers * n_experts).reshape(n_cells, n_layers, n_experts)
+    return np.bincount(index[experts >= 0], minlength=n_cells * n_layers * n_experts).reshape(
+        n_cells, n_layers, n_experts)
+
+
+def _block_sums(ba: dict, bb: dict, seq: np.ndarray, seg: np.ndarray, n_groups: int, n_experts: int,
+                chunk_tokens: int, scoring: str) -> dict:
+    """Per (sequence, group) sums of one block of tokens.
+
+    ``ba``, ``bb``: arrays of the block (variable -> (tokens, layers, ...)); ``seq``: sequence index per token,
+    counted from the block's first sequence; ``seg``: group per token in [0, n_groups). Returns ``sums`` and
+    ``counts`` (span, n_groups, metrics, layers), ``load_a``, ``load_b`` (span, n_groups, layers, experts), ``n``
+    (span, n_groups), ``source``; span = ``seq.max() + 1``.
+    """
+    span = int(seq.max()) + 1
+    n_layers = ba["topk_experts"].shape[1]
+    n_cells = span * n_groups
+    cell_all = seq.astype(np.int64) * n_groups + seg
+    shape = (span, n_groups, len(TOKEN_METRICS), n_layers)
+    sums, counts = np.zeros(shape), np.zeros(shape)
+    loads = [np.zeros((n_cells, n_layers, n_experts)) for _ in range(2)]
+    source = "topk"
+    for start in range(0, len(seq), chunk_tokens):
+        sl = slice(start, start + chunk_tokens)
+        ca, cb = ({v: x[sl] for v, x in blk.items()} for blk in (ba, bb))
+        metrics, source = _chunk_metrics(ca, cb, scoring, n_experts)  # (metrics, tokens, layers)
+        cell = cell_all[sl]
+        n = len(cell)
+        # A sparse (cells x tokens) indicator times the values: one product for all metrics and layers.
+        indicator = sparse.csr_matrix((np.ones(n), (cell, np.arange(n))), shape=(n_cells, n))
+        values = metrics.transpose(1, 0, 2).reshape(n, -1)
+        ok = ~np.isnan(values)
+        sums += (indicator @ np.where(ok, values, 0.0)).reshape(shape)
+        counts += (indicator @ ok.astype(np.float64)).reshape(shape)
+        for load, c in zip(loads, (ca, cb)):
+            load += _slot_sums(c["topk_experts"], cell, n_cells, n_experts)
+    n_tok = np.bincount(cell_all, minlength=n_cells).astype(np.float64).reshape(span, n_groups)
+    load_a, load_b = (x.reshape(span, n_groups, n_layers, n_experts) for x in loads)
+    return {"sums": sums, "counts": counts, "load_a": load_a, "load_b": load_b, "n": n_tok, "source": source}
+
+
+def _block_of(ds: xr.Dataset, names: tuple[str, ...], blk: slice) -> xr.Dataset:
+    """The variables drift reads, over one block of tokens (lazy when ``ds`` is)."""
+    return ds[[v for v in names if v in ds]].isel(token=blk).drop_vars(list(ds.coords), errors="ignore")
+
+
+def _read(block: xr.Dataset) -> dict:
+    """Arrays of a block; dask-backed variables are computed with the synchronous scheduler (no thread pool, no
+    graph beyond the block's chunks; inside a dask worker, no nested scheduling)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return {name: np.asarray(var.values) for name, var in block.data_vars.items()}
+
+
+def _block_task(block_a: xr.Dataset, block_b: xr.Dataset, *args) -> dict:
+    """One block, read and reduced where it runs (a worker process reads its own chunks from the store)."""
+    return _block_sums(_read(block_a), _read(block_b), *args)
+
+
+class _Blocks:
+    """The arguments of one block task: a plain object, so a dask client ships it as it is (no graph unpacking)."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def run(self) -> dict:
+        return _block_task(*self.args)
+
+
+def _run_block(blocks: _Blocks) -> dict:
+    return blocks.run()
 
 
 def _read_block(ds: xr.Dataset, chunk_tokens: int) -> int:
@@ -209,51 +333,72 @@ def _read_block(ds: xr.Dataset, chunk_tokens: int) -> int:
     return max(chunk_tokens, int(chunks[0][0]) if chunks else chunk_tokens)
 
 
-def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int):
-    """Per (sequence, segment) sums and counts of every metric and of expert load, over token chunks."""
+def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int, client=None):
+    """Per (sequence, segment) sums and counts of every metric and of expert load, over blocks of tokens.
+
+    Returns ``sums``, ``counts`` (metric -> (seq, group, layer)), the loads (``load_a``, ``load_b``: (seq, group,
+    layer, expert); ``n``: (seq, group)) and the distribution's source; with ``by="segment"`` the last group is
+    "all" (the sum over segments), otherwise the only group is "all".
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     scoring = a.attrs.get("router_scoring", "softmax")
-    seq_all = a["sequence"].values
-    seq_ids, seq_index = np.unique(seq_all, return_inverse=True)
-    n_seq = len(seq_ids)
-    names = segment_names(a["segment"].values)
-    n_groups = len(names) if by == "segment" else 0
-    groups_total = n_groups + 1  # the last group is "all"
-    sums = {m: 0.0 for m in TOKEN_METRICS}
-    counts = dict(sums)
-    load_a = np.zeros((n_seq, groups_total, a.sizes["layer"], a.sizes["expert"]))
-    load_b, load_n = np.zeros_like(load_a), 0.0
+    seq_ids, seq_index = np.unique(a["sequence"].values, return_inverse=True)
+    n_seq, n_layers, n_experts = len(seq_ids), a.sizes["layer"], a.sizes["expert"]
+    if by == "segment":
+        names = segment_names(a["segment"].values)
+        seg_all, n_groups = segment_index(a, names), len(names)
+    else:
+        seg_all, n_groups = np.zeros(a.sizes["token"], np.int64), 1
+    want = tuple(v for v in _DRIFT_VARS if v in a or v in b)
+    sums = np.zeros((n_seq, n_groups, len(TOKEN_METRICS), n_layers))
+    counts = np.zeros_like(sums)
+    load_a = np.zeros((n_seq, n_groups, n_layers, n_experts))
+    load_b, load_n = np.zeros_like(load_a), np.zeros((n_seq, n_groups))
     source = "topk"
-    n = a.sizes["token"]
-    block = _read_block(a, chunk_tokens)
-    for block_start in range(0, n, block):
-        blk = slice(block_start, min(n, block_start + block))
-        ba, bb = a.isel(token=blk).load(), b.isel(token=blk).load()
-        for start in range(0, blk.stop - blk.start, chunk_tokens):
-            sl = slice(start, min(blk.stop - blk.start, start + chunk_tokens))
-            ca, cb = ba.isel(token=sl), bb.isel(token=sl)
-            metrics, source = _chunk_metrics(ca, cb, scoring)
-            seg = segment_index(ca, names) if by == "segment" else np.zeros(ca.sizes["token"], np.int64)
-            seqs = seq_index[block_start + sl.start: block_start + sl.stop]
-            first = seqs.min()  # a chunk spans few sequences: count slots only over those
-            span = int(seqs.max() - first + 1)
-            # Each token counts in its segment and in "all" (the last group).
-            for groups in ([seg, np.full_like(seg, n_groups)] if by == "segment" else [seg]):
-                for name, values in metrics.items():
-                    s, c = per_sequence_sums(values, seqs, groups, n_seq, groups_total)
-                    sums[name] = sums[name] + s
-                    counts[name] = counts[name] + c
-                cell = (seqs - first) * groups_total + groups
-                for load, chunk in ((load_a, ca), (load_b, cb)):
-                    load[first: first + span] += _slot_sums(chunk, cell, span * groups_total).reshape(
-                        span, groups_total, *load.shape[2:])
-                ln, _ = per_sequence_sums(np.ones(len(seqs)), seqs, groups, n_seq, groups_total)
-                load_n = load_n + ln
-    return sums, counts, (load_a, load_b, load_n), source
+    n, block = a.sizes["token"], _read_block(a, chunk_tokens)
+    jobs = []
+    for start in range(0, n, block):
+        blk = slice(start, min(n, start + block))
+        first = int(seq_index[blk].min())
+        jobs.append((first, _Blocks(_block_of(a, want, blk), _block_of(b, want, blk), seq_index[blk] - first,
+                                    seg_all[blk], n_groups, n_experts, chunk_tokens, scoring)))
+
+    def add(first: int, part: dict) -> None:
+        nonlocal source
+        cells = slice(first, first + part["n"].shape[0])
+        sums[cells] += part["sums"]
+        counts[cells] += part["counts"]
+        load_a[cells] += part["load_a"]
+        load_b[cells] += part["load_b"]
+        load_n[cells] += part["n"]
+        source = part["source"]
+
+    if client is None:  # in this process; the next block is read while this one is computed
+        with ThreadPoolExecutor(1) as reader:
+            pending = reader.submit(lambda j: (_read(j.args[0]), _read(j.args[1])), jobs[0][1]) if jobs else None
+            for i, (first, job) in enumerate(jobs):
+                ba, bb = pending.result()
+                if i + 1 < len(jobs):
+                    pending = reader.submit(lambda j: (_read(j.args[0]), _read(j.args[1])), jobs[i + 1][1])
+                add(first, _block_sums(ba, bb, *job.args[2:]))
+                del ba, bb
+    else:  # a dask.distributed Client or a concurrent.futures executor: each worker reads and reduces its blocks
+        futures = [(first, client.submit(_run_block, job)) for first, job in jobs]
+        for first, future in futures:
+            add(first, future.result())
+            future.release() if hasattr(future, "release") else None
+    if by == "segment":  # "all": every token once, the sum over segments
+        sums, counts, load_a, load_b, load_n = (np.concatenate([x, x.sum(1, keepdims=True)], 1)
+                                                for x in (sums, counts, load_a, load_b, load_n))
+    sums_d = {name: sums[:, :, i] for i, name in enumerate(TOKEN_METRICS)}
+    counts_d = {name: counts[:, :, i] for i, name in enumerate(TOKEN_METRICS)}
+    return sums_d, counts_d, (load_a, load_b, load_n), source
 
 
 def gating_drift(base: xr.Dataset, rl: xr.Dataset, *, by: str | None = "segment",
                  noise: tuple[xr.Dataset, xr.Dataset] | None = None, n_boot: int = 1000, seed: int = 0,
-                 chunk_tokens: int = 1024) -> xr.Dataset:
+                 chunk_tokens: int = 1024, client=None) -> xr.Dataset:
     """Gating drift between ``base`` and ``rl`` recordings of the same token sequences.
 
     Parameters
@@ -264,7 +409,12 @@ def gating_drift(base: xr.Dataset, rl: xr.Dataset, *, by: str | None = "segment"
         its metrics become ``noise_<name>`` (estimate) and ``noise_<name>_hi`` (upper bound): the noise floor.
     n_boot : bootstrap replicates (sequences resampled with replacement).
     seed : seed of the bootstrap.
-    chunk_tokens : tokens read at a time (bounds memory for lazy stores).
+    chunk_tokens : tokens computed at a time (bounds memory); storage is read a whole store chunk at a time.
+    client : where the blocks are computed. None: in this process, reading the next block while computing one.
+        A ``dask.distributed.Client`` (``LocalCluster(n_workers=k, threads_per_worker=1, processes=True)``, or a
+        cluster of many machines that see the same store) or any ``concurrent.futures`` executor: each block's
+        chunks are read and reduced to per-sequence sums by a worker and only those sums come back; the result
+        equals the in-process one (tested).
 
     Returns
     -------
@@ -275,7 +425,7 @@ def gating_drift(base: xr.Dataset, rl: xr.Dataset, *, by: str | None = "segment"
     if by not in ("segment", None):
         raise ValueError(f"by={by!r}: use 'segment' or None")
     check_same_tokens(base, rl)
-    sums, counts, (la, lb, ln), source = _accumulate(base, rl, by, chunk_tokens)
+    sums, counts, (la, lb, ln), source = _accumulate(base, rl, by, chunk_tokens, client)
     segments = [*segment_names(base["segment"].values), ALL] if by == "segment" else [ALL]
     layer = base["layer"].values
     data, dims = {}, ("layer", "segment")
@@ -298,7 +448,8 @@ def gating_drift(base: xr.Dataset, rl: xr.Dataset, *, by: str | None = "segment"
                                   "moe_layer": ("layer", base["moe_layer"].values)})
     ds["n_tokens"] = ("segment", n_tokens.astype(np.int64))
     if noise is not None:
-        floor = gating_drift(noise[0], noise[1], by=by, n_boot=n_boot, seed=seed + 1, chunk_tokens=chunk_tokens)
+        floor = gating_drift(noise[0], noise[1], by=by, n_boot=n_boot, seed=seed + 1, chunk_tokens=chunk_tokens,
+                             client=client)
         for name in (*TOKEN_METRICS, "load_shift"):
             ds[f"noise_{name}"] = floor[name]
             ds[f"noise_{name}_hi"] = floor[f"{name}_hi"]

@@ -42,11 +42,8 @@ from adt_probe.architectures import ArchitectureSpec, architecture, get_module
 from adt_probe.integrity import versions
 from adt_probe.lens import Lens, LogitLens, check_lens, lens_statistics
 from adt_probe.segments import segment_tokens
+from adt_probe.storage import SCHEMA_VERSION, ZARR_FORMAT  # noqa: F401 - re-exported
 
-SCHEMA_VERSION = "1"
-#: zarr v2 on disk: v3 has no specified fixed-length string type yet (the segment labels), so v2 stores stay readable
-#: by every zarr implementation.
-ZARR_FORMAT = 2
 ROUTING_MODES = ("topk", "full", None)
 BACKENDS = ("nnsight", "hooks")
 

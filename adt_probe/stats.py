@@ -39,13 +39,14 @@ def can_resample(n_seq: int, n_boot: int) -> bool:
 
 
 def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
-                    level: float = 0.95, block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    level: float = 0.95, block_bytes: int = 16 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token-weighted mean with a percentile bootstrap interval over sequences.
 
     Parameters
     ----------
     sums : (n_seq, ...) per-sequence sums of a per-token quantity.
-    counts : (n_seq, ...) per-sequence token counts, broadcastable to ``sums``.
+    counts : (n_seq, ...) per-sequence token counts, broadcastable to ``sums`` (a count shared by many cells, such as
+        tokens per (sequence, segment) for every layer and expert, is resampled once, not once per cell).
     n_boot : bootstrap replicates (0: no interval, lo = hi = NaN).
     level : coverage of the interval.
     block_bytes : memory of one block of replicates (cells are processed in blocks).
@@ -55,24 +56,45 @@ def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 1000,
     estimate, lo, hi : arrays of shape ``sums.shape[1:]``; NaN where there are no tokens.
     """
     sums = np.asarray(sums, dtype=np.float64)
-    counts = np.broadcast_to(np.asarray(counts, dtype=np.float64), sums.shape)
+    counts = np.asarray(counts, dtype=np.float64)
+    counts = counts.reshape((1,) * (sums.ndim - counts.ndim) + counts.shape)
     with np.errstate(invalid="ignore", divide="ignore"):
-        estimate = sums.sum(0) / counts.sum(0)
+        estimate = sums.sum(0) / np.broadcast_to(counts, sums.shape).sum(0)
         if not can_resample(sums.shape[0], n_boot):
             nan = np.full(estimate.shape, np.nan)
             return estimate, nan, nan
         w = replicate_weights(sums.shape[0], n_boot, seed)
-        flat_s, flat_c = sums.reshape(sums.shape[0], -1), counts.reshape(counts.shape[0], -1)
+        flat_s = sums.reshape(sums.shape[0], -1)
+        # Replicated counts of the distinct count cells, then the count cell of every sum cell.
+        cell_of = np.broadcast_to(np.arange(int(np.prod(counts.shape[1:]))).reshape(counts.shape[1:]),
+                                  sums.shape[1:]).ravel()
+        den = w @ np.broadcast_to(counts, (sums.shape[0], *counts.shape[1:])).reshape(sums.shape[0], -1)
         alpha = (1 - level) / 2
         lo, hi = np.empty(flat_s.shape[1]), np.empty(flat_s.shape[1])
         # Blocks of cells bound the (n_boot, cells) replicate matrix: drift at 48 layers x 128 experts has ~10^6 cells.
         block = max(1, block_bytes // (8 * n_boot))
         for start in range(0, flat_s.shape[1], block):
             sl = slice(start, start + block)
-            reps = (w @ flat_s[:, sl]) / (w @ flat_c[:, sl])  # NaN where a replicate drew no token of a cell
+            reps = w @ flat_s[:, sl]
+            reps /= den[:, cell_of[sl]]  # NaN where a replicate drew no token of a cell
             lo[sl], hi[sl] = _percentiles(reps, alpha)
         lo, hi = lo.reshape(estimate.shape), hi.reshape(estimate.shape)
     return estimate, lo, hi
+
+
+def _quantiles(reps: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """``np.quantile(reps, qs, axis=0)`` (linear method, bit for bit) of columns without NaN, with one partition at
+    the order statistics needed instead of one per quantile."""
+    n = reps.shape[0]
+    v = (n - 1) * np.asarray(qs, np.float64)
+    lo = np.floor(v).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    part = np.partition(reps, sorted({*lo.tolist(), *hi.tolist()}), axis=0)
+    out = []
+    for i, j, t in zip(lo, hi, v - lo):  # numpy's _lerp
+        diff = part[j] - part[i]
+        out.append(part[j] - diff * (1 - t) if t >= 0.5 else part[i] + diff * t)
+    return out
 
 
 def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +106,10 @@ def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray
     lo, hi = np.full(reps.shape[1], np.nan), np.full(reps.shape[1], np.nan)
     nan = np.isnan(reps)
     clean, partial = ~nan.any(0), nan.any(0) & ~nan.all(0)
-    if clean.any():
-        lo[clean], hi[clean] = np.quantile(reps[:, clean], [alpha, 1 - alpha], axis=0)
+    if clean.all():
+        lo[:], hi[:] = _quantiles(reps, (alpha, 1 - alpha))
+    elif clean.any():
+        lo[clean], hi[clean] = _quantiles(reps[:, clean], (alpha, 1 - alpha))
     if partial.any():
         lo[partial], hi[partial] = np.nanquantile(reps[:, partial], [alpha, 1 - alpha], axis=0)
     return lo, hi

@@ -28,7 +28,11 @@ from adt_probe.outputs import (
     remove_stale_tmps,
     unique_tmp,
 )
-from adt_probe.recording import SCHEMA_VERSION, ZARR_FORMAT
+
+SCHEMA_VERSION = "1"
+#: zarr v2 on disk: v3 has no specified fixed-length string type yet (the segment labels), so v2 stores stay readable
+#: by every zarr implementation.
+ZARR_FORMAT = 2
 
 SUFFIXES = {".nc": "netcdf", ".zarr": "zarr"}
 TOKEN_COORDS = ("sequence", "position", "token_id", "segment")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from adt_probe.recording import SCHEMA_VERSION
+from adt_probe.storage import SCHEMA_VERSION
 
 
 def topk_from_logits(logits: np.ndarray, top_k: int, scoring: str = "softmax") -> tuple[np.ndarray, np.ndarray]:

@@ -327,6 +327,26 @@ def _run_block(blocks: _Blocks) -> dict:
     return blocks.run()
 
 
+_PREFETCH = True  # read the next block in a background thread while this one is computed
+
+
+class _InPlace:
+    """An executor that runs each call at once (no prefetching)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
 def _read_block(ds: xr.Dataset, chunk_tokens: int) -> int:
     """Tokens read from storage at a time: a whole store chunk when that is larger (each is decompressed once)."""
     chunks = ds["topk_experts"].chunks
@@ -351,10 +371,11 @@ def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int,
     else:
         seg_all, n_groups = np.zeros(a.sizes["token"], np.int64), 1
     want = tuple(v for v in _DRIFT_VARS if v in a or v in b)
-    sums = np.zeros((n_seq, n_groups, len(TOKEN_METRICS), n_layers))
+    total = n_groups + (by == "segment")  # with segments, the last group is "all", filled at the end
+    sums = np.zeros((n_seq, total, len(TOKEN_METRICS), n_layers))
     counts = np.zeros_like(sums)
-    load_a = np.zeros((n_seq, n_groups, n_layers, n_experts))
-    load_b, load_n = np.zeros_like(load_a), np.zeros((n_seq, n_groups))
+    load_a = np.zeros((n_seq, total, n_layers, n_experts))
+    load_b, load_n = np.zeros_like(load_a), np.zeros((n_seq, total))
     source = "topk"
     n, block = a.sizes["token"], _read_block(a, chunk_tokens)
     jobs = []
@@ -367,15 +388,13 @@ def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int,
     def add(first: int, part: dict) -> None:
         nonlocal source
         cells = slice(first, first + part["n"].shape[0])
-        sums[cells] += part["sums"]
-        counts[cells] += part["counts"]
-        load_a[cells] += part["load_a"]
-        load_b[cells] += part["load_b"]
-        load_n[cells] += part["n"]
+        for whole, name in ((sums, "sums"), (counts, "counts"), (load_a, "load_a"), (load_b, "load_b"),
+                            (load_n, "n")):
+            whole[cells, :n_groups] += part[name]
         source = part["source"]
 
     if client is None:  # in this process; the next block is read while this one is computed
-        with ThreadPoolExecutor(1) as reader:
+        with ThreadPoolExecutor(1) if _PREFETCH else _InPlace() as reader:
             pending = reader.submit(lambda j: (_read(j.args[0]), _read(j.args[1])), jobs[0][1]) if jobs else None
             for i, (first, job) in enumerate(jobs):
                 ba, bb = pending.result()
@@ -389,8 +408,8 @@ def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int,
             add(first, future.result())
             future.release() if hasattr(future, "release") else None
     if by == "segment":  # "all": every token once, the sum over segments
-        sums, counts, load_a, load_b, load_n = (np.concatenate([x, x.sum(1, keepdims=True)], 1)
-                                                for x in (sums, counts, load_a, load_b, load_n))
+        for x in (sums, counts, load_a, load_b, load_n):
+            x[:, -1] = x[:, :-1].sum(1)
     sums_d = {name: sums[:, :, i] for i, name in enumerate(TOKEN_METRICS)}
     counts_d = {name: counts[:, :, i] for i, name in enumerate(TOKEN_METRICS)}
     return sums_d, counts_d, (load_a, load_b, load_n), source

@@ -207,3 +207,43 @@ def test_users_own_segment_labels_group_drift_and_crystallization():
     np.testing.assert_allclose(mine, direct.values)
     cryst = adt_probe.crystallization(a, n_boot=20)
     assert "reasoning" in cryst.segment.values and int(cryst.n_tokens.sel(segment="question")) == 24
+
+
+def test_blocks_on_workers_equal_the_in_process_result(tmp_path):
+    """The top-k streaming path: zarr read in store chunks (several blocks, sequences spanning blocks) equals the
+    in-memory result, and so does the same computation on a thread pool and on worker processes (what a
+    ``dask.distributed`` client runs), bit for bit."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from multiprocessing import get_context
+
+    a = synthetic_recording(n_sequences=7, seq_len=30, n_layers=3, n_experts=16, top_k=4, full=False, seed=11)
+    b = synthetic_recording(n_sequences=7, seq_len=30, n_layers=3, n_experts=16, top_k=4, full=False, seed=12)
+    b = b.assign_coords(token_id=a.token_id)
+    b["topk_experts"][:, 1] = -1  # a dense layer in both
+    b["topk_weights"][:, 1] = np.nan
+    a["topk_experts"][:, 1] = -1
+    a["topk_weights"][:, 1] = np.nan
+    adt_probe.save(a.chunk({"token": 64}), tmp_path / "a.zarr")
+    adt_probe.save(b.chunk({"token": 64}), tmp_path / "b.zarr")
+    la, lb = adt_probe.open(tmp_path / "a.zarr"), adt_probe.open(tmp_path / "b.zarr")
+    assert la.topk_experts.chunks[0][0] == 64
+    memory = gating_drift(a, b, n_boot=100, chunk_tokens=50)
+    lazy = gating_drift(la, lb, n_boot=100, chunk_tokens=50)
+    xr.testing.assert_allclose(lazy, memory, rtol=1e-12, atol=1e-15)
+    with ThreadPoolExecutor(2) as pool:
+        xr.testing.assert_identical(gating_drift(la, lb, n_boot=100, chunk_tokens=50, client=pool), lazy)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        xr.testing.assert_identical(gating_drift(la, lb, n_boot=100, chunk_tokens=50, client=pool), lazy)
+
+
+def test_a_dask_cluster_computes_the_same_drift(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    a = synthetic_recording(n_sequences=5, seq_len=20, n_layers=2, n_experts=8, top_k=2, full=False, seed=13)
+    b = synthetic_recording(n_sequences=5, seq_len=20, n_layers=2, n_experts=8, top_k=2, full=False, seed=14)
+    b = b.assign_coords(token_id=a.token_id)
+    adt_probe.save(a.chunk({"token": 32}), tmp_path / "a.zarr")
+    adt_probe.save(b.chunk({"token": 32}), tmp_path / "b.zarr")
+    la, lb = adt_probe.open(tmp_path / "a.zarr"), adt_probe.open(tmp_path / "b.zarr")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster, \
+            distributed.Client(cluster) as client:
+        xr.testing.assert_identical(gating_drift(la, lb, n_boot=50, client=client), gating_drift(la, lb, n_boot=50))

@@ -500,13 +500,14 @@ def above_noise(drift: xr.Dataset, metric: str = "js", segment: str = ALL) -> xr
 
 
 def band_contrast(base: xr.Dataset, rl: xr.Dataset, *, lower: list[int], upper: list[int], metric: str = "js",
-                  segment: str = ALL, n_boot: int = 1000, seed: int = 0, chunk_tokens: int = 1024) -> dict:
+                  segment: str = ALL, n_boot: int = 1000, seed: int = 0, chunk_tokens: int = 1024,
+                  client=None) -> dict:
     """Mean drift in an upper versus a lower band of layers, and their difference, with paired intervals.
 
     The paper's first claim ("RL mainly reshapes the routers of the upper layers") as one number: the
     token-weighted mean of ``metric`` over the ``upper`` layers minus that over the ``lower`` layers, for tokens of
     ``segment``. Both means are computed on the same bootstrap replicates (sequences resampled), so the interval of
-    the difference accounts for their correlation.
+    the difference accounts for their correlation. ``client``: as in :func:`gating_drift`.
 
     Returns
     -------
@@ -515,7 +516,7 @@ def band_contrast(base: xr.Dataset, rl: xr.Dataset, *, lower: list[int], upper: 
     from adt_probe.stats import can_resample, replicate_weights
 
     check_same_tokens(base, rl)
-    sums, counts, _, _ = _accumulate(base, rl, "segment", chunk_tokens)
+    sums, counts, _, _ = _accumulate(base, rl, "segment", chunk_tokens, client)
     g = [*segment_names(base["segment"].values), ALL].index(segment)
     s, c = sums[metric][:, g, :], counts[metric][:, g, :]  # (seq, layer)
     w = np.vstack([np.ones(s.shape[0]), replicate_weights(s.shape[0], n_boot, seed)])  # row 0: the estimate

@@ -76,8 +76,8 @@ def _pool(workers: int):
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
         list(pool.map(_warm, range(2 * workers)))  # start the workers and import drift there
 
-        def peaks() -> list[float]:
-            return [_proc_peak_mb(pid) for pid in pool._processes]
+        def peaks() -> list[tuple[float, float]]:
+            return [(_proc_peak_mb(pid), _proc_cpu_s(pid)) for pid in pool._processes]
 
         return pool, "concurrent.futures.ProcessPoolExecutor (spawn; dask.distributed not installed)", peaks, \
             pool.shutdown
@@ -90,7 +90,7 @@ def _pool(workers: int):
         cluster.close()
 
     return client, "dask.distributed LocalCluster (processes, 1 thread each)", \
-        lambda: list(client.run(peak_rss_mb).values()), close
+        lambda: list(client.run(lambda: (peak_rss_mb(), time.process_time())).values()), close
 
 
 def _warm(_: int) -> int:
@@ -98,6 +98,12 @@ def _warm(_: int) -> int:
 
     time.sleep(0.2)
     return os.getpid()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_peak_mb(pid: int) -> float:
@@ -119,14 +125,17 @@ def measure(base: str, rl: str, n_boot: int, workers: int = 0, save: str | None 
         t = time.perf_counter()
         client, row["backend"], peaks, close = _pool(workers)
         row["startup_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
+    cpu_before = [cpu for _, cpu in peaks()] if workers else None
+    t, cpu = time.perf_counter(), time.process_time()
     a, b = adt_probe.open(base, verify=False), adt_probe.open(rl, verify=False)
     drift = gating_drift(a, b, n_boot=n_boot, client=client)
-    seconds = time.perf_counter() - t
-    row.update(seconds=seconds, peak_rss_mb=peak_rss_mb(), tokens=int(a.sizes["token"]),
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    row.update(seconds=seconds, cpu_seconds=cpu, peak_rss_mb=peak_rss_mb(), tokens=int(a.sizes["token"]),
                token_layers_per_s=a.sizes["token"] * LAYERS / seconds, load_average_after=os.getloadavg()[0])
     if workers:
-        row["worker_peak_rss_mb"] = peaks()
+        after = peaks()
+        row["worker_peak_rss_mb"] = [peak for peak, _ in after]
+        row["worker_cpu_seconds"] = [c - c0 for (_, c), c0 in zip(after, cpu_before)]
         close()
     js = drift.js.sel(segment="all").values
     row.update(js_lower_half=float(np.nanmean(js[: LAYERS // 2])), js_upper_half=float(np.nanmean(js[LAYERS // 2:])))

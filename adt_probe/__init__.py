@@ -14,22 +14,26 @@ Examples
 
 __version__ = "0.1.0"
 
-# Names are imported on first use (PEP 562): ``import adt_probe`` for ``open`` and ``gating_drift`` does not load torch,
-# transformers or matplotlib (about 220 MB of resident memory and seconds of start-up).
+# The modules that need torch, transformers or matplotlib are imported on first use (PEP 562): ``import adt_probe``
+# for ``open`` and ``gating_drift`` loads none of them (about 220 MB of resident memory and seconds of start-up).
+# ``save`` and the other light names are bound at once (nnsight gives every object a ``save`` attribute, which would
+# shadow a lazy one).
+from adt_probe import testing
+from adt_probe.drift import DriftInputError, band_contrast, gating_drift
+from adt_probe.outputs import OutputBusyError, OutputError
+from adt_probe.segments import SEGMENTS, segment_tokens
+from adt_probe.storage import SchemaError, check_schema, open, save
+from adt_probe.teacher_forcing import teacher_force
+
 _EXPORTS = {
-    "plot": None, "testing": None,
+    "plot": None,
     "ArchitectureSpec": "architectures", "UnknownArchitectureError": "architectures", "architecture": "architectures",
     "get_module": "architectures",
     "compare_crystallization": "crystallize", "crystallization": "crystallize", "crystallization_layer": "crystallize",
     "router_decomposition": "decompose",
-    "DriftInputError": "drift", "band_contrast": "drift", "gating_drift": "drift",
     "Lens": "lens", "LogitLens": "lens",
     "LoadError": "loading", "load_model": "loading",
-    "OutputBusyError": "outputs", "OutputError": "outputs",
     "RecordingError": "recording", "RecordOptions": "recording", "record": "recording",
-    "SEGMENTS": "segments", "segment_tokens": "segments",
-    "SchemaError": "storage", "check_schema": "storage", "open": "storage", "save": "storage",
-    "teacher_force": "teacher_forcing",
     "drift_trajectory": "trajectory",
     "TunedLens": "tuned_lens", "train_tuned_lens": "tuned_lens",
     "router_weight_drift": "weights", "transplant": "weights",
@@ -38,9 +42,12 @@ _EXPORTS = {
 
 def __getattr__(name: str):
     import importlib
+    import importlib.util
 
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'adt_probe' has no attribute {name!r}")
+    if name not in _EXPORTS:  # a submodule (``adt_probe.drift.band_contrast``), as when all were imported eagerly
+        if name.startswith("_") or importlib.util.find_spec(f"adt_probe.{name}") is None:
+            raise AttributeError(f"module 'adt_probe' has no attribute {name!r}")
+        return importlib.import_module(f"adt_probe.{name}")
     module = importlib.import_module(f"adt_probe.{_EXPORTS[name] or name}")
     value = module if _EXPORTS[name] is None else getattr(module, name)
     globals()[name] = value

@@ -328,6 +328,14 @@ def _run_block(blocks: _Blocks) -> dict:
 
 
 _PREFETCH = True  # read the next block in a background thread while this one is computed
+_IN_FLIGHT = 16  # blocks submitted to a client and not yet collected
+
+
+def _done(first: int, future) -> tuple[int, dict]:
+    part = future.result()
+    if hasattr(future, "release"):  # distributed: let the worker drop it
+        future.release()
+    return first, part
 
 
 class _InPlace:
@@ -403,10 +411,17 @@ def _accumulate(a: xr.Dataset, b: xr.Dataset, by: str | None, chunk_tokens: int,
                 add(first, _block_sums(ba, bb, *job.args[2:]))
                 del ba, bb
     else:  # a dask.distributed Client or a concurrent.futures executor: each worker reads and reduces its blocks
-        futures = [(first, client.submit(_run_block, job)) for first, job in jobs]
-        for first, future in futures:
-            add(first, future.result())
-            future.release() if hasattr(future, "release") else None
+        from collections import deque
+
+        # distributed would hash each job to name its task; pure=False names it at random instead
+        extra = {"pure": False} if type(client).__module__.startswith("distributed") else {}
+        in_flight: deque = deque()
+        for first, job in jobs:  # a bounded window of blocks in flight: their sums wait here in order
+            in_flight.append((first, client.submit(_run_block, job, **extra)))
+            if len(in_flight) >= _IN_FLIGHT:
+                add(*_done(*in_flight.popleft()))
+        while in_flight:
+            add(*_done(*in_flight.popleft()))
     if by == "segment":  # "all": every token once, the sum over segments
         for x in (sums, counts, load_a, load_b, load_n):
             x[:, -1] = x[:, :-1].sum(1)

@@ -209,7 +209,7 @@ def test_users_own_segment_labels_group_drift_and_crystallization():
     assert "reasoning" in cryst.segment.values and int(cryst.n_tokens.sel(segment="question")) == 24
 
 
-def test_blocks_on_workers_equal_the_in_process_result(tmp_path):
+def test_blocks_on_workers_equal_the_in_process_result(tmp_path, monkeypatch):
     """The top-k streaming path: zarr read in store chunks (several blocks, sequences spanning blocks) equals the
     in-memory result, and so does the same computation on a thread pool and on worker processes (what a
     ``dask.distributed`` client runs), bit for bit."""
@@ -230,6 +230,7 @@ def test_blocks_on_workers_equal_the_in_process_result(tmp_path):
     memory = gating_drift(a, b, n_boot=100, chunk_tokens=50)
     lazy = gating_drift(la, lb, n_boot=100, chunk_tokens=50)
     xr.testing.assert_allclose(lazy, memory, rtol=1e-12, atol=1e-15)
+    monkeypatch.setattr("adt_probe.drift._IN_FLIGHT", 2)  # fewer blocks in flight than there are blocks
     with ThreadPoolExecutor(2) as pool:
         xr.testing.assert_identical(gating_drift(la, lb, n_boot=100, chunk_tokens=50, client=pool), lazy)
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:

@@ -15,8 +15,9 @@ and segment, how far apart they are, and attaches a 95% bootstrap interval that 
 Router distributions come from the fp32 router logits when the recordings hold them (``routing="full"``): softmax,
 or for sigmoid routers the sigmoid scores normalised to sum 1. With top-k only they are the renormalised top-k
 weights (zero elsewhere): the attribute ``distribution`` says which, KL is then undefined (NaN) and JS is a bounded
-estimate (see ``tests/test_drift.py``). Streaming: recordings are read in chunks of tokens, so lazily opened zarr
-stores larger than memory work.
+estimate (see ``tests/test_drift.py``). Streaming: recordings are read one store chunk at a time (only the routing
+variables) and reduced to per (sequence, segment) sums, so lazily opened zarr stores larger than memory work; with
+``client=`` (a ``dask.distributed`` client or a ``concurrent.futures`` executor) workers read and reduce the chunks.
 
 Examples
 --------

@@ -2,6 +2,7 @@
 
 import copy
 
+import distributed
 import numpy as np
 import pytest
 import torch
@@ -238,7 +239,6 @@ def test_blocks_on_workers_equal_the_in_process_result(tmp_path, monkeypatch):
 
 
 def test_a_dask_cluster_computes_the_same_drift(tmp_path):
-    distributed = pytest.importorskip("distributed")
     a = synthetic_recording(n_sequences=5, seq_len=20, n_layers=2, n_experts=8, top_k=2, full=False, seed=13)
     b = synthetic_recording(n_sequences=5, seq_len=20, n_layers=2, n_experts=8, top_k=2, full=False, seed=14)
     b = b.assign_coords(token_id=a.token_id)

@@ -6,7 +6,7 @@ It lives in ``analyses`` (the top of the data flow) because it reaches both ``rl
 This module imports nothing heavy (no torch, transformers, xarray): ``adt-probe --help`` and ``adt-probe COMMAND
 --help`` answer without loading a model library. The options of the ``analyses`` subcommands are declared here (one
 ``*_arguments`` function each, used by the subcommand module's ``main``), those of ``eval`` and ``train`` in
-``rl.cli_options``, so their help needs no import of the module (``train-base`` still imports its module).
+``rl.cli_options``, so their help needs no import of the module.
 
 Conventions: every option has help text and shows its default; help is plain text; an error is one line on stderr
 and exit status 2 (``--debug`` shows the traceback); messages go through ``logging``, progress through tqdm.
@@ -191,7 +191,7 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None] | 
     "eval": ("rl.evaluate", "accuracy, think-rate, reference similarity and process score of a model on items",
              cli_options.evaluate_arguments),
     "train-base": ("rl.organism.train_base", "train the base model organism (refuses to overwrite the shipped one)",
-                   None),
+                   cli_options.train_base_arguments),
     "train": ("rl.train.grpo", "GRPO training of an audio model from a TOML/YAML config", cli_options.train_arguments),
     "record": ("analyses.record_pair", "record a base and an RL model on the same token sequences", record_arguments),
     "findings": ("analyses.findings", "gating drift and crystallization from recordings, with figures",

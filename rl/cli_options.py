@@ -1,4 +1,5 @@
-"""The command-line options of the ``rl`` entry points (``python -m rl.evaluate``, ``python -m rl.train.grpo``),
+"""The command-line options of the ``rl`` entry points (``python -m rl.evaluate``, ``python -m rl.train.grpo``,
+``python -m rl.organism.train_base``),
 declared apart from those modules so that ``--help`` (here and in ``adt-probe eval|train --help``) answers without
 importing torch. Each function adds its options to a parser; the module's ``main`` parses with it.
 """
@@ -6,6 +7,13 @@ importing torch. Each function adds its options to a parser; the module's ``main
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
+
+from rl.organism.recipe import MODES, BaseTrainConfig
+
+#: the shipped organism (rl.organism.ORGANISM_DIR, named here without importing torch)
+ORGANISM_DIR = Path(__file__).resolve().parent / "assets" / "organism"
 
 
 def evaluate_arguments(ap: argparse.ArgumentParser) -> None:
@@ -31,6 +39,25 @@ def train_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set grpo.temperature=0.7 --set stages.0.steps=3")
     ap.add_argument("--stop-after", type=int, help="stop after this global step (no final checkpoint)")
+
+
+def train_base_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``rl.organism.train_base``: the output, resuming, and every number of :class:`BaseTrainConfig`."""
+    ap.add_argument("--out", default=str(ORGANISM_DIR), help="output folder (default: the shipped organism)")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing model in --out")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="measure the model already in --out on the held-out set and update its manifest")
+    for f in dataclasses.fields(BaseTrainConfig):
+        if f.type in ("int", "float"):
+            ap.add_argument(f"--{f.name.replace('_', '-')}", type={"int": int, "float": float}[f.type],
+                            default=f.default, help=f"base-training setting BaseTrainConfig.{f.name}")
+    ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
+                    default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}")
+    ap.add_argument("--checkpoint-dir", default="runs/train_base",
+                    help="where checkpoints go (every --checkpoint-minutes; the newest two are kept)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from the newest complete checkpoint in --checkpoint-dir (same options)")
+    ap.add_argument("--log", help="also append progress lines to this file (default: train.log in --checkpoint-dir)")
 
 
 def parser(arguments, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:

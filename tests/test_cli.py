@@ -53,14 +53,14 @@ def test_every_option_has_help_and_shows_its_default_in_plain_text(name):
             assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["record", "--help"], ["weights", "--help"], ["--version"]])
-def test_help_answers_in_under_a_second_without_torch(argv):
-    """A fresh interpreter: --help must not import torch (which alone takes seconds)."""
-    code = ("import sys, time; t = time.perf_counter(); from analyses.cli import main\n"
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS)])
+def test_help_imports_no_model_library(argv):
+    """A fresh interpreter: --help of every command must not import torch or transformers (seconds on their own;
+    the time itself is measured in benchmarks, not here)."""
+    code = ("import sys; from analyses.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "sys.stderr.write(f'{time.perf_counter() - t:.3f}')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+            "heavy = sorted({'torch', 'transformers', 'xarray'} & set(sys.modules))\n"
+            "assert not heavy, f'imported {heavy}'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr
-    assert float(out.stderr.strip().splitlines()[-1]) < 1.0

@@ -29,87 +29,25 @@ It refuses to overwrite an existing model unless ``--force``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from adt_probe.integrity import file_manifest, versions
-from rl import organism
+from rl import cli_options, organism
 from rl.data import collate, prompts
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, generate_items, make_item
 from rl.evaluate import inference_steps
+from rl.organism.recipe import ENCODER_OPTIONS, MODES, RESUMABLE_CHANGES, BaseTrainConfig
 from rl.train import checkpoint as ckpt
 from rl.train.checkpoint import replace_dir
-
-
-@dataclass
-class BaseTrainConfig:
-    """Hyper-parameters of the supervised base training (recorded in the manifest)."""
-
-    seed: int = 0
-    # Decoder steps over all phases: perception (describe only), text (facts as text only), then the skill mix.
-    steps: int = 3200
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    # answer, describe, context, notes, think (the mix phase). v2 measured (held-out, 420 items): with notes at 0.25
-    # and 700 steps the answer after correct notes was no better than the direct answer (0.62 vs 0.62); at 0.35 and
-    # 900 steps, 0.83 vs 0.75.
-    mode_weights: tuple[float, ...] = (0.25, 0.15, 0.20, 0.30, 0.10)
-    # Multi-step families: the share of their direct-answer examples kept (the rest become notes examples), so they
-    # stay hard to answer directly and easy from notes: reasoning has to pay in accuracy there.
-    direct_multistep: float = 0.3
-    latent_think: float = 0.15  # fraction of think-prompt examples whose think block holds the perception text
-    # Of those, the fraction whose think text goes on into the first inference steps of the reference chain ("Sound 2
-    # is higher than Sound 1."): a pretrained model's latent chain-of-thought, partial and rare, for RL to find.
-    latent_chain: float = 0.5
-    # First decoder steps: describe only. A decoder trained from scratch learns the text prior first and then treats
-    # the audio as noise (it shrinks the audio embeddings' variation); describing clips first makes hearing pay.
-    perception_steps: int = 200
-    # Then text only: answers from facts written in the prompt or in the think block, no audio. Combining facts is a
-    # text skill; v2 trained it only inside the mix (10%) and answered multi-step questions from written facts no
-    # better than from the audio (0.58 and 0.13).
-    text_steps: int = 2000
-    # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
-    # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written
-    # facts, every comparison stayed at chance (pitch 0.47, duration 0.47); the steps put the loss where the comparison
-    # is made ("Sound 2 is higher than Sound 1."), a dense signal for the skill the direct answer needs.
-    text_chain: float = 0.4
-    # v3b measured (after 364 text steps, chain share 0.3): the written steps were right for two sounds (pitch 0.92
-    # after the chain) but direct answers from written facts stayed at chance (pitch 0.33, multi-step 0.27-0.53).
-    # So the chain examples internalize their steps (Deng et al. 2024, stepwise internalization): over the text phase
-    # they leave out a growing prefix of the inference steps, up to this fraction of them at its end (1: none left,
-    # the answer follows the facts directly).
-    internalize: float = 1.0
-    # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
-    # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
-    encoder_steps: int = 400
-    encoder_lr: float = 2e-3
-    tokenizer_corpus_items: int = 3000
-    vocab_size: int = 640
-    eval_per_cell: int = 20  # held-out items per family x difficulty
-    eval_seed: int = 10_007  # held-out set; training items use other seeds
-    threads: int = 1  # one thread: on a shared 2-core machine two threads fight and run slower
-    checkpoint_minutes: float = 5.0  # wall-clock time between checkpoints (and one at every phase end)
-
-
-MODES = ("answer", "describe", "context", "notes", "think")
-#: Options that may differ between a run and its resume: they change neither the data stream nor the training.
-RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
-#: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).
-ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
-                             "tokenizer_corpus_items", "vocab_size"})
 
 
 def tokenizer_corpus(n_items: int, seed: int) -> list[str]:
@@ -377,22 +315,7 @@ def reevaluate(out: Path, eval_per_cell: int) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(organism.ORGANISM_DIR), help="output folder (default: the shipped organism)")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing model in --out")
-    ap.add_argument("--evaluate-only", action="store_true",
-                    help="measure the model already in --out on the held-out set and update its manifest")
-    for f in dataclasses.fields(BaseTrainConfig):
-        if f.type in ("int", "float"):
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type=eval(f.type), default=f.default,
-                            help=f"base-training setting BaseTrainConfig.{f.name} (default: %(default)s)")
-    ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
-                    default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}")
-    ap.add_argument("--checkpoint-dir", default="runs/train_base",
-                    help="where checkpoints go (every --checkpoint-minutes; the newest two are kept)")
-    ap.add_argument("--resume", action="store_true",
-                    help="continue from the newest complete checkpoint in --checkpoint-dir (same options)")
-    ap.add_argument("--log", help="also append progress lines to this file (default: train.log in --checkpoint-dir)")
+    ap = cli_options.parser(cli_options.train_base_arguments, __doc__)
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.evaluate_only:

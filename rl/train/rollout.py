@@ -106,33 +106,61 @@ def generation_config(tokenizer, sampling: Sampling) -> GenerationConfig:
                             suppress_tokens=suppressed_token_ids(tokenizer) or None)
 
 
+#: Inputs of the audio thinker (Qwen3-Omni-MoE) that a shared prompt pass takes: the prompt tokens and its clip.
+_AUDIO_KEYS = ("input_features", "feature_attention_mask")
+_THINKER = "Qwen3OmniMoeThinkerForConditionalGeneration"
+
+
+def _is_audio_thinker(model) -> bool:
+    """A Qwen3-Omni-MoE thinker (the organism's class or a subclass); not a wrapper such as DDP."""
+    return any(c.__name__ == _THINKER for c in type(model).__mro__)
+
+
 def shares_prompts(model, inputs: dict[str, torch.Tensor]) -> bool:
     """Whether the prompt of a group can be run once and its key-value cache shared by the group's G rows: a plain
-    text decoder (a transformers ``*ForCausalLM``: 1-D rotary positions, a ``DynamicCache``) and text-only inputs.
-    Multimodal models (audio features, 3-D rotary positions) take the general path."""
-    return set(inputs) <= {"input_ids", "attention_mask"} and type(model).__name__.endswith("ForCausalLM")
+    text decoder (a transformers ``*ForCausalLM``: 1-D rotary positions, a ``DynamicCache``) with text-only inputs,
+    or the Qwen3-Omni-MoE thinker (the organism) with text and audio inputs (its audio encoder and prompt then run
+    once per group; its 3-D rotary positions are computed as ``generate`` / the one-pass forward compute them).
+    Anything else (images or video, other multimodal models, DDP wrappers) takes the general path."""
+    if type(model).__name__.endswith("ForCausalLM"):
+        return set(inputs) <= {"input_ids", "attention_mask"}
+    return _is_audio_thinker(model) and set(inputs) <= {"input_ids", "attention_mask", *_AUDIO_KEYS}
 
 
-def _prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, G: int,
+def _prompt_cache(model, prompt: dict[str, torch.Tensor], G: int,
                   position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, object]:
-    """Run B distinct prompts once; returns their last position's logits and the key-value cache, both repeated to
-    B * G rows (row ``b * G + j`` is prompt b). Differentiable when grad is enabled: the G rows' gradients flow back
-    into the one prompt pass through the repeated cache."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                logits_to_keep=1)
+    """Run B distinct prompts (``input_ids``, ``attention_mask`` and the thinker's audio features) once; returns
+    their last position's logits and the key-value cache, both repeated to B * G rows (row ``b * G + j`` is prompt
+    b). Differentiable when grad is enabled: the G rows' gradients flow back into the one prompt pass (and the one
+    audio encoder pass) through the repeated cache."""
+    if _is_audio_thinker(model):  # its forward has no logits_to_keep: all positions' logits, as generate has them
+        out = model(**prompt, position_ids=position_ids, use_cache=True)
+    else:
+        out = model(**prompt, position_ids=position_ids, use_cache=True, logits_to_keep=1)
     cache = out.cache
     cache.batch_repeat_interleave(G)
     return out.logits[:, -1].repeat_interleave(G, dim=0), cache
 
 
+def _generation_positions(policy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The prompt positions ``generate`` gives ``policy``: (B, P) the cumulative attention mask for a text decoder;
+    (4, B, P) for the thinker (its text positions, then the 3-D multimodal rotary positions of ``get_rope_index``),
+    from the thinker's own ``_prepare_position_ids_for_generation`` (which also sets its ``rope_deltas``)."""
+    ids, am = batch["input_ids"], batch["attention_mask"]
+    if _is_audio_thinker(policy):
+        return policy._prepare_position_ids_for_generation(ids, dict(batch))
+    return (am.long().cumsum(-1) - 1).masked_fill(am == 0, 0)  # as generate's _prepare_position_ids_for_generation
+
+
 def _sample_shared_prompts(policy, batch: dict[str, torch.Tensor], G: int, sampling: Sampling, tok) -> torch.Tensor:
     """``policy.generate``'s sampling loop (same logits processing: placeholders at -inf, divide by the temperature,
     ``torch.multinomial`` of the softmax, pad after EOS, stop when every row has ended; same positions: the cumulative
-    attention mask), with each prompt's forward run once for its G completions. (B*G, T) completion ids."""
+    attention mask, or the thinker's 3-D rotary positions, advanced by one per token), with each prompt's forward
+    (and audio encoding) run once for its G completions. (B*G, T) completion ids."""
     ids, am = batch["input_ids"], batch["attention_mask"]
-    pos = (am.long().cumsum(-1) - 1).masked_fill(am == 0, 0)  # as generate's _prepare_position_ids_for_generation
-    logits, cache = _prompt_cache(policy, ids, am, G, position_ids=pos)
-    am, last = am.repeat_interleave(G, dim=0), pos[:, -1:].repeat_interleave(G, dim=0)
+    pos = _generation_positions(policy, batch)
+    logits, cache = _prompt_cache(policy, batch, G, position_ids=pos)
+    am, last = am.repeat_interleave(G, dim=0), pos[..., -1:].repeat_interleave(G, dim=-2)  # batch dim: -2
     n = am.shape[0]
     suppress = suppressed_token_ids(tok)
     suppress = torch.tensor(suppress, device=ids.device) if suppress else None
@@ -200,6 +228,17 @@ def _grouped(inputs: dict[str, torch.Tensor], G: int) -> bool:
     return True
 
 
+def _thinker_positions(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      feature_attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(3, n, L) the 3-D rotary positions the thinker's forward computes for these whole sequences when given none
+    (``compute_3d_position_ids`` without a cache: ``get_rope_index``; it also sets the thinker's ``rope_deltas``, as
+    that forward does)."""
+    lengths = None if feature_attention_mask is None else feature_attention_mask.sum(1)
+    return model.model.compute_3d_position_ids(input_ids=input_ids, image_grid_thw=None, video_grid_thw=None,
+                                               inputs_embeds=None, attention_mask=attention_mask, cache=None,
+                                               audio_feature_lengths=lengths)
+
+
 def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float,
                    suppress: list[int] | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,9 +249,10 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch
     inputs : prompt tensors of n rows (``input_ids`` (n, P), ``attention_mask`` (n, P), audio features).
     completion_ids, completion_mask : (n, T).
     suppress : token ids generation never samples (``suppressed_token_ids``): their logits are -inf here too.
-    group_size : G when rows ``b*G .. b*G+G-1`` share one prompt: a text decoder then runs each prompt once and the
-        G completions on its shared key-value cache (same positions and masks as the one-pass forward; equal to it
-        up to float rounding). Ignored when the rows do not repeat that way or the model is multimodal.
+    group_size : G when rows ``b*G .. b*G+G-1`` share one prompt: a text decoder or the audio thinker then runs
+        each prompt (and its clip through the audio encoder) once and the G completions on its shared key-value
+        cache (same positions and masks as the one-pass forward; equal to it up to float rounding). Ignored when the
+        rows do not repeat that way or the model does not share prompts (:func:`shares_prompts`).
 
     Returns
     -------
@@ -221,16 +261,22 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch
     P = inputs["input_ids"].shape[1]
     attention_mask = torch.cat([inputs["attention_mask"], completion_mask.long()], 1)
     G = group_size if group_size > 1 and shares_prompts(model, inputs) and _grouped(inputs, group_size) else 1
-    if G > 1:  # each prompt once; its cache (and gradient) shared by the G completions
-        first, cache = _prompt_cache(model, inputs["input_ids"][::G], inputs["attention_mask"][::G], G)
+    audio = {k: inputs[k] for k in _AUDIO_KEYS if k in inputs}  # none: text LM
+    if G > 1:  # each prompt (and clip) once; its cache (and gradient) shared by the G completions
+        pos = None  # a text decoder: positions from the attention mask and the cache, as in the one-pass forward
+        if _is_audio_thinker(model):  # the one-pass forward's own 3-D positions of the whole sequences
+            pos = _thinker_positions(model, torch.cat([inputs["input_ids"], completion_ids], 1), attention_mask,
+                                     audio.get("feature_attention_mask"))
+        prompt = {"input_ids": inputs["input_ids"][::G], "attention_mask": inputs["attention_mask"][::G],
+                  **{k: v[::G] for k, v in audio.items()}}
+        first, cache = _prompt_cache(model, prompt, G, None if pos is None else pos[:, ::G, :P])
         logits = first[:, None]
         if completion_ids.shape[1] > 1:  # positions P .. P + T - 2, as in the one-pass forward
             rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                         cache=cache, use_cache=True).logits
+                         position_ids=None if pos is None else pos[:, :, P:-1], cache=cache, use_cache=True).logits
             logits = torch.cat([logits, rest], 1)
         logits = logits.float() / temperature  # (n, T, V)
     else:
-        audio = {k: inputs[k] for k in ("input_features", "feature_attention_mask") if k in inputs}  # none: text LM
         out = model(input_ids=torch.cat([inputs["input_ids"], completion_ids], 1), attention_mask=attention_mask,
                     use_cache=False, **audio)
         # Position P - 1 + t predicts completion token t; divide by the sampling temperature so that these are the

@@ -12,6 +12,15 @@ the median step time of the rest gives completions/s. The two run alternately ``
 that load on the machine hits both (``--unshared`` adds our loop with prompt sharing off, as it was before it). Our
 loop's step is also split into phases (``Run.timings``: generation, rewards, log-probs, backward, optimizer; medians
 over the measured steps). Writes ``benchmarks/results/grpo_vs_trl.json``.
+
+``--models organism`` times our loop alone (TRL's trainer takes no audio) on the shipped organism
+(``rl/assets/organism``, the Qwen3-Omni-MoE thinker) with the demo's GRPO and optimiser settings
+(``rl/configs/demo.toml``: G = 8, 8 prompts, 96 new tokens, KL to the frozen base with beta 0.1, so the reference's
+log-probs are a phase) on audio prompts, with prompt sharing and (always) without it: the loop before the audio
+thinker shared its prompts. Rewards are accuracy and format (the demo's MiniLM chain reward is its own phase and does
+not change with prompt sharing). Results go to ``benchmarks/results/grpo_organism.json`` unless ``--out`` is given.
+
+    python -m benchmarks.grpo_bench --models organism --steps 4 --warmup 1 --repeats 1
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ PROMPTS, G, LR = 8, 8, 1e-5
 MODELS = {  # name -> (rl.testing builder, new tokens, description)
     "llama": ("build_model", 32, "rl/testing.py Llama (2 layers, hidden 32)"),
     "moe": ("build_moe_model", 48, "rl/testing.py Qwen3-MoE (8 layers, hidden 128, 8 experts, top-2, all layers MoE)"),
+    "organism": (None, 96, "the shipped organism (rl/assets/organism, Qwen3-Omni-MoE thinker), audio prompts, "
+                           "rl/configs/demo.toml's GRPO settings (beta 0.1: a reference pass)"),
 }
 PHASES = ("generation", "rewards", "logprobs_old_ref", "logprobs_policy", "backward", "optimizer")
 
@@ -44,10 +55,12 @@ def build(model: str, tok):
     return getattr(tiny_lm, MODELS[model][0])(tok, seed=1)
 
 
-def items():
+def items(audio: bool = False):
     from rl.data.items import Item
     from rl.data.tasks import generate_items
 
+    if audio:
+        return generate_items(PROMPTS, seed=4)
     out = []
     for it in generate_items(PROMPTS, seed=4):  # text-only copies: the tiny Llama reads no audio
         out.append(Item(id=it.id, question=it.question, choices=it.choices, answer=it.answer, audio=None,
@@ -68,18 +81,29 @@ def ours(tok, steps: int, model: str, phases: dict[str, list[float]] | None = No
     from rl.train.config import config_from_dict
     from rl.train.grpo import Run, build_optimizer, suppressed_token_ids, train_step
 
-    cfg = config_from_dict({"grpo": {"num_generations": G, "batch_size": PROMPTS, "max_new_tokens": MODELS[model][1],
-                                     "temperature": 1.0, "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
-                                     "mask_truncated_completions": False},
-                            "optim": {"lr": LR, "lr_schedule": "constant", "warmup_steps": 0},
-                            "stages": [{"name": "bench", "steps": steps,
-                                        "rewards": {"accuracy": 1.0, "format": 0.25}}]})
-    policy = build(model, tok)
+    stages = [{"name": "bench", "steps": steps, "rewards": {"accuracy": 1.0, "format": 0.25}}]
+    if model == "organism":  # the demo's settings, the shipped model and its processor, audio prompts
+        from rl.organism import load_organism
+        from rl.train.config import read_raw
+
+        demo = read_raw(ROOT / "rl" / "configs" / "demo.toml")
+        cfg = config_from_dict({"grpo": demo["grpo"], "optim": demo["optim"], "stages": stages})
+        policy, processor = load_organism()
+        for name, p in policy.named_parameters():  # as rl.train.grpo's session: frozen prefixes
+            p.requires_grad_(not any(name.startswith(prefix) for prefix in cfg.optim.freeze))
+        ref = load_organism()[0].requires_grad_(False) if cfg.grpo.beta > 0 else None
+        lr, tok = cfg.optim.lr, processor.tokenizer
+    else:
+        cfg = config_from_dict({"grpo": {"num_generations": G, "batch_size": PROMPTS,
+                                         "max_new_tokens": MODELS[model][1], "temperature": 1.0, "loss_type": "dapo",
+                                         "num_iterations": 1, "beta": 0.0, "mask_truncated_completions": False},
+                                "optim": {"lr": LR, "lr_schedule": "constant", "warmup_steps": 0}, "stages": stages})
+        policy, processor, ref, lr = build(model, tok), TextProcessor(tok), None, LR
     acc = Accelerator(cpu=True)
-    optimizer, scheduler = build_optimizer(policy, cfg, LR, steps)
-    run = Run(cfg, policy, policy, None, TextProcessor(tok), acc, resolve_rewards(cfg.stages[0].rewards),
+    optimizer, scheduler = build_optimizer(policy, cfg, lr, steps)
+    run = Run(cfg, policy, policy, ref, processor, acc, resolve_rewards(cfg.stages[0].rewards),
               optimizer, scheduler, suppressed_token_ids(tok))
-    batch, times = items(), []
+    batch, times = items(audio=model == "organism"), []
     torch.manual_seed(0)
     off = mock.patch("rl.train.rollout.shares_prompts", lambda *a: False)
     for step in range(steps):
@@ -134,7 +158,10 @@ def trl_times(tok, steps: int, model: str) -> list[float]:
 
 def bench(tok, model: str, args) -> dict:
     """Both trainers on ``model``, alternating ``args.repeats`` times: completions/s, ratio, our step's phases."""
-    names = ("adt_probe", "trl") + (("adt_probe_unshared",) if args.unshared else ())
+    if model == "organism":  # TRL's trainer takes no audio: our loop with and without prompt sharing
+        names = ("adt_probe", "adt_probe_unshared")
+    else:
+        names = ("adt_probe", "trl") + (("adt_probe_unshared",) if args.unshared else ())
     runs: dict[str, list[float]] = {name: [] for name in names}
     phases: dict[str, dict[str, list[float]]] = {}
     for r in range(args.repeats):
@@ -151,12 +178,15 @@ def bench(tok, model: str, args) -> dict:
             print(f"{model} repeat {r}: {name} median step {runs[name][-1]:.3f} s", flush=True)
     per_s = {name: PROMPTS * G / statistics.median(v) for name, v in runs.items()}
     step_phases = {name: {k: statistics.median(v) for k, v in ph.items()} for name, ph in phases.items()}
-    return {"completions_per_second": per_s, "ratio_adt_probe_over_trl": per_s["adt_probe"] / per_s["trl"],
+    ratio = ("ratio_adt_probe_over_trl", per_s["adt_probe"] / per_s["trl"]) if "trl" in per_s else \
+        ("ratio_shared_over_unshared", per_s["adt_probe"] / per_s["adt_probe_unshared"])
+    return {"completions_per_second": per_s, ratio[0]: ratio[1],
             "median_step_seconds_per_repeat": runs,
             "step_phases": {name: {"median_seconds": ph, "share": {k: v / sum(ph.values()) for k, v in ph.items()}}
                             for name, ph in step_phases.items()},
             "setting": {"model": MODELS[model][2], "prompts_per_step": PROMPTS, "G": G,
-                        "max_new_tokens": MODELS[model][1], "loss_type": "dapo", "num_iterations": 1, "beta": 0.0,
+                        "max_new_tokens": MODELS[model][1], "loss_type": "dapo", "num_iterations": 1,
+                        "beta": 0.1 if model == "organism" else 0.0,
                         "steps": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
                         "threads": args.threads}}
 
@@ -173,8 +203,12 @@ def main(argv=None) -> None:
     ap.add_argument("--unshared", action="store_true",
                     help="also time our loop with prompt sharing off (generate + one-pass forward: the loop before)")
     ap.add_argument("--note", default="", help="written into the result (for example the machine's load)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grpo_vs_trl.json"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/grpo_vs_trl.json (grpo_organism.json "
+                                                "for --models organism alone)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        name = "grpo_organism.json" if args.models == ["organism"] else "grpo_vs_trl.json"
+        args.out = str(ROOT / "benchmarks" / "results" / name)
     torch.set_num_threads(args.threads)
     tok = tiny_lm.build_tokenizer()
     import transformers
@@ -185,7 +219,7 @@ def main(argv=None) -> None:
                            "trl": trl.__version__}}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for m, r in result["models"].items():
-        print(m, json.dumps({k: r[k] for k in ("completions_per_second", "ratio_adt_probe_over_trl")}),
+        print(m, json.dumps({k: r[k] for k in r if k == "completions_per_second" or k.startswith("ratio")}),
               json.dumps({name: {k: round(v, 3) for k, v in ph["median_seconds"].items()}
                           for name, ph in r["step_phases"].items()}))
 

@@ -19,6 +19,7 @@ from string import Template
 from PIL import Image
 
 from adt_probe.integrity import versions
+from adt_probe.plot import DIRECTIONS
 
 # Fallback captions, for figures whose files carry none (each figure's own caption is in its PNG's metadata, written
 # by adt_probe.plot.save: what is shown, the interval, the noise floor)
@@ -116,140 +117,193 @@ def training_figure(log_path: Path, out: Path) -> tuple[list[Path], str]:
     return save(fig, out), caption
 
 
+REPRODUCE_TEMPLATE = Template("""# adt-probe reproduce$quick
+
+The Audio-DeepThinker pipeline on the model organism, then the analysis of what RL changed inside the MoE. Training:
+$curriculum
+
+## Before and after RL
+
+Held-out set: $n_items synthetic items ($n_per_cell per family x difficulty, seed $eval_seed), think-first prompt,
+greedy decoding; 95% Wilson intervals (proportions) and bootstrap intervals over items (means); pooled rows: a
+hierarchical bootstrap over seeds, then items. Process score: the judge's score of the think text against the
+reference chain when the answer is right, 0 otherwise (MMAR-Rubrics style). Direct-answer accuracy: the answer-only
+prompt.
+
+$results_table
+
+Sampled at temperature 1, the think-rate is $sampled_base (base) and $sampled_seeds (RL seeds). Training: $steps GRPO
+steps per seed; final checkpoints $finals.
+
+$fig_training
+## Finding 1: does RL mainly reshape the routers of the upper layers? **$v1**
+
+$finding1
+
+$drift_text
+
+> Rule ($hash1): $rule1
+
+$figs1
+## Finding 2: do reasoning tokens crystallize progressively in the upper layers? **$v2**
+
+$finding2
+
+> Rule ($hash2): $rule2
+
+$figs2
+## Router transplant
+
+Change when a band of layers routes with the other model's routers (95% paired intervals over items). Reference:
+final model accuracy $rl_accuracy, base $base_accuracy.
+
+| routers swapped | layers | change of accuracy | change of think-rate |
+|---|---|---|---|
+$transplant_rows
+
+$fig_transplant
+## How this was made
+
+    $command
+
+Steps and seconds: $seconds. Everything above is in `results.json`; the datasets are in `recordings*/` (zarr),
+`findings*/`, `decompose/`, `weights/`, `trajectory/` and `transplant/` (netCDF), the runs in `runs/`.
+Versions: $versions.
+""")
+
+
 def write_report(plan, steps: dict) -> dict:
-    """Write ``report.md`` and ``results.json`` in ``plan.dir``; returns the results dict."""
+    """Write ``report.md`` (:data:`REPRODUCE_TEMPLATE`) and ``results.json`` in ``plan.dir``; returns the results."""
     d = plan.dir
-    ev, train = steps["evaluate"], steps["train"]
     cmp = json.loads(Path(steps["compare"]["findings"]).read_text())
+    results = reproduce_results(plan, steps, cmp)
+    (d / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    training_figure(d / "runs" / f"seed-{plan.seeds[0]}" / "log.jsonl", d / "figures" / "training")
+    (d / "report.md").write_text(REPRODUCE_TEMPLATE.substitute(reproduce_fields(plan, steps, cmp, results)))
+    return results
+
+
+def reproduce_results(plan, steps: dict, cmp: dict) -> dict:
+    """``results.json``: before/after (pooled over seeds, and per seed), both findings with their verdicts and
+    numbers, the descriptive analyses, seconds per step and versions."""
+    ev, train = steps["evaluate"], steps["train"]
     f1 = {**cmp["verdicts"]["upper_routers"], "drift": drift_summary(steps["findings"]["findings"], steps["weights"]),
           "drift_mirror": drift_summary(steps["findings"]["findings_mirror"], None),
           "decomposition": steps["decompose"]}
-    f2 = cmp["verdicts"]["crystallization"]
-    seconds = {name: json.loads((d / "steps" / f"{name}.json").read_text())["seconds"]
-               for name in steps if (d / "steps" / f"{name}.json").exists()}
-    training_figure(d / "runs" / f"seed-{plan.seeds[0]}" / "log.jsonl", d / "figures" / "training")
-    results = {
+    seconds = {name: json.loads((plan.dir / "steps" / f"{name}.json").read_text())["seconds"]
+               for name in steps if (plan.dir / "steps" / f"{name}.json").exists()}
+    return {
         "base": ev["base"], "final": ev["final"], "change": ev["change"], "seeds": ev["seeds"],
         "held_out": {"n_items": ev["base"]["n_items"], "seed": plan.eval_seed, "n_per_cell": plan.n_per_cell,
                      "setting": "think-first prompt, greedy decoding; direct_accuracy: answer prompt"},
-        "finding_upper_layer_routers": f1, "finding_crystallization": f2, "rules": cmp["stamp"],
-        "router_weight_drift": steps["weights"],
+        "finding_upper_layer_routers": f1, "finding_crystallization": cmp["verdicts"]["crystallization"],
+        "rules": cmp["stamp"], "router_weight_drift": steps["weights"],
         "trajectory": steps["trajectory"], "transplant": steps["transplant"],
         "final_checkpoint": train["final"], "training_steps": train["steps"],
         "seconds": seconds, "quick": plan.quick, "overrides": plan.overrides, "versions": versions(),
     }
-    (d / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def reproduce_fields(plan, steps: dict, cmp: dict, results: dict) -> dict[str, str]:
+    """Every ``$name`` of :data:`REPRODUCE_TEMPLATE`, as text."""
+    d, ev, train = plan.dir, steps["evaluate"], steps["train"]
+    f1, f2 = results["finding_upper_layer_routers"], results["finding_crystallization"]
+    figs = steps["findings"]["findings"]["figures"]
 
     def fig(path: str, caption: str) -> str:
         rel = os.path.relpath(Path(path).with_suffix(".png"), d)
-        full = figure_caption(path, caption)
-        return f"![{caption}]({rel})\n\n*{full}* ([PDF]({Path(rel).with_suffix('.pdf')}))\n"
+        return (f"![{caption}]({rel})\n\n*{figure_caption(path, caption)}* "
+                f"([PDF]({Path(rel).with_suffix('.pdf')}))\n")
 
-    figs = steps["findings"]["findings"]["figures"]
-    cmd = f"adt-probe reproduce --out {d}" + (" --quick" if plan.quick else "") + "".join(
-        f" --set {o}" for o in plan.overrides)
-    table = ["| model | accuracy | think-rate | similarity to reference | process score | direct-answer accuracy |",
-             "|---|---|---|---|---|---|"]
+    tr = steps["transplant"]
+    return {
+        "quick": " (quick)" if plan.quick else "", "curriculum": _curriculum(train.get("config", {})),
+        "n_items": str(ev["base"]["n_items"]), "n_per_cell": str(plan.n_per_cell), "eval_seed": str(plan.eval_seed),
+        "results_table": _results_table(ev),
+        "sampled_base": f"{ev['base'].get('think_rate_sampled_t1', float('nan')):.3f}",
+        "sampled_seeds": ", ".join(f"{r.get('think_rate_sampled_t1', float('nan')):.3f}" for r in ev["seeds"].values()),
+        "steps": str(train["steps"]),
+        "finals": ", ".join(f"`{os.path.relpath(path, d)}`" for path in train["final"].values()),
+        "fig_training": fig(str(d / "figures" / "training"), "Reward, think-rate and accuracy of rollouts per step"),
+        "v1": f1["verdict"], "finding1": _finding1_text(f1, cmp), "drift_text": _drift_text(f1),
+        "hash1": f1["rules_hash"][:12], "rule1": f1["rule"],
+        "figs1": "\n".join([
+            fig(cmp["figures"]["router_effect"][0], ROUTER_CAPTION), fig(figs["drift_js"][0], JS_CAPTION),
+            fig(str(d / "decompose" / "drift_decomposition"), DECOMPOSITION_CAPTION),
+            fig(figs["drift_top1"][0], "Top-1 expert agreement between base and RL per layer"),
+            fig(figs["expert_load"][0], "Expert load, base vs RL, and the shift"),
+            fig(str(d / "weights" / "router_weight_drift"), WEIGHT_CAPTION),
+            fig(str(d / "trajectory" / "drift_trajectory"), "Gating drift from the base along the checkpoints")]),
+        "v2": f2["verdict"], "finding2": _finding2_text(f2, cmp["crystallization"]),
+        "hash2": f2["rules_hash"][:12], "rule2": f2["rule"],
+        "figs2": fig(cmp["figures"]["settling"][0], SETTLING_CAPTION) + "\n" + _crystallization_figs(figs, fig),
+        "rl_accuracy": f"{tr['reference'].get('rl_accuracy', float('nan')):.3f}",
+        "base_accuracy": f"{tr['reference'].get('base_accuracy', float('nan')):.3f}",
+        "transplant_rows": "\n".join(
+            f"| {DIRECTIONS.get(direction, direction)} | {band} | {_ci(v['accuracy'])} | {_ci(v['think_rate'])} |"
+            for direction, bands in tr.items() if direction != "reference" for band, v in bands.items()),
+        "fig_transplant": fig(str(d / "transplant" / "transplant_accuracy"),
+                              "Router transplant: change of accuracy per layer band"),
+        "command": f"adt-probe reproduce --out {d}" + (" --quick" if plan.quick else "")
+                   + "".join(f" --set {o}" for o in plan.overrides),
+        "seconds": ", ".join(f"{k} {v:.0f} s" for k, v in results["seconds"].items()),
+        "versions": ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+    }
+
+
+def _curriculum(config: dict) -> str:
+    """The stages of the run's config in words: name, steps, data and rewards (weights)."""
+    stages = config.get("stages") or []
+    if not stages:
+        return "GRPO (the run's config)."
+    parts = [f"{s['name']} ({s['steps']} steps on {(s.get('data') or {}).get('source', 'synthetic')} items; rewards "
+             + ", ".join(f"{name} {w:g}" for name, w in s["rewards"].items()) + ")" for s in stages]
+    return "; then ".join(parts) + ". Mined stages read boundary cases from the policy's own rollouts."
+
+
+def _results_table(ev: dict) -> str:
+    lines = ["| model | accuracy | think-rate | similarity to reference | inference-step coverage | process score | "
+             "direct-answer accuracy |", "|---|---|---|---|---|---|---|"]
     rows = [("base", ev["base"]), *((f"RL seed {s}", r) for s, r in ev["seeds"].items()),
             (f"RL, {len(ev['seeds'])} seeds pooled", ev["final"]), ("change (RL - base)", ev["change"])]
     for name, r in rows:
-        table.append(f"| {name} | {_row_ci(r, 'accuracy')} | {_row_ci(r, 'think_rate')} | "
-                     f"{_row_ci(r, 'reference_similarity')} | {_row_ci(r, 'process_score')} | "
-                     f"{_row_ci(r, 'direct_accuracy')} |")
-    drift, mirror = f1["drift"], f1["drift_mirror"]
+        lines.append(f"| {name} | " + " | ".join(_row_ci(r, key) for key in (
+            "accuracy", "think_rate", "reference_similarity", "inference_coverage", "process_score",
+            "direct_accuracy")) + " |")
+    return "\n".join(lines)
+
+
+def _finding1_text(f1: dict, cmp: dict) -> str:
     r1 = cmp["routers"]
-    f1_text = (f"{f1['why']}. Router term at fixed input (relative router-logit change, {r1['segment']} tokens): lower "
-               f"band {_ci(r1['band']['rel_router']['lower'], 4)}, upper {_ci(r1['band']['rel_router']['upper'], 4)}; "
-               f"upper/lower ratio **{_ci(r1['ratio'], 3)}** against {len(r1['null_ratios'])} uniform random router "
-               f"updates ({', '.join(f'{x:.3f}' for x in r1['null_ratios'] if x is not None)}). Input term: lower "
-               f"{_ci(r1['band']['rel_input']['lower'], 4)}, upper {_ci(r1['band']['rel_input']['upper'], 4)}; router "
-               f"share of the change: lower {_ci(r1['band']['share_router']['lower'], 3)}, upper "
-               f"{_ci(r1['band']['share_router']['upper'], 3)}. Mirror (base's completions): "
-               f"{cmp.get('mirror', {}).get('verdicts', {}).get('upper_routers', {}).get('verdict', 'n/a')}. "
-               f"Details, controls and the rule: [compare/report.md](compare/report.md).")
-    who_text = (f"Descriptive, not the verdict: Jensen-Shannon drift of the router distributions ({drift['segment']} "
-                f"tokens, {drift['n_tokens']}): upper {_ci(drift['js_upper'], 4)}, lower {_ci(drift['js_lower'], 4)}, "
-                f"difference {_ci(drift['js_upper_minus_lower'], 4)} (noise pair "
-                f"{_ci(drift['noise_upper_minus_lower'], 4)}; mirror {_ci(mirror['js_upper_minus_lower'], 4)}). JS "
-                f"grows with depth under any upstream change, so it cannot tell a reshaped router from a changed "
-                f"input. Router weights moved {_pct(drift['router_weight_rel_change'])} (other weights of the same "
-                f"blocks: {_pct(drift['other_weight_rel_change'])}).")
-    c2 = cmp["crystallization"]
-    f2_text = (f"{f2['why']}. Share of settled think tokens settling in the upper band (blocks "
-               f"{c2['first_upper_block']}+; the embedding stream counts as a stream, tokens settling only at the "
-               f"output apart): RL {_ci(c2['upper_share_rl'])}, base on the same tokens "
-               f"{_ci(c2.get('upper_share_base'))}, difference {_ci(c2['delta_upper_share'])}. Curves per token group "
-               f"and the rule: [compare/report.md](compare/report.md).")
-    tr = steps["transplant"]
-    from adt_probe.plot import DIRECTIONS
+    band = r1["band"]
+    mirror = cmp.get("mirror", {}).get("verdicts", {}).get("upper_routers", {}).get("verdict", "n/a")
+    return (f"{f1['why']}. Router term at fixed input (relative router-logit change, {r1['segment']} tokens): lower "
+            f"band {_ci(band['rel_router']['lower'], 4)}, upper {_ci(band['rel_router']['upper'], 4)}; upper/lower "
+            f"ratio **{_ci(r1['ratio'], 3)}** against {len(r1['null_ratios'])} uniform random router updates "
+            f"({', '.join(f'{x:.3f}' for x in r1['null_ratios'] if x is not None)}). Input term: lower "
+            f"{_ci(band['rel_input']['lower'], 4)}, upper {_ci(band['rel_input']['upper'], 4)}; router share of the "
+            f"change: lower {_ci(band['share_router']['lower'], 3)}, upper {_ci(band['share_router']['upper'], 3)}. "
+            f"Mirror (base's completions): {mirror}. Details, controls and the rule: "
+            f"[compare/report.md](compare/report.md).")
 
-    tr_lines = [f"| {DIRECTIONS.get(direction, direction)} | {band} | {_ci(v['accuracy'])} | {_ci(v['think_rate'])} |"
-                for direction, bands in tr.items() if direction != "reference" for band, v in bands.items()]
-    md = f"""# adt-probe reproduce{' (quick)' if plan.quick else ''}
 
-The Audio-DeepThinker pipeline on the model organism: GRPO with the hybrid reasoning reward (stage 1), boundary
-mining, GRPO with the LLM-judge reward (stage 2), then the analysis of what RL changed inside the MoE.
+def _drift_text(f1: dict) -> str:
+    drift, mirror = f1["drift"], f1["drift_mirror"]
+    return (f"Descriptive, not the verdict: Jensen-Shannon drift of the router distributions ({drift['segment']} "
+            f"tokens, {drift['n_tokens']}): upper {_ci(drift['js_upper'], 4)}, lower {_ci(drift['js_lower'], 4)}, "
+            f"difference {_ci(drift['js_upper_minus_lower'], 4)} (noise pair "
+            f"{_ci(drift['noise_upper_minus_lower'], 4)}; mirror {_ci(mirror['js_upper_minus_lower'], 4)}). JS grows "
+            f"with depth under any upstream change, so it cannot tell a reshaped router from a changed input. Router "
+            f"weights moved {_pct(drift.get('router_weight_rel_change'))} (other weights of the same blocks: "
+            f"{_pct(drift.get('other_weight_rel_change'))}).")
 
-## Before and after RL
 
-Held-out set: {ev['base']['n_items']} synthetic items ({plan.n_per_cell} per family x difficulty, seed
-{plan.eval_seed}), think-first prompt, greedy decoding; 95% Wilson intervals (proportions) and bootstrap intervals
-over items (means). Process score: the judge's score of the think text against the reference chain when the answer
-is right, 0 otherwise (MMAR-Rubrics style). Direct-answer accuracy: the answer-only prompt.
-
-{chr(10).join(table)}
-
-Sampled at temperature 1, the think-rate is {ev['base'].get('think_rate_sampled_t1', float('nan')):.3f} (base) and
-{', '.join(f"{r.get('think_rate_sampled_t1', float('nan')):.3f}" for r in ev['seeds'].values())} (RL seeds). Training:
-{train['steps']} GRPO steps per seed; final checkpoints
-{', '.join(f"`{os.path.relpath(path, d)}`" for path in train['final'].values())}.
-
-{fig(str(d / 'figures' / 'training'), 'Reward, think-rate and accuracy of the rollouts per step')}
-## Finding 1: does RL mainly reshape the routers of the upper layers? **{f1['verdict']}**
-
-{f1_text}
-
-{who_text}
-
-> Rule ({f1['rules_hash'][:12]}): {f1['rule']}
-
-{fig(cmp['figures']['router_effect'][0], ROUTER_CAPTION)}
-{fig(figs['drift_js'][0], JS_CAPTION)}
-{fig(str(d / 'decompose' / 'drift_decomposition'), DECOMPOSITION_CAPTION)}
-{fig(figs['drift_top1'][0], 'Top-1 expert agreement between base and RL per layer')}
-{fig(figs['expert_load'][0], 'Expert load, base vs RL, and the shift')}
-{fig(str(d / 'weights' / 'router_weight_drift'), WEIGHT_CAPTION)}
-{fig(str(d / 'trajectory' / 'drift_trajectory'), 'Gating drift from the base along the checkpoints of the run')}
-## Finding 2: do reasoning tokens crystallize progressively in the upper layers? **{f2['verdict']}**
-
-{f2_text}
-
-> Rule ({f2['rules_hash'][:12]}): {f2['rule']}
-
-{fig(cmp['figures']['settling'][0], SETTLING_CAPTION)}
-{_crystallization_figs(figs, fig)}
-## Router transplant
-
-Change when a band of layers routes with the other model's routers (95% paired bootstrap over items). Reference:
-final model accuracy {tr['reference'].get('rl_accuracy', float('nan')):.3f}, base
-{tr['reference'].get('base_accuracy', float('nan')):.3f}.
-
-| routers swapped | layers | change of accuracy | change of think-rate |
-|---|---|---|---|
-{chr(10).join(tr_lines)}
-
-{fig(str(d / 'transplant' / 'transplant_accuracy'), 'Router transplant: change of accuracy per layer band')}
-## How this was made
-
-    {cmd}
-
-Steps and seconds: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}. Everything above is in
-`results.json`; the datasets are in `recordings*/` (zarr), `findings*/`, `decompose/`, `weights/`, `trajectory/`
-and `transplant/` (netCDF), the run in `run/`.
-Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.
-"""
-    (d / "report.md").write_text(md)
-    return results
+def _finding2_text(f2: dict, c2: dict) -> str:
+    return (f"{f2['why']}. Share of settled think tokens settling in the upper band (blocks "
+            f"{c2['first_upper_block']}+; the embedding stream counts as a stream, tokens settling only at the "
+            f"output apart): RL {_ci(c2['upper_share_rl'])}, base on the same tokens "
+            f"{_ci(c2.get('upper_share_base'))}, difference {_ci(c2['delta_upper_share'])}. Curves per token "
+            f"group, the random-init floor and the rule: [compare/report.md](compare/report.md).")
 
 
 def _crystallization_figs(figs: dict, fig) -> str:

@@ -23,14 +23,13 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from rl import cli_options  # the rl entry points' options (light: argparse only)
 
 log = logging.getLogger("adt_probe.cli")
 
-#: the shipped base model, the default of ``--base`` (rl.organism.ORGANISM_DIR, without importing torch)
-ORGANISM = str(Path(__file__).resolve().parents[1] / "rl" / "assets" / "organism")
+#: the shipped base model, the default of ``--base`` (named by rl.cli_options, without importing torch)
+ORGANISM = str(cli_options.ORGANISM_DIR)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -105,6 +105,7 @@ class Scores:
     similarity: np.ndarray  # (n,) float: cosine(think text, reference chain); 0 when no think text
     well_formed: np.ndarray  # (n,) bool
     completions: list[str]
+    thinks: list[str]  # the think text of each completion ("" when there is none), parsed once
 
 
 def score(items: Sequence[Item], completions: Sequence[str], *, with_similarity: bool = True) -> Scores:
@@ -119,7 +120,8 @@ def score(items: Sequence[Item], completions: Sequence[str], *, with_similarity:
         idx = np.flatnonzero(thought)
         refs = [" ".join(items[i].reference_chain or []) for i in idx]
         sims[idx] = similarity([parsed[i].think for i in idx], refs)
-    return Scores(correct, thought, sims, np.array([p.well_formed for p in parsed]), list(completions))
+    return Scores(correct, thought, sims, np.array([p.well_formed for p in parsed]), list(completions),
+                  [p.think for p in parsed])
 
 
 def proportion(mask: np.ndarray) -> dict:
@@ -185,8 +187,7 @@ def process_scores(judge, items: Sequence[Item], s: Scores) -> np.ndarray:
     paid_refs = [i for i in paid if items[i].reference_chain]
     out[[i for i in paid if not items[i].reference_chain]] = np.nan
     if paid_refs:
-        thinks = [prompts.parse_completion(s.completions[i]).think for i in paid_refs]
-        got = judge.score(thinks, [items[i].reference_chain for i in paid_refs])
+        got = judge.score([s.thinks[i] for i in paid_refs], [items[i].reference_chain for i in paid_refs])
         out[paid_refs] = [np.nan if g is None else g for g in got]
     return out
 
@@ -200,18 +201,17 @@ def inference_steps(item: Item) -> list[str]:
     return [step for step in item.reference_chain or [] if not _FACT.match(step)]
 
 
-def holds_inference(items: Sequence[Item], s: Scores) -> np.ndarray:
-    """(n,) bool: the think text states at least one of its item's inference steps word for word."""
-    thinks = [prompts.parse_completion(c).think for c in s.completions]
-    return np.array([any(step in think for step in inference_steps(it)) for it, think in zip(items, thinks)])
-
-
 def inference_coverage(items: Sequence[Item], s: Scores) -> np.ndarray:
     """(n,) float: the share of its item's inference steps the think text states word for word; NaN for an item
     whose reference chain has none (nothing to cover)."""
-    thinks = [prompts.parse_completion(c).think for c in s.completions]
     steps = [inference_steps(it) for it in items]
-    return np.array([np.mean([step in think for step in st]) if st else np.nan for st, think in zip(steps, thinks)])
+    return np.array([np.mean([step in think for step in st]) if st else np.nan
+                     for st, think in zip(steps, s.thinks)])
+
+
+def holds_inference(items: Sequence[Item], s: Scores) -> np.ndarray:
+    """(n,) bool: the think text states at least one of its item's inference steps word for word."""
+    return np.nan_to_num(inference_coverage(items, s)) > 0  # NaN: no inference step to state
 
 
 def distinct_ngrams(texts: Sequence[str], n: int) -> dict:
@@ -255,7 +255,7 @@ def think_metrics(items: Sequence[Item], s: Scores, columns: dict[str, np.ndarra
     # How often the think text already holds a step of reasoning (not only perception): what RL can reinforce.
     out["inference_statement_rate"] = proportion(holds_inference(items, s))
     # Whether RL collapses the think text into stereotyped phrases: distinct bigrams / trigrams over the set.
-    thinks = [t for t in (prompts.parse_completion(c).think for c in s.completions) if t]
+    thinks = [t for t in s.thinks if t]
     out["distinct_ngrams"] = {f"distinct_{n}": distinct_ngrams(thinks, n) for n in (2, 3)}
     out["by_group"] = {name: group_table(items, v) for name, v in columns.items()}
     out["examples"] = s.completions[:3]

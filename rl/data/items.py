@@ -656,8 +656,6 @@ def write_items(
     ('audio/s-1.wav', np.float32(0.25))
     """
     out = Path(path)
-    base = out.parent
-    items = list(items)
 
     # Pass 1: validate everything and build the records, touching no file.
     lines: list[str] = []
@@ -667,42 +665,7 @@ def write_items(
     for line_no, item in enumerate(items, start=1):
         try:
             record = _item_record(item, seen_ids)
-            if item.audio is not None:
-                audio = np.asarray(item.audio)
-                if audio.ndim != 1:
-                    raise _Bad(
-                        f"audio has shape {audio.shape}",
-                        f"store mono audio of shape (n,) at {SAMPLE_RATE} Hz",
-                    )
-                audio = audio.astype(np.float32)
-                _check_audio(audio)
-                if inline_audio:
-                    record["audio"] = {"array": audio.tolist(), "sampling_rate": SAMPLE_RATE}
-                else:
-                    rel = Path(audio_dir) / _audio_file_name(item.id, taken_names)
-                    record["audio"] = rel.as_posix()
-                    wavs.append((base / rel, audio))
-                    peak = float(np.max(np.abs(audio)))
-                    if peak > 1.0:  # 16-bit PCM cannot hold it; say so rather than clip silently
-                        warnings.warn(
-                            f"{out} line {line_no}: audio of {item.id!r} peaks at {peak:.3g}; "
-                            "clipped to [-1, 1] in the 16-bit WAV (normalise it, or use inline_audio=True)",
-                            UserWarning,
-                            stacklevel=2,
-                        )
-            elif item.audio_path:
-                target = base / item.audio_path
-                if not target.is_file():
-                    raise _Bad(
-                        f"audio file not found: {os.path.abspath(target)}",
-                        "fix Item.audio_path or load the audio",
-                    )
-                kept = item.audio_path
-                if os.path.isabs(kept) and Path(os.path.abspath(kept)).is_relative_to(os.path.abspath(base)):
-                    kept = Path(os.path.relpath(kept, base)).as_posix()
-                record["audio"] = kept
-            else:
-                raise _Bad("no audio", "set Item.audio (an array) or Item.audio_path")
+            record["audio"] = _audio_field(item, out, line_no, audio_dir, inline_audio, taken_names, wavs)
             try:
                 line = json.dumps(record, ensure_ascii=False, allow_nan=False, default=_json_default)
             except (TypeError, ValueError) as exc:
@@ -714,7 +677,47 @@ def write_items(
         seen_ids.add(item.id)
         lines.append(line)
 
-    # Pass 2: write audio, then swap in the JSONL in one step.
+    _write_files(out, lines, wavs, audio_dir)
+    return out
+
+
+def _audio_field(item: Item, out: Path, line_no: int, audio_dir: str, inline_audio: bool,
+                 taken_names: set[str], wavs: list[tuple[Path, np.ndarray]]) -> str | dict:
+    """The JSONL ``audio`` value of one item; a WAV to write is appended to `wavs` (nothing is written here)."""
+    base = out.parent
+    if item.audio is not None:
+        audio = np.asarray(item.audio)
+        if audio.ndim != 1:
+            raise _Bad(f"audio has shape {audio.shape}", f"store mono audio of shape (n,) at {SAMPLE_RATE} Hz")
+        audio = audio.astype(np.float32)
+        _check_audio(audio)
+        if inline_audio:
+            return {"array": audio.tolist(), "sampling_rate": SAMPLE_RATE}
+        rel = Path(audio_dir) / _audio_file_name(item.id, taken_names)
+        wavs.append((base / rel, audio))
+        peak = float(np.max(np.abs(audio)))
+        if peak > 1.0:  # 16-bit PCM cannot hold it; say so rather than clip silently
+            warnings.warn(
+                f"{out} line {line_no}: audio of {item.id!r} peaks at {peak:.3g}; "
+                "clipped to [-1, 1] in the 16-bit WAV (normalise it, or use inline_audio=True)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return rel.as_posix()
+    if item.audio_path:
+        target = base / item.audio_path
+        if not target.is_file():
+            raise _Bad(f"audio file not found: {os.path.abspath(target)}", "fix Item.audio_path or load the audio")
+        kept = item.audio_path
+        if os.path.isabs(kept) and Path(os.path.abspath(kept)).is_relative_to(os.path.abspath(base)):
+            kept = Path(os.path.relpath(kept, base)).as_posix()
+        return kept
+    raise _Bad("no audio", "set Item.audio (an array) or Item.audio_path")
+
+
+def _write_files(out: Path, lines: list[str], wavs: list[tuple[Path, np.ndarray]], audio_dir: str) -> None:
+    """Pass 2 of :func:`write_items`: the WAV files, then the JSONL swapped in with one :func:`os.replace`."""
+    base = out.parent
     if wavs:
         (base / audio_dir).mkdir(parents=True, exist_ok=True)
     base.mkdir(parents=True, exist_ok=True)
@@ -731,7 +734,6 @@ def write_items(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return out
 
 
 #: The columns the reward functions read (``rl.rewards.registry.item_columns``), as ``datasets`` feature types.

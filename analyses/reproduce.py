@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +76,7 @@ class Plan:
     max_new_tokens: int = 96
     bands: int = 2  # router transplant: equal layer bands, lowest first
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # RL runs: run-to-run variation needs several
-    jobs: int = 2  # RL runs trained at once, one thread each (2 cores: 1.4x the throughput of one 2-thread run)
+    jobs: int = 2  # processes at once (RL runs, evaluations), one thread each (2 cores: 1.4x one 2-thread run)
 
     @property
     def dir(self) -> Path:
@@ -130,20 +132,29 @@ def step_train(plan: Plan) -> dict:
 def step_evaluate(plan: Plan) -> dict:
     """Base and every seed's final model on the held-out set, with the judge's process score; the final models
     pooled with a hierarchical interval (seeds, then items)."""
-    items, judge = heldout(plan), make_eval_judge("smollm2")
-    reports = {}
-    for name, path in (("base", base_path(plan)), *((f"seed-{s}", final_checkpoint(plan, s)) for s in plan.seeds)):
-        model, processor = load_pretrained(checkpoints.model_folder(path))
-        torch.manual_seed(0)
-        report = evaluate(model, processor, items, judge=judge, max_new_tokens=plan.max_new_tokens)
-        report["model"] = str(path)
-        (plan.dir / f"eval_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        reports[name] = report
+    models = {"base": base_path(plan), **{f"seed-{s}": final_checkpoint(plan, s) for s in plan.seeds}}
+    # One process per model, ``plan.jobs`` at once with one thread each: generation on a small model is bound by
+    # Python overhead, so two one-thread processes do nearly twice the work of one two-thread process.
+    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        reports = dict(zip(models, pool.map(evaluate_model, [plan] * len(models), models.values(), models)))
+    for name, report in reports.items():
         say(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline(report).items() if isinstance(v, float)))
     seeds = [reports[f"seed-{s}"] for s in plan.seeds]
     return {"base": headline(reports["base"]), "final": pooled_headline(seeds),
             "change": pooled_headline(seeds, minus=reports["base"]),
             "seeds": {str(s): headline(r) for s, r in zip(plan.seeds, seeds)}}
+
+
+def evaluate_model(plan: Plan, path: Path, name: str) -> dict:
+    """One model on the held-out set (``rl.evaluate.evaluate``, one thread), written to ``eval_<name>.json``."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model, processor = load_pretrained(checkpoints.model_folder(path))
+    report = evaluate(model, processor, heldout(plan), judge=make_eval_judge("smollm2"),
+                      max_new_tokens=plan.max_new_tokens)
+    report["model"] = str(path)
+    (plan.dir / f"eval_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def step_record(plan: Plan) -> dict:

@@ -5,8 +5,9 @@ Labels come from the text the tokens spell, not from token ids, so they work wit
 turns are recognised in ChatML (``<|im_start|>role ... <|im_end|>``, Qwen and SmolLM) and Llama-3 layouts.
 
 Rules, in order: tokens of an audio span (``<|audio_start|> ... <|audio_end|>`` and audio pad tokens) are ``audio``;
-inside an assistant turn, tokens from ``<think>`` to ``</think>`` (tags included) are ``think`` and from ``<answer>``
-to ``</answer>`` are ``answer``; the rest of a system or user turn takes the role's name; everything else, including
+inside an assistant turn, tokens from ``<think>`` to ``</think>`` (tags included) are ``think``, unless the block
+holds only whitespace (an empty block, Qwen3's non-thinking mode: ``other``), and from ``<answer>`` to ``</answer>``
+are ``answer``; the rest of a system or user turn takes the role's name; everything else, including
 assistant text outside both blocks, chat headers of the assistant and padding, is ``other``.
 
 Examples
@@ -30,6 +31,11 @@ _TURNS = [re.compile(r"<\|im_start\|>(system|user|assistant)(.*?)(?:<\|im_end\|>
           re.compile(r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>(.*?)(?:<\|eot_id\|>|$)",
                      re.S)]
 _AUDIO = re.compile(r"<\|audio_start\|>.*?(?:<\|audio_end\|>|$)|<\|audio_pad\|>|<\|AUDIO\|>", re.S)
+# An empty think block (Qwen3's non-thinking mode writes "<think>\n\n</think>") holds no reasoning: its tags and
+# whitespace stay "other", so a model that does not think has no think tokens (its analyses fall back to all tokens).
+# Whitespace as raw vocabulary strings spell it: byte-level BPE (Ġ space, Ċ newline, ĉ tab), SentencePiece (▁, and
+# byte fallback <0x0A>).
+_EMPTY_THINK = re.compile(r"<think>(?:\s|[\u0120\u010a\u0109\u2581]|<0x0[9AD]>|<0x20>)*(?:</think>)?")
 _BLOCKS = {"think": re.compile(r"<think>.*?(?:</think>|$)", re.S),
            "answer": re.compile(r"<answer>.*?(?:</answer>|$)", re.S)}
 
@@ -54,7 +60,8 @@ def segment_row(tokenizer, ids: Sequence[int]) -> np.ndarray:
             else:
                 for name, block in _BLOCKS.items():
                     for b in block.finditer(text, m.start(2), m.end(2)):
-                        char_label[b.start():b.end()] = name
+                        if not (name == "think" and _EMPTY_THINK.fullmatch(b.group())):
+                            char_label[b.start():b.end()] = name
     for m in _AUDIO.finditer(text):
         char_label[m.start():m.end()] = "audio"
     # A token belongs to the region of its first non-empty character.

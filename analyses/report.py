@@ -45,12 +45,16 @@ def figure_caption(path: str | Path, fallback: str = "") -> str:
 
 
 def _ci(v: dict | None, digits: int = 3) -> str:
-    """``value [lo, hi]``; values below 0.01 in three significant digits (drift in bits is often that small)."""
-    if not v:
+    """``value [lo, hi]`` from an interval record; values below 0.01 in three significant digits (drift in bits is
+    often that small); ``n/a`` for what is missing (e.g. a share of think tokens when no completion thinks)."""
+    if not v or v.get("value") is None:
         return "n/a"
-    if max(abs(v["value"]), abs(v["lo"]), abs(v["hi"])) < 0.01:
-        return f"{v['value']:.3g} [{v['lo']:.3g}, {v['hi']:.3g}]"
-    return f"{v['value']:.{digits}f} [{v['lo']:.{digits}f}, {v['hi']:.{digits}f}]"
+    nums = [v["value"], v.get("lo"), v.get("hi")]
+    small = all(x is not None and x == x and abs(x) < 0.01 for x in nums)
+
+    def num(x) -> str:
+        return "n/a" if x is None or x != x else (f"{x:.3g}" if small else f"{x:.{digits}f}")
+    return f"{num(nums[0])} [{num(nums[1])}, {num(nums[2])}]"
 
 
 def _row_ci(row: dict, name: str) -> str:
@@ -273,14 +277,19 @@ def _results_table(ev: dict) -> str:
     return "\n".join(lines)
 
 
+def _sentence(text: str) -> str:
+    """``text`` with its first letter capitalised (verdict reasons are written to follow a colon)."""
+    return text[:1].upper() + text[1:]
+
+
 def _finding1_text(f1: dict, cmp: dict) -> str:
     r1 = cmp["routers"]
     band = r1["band"]
     mirror = cmp.get("mirror", {}).get("verdicts", {}).get("upper_routers", {}).get("verdict", "n/a")
-    return (f"{f1['why']}. Router term at fixed input (relative router-logit change, {r1['segment']} tokens): lower "
-            f"band {_ci(band['rel_router']['lower'], 4)}, upper {_ci(band['rel_router']['upper'], 4)}; upper/lower "
-            f"ratio **{_ci(r1['ratio'], 3)}** against {len(r1['null_ratios'])} uniform random router updates "
-            f"({', '.join(f'{x:.3f}' for x in r1['null_ratios'] if x is not None)}). Input term: lower "
+    return (f"{_sentence(f1['why'])}. Router term at fixed input (relative router-logit change, {r1['segment']} "
+            f"tokens): lower band {_ci(band['rel_router']['lower'], 4)}, upper {_ci(band['rel_router']['upper'], 4)}; "
+            f"upper/lower ratio **{_ci(r1['ratio'], 3)}** against {len(r1['null_ratios'])} uniform random router "
+            f"updates ({', '.join(f'{x:.3f}' for x in r1['null_ratios'] if x is not None)}). Input term: lower "
             f"{_ci(band['rel_input']['lower'], 4)}, upper {_ci(band['rel_input']['upper'], 4)}; router share of the "
             f"change: lower {_ci(band['share_router']['lower'], 3)}, upper {_ci(band['share_router']['upper'], 3)}. "
             f"Mirror (base's completions): {mirror}. Details, controls and the rule: "
@@ -383,14 +392,6 @@ Every number above, with its interval method and NaN-replicate count, is in `fin
 """)
 
 
-def _fmt(v: dict | None, digits: int = 3) -> str:
-    """``value [lo, hi]`` from an interval record; n/a when missing."""
-    if not v or v.get("value") is None:
-        return "n/a"
-    def num(x):
-        return "nan" if x is None or x != x else (f"{x:.{digits}g}" if abs(x) < 0.01 else f"{x:.{digits}f}")
-    return f"{num(v['value'])} [{num(v.get('lo'))}, {num(v.get('hi'))}]"
-
 
 def _figure(findings: dict, name: str, caption: str, base: Path) -> str:
     paths = findings.get("figures", {}).get(name)
@@ -405,7 +406,7 @@ def _band_rows(r: dict) -> str:
               "share_router": "router share of the change", "topk_change_router": "top-k change rate at fixed input",
               "top1_flip_router": "top-1 flip rate at fixed input", "js_router": "JS at fixed input (bits)",
               "topk_change_total": "top-k change rate, total", "js_total": "JS, total (bits)"}
-    return "\n".join(f"| {label} | {_fmt(r['band'][q]['lower'], 4)} | {_fmt(r['band'][q]['upper'], 4)} |"
+    return "\n".join(f"| {label} | {_ci(r['band'][q]['lower'], 4)} | {_ci(r['band'][q]['upper'], 4)} |"
                      for q, label in labels.items() if q in r["band"])
 
 
@@ -467,10 +468,10 @@ def _random_init_text(cr: dict) -> str:
     think = ri["curves"]["think"]
     never = think.get("never_settled", {}).get("random_init")
     return (f"Floor: the same architecture with random weights (seed {ri['seed']}) on the same tokens settles "
-            f"{_fmt(ri['upper_share'])} of its settled think tokens in the upper band (RL minus random-init "
-            f"{_fmt(ri['rl_minus_random_upper_share'])}); settled by the embedding stream "
+            f"{_ci(ri['upper_share'])} of its settled think tokens in the upper band (RL minus random-init "
+            f"{_ci(ri['rl_minus_random_upper_share'])}); settled by the embedding stream "
             f"{_maybe(think['random_init']['value'][0]) if 'random_init' in think else 'n/a'}, only at the output "
-            f"{_fmt(never)}. An upper-band share at this floor says nothing about training.")
+            f"{_ci(never)}. An upper-band share at this floor says nothing about training.")
 
 
 def compare_report_text(findings: dict, base: Path) -> str:
@@ -482,7 +483,7 @@ def compare_report_text(findings: dict, base: Path) -> str:
     mirror_text = ""
     if mirror:
         mirror_text = (f"## Mirror: on the base model's own completions\n\nFinding 1: **"
-                       f"{mirror['verdicts']['upper_routers']['verdict']}** (ratio {_fmt(mirror['routers']['ratio'])}"
+                       f"{mirror['verdicts']['upper_routers']['verdict']}** (ratio {_ci(mirror['routers']['ratio'])}"
                        f"); finding 2: **{mirror['verdicts']['crystallization']['verdict']}** "
                        f"({mirror['verdicts']['crystallization']['why']}).\n")
     return COMPARE_TEMPLATE.substitute(
@@ -491,8 +492,8 @@ def compare_report_text(findings: dict, base: Path) -> str:
                      if inp["source"] == "rl" else "the items' reference chains, teacher-forced"),
         rules_hash=findings["stamp"]["rules_hash"],
         warnings="".join(f"**Warning:** {w}\n\n" for w in findings.get("warnings", [])),
-        v1=v["upper_routers"]["verdict"], why1=v["upper_routers"]["why"], rule1=v["upper_routers"]["rule"],
-        lower=r["bands"]["lower"], upper=r["bands"]["upper"], band_rows=_band_rows(r), ratio=_fmt(r["ratio"]),
+        v1=v["upper_routers"]["verdict"], why1=_sentence(v["upper_routers"]["why"]), rule1=v["upper_routers"]["rule"],
+        lower=r["bands"]["lower"], upper=r["bands"]["upper"], band_rows=_band_rows(r), ratio=_ci(r["ratio"]),
         ratio_method=r["ratio"].get("method", ""), ratio_nan=r["ratio"].get("n_nan", 0),
         nulls=", ".join(_maybe(x) for x in r["null_ratios"]) or "none (--nulls 0)",
         fig_router_effect=_figure(findings, "router_effect", "Relative router-logit change per layer: router term "
@@ -504,10 +505,11 @@ def compare_report_text(findings: dict, base: Path) -> str:
         sft_text=_sft_text(findings.get("controls")),
         fig_controls=_figure(findings, "controls", "RL next to random-direction updates of RL's own per-tensor "
                              "norm: router and input terms per band (whiskers: range over draws)", base),
-        v2=v["crystallization"]["verdict"], why2=v["crystallization"]["why"], rule2=v["crystallization"]["rule"],
-        first_upper=cr["first_upper_block"], u_rl=_fmt(cr["upper_share_rl"]),
-        u_base=_fmt(cr.get("upper_share_base")),
-        du=_fmt(cr["delta_upper_share"]), never_base=_fmt(never.get("base")), never_rl=_fmt(never.get("rl")),
+        v2=v["crystallization"]["verdict"], why2=_sentence(v["crystallization"]["why"]),
+        rule2=v["crystallization"]["rule"],
+        first_upper=cr["first_upper_block"], u_rl=_ci(cr["upper_share_rl"]),
+        u_base=_ci(cr.get("upper_share_base")),
+        du=_ci(cr["delta_upper_share"]), never_base=_ci(never.get("base")), never_rl=_ci(never.get("rl")),
         group_rows=_group_rows(cr), random_init=_random_init_text(cr),
         fig_settling=_figure(findings, "settling", "Share of tokens settled by each stream (E: embedding), base "
                              "solid, RL dashed, 95% CI; legend: share settling only at the output", base),

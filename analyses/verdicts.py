@@ -96,15 +96,19 @@ def upper_routers(ratio: dict, null_ratios: Sequence[float], *, routers_moved: b
     up, down = ROUTER_MARGIN * max(nulls), min(nulls) / ROUTER_MARGIN
     numbers.update(upper_threshold=up, lower_threshold=down)
     if ratio["lo"] > up:
-        return _verdict("upper_routers", "reproduces", f"lower bound {ratio['lo']:.3g} > {up:.3g}", numbers)
+        return _verdict("upper_routers", "reproduces", f"the upper/lower ratio's lower bound {ratio['lo']:.3g} exceeds "
+                        f"{up:.3g} ({ROUTER_MARGIN:g} x the largest random-update ratio)", numbers)
     if ratio["hi"] < down:
-        return _verdict("upper_routers", "reversed", f"upper bound {ratio['hi']:.3g} < {down:.3g}", numbers)
+        return _verdict("upper_routers", "reversed", f"the upper/lower ratio's upper bound {ratio['hi']:.3g} is below "
+                        f"{down:.3g} (the smallest random-update ratio / {ROUTER_MARGIN:g})", numbers)
     if ratio["lo"] >= down and ratio["hi"] <= up:
         return _verdict("upper_routers", "not shown",
-                        f"[{ratio['lo']:.3g}, {ratio['hi']:.3g}] within the random-update range [{down:.3g}, "
-                        f"{up:.3g}]", numbers)
+                        f"the upper/lower ratio's interval [{ratio['lo']:.3g}, {ratio['hi']:.3g}] lies within "
+                        f"[{down:.3g}, {up:.3g}], the random-update ratios' range widened by {ROUTER_MARGIN:g}",
+                        numbers)
     return _verdict("upper_routers", "inconclusive",
-                    f"[{ratio['lo']:.3g}, {ratio['hi']:.3g}] crosses a threshold ({down:.3g} or {up:.3g})", numbers)
+                    f"the upper/lower ratio's interval [{ratio['lo']:.3g}, {ratio['hi']:.3g}] crosses a threshold "
+                    f"({down:.3g} or {up:.3g})", numbers)
 
 
 def crystallization(upper_share_rl: dict, delta_upper_share: dict, *, n_sequences: int) -> dict:

@@ -57,3 +57,19 @@ def test_truncated_think_block_runs_to_the_end():
     text = "<|im_start|>assistant\n<think>still going"
     labels = segment_tokens(tok, tok(text)["input_ids"])
     assert "".join(c for c, lab in zip(text, labels) if lab == "think") == "<think>still going"
+
+
+def test_an_empty_think_block_is_not_think(processor, items):
+    """Qwen3's non-thinking mode writes an empty block: no reasoning, so none of its tokens is labelled think (the
+    analyses then fall back to all tokens instead of measuring a newline), while a block with text keeps its tags."""
+    batch = collate.encode_supervised(processor, items[:2], ["think", "think"],
+                                      ["<think>\n\n</think>\n\n<answer>no</answer><|im_end|>",
+                                       "<think>\nhm\n</think>\n\n<answer>no</answer><|im_end|>"])
+    labels = segment_tokens(processor, batch["input_ids"], batch["attention_mask"])
+    assert "think" not in labels[0] and "answer" in labels[0]
+    ids = batch["input_ids"][1].tolist()
+    assert processor.tokenizer.decode([i for i, lab in zip(ids, labels[1]) if lab == "think"]) == \
+        "<think>\nhm\n</think>"
+    tok = char_tokenizer()  # split tags, whitespace of several kinds
+    text = "<|im_start|>assistant\n<think> \n \n</think><answer>c</answer><|im_end|>"
+    assert "think" not in segment_tokens(tok, tok(text)["input_ids"])

@@ -32,6 +32,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 # Colours for lines and markers: the palette without its yellow (#F0E442), which is near-invisible as a thin line
@@ -116,7 +117,10 @@ def default_bands(ds: xr.Dataset) -> dict[str, list[int]]:
 
 
 def _bands_marked(ax, bands: dict | None, *, label: bool = True) -> None:
-    """A dotted line between the lower and the upper band of layers, the bands named at the top."""
+    """Whole-number layer ticks (unless the plot set its own), a dotted line between the lower and the upper band of
+    layers, the bands named at the top."""
+    if not isinstance(ax.xaxis.get_major_locator(), FixedLocator):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not (bands and bands.get("lower") and bands.get("upper")):
         return
     boundary = (bands["lower"][-1] + bands["upper"][0]) / 2

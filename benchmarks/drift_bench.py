@@ -38,6 +38,9 @@ LAYERS, EXPERTS, TOP_K, SEQ_LEN = 48, 128, 8, 1000
 
 def write_pair(folder: Path, n_tokens: int, chunk: int = 10_000) -> tuple[Path, Path]:
     """Write base.zarr and rl.zarr (top-k only) of ``n_tokens`` tokens, ``chunk`` tokens at a time."""
+    import zarr
+
+    from adt_probe.storage import ZARR_FORMAT  # the library's own format (zarr 3 warns on its string dtypes)
     from adt_probe.testing import synthetic_recording
 
     paths = folder / "base.zarr", folder / "rl.zarr"
@@ -54,13 +57,11 @@ def write_pair(folder: Path, n_tokens: int, chunk: int = 10_000) -> tuple[Path, 
                                   sequence=("token", start // SEQ_LEN + np.repeat(np.arange(n // SEQ_LEN), SEQ_LEN)))
             encoding = {v: {"chunks": (8192, LAYERS, TOP_K)} for v in ("topk_experts", "topk_weights")}
             if start == 0:
-                ds.to_zarr(path, mode="w", encoding=encoding, consolidated=False)
+                ds.to_zarr(path, mode="w", encoding=encoding, consolidated=False, zarr_format=ZARR_FORMAT)
             else:
                 ds.drop_vars(["layer", "expert", "k", "moe_layer"]).to_zarr(path, append_dim="token",
                                                                             consolidated=False)
     for path in paths:
-        import zarr
-
         zarr.consolidate_metadata(str(path))
     return paths
 

@@ -1,15 +1,16 @@
 """The paper's pipeline end to end on the model organism: what ``make demo`` runs (``adt-probe reproduce``).
 
-    adt-probe reproduce --out demo            # about 15 minutes on 2 CPU cores
+    adt-probe reproduce --out demo            # about 18 minutes on 2 CPU cores (3 seeds)
     adt-probe reproduce --out demo --quick    # about 3 minutes: fewer steps and items, same code path
 
 Steps, each a function below, each writing under ``--out``:
 
-1. ``train``       base organism -> stage 1 -> boundary mining -> stage 2
+1. ``train``       base organism -> stage 1 -> boundary mining -> stage 2, per seed
    (``rl.train.grpo`` with ``rl/configs/demo.toml``);
-                   ``run/log.jsonl``, ``run/checkpoints/step-N``
-2. ``evaluate``    base and final model on held-out items (``rl.evaluate``): accuracy, think-rate, similarity of the
-                   think text to the reference chains, rubric process score; ``eval_base.json``, ``eval_final.json``
+                   ``runs/seed-S/log.jsonl``, ``runs/seed-S/checkpoints/step-N``
+2. ``evaluate``    the base and every seed's final model on held-out items (``rl.evaluate``): accuracy, think-rate,
+                   similarity of the think text to the reference chains, rubric process score; ``eval_base.json``,
+                   ``eval_seed-S.json``
 3. ``record``      both models (and the base again, batched differently: the noise floor) teacher-forced on the final
                    model's completions, and on the base's own completions (the mirror check); ``recordings*/``
 4. ``compare``     ``adt-probe compare`` of the base and the final model (``analyses.compare``, the same code): both

@@ -308,7 +308,7 @@ def _drift_text(f1: dict) -> str:
 
 
 def _finding2_text(f2: dict, c2: dict) -> str:
-    return (f"{f2['why']}. Share of settled think tokens settling in the upper band (blocks "
+    return (f"{_sentence(f2['why'])}. Share of settled think tokens settling in the upper band (blocks "
             f"{c2['first_upper_block']}+; the embedding stream counts as a stream, tokens settling only at the "
             f"output apart): RL {_ci(c2['upper_share_rl'])}, base on the same tokens "
             f"{_ci(c2.get('upper_share_base'))}, difference {_ci(c2['delta_upper_share'])}. Curves per token "
@@ -390,7 +390,6 @@ $mirror
 Every number above, with its interval method and NaN-replicate count, is in `findings.json` (`verdicts`, `routers`,
 `decomposition`, `controls`, `crystallization`$mirror_key). Figures: PNG (300 dpi) and PDF in `figures/`.
 """)
-
 
 
 def _figure(findings: dict, name: str, caption: str, base: Path) -> str:

@@ -136,7 +136,8 @@ def step_evaluate(plan: Plan) -> dict:
     models = {"base": base_path(plan), **{f"seed-{s}": final_checkpoint(plan, s) for s in plan.seeds}}
     # One process per model, ``plan.jobs`` at once with one thread each: generation on a small model is bound by
     # Python overhead, so two one-thread processes do nearly twice the work of one two-thread process.
-    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
         reports = dict(zip(models, pool.map(evaluate_model, [plan] * len(models), models.values(), models)))
     for name, report in reports.items():
         say(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline(report).items() if isinstance(v, float)))
@@ -147,8 +148,7 @@ def step_evaluate(plan: Plan) -> dict:
 
 
 def evaluate_model(plan: Plan, path: Path, name: str) -> dict:
-    """One model on the held-out set (``rl.evaluate.evaluate``, one thread), written to ``eval_<name>.json``."""
-    torch.set_num_threads(1)
+    """One model on the held-out set (``rl.evaluate.evaluate``), written to ``eval_<name>.json``."""
     torch.manual_seed(0)
     model, processor = load_pretrained(checkpoints.model_folder(path))
     report = evaluate(model, processor, heldout(plan), judge=make_eval_judge("smollm2"),

@@ -76,6 +76,7 @@ class Chain:
     wrong: list[str]  # the paraphrase with the facts of its fact steps changed, conclusion kept
     flipped: list[str]  # the paraphrase with the conclusion flipped
     extra: str  # a false fact in the paraphrase's words
+    choices: list[str]  # the answer choices (a reward column, as in the item format)
 
 
 # ==================================================================================================================
@@ -108,7 +109,7 @@ def organism_chains(n: int, seed: int) -> list[Chain]:
         extra = wrong_facts([ref[int(rng.choice(facts_idx))]], rng)[0]
         out.append(Chain("organism", it.id, it.question, it.answer, ref, paraphrase(ref, rng),
                          paraphrase(wrong, rng), paraphrase(ref[:-1] + [_flip_step(ref[-1])], rng),
-                         paraphrase([extra], rng)[0]))
+                         paraphrase([extra], rng)[0], list(it.choices)))
     return out
 
 
@@ -144,7 +145,7 @@ def measured_tones(rng: np.random.Generator, k: int) -> Chain:
     j = int(rng.integers(2))
     extra = f"The {ORD[j]} tone sits at {wf[j] / 1000:g} kHz and is heard for {wd[j] / 1000:g} seconds."
     return Chain("measured_tones", f"mt-{k}", "Which tone is higher in pitch?", f"the {ORD[hi]}", ref, para,
-                 [para_fact(0, wf, wd), para_fact(1, wf, wd), para[2]], flipped, extra)
+                 [para_fact(0, wf, wd), para_fact(1, wf, wd), para[2]], flipped, extra, ["the first", "the second"])
 
 
 def rhythm(rng: np.random.Generator, k: int) -> Chain:
@@ -164,7 +165,8 @@ def rhythm(rng: np.random.Generator, k: int) -> Chain:
     return Chain("rhythm", f"rh-{k}", "Which section is faster?", f"the {ORD[fast]}", ref, para,
                  [para_fact(0, wt), para_fact(1, wt), *para[2:]],
                  [*para[:3], f"The {ORD[1 - fast]} section is therefore faster."],
-                 f"Section {('one', 'two')[int(rng.integers(2))]} moves at {wt[0]} beats per minute.")
+                 f"Section {('one', 'two')[int(rng.integers(2))]} moves at {wt[0]} beats per minute.",
+                 ["the first", "the second"])
 
 
 def issue_tones(rng: np.random.Generator, k: int) -> Chain:
@@ -192,7 +194,8 @@ def issue_tones(rng: np.random.Generator, k: int) -> Chain:
     return Chain("issue_tones", f"it-{k}", "Which tone is higher in pitch?", f"the {ORD[hi]}", ref, para,
                  [para_fact(0, wf, wdb), para_fact(1, wf, wdb), *para[2:]],
                  [*para[:3], f"So the {ORD[1 - hi]} tone has the higher pitch."],
-                 f"The {ORD[int(rng.integers(2))]} tone is played at {wdb[0]} decibels and {wf[0]} Hz.")
+                 f"The {ORD[int(rng.integers(2))]} tone is played at {wdb[0]} decibels and {wf[0]} Hz.",
+                 ["the first", "the second"])
 
 
 EVENTS = (("dog bark", "a dog barks", "we hear a dog barking"), ("car horn", "a car horn sounds",
@@ -219,7 +222,8 @@ def scene_events(rng: np.random.Generator, k: int) -> Chain:
     order = sorted([a[0], b[0]])
     return Chain("scene_events", f"se-{k}", f"Which comes first, the {order[0]} or the {order[1]}?", f"the {a[0]}",
                  ref, para, [para_fact(a, wt[0]), para_fact(b, wt[1]), *para[2:]],
-                 [*para[:3], f"The {b[0]} is therefore first."], para_fact(b, max(0.1, t[0] - 0.3)))
+                 [*para[:3], f"The {b[0]} is therefore first."], para_fact(b, max(0.1, t[0] - 0.3)),
+                 [f"the {order[0]}", f"the {order[1]}"])
 
 
 def loudness_db(rng: np.random.Generator, k: int) -> Chain:
@@ -242,7 +246,7 @@ def loudness_db(rng: np.random.Generator, k: int) -> Chain:
     return Chain("loudness_db", f"ld-{k}", "How does the loudness change over the clip?", f"it {trend}", ref, para,
                  [*para_facts(wv), para[3]], [*para[:3], f"The loudness {other[1]} over the clip."],
                  f"Just before the end it drops to {v[2] - 3 * step if trend == 'rises' else v[2] + 3 * step} "
-                 "decibels.")
+                 "decibels.", ["it rises", "it falls", "it stays the same"])
 
 
 GENERATORS: dict[str, Callable[[np.random.Generator, int], Chain]] = {
@@ -292,7 +296,8 @@ def build_cases(chains: list[Chain], seed: int) -> list[dict]:
         other = others[int(rng.integers(len(others)))]
         for kind, steps in corruptions(c, other, rng):
             cases.append({"style": c.style, "split": "dev" if c.style in DEV_STYLES else "held_out", "item": c.item,
-                          "kind": kind, "question": c.question, "answer": c.answer, "reference": c.reference,
+                          "kind": kind, "question": c.question, "answer": c.answer, "choices": c.choices,
+                          "reference": c.reference,
                           "completion": "<think>\n" + " ".join(steps) + "\n</think><answer>" + c.answer + "</answer>"})
     return cases
 
@@ -341,7 +346,7 @@ def score(name: str, cases: list[dict], **kwargs) -> np.ndarray:
     """The reward ``name`` (built by :func:`make_reward`) on every case, through its TRL signature; NaN where it
     returned None."""
     columns = {"answer": [c["answer"] for c in cases], "reference_chain": [c["reference"] for c in cases],
-               "id": [c["item"] for c in cases]}
+               "choices": [c["choices"] for c in cases], "id": [c["item"] for c in cases]}
     values = make_reward(name, **kwargs)([c["question"] for c in cases], [c["completion"] for c in cases],
                                          [[]] * len(cases), **columns)
     return np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -496,7 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
     raw = {"embedding cosine (hybrid_reasoning, w = 0)": score("hybrid_reasoning", cases, w=0.0),
            "chain_alignment": score("chain_alignment", cases)}
     components = chain_mod.chain_scores([c["completion"].split("</think>")[0].removeprefix("<think>\n")
-                                         for c in cases], [c["reference"] for c in cases])
+                                         for c in cases], [c["reference"] for c in cases],
+                                        answers=[c["answer"] for c in cases], choices=[c["choices"] for c in cases])
     for part in ("coverage", "precision", "order", "facts", "agreement"):
         raw[f"chain part: {part}"] = np.array([getattr(s, part) for s in components])
     grid = alignment_grid(cases) if args.grid else []

@@ -51,6 +51,9 @@ def train_base_arguments(ap: argparse.ArgumentParser) -> None:
         if f.type in ("int", "float"):
             ap.add_argument(f"--{f.name.replace('_', '-')}", type={"int": int, "float": float}[f.type],
                             default=f.default, help=f"base-training setting BaseTrainConfig.{f.name}")
+        elif f.type == "bool":
+            ap.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                            default=f.default, help=f"base-training setting BaseTrainConfig.{f.name}")
     ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
                     default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}")
     ap.add_argument("--checkpoint-dir", default="runs/train_base",

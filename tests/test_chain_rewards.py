@@ -76,6 +76,42 @@ def test_contradictions_need_a_value_the_reference_step_states_otherwise():
     assert C.contradicts(C.facts("No, since they are different sounds."), organism[5], C._chain_values(organism))
 
 
+def test_a_conclusion_naming_another_answer_is_found_by_choices_or_by_facts():
+    events = ["the car horn", "the dog bark"]
+    assert C.concludes_otherwise("The car horn is therefore first.", "the dog bark", events)
+    assert not C.concludes_otherwise("The dog bark is therefore first.", "the dog bark", events)
+    # several choices named: "A precedes B" states an order, not which answer wins
+    assert not C.concludes_otherwise("The dog bark precedes the car horn by 300 ms.", "the dog bark", events)
+    trends = ["it rises", "it falls", "it stays the same"]
+    assert C.concludes_otherwise("The loudness goes down over the clip.", "it rises", trends)  # by facts: no choice
+    assert not C.concludes_otherwise("The loudness goes up: it ends 20 decibels louder.", "it rises", trends)
+    # numbers are read through the choices only: a conclusion restates measured values
+    assert not C.concludes_otherwise("Since 132 beats per minute exceeds 100, section two is quicker.", "the second")
+
+
+def test_a_flipped_conclusion_costs_a_contradiction_only_when_the_answer_is_given():
+    # event names are outside the fact lexicon: only the answer and its choices tell the flipped conclusion apart
+    ref = ["A dog barks at 1.2 seconds.", "A car horn sounds at 3.0 seconds.", "So the dog bark happens first."]
+    para = ["At 1200 ms we hear a dog barking.", "At 3000 ms the horn of a car is heard.",
+            "The dog bark is therefore first."]
+    flipped = [*para[:2], "The car horn is therefore first."]
+    texts, columns = [" ".join(para), " ".join(flipped)], {"answers": ["the dog bark"] * 2,
+                                                            "choices": [["the car horn", "the dog bark"]] * 2}
+    blind, told = C.chain_scores(texts, [ref] * 2), C.chain_scores(texts, [ref] * 2, **columns)
+    assert [s.contradictions for s in blind] == [0, 0] and [s.contradictions for s in told] == [0, 1]
+    assert told[1].alignment == pytest.approx(blind[1].alignment * C.CONTRADICTION_FACTOR)
+    assert told[0] == blind[0]
+    paid = REWARDS["chain_alignment"](["q"] * 2, [completion(t, "the dog bark") for t in (para, flipped)], [[]] * 2,
+                                      answer=["the dog bark"] * 2, reference_chain=[ref] * 2,
+                                      choices=columns["choices"])
+    assert paid == pytest.approx([s.alignment for s in told])
+    # a think text that stops after its facts names a choice ("noise") without concluding it: no contradiction
+    ref = ["Sound 1: a high tone, short, loud.", "Sound 2: noise, short, quiet.",
+           "Sound 1 is a tone, so the tone comes first."]
+    facts_only = C.chain_scores([" ".join(ref[:2])], [ref], answers=["the tone"], choices=[["the tone", "the noise"]])
+    assert facts_only[0].contradictions == 0
+
+
 # --- the rewards' contract -------------------------------------------------------------------------------------------
 
 def test_chain_alignment_pays_only_correct_answers_with_think_text():

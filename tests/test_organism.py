@@ -162,6 +162,33 @@ def test_sample_batch_phases():
     assert [it.question for it in again[0]] == [it.question for it in items] and again[2] == targets
 
 
+def test_text_phase_leans_on_the_multi_step_families_and_zero_keeps_the_old_stream():
+    from rl.data.tasks import MULTI_STEP
+    from rl.organism.train_base import sample_batch
+
+    lean = sample_batch(_tiny_cfg(batch_size=64, perception_steps=0, text_steps=5, text_multistep=0.9), 1)[0]
+    assert sum(it.family in MULTI_STEP for it in lean) >= 48  # 0.9 of 64 (seeded: 57)
+    old = sample_batch(_tiny_cfg(batch_size=64, perception_steps=0, text_steps=5, text_multistep=0.0), 1)[0]
+    assert sum(it.family in MULTI_STEP for it in old) <= 30  # 2 of 7 families
+    mixed = sample_batch(_tiny_cfg(batch_size=64, perception_steps=0, text_steps=1, text_multistep=0.9), 3)[0]
+    assert [it.family for it in mixed] == [it.family for it in sample_batch(  # the mix phase ignores it
+        _tiny_cfg(batch_size=64, perception_steps=0, text_steps=1, text_multistep=0.0), 3)[0]]
+
+
+def test_every_answer_is_one_token_of_the_organisms_tokenizer():
+    """Answers follow "<answer>" with no leading space; without them in the corpus BPE splits them ("hi" "g" "h")."""
+    from rl import organism
+    from rl.data.tasks import generate_items
+    from rl.organism.train_base import tokenizer_corpus
+
+    answers = sorted({it.answer for it in generate_items(140, seed=3)} - {"it stays the same"})
+    for with_answers, expect_whole in ((True, True), (False, False)):
+        tok = organism.train_tokenizer(tokenizer_corpus(600, seed=777, answers=with_answers))
+        whole = [len(tok(a, add_special_tokens=False)["input_ids"]) <= 2 and
+                 len(tok(a.split()[0], add_special_tokens=False)["input_ids"]) == 1 for a in answers]
+        assert all(whole) if expect_whole else not all(whole)
+
+
 def test_latent_think_sometimes_starts_reasoning():
     """Latent think blocks hold the perception text, and with ``chain`` a strict prefix of the inference steps."""
     from rl.data.tasks import generate_items

@@ -50,13 +50,14 @@ from rl.train import checkpoint as ckpt
 from rl.train.checkpoint import replace_dir
 
 
-def tokenizer_corpus(n_items: int, seed: int) -> list[str]:
-    """Every kind of text the organism reads or writes, from ``n_items`` synthetic items plus the fixed prompts."""
+def tokenizer_corpus(n_items: int, seed: int, answers: bool = True) -> list[str]:
+    """Every kind of text the organism reads or writes, from ``n_items`` synthetic items plus the fixed prompts;
+    with ``answers`` also each answer as a target writes it (``<answer>middle</answer>``), so it is one token."""
     texts = [prompts.SYSTEM, prompts.DESCRIBE, prompts.THINK_INSTRUCTION, prompts.ANSWER_INSTRUCTION,
              "system user assistant Sounds: Choices:"]
     for it in generate_items(n_items, seed=seed, prefix="corpus"):
         texts += [it.question, prompts.format_choices(it.choices), " ".join(it.reference_chain or []),
-                  it.meta["description"]]
+                  it.meta["description"]] + ([prompts.target(it, "answer")] if answers else [])
     return texts
 
 
@@ -89,8 +90,12 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
     items, modes, targets = [], [], []
     for j in range(cfg.batch_size):
         item_rng = np.random.default_rng([cfg.seed, 2, step, j])
-        it = make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))], item_rng,
-                       f"train-{step}-{j}")
+        family = families[int(rng.integers(len(families)))]
+        if phase == "text" and cfg.text_multistep > 0:  # a stream of its own: text_multistep = 0 keeps v3c's data
+            pick = np.random.default_rng([cfg.seed, 5, step, j])
+            pool = MULTI_STEP if pick.random() < cfg.text_multistep else [f for f in families if f not in MULTI_STEP]
+            family = pool[int(pick.integers(len(pool)))]
+        it = make_item(family, bands[int(rng.integers(len(bands)))], item_rng, f"train-{step}-{j}")
         if phase == "perception":
             mode = "describe"
         elif phase == "text":
@@ -232,8 +237,8 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         seconds_before = state.data_position["seconds"]
         log(f"resuming from {latest} (decoder step {start}/{cfg.steps}, {seconds_before:.0f} s trained)")
     else:
-        tokenizer = organism.train_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777),
-                                             vocab_size=cfg.vocab_size)
+        tokenizer = organism.train_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777,
+                                                              answers=cfg.answer_tokens), vocab_size=cfg.vocab_size)
         processor = organism.build_processor(tokenizer)
         model = organism.build_model(tokenizer, seed=cfg.seed)
         start, history, seconds_before = 0, [], 0.0

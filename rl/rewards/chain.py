@@ -16,8 +16,10 @@ paper's three criteria directly, in the *recall* direction (ROSCOE's step alignm
   second`` = ``2``) and attribute words (pitch, duration and loudness levels with their synonyms, trends, yes/no,
   same/different, tone/noise) as multisets: F1 of the candidate's against the reference's; and **agreement**: each
   candidate step that states a value its aligned reference step states otherwise (a wrong level, a flipped verdict,
-  a measured value the reference never gives) halves the reward. Facts outside this lexicon (event names, speaker
-  identities) are invisible to it; the embedding and the judge still see them.
+  a measured value the reference never gives) halves the reward, and so does a concluding last step that names
+  another answer than the item's (:func:`concludes_otherwise`, through the ``choices`` column where one is given).
+  Other facts outside this lexicon (event names, speaker identities) are invisible to it; the embedding and the judge
+  still see them.
 * **judge recall** -- the judge model's likelihood of the reference chain *given the candidate* (prompt
   ``recall-likelihood``), normalised between the reference given nothing (0) and the reference given itself (1):
   how much of the reference the candidate lets the judge predict. Truncated, one-step and off-topic chains predict
@@ -62,10 +64,11 @@ from scipy.optimize import linear_sum_assignment
 from rl.judge import Judge, SharedJudge, sanitize_candidate
 from rl.rewards.embedding import embed
 from rl.rewards.judged import JudgedReward, WeightedReward, _reference_text, paid_completions
+from rl.rewards.reasoning import named_choices
 from rl.rewards.registry import register_reward
 
 __all__ = ["DEFAULT_CHAIN_WEIGHT", "RECALL_PROMPT", "ChainJudgeReward", "ChainReasoningReward", "ChainScores",
-           "chain_alignment_reward", "chain_scores", "facts", "judge_recall", "split_steps"]
+           "chain_alignment_reward", "chain_scores", "concludes_otherwise", "facts", "judge_recall", "split_steps"]
 
 #: Weight of the judge recall in ``chain_reasoning``, chosen on the dev styles of benchmarks/reasoning_validity.py
 #: (largest worst-kind AUROC, then pooled): with the shipped SmolLM2-135M judge, w = 0 gives worst kind 0.89 and
@@ -198,6 +201,7 @@ def _f1(a: collections.Counter, b: collections.Counter) -> float:
 
 _VALUE_TYPES = ("pitch", "duration", "loudness", "trend")  # attribute facts whose values can contradict each other
 _VERDICTS = {"yes": "verdict", "no": "verdict", "same": "identity", "different": "identity"}
+_LEVEL_TYPES = (*_VALUE_TYPES, "verdict", "identity")  # values stated in words (not numbers)
 
 
 def _value_type(fact: str) -> str | None:
@@ -258,6 +262,30 @@ def _chain_values(ref_facts: Sequence[collections.Counter]) -> dict[str, set[flo
     return values
 
 
+def concludes_otherwise(step: str, answer: str, choices: Sequence[str] | None = None) -> bool:
+    """Does a conclusion step name another answer than ``answer`` (the item's correct one)?
+
+    By the choices first: a step that names exactly one choice concludes it ("So the first tone is higher." names
+    "the first"); one that names several ("A comes before B") decides nothing. Without a named choice, by the facts:
+    a level, trend or verdict of a kind the answer states, stated otherwise ("The loudness goes down." against
+    "it rises"). Counts and ordinals are read through the choices only: a conclusion restates measured values.
+
+    Examples
+    --------
+    >>> concludes_otherwise("So the first tone is higher.", "the second", ["the first", "the second"])
+    True
+    >>> concludes_otherwise("The loudness goes up over the clip.", "it rises")
+    False
+    """
+    if choices:
+        named = named_choices(step, list(choices))
+        if named:
+            return len(named) == 1 and choices[named[0]].strip().lower() != answer.strip().lower()
+    said = collections.Counter({f: n for f, n in facts(answer).items() if _value_type(f) in _LEVEL_TYPES})
+    stated = collections.Counter({f: n for f, n in facts(step).items() if _value_type(f) in _LEVEL_TYPES})
+    return bool(said) and contradicts(stated, said, {})
+
+
 # ==================================================================================================================
 # Step alignment
 # ==================================================================================================================
@@ -297,7 +325,8 @@ class ChainScores:
     order : 1 - (inversions of the one-to-one alignment in reference order) / (matched steps - 1), at least 0.
     facts : F1 of the candidate's facts against the reference's (numbers with units, attribute words).
     contradictions : candidate steps that state a value their aligned reference step states otherwise
-        (:func:`contradicts`): a wrong fact, a flipped conclusion.
+        (:func:`contradicts`): a wrong fact; and, when the answer is known, a last step aligned to the reference's
+        last (the conclusion) that names another answer (:func:`concludes_otherwise`).
     """
 
     coverage: float
@@ -350,7 +379,8 @@ def _order(sim: np.ndarray) -> float:
 
 
 def chain_scores(candidates: Sequence[str], references: Sequence[str | Sequence[str]],
-                 model_path: str | None = None) -> list[ChainScores]:
+                 model_path: str | None = None, *, answers: Sequence[str] | None = None,
+                 choices: Sequence[Sequence[str] | None] | None = None) -> list[ChainScores]:
     """Coverage, precision, order and facts of each candidate text against its reference chain.
 
     Parameters
@@ -358,6 +388,8 @@ def chain_scores(candidates: Sequence[str], references: Sequence[str | Sequence[
     candidates : think texts (sanitised here: delimiters removed, repetition collapsed).
     references : reference chains, each a list of steps or a text (split into sentences).
     model_path : a sentence-transformers folder (default: the shipped all-MiniLM-L6-v2).
+    answers : each item's correct answer (optional): a conclusion step naming another one counts as a contradiction.
+    choices : each item's answer choices (optional; they let a conclusion be read where the fact lexicon is blind).
 
     Returns
     -------
@@ -370,6 +402,8 @@ def chain_scores(candidates: Sequence[str], references: Sequence[str | Sequence[
     ref_steps = [[s.strip() for s in r if s.strip()] for r in ref_steps]
     vectors = embed_cached([s for steps in (*cand_steps, *ref_steps) for s in steps], model_path)
     offsets = np.cumsum([0] + [len(s) for s in (*cand_steps, *ref_steps)])
+    answers = answers if answers is not None else [None] * len(candidates)
+    choices = choices if choices is not None else [None] * len(candidates)
     out = []
     for i, (cand, ref) in enumerate(zip(cand_steps, ref_steps)):
         if not cand or not ref:
@@ -377,16 +411,22 @@ def chain_scores(candidates: Sequence[str], references: Sequence[str | Sequence[
             continue
         j = len(cand_steps) + i
         cos = np.clip(vectors[offsets[i]:offsets[i + 1]] @ vectors[offsets[j]:offsets[j + 1]].T, 0.0, 1.0)
-        out.append(_criteria(cos, [facts(s) for s in cand], [facts(s) for s in ref]))
+        flipped = answers[i] is not None and concludes_otherwise(cand[-1], answers[i], choices[i])
+        out.append(_criteria(cos, [facts(s) for s in cand], [facts(s) for s in ref], flipped))
     return out
 
 
-def _criteria(cos: np.ndarray, cand_facts: list, ref_facts: list) -> ChainScores:
-    """The criteria from the (n_cand, n_ref) cosine matrix of steps and each step's facts."""
+def _criteria(cos: np.ndarray, cand_facts: list, ref_facts: list, flipped: bool = False) -> ChainScores:
+    """The criteria from the (n_cand, n_ref) cosine matrix of steps, each step's facts, and whether the candidate's
+    last step names another answer than the item's (``flipped``). That step counts as a contradiction only when it
+    concludes, i.e. its nearest reference step is the last: a think text that stops after its perception facts
+    ("Sound 2: noise, short, quiet.") names a choice without concluding it."""
     sim = _step_similarity(cos, cand_facts, ref_facts)
     values = _chain_values(ref_facts)
     nearest = sim.argmax(1)  # each candidate step's reference step (facts help to tell "sound 1" from "sound 2")
-    wrong = sum(contradicts(cf, ref_facts[k], values) for cf, k in zip(cand_facts, nearest))
+    bad = np.array([contradicts(cf, ref_facts[k], values) for cf, k in zip(cand_facts, nearest)], dtype=bool)
+    bad[-1] |= flipped and nearest[-1] == len(ref_facts) - 1
+    wrong = int(bad.sum())
     return ChainScores(coverage=float(_covered(sim.max(0)).mean()), precision=float(_covered(sim.max(1)).mean()),
                        order=_order(sim), facts=_f1(sum(cand_facts, collections.Counter()),
                                                     sum(ref_facts, collections.Counter())),
@@ -439,8 +479,9 @@ def judge_recall(judge, candidates: Sequence[str], references: Sequence[str | Se
 # ==================================================================================================================
 
 
-def _alignment(thinks: list[str], refs: list, embedding_model: str | None) -> list[float]:
-    return [sc.alignment for sc in chain_scores(thinks, refs, embedding_model)]
+def _alignment(thinks: list[str], refs: list, embedding_model: str | None, answers: list[str],
+               choices: list | None) -> list[float]:
+    return [sc.alignment for sc in chain_scores(thinks, refs, embedding_model, answers=answers, choices=choices)]
 
 
 @register_reward("chain_alignment", requires=("reference_chain",))
@@ -450,8 +491,11 @@ def chain_alignment_reward(prompts: list, completions: list, completion_ids: lis
     """``coverage * precision * order * facts * agreement`` of the think text against the reference chain (MiniLM
     step alignment, no judge) for a correct answer with think text; 0.0 otherwise. In [0, 1]; one per completion."""
     thinks, refs, paid = paid_completions("chain_alignment", completions, answer, reference_chain, columns.get("id"))
+    choices = columns.get("choices")
+    scores = _alignment(thinks, refs, embedding_model, [answer[i] for i in paid],
+                        None if choices is None else [choices[i] for i in paid]) if paid else []
     out: list[float | None] = [0.0] * len(completions)
-    for i, a in zip(paid, _alignment(thinks, refs, embedding_model) if paid else []):
+    for i, a in zip(paid, scores):
         out[i] = a
     return out
 
@@ -527,5 +571,5 @@ class ChainReasoningReward(WeightedReward):
     def judge_part(self, thinks: list[str], refs: list) -> list[float | None]:
         return judge_recall(_check_likelihood(self.judge, self.name), thinks, refs)
 
-    def embedding_part(self, thinks: list[str], refs: list) -> list[float]:
-        return _alignment(thinks, refs, self.embedding_model)
+    def embedding_part(self, thinks: list[str], refs: list, answers: list[str], choices: list | None) -> list[float]:
+        return _alignment(thinks, refs, self.embedding_model, answers, choices)

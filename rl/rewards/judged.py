@@ -134,7 +134,8 @@ class WeightedReward(JudgedReward):
     def judge_part(self, thinks: list[str], refs: list) -> list[float | None]:
         raise NotImplementedError
 
-    def embedding_part(self, thinks: list[str], refs: list) -> list[float]:
+    def embedding_part(self, thinks: list[str], refs: list, answers: list[str], choices: list | None) -> list[float]:
+        """Scores of the paid completions; ``answers`` and ``choices`` (or None) are their items' columns."""
         raise NotImplementedError
 
     def __call__(self, prompts: list, completions: list, completion_ids: list, *, answer: list[str],
@@ -145,7 +146,10 @@ class WeightedReward(JudgedReward):
             return out
         w = self.judge_weight
         judged = self.judge_part(thinks, refs) if w > 0 else [0.0] * len(paid)
-        embedded = self.embedding_part(thinks, refs) if w < 1 else [0.0] * len(paid)
+        choices = columns.get("choices")
+        embedded = (self.embedding_part(thinks, refs, [answer[i] for i in paid],
+                                        None if choices is None else [choices[i] for i in paid])
+                    if w < 1 else [0.0] * len(paid))
         for i, j, e in zip(paid, judged, embedded):
             out[i] = None if j is None else float(w * j + (1.0 - w) * e)
         return out
@@ -177,7 +181,7 @@ class HybridReasoningReward(WeightedReward):
     def judge_part(self, thinks: list[str], refs: list) -> list[float | None]:
         return self.judge.score(thinks, refs)
 
-    def embedding_part(self, thinks: list[str], refs: list) -> list[float]:
+    def embedding_part(self, thinks: list[str], refs: list, answers: list[str], choices: list | None) -> list[float]:
         cos = similarity(thinks, [_reference_text(r) for r in refs], self.embedding_model)
         return np.clip(cos, 0.0, 1.0).tolist()
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from rl.rewards.registry import parse_completions, register_reward
 
-__all__ = ["consistency_reward", "think_conclusion"]
+__all__ = ["consistency_reward", "named_choices", "think_conclusion"]
 
 _NUMBER_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
                  "7": "seven", "8": "eight", "9": "nine", "10": "ten"}
@@ -51,6 +51,15 @@ def _mentions(sentence: str, patterns) -> list[tuple[int, int]]:
                 for k in range(m.start(), m.end()):
                     taken[k] = True
     return sorted(found)
+
+
+def named_choices(text: str, choices: Sequence[str]) -> list[int]:
+    """Indices of the choices ``text`` names, in the order of their first mention, each once.
+
+    >>> named_choices("The dog bark comes before the car horn.", ["the car horn", "the dog bark"])
+    [1, 0]
+    """
+    return list(dict.fromkeys(i for _, i in _mentions(text, _choice_patterns(choices))))
 
 
 def think_conclusion(think: str, choices: Sequence[str]) -> int | None:

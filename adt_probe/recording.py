@@ -45,7 +45,7 @@ from adt_probe.segments import segment_tokens
 from adt_probe.storage import SCHEMA_VERSION, ZARR_FORMAT  # noqa: F401 - re-exported
 
 ROUTING_MODES = ("topk", "full", None)
-BACKENDS = ("nnsight", "hooks")
+BACKENDS = ("hooks", "nnsight")
 
 
 class RecordingError(ValueError):
@@ -302,14 +302,16 @@ class RecordOptions:
     Attributes
     ----------
     batch_size : sequences per forward pass.
-    backend : ``"nnsight"`` (default) or ``"hooks"`` (plain torch hooks); both give identical Datasets.
+    backend : ``"hooks"`` (default: plain torch forward hooks on the blocks and routers) or ``"nnsight"`` (an nnsight
+        trace, the path to remote execution on NDIF); both give identical Datasets. nnsight routes every module call
+        through its interleaver: on the organism that cost 1.23x a plain forward where hooks cost 1.09x (measured).
     lens_segments : compute the lens only for tokens in these segments (others hold NaN / -1): cost in proportion.
     chunk_tokens : tokens per lens chunk (default: ``adt_probe.lens.default_chunk_tokens(vocab)``).
     fused : fuse the lens statistics with ``torch.compile`` (True), never (False), or when it pays (None).
     """
 
     batch_size: int = 8
-    backend: str = "nnsight"
+    backend: str = "hooks"
     lens_segments: Sequence[str] | None = None
     chunk_tokens: int | None = None
     fused: bool | None = None

@@ -39,13 +39,12 @@ import torch
 
 import adt_probe
 from adt_probe import LogitLens, RecordOptions
-from adt_probe.lens import lens_statistics
+from adt_probe.lens import default_chunk_tokens, lens_statistics
 from benchmarks.memory import peak_rss_mb
 
 METHODS = ("forward", "record_routing", "floor_lens", "floor_lens_plain", "record_lens", "record_lens_eager", "tl_lens",
            "record_lens_25")
 N_SEQ, SEQ_LEN = 4, 512
-CHUNK = 512  # record's default chunk_tokens
 
 
 def load(name: str, n_seq: int = N_SEQ):
@@ -81,9 +80,10 @@ def run(method: str, model, inputs, bridge=None) -> None:
             keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
             hidden = model(**inputs, use_cache=False, output_hidden_states=True, **keep).hidden_states[1:]
             norm, unembed = adt_probe.get_module(model, spec.final_norm), adt_probe.get_module(model, spec.unembed)
-            z = torch.empty(CHUNK, unembed.weight.shape[0]) if method == "floor_lens" else None
+            chunk_tokens = default_chunk_tokens(unembed.weight.shape[0])
+            z = torch.empty(chunk_tokens, unembed.weight.shape[0]) if method == "floor_lens" else None
             for h in hidden:
-                for chunk in h.reshape(-1, h.shape[-1]).split(CHUNK):
+                for chunk in h.reshape(-1, h.shape[-1]).split(chunk_tokens):
                     if z is None:
                         unembed(norm(chunk))
                     else:

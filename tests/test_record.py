@@ -96,9 +96,10 @@ def test_last_layer_lens_is_the_models_output(full, tiny_organism, inputs):
 
 
 def test_backends_and_batch_sizes_agree(full, tiny_organism, inputs, processor):
-    hooks = record(tiny_organism, inputs, routing="full", tokenizer=processor,
-                   options=RecordOptions(batch_size=2, backend="hooks"))
-    xr.testing.assert_identical(full.drop_attrs(), hooks.drop_attrs())
+    assert RecordOptions().backend == "hooks"  # ``full`` is recorded with the default
+    traced = record(tiny_organism, inputs, routing="full", tokenizer=processor,
+                    options=RecordOptions(batch_size=2, backend="nnsight"))
+    xr.testing.assert_identical(full.drop_attrs(), traced.drop_attrs())
     one = record(tiny_organism, inputs, routing="full", tokenizer=processor,
                  options=RecordOptions(batch_size=3, backend="hooks"))
     xr.testing.assert_allclose(full.drop_attrs(), one.drop_attrs(), atol=1e-4)
@@ -257,18 +258,21 @@ class ShiftLens(Lens):
 @pytest.mark.parametrize("chunk_tokens", [7, 512])
 @pytest.mark.parametrize("cross_by_product_after", [0, 16])
 @pytest.mark.parametrize("fused", [False, True])
-def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_by_product_after, fused, monkeypatch):
+@pytest.mark.parametrize("vocab", [96, 640])
+def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_by_product_after, fused, vocab,
+                                                    monkeypatch):
     """Every statistic, every layer, chunks that do not divide the token count, a bf16 model, a translator, both
-    ways of computing KL's cross term, and both the eager and the fused (compiled) statistics."""
+    ways of computing KL's cross term, the eager and the fused (compiled) statistics, and a vocabulary whose argmax
+    goes by blocks (640) or not (96)."""
     from adt_probe import lens as lens_module
     from adt_probe.lens import lens_statistics
 
     monkeypatch.setattr(lens_module, "CROSS_BY_PRODUCT_AFTER", cross_by_product_after)
 
-    model = tiny_llama().to(dtype)
+    model = tiny_llama(vocab=vocab).to(dtype)
     gen = torch.Generator().manual_seed(3)
     resid = [torch.randn(23, 32, generator=gen).to(dtype) * (1 + i) for i in range(3)]
-    targets = torch.randint(0, 96, (23,), generator=gen)
+    targets = torch.randint(0, vocab, (23,), generator=gen)
     targets[[4, 22]] = -1
     shift = ShiftLens(torch.randn(32, generator=gen).to(dtype))
     spec = adt_probe.architecture(model)
@@ -280,6 +284,22 @@ def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_b
                 np.testing.assert_allclose(mine[name], ref[name], atol=2e-5, rtol=1e-5, err_msg=name)
             for name in ("lens_rank", "lens_top1"):
                 np.testing.assert_array_equal(mine[name], ref[name], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blockwise_argmax_equals_max_with_ties(dtype):
+    """Maximum and first index of the maximum, as ``z.max(-1)``: ties inside a block, across blocks, everywhere."""
+    from adt_probe.lens import ARGMAX_BLOCK, _max_argmax
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(9, 10 * ARGMAX_BLOCK, generator=gen).to(dtype)
+    z[1, [70, 75]] = z[2, [5, 300]] = z[3, [600, 130]] = 9.0  # same block; two blocks; later block listed first
+    z[4] = 1.0  # every logit tied
+    z[5, -1] = 50.0  # the very last logit
+    values, index = _max_argmax(z)
+    want_values, want_index = z.max(-1)
+    assert torch.equal(values, want_values) and torch.equal(index, want_index)
+    assert index[1:6].tolist() == [70, 5, 130, 0, 10 * ARGMAX_BLOCK - 1]
 
 
 # --- dense models: the lens alone, equal to TransformerLens -----------------------------------------------------

@@ -161,6 +161,17 @@ def default_chunk_tokens(vocab: int) -> int:
     return int(max(16, min(MAX_CHUNK_TOKENS, CHUNK_ELEMENTS // vocab)))
 
 
+def chunk_slices(n: int, chunk_tokens: int) -> list[slice]:
+    """``n`` tokens in the fewest chunks of at most ``chunk_tokens``, all of about one size (2,048 tokens at 341:
+    six chunks of 293 and one of 290, not six of 341 and one of 2 tokens, whose unembedding would read the whole
+    weight matrix for two rows)."""
+    if n <= 0:
+        return []
+    n_chunks = -(-n // chunk_tokens)
+    size = -(-n // n_chunks)
+    return [slice(start, min(n, start + size)) for start in range(0, n, size)]
+
+
 # --- per token x layer statistics of residual streams ------------------------------------------------------------
 
 LENS_VARIABLES = ("lens_logprob", "lens_rank", "lens_entropy", "lens_kl_final", "lens_top1")
@@ -233,8 +244,7 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
                           "(slower); install g++ to fuse them", RuntimeWarning, stacklevel=2)
             fused = False
         workspace: dict[str, torch.Tensor] = {}
-        for start in range(0, n, chunk_tokens):
-            sl = slice(start, start + chunk_tokens)
+        for sl in chunk_slices(n, chunk_tokens):
             _lens_chunk(resid, _Chunk(out, sl, targets[sl].to(resid[-1].device)), lens, norm, unembed, vocab,
                         fused, workspace)
     return out

@@ -464,16 +464,28 @@ def _routing_variables(model, spec, router_in, flat, n_tok: int, n_layers: int, 
     weights = np.full((n_tok, n_layers, k), np.nan, np.float32)
     logits_all = np.full((n_tok, n_layers, e), np.nan, np.float32) if routing == "full" else None
     blocks = get_module(model, spec.layers)
-    for layer, h in router_in.items():
-        logits = spec.router_logits(get_module(blocks[layer], spec.router), h.reshape(-1, h.shape[-1]))
-        logits = logits[flat.to(logits.device)].cpu()
-        idx, w = spec.route(logits, bias=spec.selection_bias(blocks[layer]))
-        # Store by descending weight, so k=0 is each token's top-1 expert.
-        order = w.argsort(dim=-1, descending=True, stable=True)
-        idx, w = idx.gather(-1, order), w.gather(-1, order)
-        experts[:, layer], weights[:, layer] = idx.cpu().numpy(), w.cpu().numpy()
-        if logits_all is not None:
-            logits_all[:, layer] = logits.cpu().numpy()
+    layers = sorted(router_in)
+    if not layers:
+        return _routing_data(experts, weights, logits_all)
+    logits = torch.stack([spec.router_logits(get_module(blocks[i], spec.router), router_in[i])[flat.to(
+        router_in[i].device)].to(flat.device) for i in layers])  # (moe layers, tokens, experts)
+    if spec.score_bias is None:  # routing is row-wise: every layer's tokens in one call
+        idx, w = spec.route(logits.reshape(-1, e))
+        idx, w = idx.view(len(layers), n_tok, k), w.view(len(layers), n_tok, k)
+    else:  # a selection bias per layer
+        routed = [spec.route(logits[j], bias=spec.selection_bias(blocks[i])) for j, i in enumerate(layers)]
+        idx, w = torch.stack([r[0] for r in routed]), torch.stack([r[1] for r in routed])
+    # Store by descending weight, so k=0 is each token's top-1 expert.
+    order = w.argsort(dim=-1, descending=True, stable=True)
+    idx, w = idx.gather(-1, order), w.gather(-1, order)
+    experts[:, layers] = idx.permute(1, 0, 2).cpu().numpy()
+    weights[:, layers] = w.permute(1, 0, 2).cpu().numpy()
+    if logits_all is not None:
+        logits_all[:, layers] = logits.permute(1, 0, 2).cpu().numpy()
+    return _routing_data(experts, weights, logits_all)
+
+
+def _routing_data(experts: np.ndarray, weights: np.ndarray, logits_all: np.ndarray | None) -> dict:
     data = {"topk_experts": (("token", "layer", "k"), experts), "topk_weights": (("token", "layer", "k"), weights)}
     if logits_all is not None:
         data["router_logits"] = (("token", "layer", "expert"), logits_all)
@@ -506,7 +518,10 @@ def _to_dataset(model, spec, batch, resid, router_in, labels: _Labels, offsets: 
         if options.lens_segments is not None:
             select &= torch.from_numpy(np.isin(labels.segment.reshape(-1), list(options.lens_segments)))
         sel_in_tok = select[flat].cpu().numpy()
-        stats = lens_statistics([r.reshape(-1, r.shape[-1])[select.to(r.device)] for r in resid],
+        # every token selected (no padding, no lens_segments): views, not a copy of every layer's residual stream
+        every = bool(select.all())
+        flat_resid = [r.reshape(-1, r.shape[-1]) for r in resid]
+        stats = lens_statistics(flat_resid if every else [r[select.to(r.device)] for r in flat_resid],
                                 nxt.reshape(-1)[select], spec, model, lens=lens, chunk_tokens=options.chunk_tokens,
                                 fused=options.fused)
         for name, values in stats.items():

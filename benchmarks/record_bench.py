@@ -39,7 +39,7 @@ import torch
 
 import adt_probe
 from adt_probe import LogitLens, RecordOptions
-from adt_probe.lens import default_chunk_tokens, lens_statistics
+from adt_probe.lens import chunk_slices, default_chunk_tokens, lens_statistics
 from benchmarks.memory import peak_rss_mb
 
 METHODS = ("forward", "record_routing", "floor_lens", "floor_lens_plain", "record_lens", "record_lens_eager", "tl_lens",
@@ -83,7 +83,8 @@ def run(method: str, model, inputs, bridge=None) -> None:
             chunk_tokens = default_chunk_tokens(unembed.weight.shape[0])
             z = torch.empty(chunk_tokens, unembed.weight.shape[0]) if method == "floor_lens" else None
             for h in hidden:
-                for chunk in h.reshape(-1, h.shape[-1]).split(chunk_tokens):
+                flat = h.reshape(-1, h.shape[-1])
+                for chunk in (flat[sl] for sl in chunk_slices(len(flat), chunk_tokens)):
                     if z is None:
                         unembed(norm(chunk))
                     else:

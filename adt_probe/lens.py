@@ -85,17 +85,22 @@ ARGMAX_BLOCK = 64
 
 def _max_argmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``z.max(dim=-1)`` of (rows, vocab) logits, by blocks: the maximum of every block of ``ARGMAX_BLOCK`` logits (a
-    vectorised reduction), the first block holding the row's maximum, the first maximum inside it. The same values and
-    indices as ``z.max(-1)`` (first occurrence on ties), at a sixth of its cost on CPU, where argmax over a long row
-    does not vectorise (0.96 vs 0.23 ns per logit, measured at 512 x 2,048)."""
+    vectorised reduction; the last block may be narrower), the first block holding the row's maximum, the first
+    maximum inside it. The same values and indices as ``z.max(-1)`` (first occurrence on ties), at a sixth of its cost
+    on CPU, where argmax over a long row does not vectorise (0.96 vs 0.23 ns per logit, measured at 512 x 2,048)."""
     rows, vocab = z.shape
-    if vocab % ARGMAX_BLOCK or vocab < 4 * ARGMAX_BLOCK:
+    n_full, rest = divmod(vocab, ARGMAX_BLOCK)
+    if n_full < 4:
         return z.max(dim=-1)
-    blocks = z.view(rows, vocab // ARGMAX_BLOCK, ARGMAX_BLOCK)
-    block_max = blocks.amax(-1)  # (rows, vocab / block)
-    block = block_max.argmax(-1)
-    inside = blocks[torch.arange(rows, device=z.device), block].argmax(-1)
-    return block_max.gather(1, block[:, None])[:, 0], block * ARGMAX_BLOCK + inside
+    block_max = z[:, :n_full * ARGMAX_BLOCK].unflatten(1, (n_full, ARGMAX_BLOCK)).amax(-1)  # (rows, blocks)
+    if rest:
+        block_max = torch.cat([block_max, z[:, n_full * ARGMAX_BLOCK:].amax(-1, keepdim=True)], 1)
+    # the winning block's columns; past the vocabulary (a narrow last block) they repeat its last column, after it
+    columns = (block_max.argmax(-1)[:, None] * ARGMAX_BLOCK
+               + torch.arange(ARGMAX_BLOCK, device=z.device)).clamp_(max=vocab - 1)
+    values = z.gather(1, columns)
+    inside = values.argmax(-1, keepdim=True)
+    return values.gather(1, inside)[:, 0], columns.gather(1, inside)[:, 0]
 
 
 def _eager_statistics(z: torch.Tensor, z_t: torch.Tensor, p_final: torch.Tensor | None, *, p: torch.Tensor,

@@ -258,7 +258,7 @@ class ShiftLens(Lens):
 @pytest.mark.parametrize("chunk_tokens", [7, 512])
 @pytest.mark.parametrize("cross_by_product_after", [0, 16])
 @pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("vocab", [96, 640])
+@pytest.mark.parametrize("vocab", [96, 640, 650])
 def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_by_product_after, fused, vocab,
                                                     monkeypatch):
     """Every statistic, every layer, chunks that do not divide the token count, a bf16 model, a translator, both
@@ -287,19 +287,23 @@ def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_b
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_blockwise_argmax_equals_max_with_ties(dtype):
-    """Maximum and first index of the maximum, as ``z.max(-1)``: ties inside a block, across blocks, everywhere."""
+@pytest.mark.parametrize("tail", [0, 10])
+def test_blockwise_argmax_equals_max_with_ties(dtype, tail):
+    """Maximum and first index of the maximum, as ``z.max(-1)``: ties inside a block, across blocks, everywhere, in
+    a narrower last block."""
     from adt_probe.lens import ARGMAX_BLOCK, _max_argmax
 
     gen = torch.Generator().manual_seed(0)
-    z = torch.randn(9, 10 * ARGMAX_BLOCK, generator=gen).to(dtype)
+    vocab = 10 * ARGMAX_BLOCK + tail
+    z = torch.randn(10, vocab, generator=gen).to(dtype)
     z[1, [70, 75]] = z[2, [5, 300]] = z[3, [600, 130]] = 9.0  # same block; two blocks; later block listed first
     z[4] = 1.0  # every logit tied
     z[5, -1] = 50.0  # the very last logit
+    z[6, [vocab - 2, vocab - 1]] = 50.0  # tied in the last block
     values, index = _max_argmax(z)
     want_values, want_index = z.max(-1)
     assert torch.equal(values, want_values) and torch.equal(index, want_index)
-    assert index[1:6].tolist() == [70, 5, 130, 0, 10 * ARGMAX_BLOCK - 1]
+    assert index[1:7].tolist() == [70, 5, 130, 0, vocab - 1, vocab - 2]
 
 
 # --- dense models: the lens alone, equal to TransformerLens -----------------------------------------------------

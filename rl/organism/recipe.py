@@ -59,7 +59,8 @@ class BaseTrainConfig:
     # (v3c and before) an answer word after "<answer>" has no leading space and BPE splits it into pieces unrelated to
     # the facts' tokens ("middle" -> "m" "id" "dle", "high" -> "hi" "g" "h", "yes" -> "y" "es"): measured on v3c, its
     # first answer token from written facts was "ver" (very high / very low) for 60 of 60 pitch-of-loudest items and
-    # its teacher-forced accuracy 0.42, the prior of "ver".
+    # its teacher-forced accuracy 0.42, the prior of "ver". Not sufficient alone: v4, 760 steps into its text phase,
+    # still answered "very high" / "very low" only (whole tokens now); see the README's recipe history.
     answer_tokens: bool = True
     vocab_size: int = 640
     eval_per_cell: int = 20  # held-out items per family x difficulty

@@ -48,12 +48,11 @@ def train_base_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--evaluate-only", action="store_true",
                     help="measure the model already in --out on the held-out set and update its manifest")
     for f in dataclasses.fields(BaseTrainConfig):
-        if f.type in ("int", "float"):
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type={"int": int, "float": float}[f.type],
-                            default=f.default, help=f"base-training setting BaseTrainConfig.{f.name}")
-        elif f.type == "bool":
-            ap.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-                            default=f.default, help=f"base-training setting BaseTrainConfig.{f.name}")
+        kind = {"int": {"type": int}, "float": {"type": float},
+                "bool": {"action": argparse.BooleanOptionalAction}}.get(f.type)
+        if kind is not None:
+            ap.add_argument(f"--{f.name.replace('_', '-')}", **kind, default=f.default,
+                            help=f"base-training setting BaseTrainConfig.{f.name}")
     ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
                     default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}")
     ap.add_argument("--checkpoint-dir", default="runs/train_base",

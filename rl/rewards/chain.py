@@ -63,7 +63,7 @@ from scipy.optimize import linear_sum_assignment
 
 from rl.judge import Judge, SharedJudge, sanitize_candidate
 from rl.rewards.embedding import embed
-from rl.rewards.judged import JudgedReward, WeightedReward, _reference_text, paid_completions
+from rl.rewards.judged import JudgedReward, WeightedReward, _reference_text, paid_columns, paid_completions
 from rl.rewards.reasoning import named_choices
 from rl.rewards.registry import register_reward
 
@@ -491,9 +491,7 @@ def chain_alignment_reward(prompts: list, completions: list, completion_ids: lis
     """``coverage * precision * order * facts * agreement`` of the think text against the reference chain (MiniLM
     step alignment, no judge) for a correct answer with think text; 0.0 otherwise. In [0, 1]; one per completion."""
     thinks, refs, paid = paid_completions("chain_alignment", completions, answer, reference_chain, columns.get("id"))
-    choices = columns.get("choices")
-    scores = _alignment(thinks, refs, embedding_model, [answer[i] for i in paid],
-                        None if choices is None else [choices[i] for i in paid]) if paid else []
+    scores = _alignment(thinks, refs, embedding_model, *paid_columns(paid, answer, columns)) if paid else []
     out: list[float | None] = [0.0] * len(completions)
     for i, a in zip(paid, scores):
         out[i] = a

@@ -27,7 +27,7 @@ from rl.judge import DEFAULT_HYBRID_WEIGHT, Judge, SharedJudge
 from rl.rewards.embedding import embed, similarity
 from rl.rewards.registry import parse_completions, register_reward
 
-__all__ = ["HybridReasoningReward", "JudgedReward", "LLMJudgeReward", "paid_completions"]
+__all__ = ["HybridReasoningReward", "JudgedReward", "LLMJudgeReward", "paid_columns", "paid_completions"]
 
 
 def _reference_text(ref) -> str:
@@ -58,6 +58,12 @@ def paid_completions(name: str, completions: Sequence, answer: Sequence[str], re
     parsed = parse_completions(completions)
     paid = [i for i, (p, a) in enumerate(zip(parsed, answer)) if p.answer == a and p.thought]
     return [parsed[i].think for i in paid], [refs[i] for i in paid], paid
+
+
+def paid_columns(paid: Sequence[int], answer: Sequence[str], columns: dict) -> tuple[list[str], list | None]:
+    """The paid completions' answers and choices (None without a ``choices`` column)."""
+    choices = columns.get("choices")
+    return [answer[i] for i in paid], None if choices is None else [choices[i] for i in paid]
 
 
 class JudgedReward:
@@ -146,10 +152,8 @@ class WeightedReward(JudgedReward):
             return out
         w = self.judge_weight
         judged = self.judge_part(thinks, refs) if w > 0 else [0.0] * len(paid)
-        choices = columns.get("choices")
-        embedded = (self.embedding_part(thinks, refs, [answer[i] for i in paid],
-                                        None if choices is None else [choices[i] for i in paid])
-                    if w < 1 else [0.0] * len(paid))
+        embedded = (self.embedding_part(thinks, refs, *paid_columns(paid, answer, columns)) if w < 1
+                    else [0.0] * len(paid))
         for i, j, e in zip(paid, judged, embedded):
             out[i] = None if j is None else float(w * j + (1.0 - w) * e)
         return out

@@ -1,0 +1,45 @@
+"""Accuracy from written facts per task family of an organism checkpoint (a quick look during base training).
+
+    python -m benchmarks.organism_facts_probe runs/v4/checkpoints/step-002600 [--per-cell 10]
+
+The facts of each clip are written in the prompt instead of the audio (``rl.evaluate.generate(written_facts=True)``),
+greedy, on the held-out items of ``rl.organism.train_base.heldout_items`` (seed 10,007, ``--per-cell`` items per
+family x difficulty). Prints accuracy per family and the answers given to the two multi-step families.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
+import torch
+
+from rl import organism
+from rl.data.tasks import FAMILIES, MULTI_STEP
+from rl.evaluate import generate, score
+from rl.organism.train_base import BaseTrainConfig, heldout_items
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", help="an organism folder or a base-training checkpoint")
+    ap.add_argument("--per-cell", type=int, default=10, help="held-out items per family x difficulty")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    model, processor = organism.load_organism(args.checkpoint)
+    items = heldout_items(BaseTrainConfig(eval_per_cell=args.per_cell))
+    with torch.no_grad():
+        outs = generate(model, processor, items, "answer", max_new_tokens=16, written_facts=True)
+    correct = score(items, outs, with_similarity=False).correct
+    for family in FAMILIES:
+        hits = [c for it, c in zip(items, correct) if it.family == family]
+        print(f"{family}: {np.mean(hits):.2f} ({len(hits)} items)")
+    print(f"all: {np.mean(correct):.3f}")
+    for family in MULTI_STEP:
+        answers = [o.split("<answer>")[-1].split("</answer>")[0] for o, it in zip(outs, items) if it.family == family]
+        print(f"{family} answers: {collections.Counter(answers).most_common()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -165,6 +165,9 @@ def compare_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sft-control", choices=["auto", "on", "off"], default="auto",
                     help="the SFT control (base fine-tuned on the RL model's think text at RL's update norm); auto: "
                          "only for models of at most 50M parameters (it trains a copy of the base)")
+    ap.add_argument("--tuned-lens", choices=["auto", "on", "off"], default="auto",
+                    help="finding 2 also read through a tuned lens trained per model, with its held-out KL; auto: "
+                         "only for models of at most 50M parameters")
     add_model_options(ap)
     add_checkpoint_options(ap, overwrite=False)
 

@@ -13,7 +13,9 @@ mirror check, the base's own completions). Then:
    (``analyses.sft_control``: the base fine-tuned a few dozen steps on the RL model's think text, its update rescaled
    per tensor to RL's norm; ``--sft-control``, by default only for models of at most 50M parameters);
 3. crystallization: where think tokens (and content tokens) settle, embedding stream included, output-only bin apart,
-   with paired BCa curves; its floor, the same architecture with random weights on the same tokens;
+   with paired BCa curves; its floor, the same architecture with random weights on the same tokens; and the same
+   shares read through a tuned lens trained per model (``--tuned-lens``), with each lens's held-out KL beside the
+   logit lens's: the logit lens under-reads early layers, which could move where tokens seem to settle;
 4. the verdicts of ``analyses.verdicts`` (rules and hash stamped), ``findings.json``, figures (PNG 300 dpi + PDF),
    ``report.md``.
 
@@ -50,12 +52,12 @@ from adt_probe.decompose import (
     token_groups,
 )
 from adt_probe.stats import bca_interval, hierarchical_interval
+from adt_probe.tuned_lens import train_tuned_lens
 from adt_probe.weights import check_compatible, random_update, router_nulls, router_parameter_names, update_norms
 from analyses import checkpoints, verdicts
 from analyses.cli import command_parser
-from analyses.models import load_pretrained
+from analyses.models import for_model, load_pretrained, wanted
 from analyses.sft_control import sft_control
-from analyses.sft_control import wanted as sft_wanted
 
 #: band quantities reported beside the verdict's ratio (see ``adt_probe.decompose.band_sums``)
 BAND_QUANTITIES = ("rel_router", "rel_input", "rel_total", "share_router", "topk_change_router", "top1_flip_router",
@@ -269,9 +271,11 @@ def controls(base, rl, inputs, items, *, tokenizer=None, k: int = 5, seed: int =
 # finding 2: crystallization
 
 
-def settling_of(model, inputs, *, tokenizer=None, batch_size: int = 8) -> tuple[np.ndarray, dict]:
-    """Per token: settling stream (embedding = -1), and the recording's coordinates and output rank."""
-    rec = adt_probe.record(model, inputs, routing=None, lens=adt_probe.LogitLens(), tokenizer=tokenizer,
+def settling_of(model, inputs, *, tokenizer=None, batch_size: int = 8,
+                lens: adt_probe.Lens | None = None) -> tuple[np.ndarray, dict]:
+    """Per token: settling stream (embedding = -1) read through ``lens`` (default the logit lens), and the
+    recording's coordinates and output rank."""
+    rec = adt_probe.record(model, inputs, routing=None, lens=lens or adt_probe.LogitLens(), tokenizer=tokenizer,
                            options=adt_probe.RecordOptions(batch_size=batch_size))
     emb = embedding_top1(model, inputs, batch_size=batch_size)
     stream = settling_stream(rec["lens_top1"].values, emb)
@@ -319,6 +323,38 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
     return {"upper_share_rl": u, "upper_share_base": ub, "delta_upper_share": d, "n_sequences": n_seq,
             "first_upper_block": first_upper,
             "n_layers": n_layers, "curves": curves}
+
+
+#: Adam steps of each tuned lens (``adt_probe.tuned_lens.train_tuned_lens``'s default: held-out KL flattens by then
+#: on the organism)
+TUNED_LENS_STEPS = 300
+
+
+def tuned_lens_numbers(base, rl, inputs, items, *, tokenizer=None, n_boot: int = 1000, seed: int = 0,
+                       batch_size: int = 8, steps: int = TUNED_LENS_STEPS) -> dict:
+    """Finding 2 read through a tuned lens trained per model on ``inputs`` (Belrose et al. 2023).
+
+    Each model gets its own lens, trained on 75% of the sequences; ``models[name]`` holds its held-out KL to the
+    model's own output per block (nats, (layers,) lists), logit lens beside tuned lens. Then the settling streams of
+    both models through their lenses give U(RL), U(base) and dU as in :func:`crystallization_numbers` (the embedding
+    row stays a raw read: a tuned lens translates block outputs only). The verdict stays the logit lens's (its rule
+    is fixed before results); this is its robustness check.
+    """
+    out = {"steps": steps, "models": {}}
+    streams, infos = {}, {}
+    for name, model in (("base", base), ("rl", rl)):
+        lens, rep = train_tuned_lens(model, inputs, steps=steps, seed=seed, batch_size=batch_size)
+        out["models"][name] = {"heldout_kl_logit": rep["heldout_kl_logit"].tolist(),
+                               "heldout_kl_tuned": rep["heldout_kl_tuned"].tolist(),
+                               "heldout_tokens": rep["heldout_tokens"], "train_tokens": rep["train_tokens"]}
+        streams[name], infos[name] = settling_of(model, inputs, tokenizer=tokenizer, batch_size=batch_size,
+                                                 lens=lens)
+    info = {**infos["rl"], "base_output_rank": infos["base"]["output_rank"]}
+    cr = crystallization_numbers([streams["base"]], [streams["rl"]], [info], items, token_labels=None,
+                                 n_boot=n_boot, seed=seed)
+    think = cr["curves"]["think"]
+    return {**out, **{k: cr[k] for k in ("upper_share_rl", "upper_share_base", "delta_upper_share", "n_sequences")},
+            "never_settled": think.get("never_settled", {})}
 
 
 #: added to ``--seed`` for the random initialisation: seed 0 is often the initialisation the base itself was trained
@@ -397,11 +433,12 @@ def inputs_for(model, processor, items, source: str, max_new_tokens: int) -> tup
 
 
 def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int, n_boot: int,
-            batch_size: int = 8, with_controls: bool = True, token_labels=content_groups, sft: bool = False) -> dict:
+            batch_size: int = 8, with_controls: bool = True, token_labels=content_groups, sft: bool = False,
+            tuned: bool = False) -> dict:
     """Both findings on given inputs (one per RL run); returns numbers, verdicts and the datasets to save.
 
-    ``with_controls``: also the random-update controls (and with ``sft`` the SFT control) and the random-init
-    baseline of crystallization, on the first run's inputs.
+    ``with_controls``: also the random-update controls (and with ``sft`` the SFT control), the random-init
+    baseline of crystallization and, with ``tuned``, its tuned-lens reading, on the first run's inputs.
     """
     f1 = router_finding(base, rls, inputs_list, items, tokenizer=tokenizer, n_nulls=n_nulls, seed=seed,
                         n_boot=n_boot, batch_size=batch_size)
@@ -418,6 +455,9 @@ def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int
     if with_controls:
         f2["random_init"] = random_init_numbers(base, rl_streams[0], infos[0], inputs_list[0], items,
                                                 tokenizer=tokenizer, seed=seed, n_boot=n_boot, batch_size=batch_size)
+    if with_controls and tuned:
+        f2["tuned_lens"] = tuned_lens_numbers(base, rls[0], inputs_list[0], items, tokenizer=tokenizer, n_boot=n_boot,
+                                              seed=seed, batch_size=batch_size)
     v2 = verdicts.crystallization(f2["upper_share_rl"], f2["delta_upper_share"], n_sequences=f2["n_sequences"])
     layers = layer_effects(f1["effects"][0], segment=f1["numbers"]["segment"], n_boot=n_boot, seed=seed)
     out = {"verdicts": {"upper_routers": f1["verdict"], "crystallization": v2},
@@ -456,15 +496,17 @@ def _null_per_layer(effects, segment: str) -> dict:
 def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: int = 5, n_boot: int = 1000,
             max_new_tokens: int = 96, source: str = "rl", mirror: bool = True, batch_size: int = 8,
             data_path: str = "data", token_labels=content_groups, allow_unverified: bool = False,
-            dtype: str = "float32", device_map: str | None = None, sft_control: str = "auto") -> dict:
+            dtype: str = "float32", device_map: str | None = None, sft_control: str = "auto",
+            tuned_lens: str = "auto") -> dict:
     """Run every analysis of a base against one or several RL checkpoints; write ``findings.json``, figures and
     ``report.md`` to ``out``. Returns the findings.
 
     ``token_labels(tokenizer, token_ids, segments) -> labels``: the user's token groups for the settling curves
     (default :func:`content_groups`, the organism's content tokens; None: segments only). Model folders are
     verified against their manifest first (``analyses.checkpoints``; ``allow_unverified`` for your own models).
-    ``sft_control``: ``on``, ``off`` or ``auto`` (on for models of at most ``analyses.sft_control.AUTO_MAX_PARAMETERS``
-    parameters: it trains a copy of the base, cheap for the organism, not for a 30B model on a laptop).
+    ``sft_control`` and ``tuned_lens``: ``on``, ``off`` or ``auto`` (on for models of at most
+    ``analyses.models.AUTO_MAX_PARAMETERS`` parameters: each trains something, cheap for the organism, not for a 30B
+    model on a laptop).
     """
     from analyses.report import write_compare_report
 
@@ -482,17 +524,20 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
         rls.append(rl)
     for w in warnings:
         print(f"adt-probe compare: {w}", file=sys.stderr)
+    items = for_model(items, processor)  # a text model reads the clips' facts written out instead of their audio
     out.mkdir(parents=True, exist_ok=True)
     texts = [inputs_for(rl, processor, items, source, max_new_tokens) for rl in rls]
     _write_completions(out / "completions_rl.jsonl", items, [t for t, _ in texts], rl_paths)
-    sft = sft_wanted(sft_control, base)
+    sft, tuned = wanted(sft_control, base, "sft control"), wanted(tuned_lens, base, "tuned lens")
     main_result = analyse(base, rls, [i for _, i in texts], items, tokenizer=processor.tokenizer, n_nulls=n_nulls,
-                          seed=seed, n_boot=n_boot, batch_size=batch_size, token_labels=token_labels, sft=sft)
+                          seed=seed, n_boot=n_boot, batch_size=batch_size, token_labels=token_labels, sft=sft,
+                          tuned=tuned)
     datasets = main_result.pop("_datasets")
     findings = {"stamp": verdicts.stamp(), "verdicts": main_result.pop("verdicts"), **main_result,
                 "inputs": {"base": str(base_path), "rl": [str(p) for p in rl_paths], "data": data_path,
                            "n_items": len(items), "seed": seed, "nulls": n_nulls, "n_boot": n_boot,
-                           "source": source, "max_new_tokens": max_new_tokens, "sft_control": sft},
+                           "source": source, "max_new_tokens": max_new_tokens, "sft_control": sft,
+                           "tuned_lens": tuned},
                 "warnings": warnings}
     if mirror and source == "rl":
         b_texts, b_inputs = inputs_for(base, processor, items, "rl", max_new_tokens)
@@ -570,7 +615,7 @@ def main(argv=None) -> None:
                          n_boot=args.n_boot, max_new_tokens=args.max_new_tokens, source=args.source,
                          mirror=not args.no_mirror, batch_size=args.batch_size, data_path=args.data,
                          allow_unverified=args.allow_unverified, dtype=args.dtype, device_map=args.device_map,
-                         sft_control=args.sft_control)
+                         sft_control=args.sft_control, tuned_lens=args.tuned_lens)
     except (CompareInputError, CheckpointError) as err:
         sys.exit(f"adt-probe compare: {err}")
     for name, v in result["verdicts"].items():

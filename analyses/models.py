@@ -31,8 +31,19 @@ from rl.organism import AudioQwen3OmniProcessor
 
 log = logging.getLogger(__name__)
 
+#: ``auto`` runs an analysis that trains something on the model (the SFT control, the tuned lenses) only for models
+#: with at most this many parameters: cheap for the organism (~4M), not for a 30B model on a laptop
+AUTO_MAX_PARAMETERS = 50_000_000
+
 #: Model types whose processor is the organism's audio-and-text Qwen3-Omni processor (no torchvision needed).
 QWEN3_OMNI = ("qwen3_omni_moe_thinker", "qwen3_omni_moe")
+
+
+def wanted(mode: str, model, what: str) -> bool:
+    """Whether to run the optional analysis ``what``: ``mode`` is ``on``, ``off`` or ``auto`` (small models only)."""
+    if mode not in ("on", "off", "auto"):
+        raise ValueError(f"{what} {mode!r}: choose on, off or auto")
+    return mode == "on" or (mode == "auto" and sum(p.numel() for p in model.parameters()) <= AUTO_MAX_PARAMETERS)
 
 
 def load_processor(path: str | Path, config: transformers.PretrainedConfig):

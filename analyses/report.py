@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from string import Template
 
+import numpy as np
+
 # Figures are made without pyplot (adt_probe.plot.new_figure): nothing here sets a backend or leaves a figure open
 from PIL import Image
 
@@ -377,6 +379,7 @@ RL $never_rl.
 
 $random_init
 
+$tuned_lens
 | tokens | n | settled by E (base / RL) | by the last lower block (base / RL) | output only (base / RL) |
 |---|---|---|---|---|
 $group_rows
@@ -473,6 +476,26 @@ def _random_init_text(cr: dict) -> str:
             f"{_ci(never)}. An upper-band share at this floor says nothing about training.")
 
 
+def _tuned_lens_text(cr: dict) -> str:
+    """Finding 2 read through a tuned lens per model, with each lens's held-out KL (empty when not run)."""
+    t = cr.get("tuned_lens")
+    if not t:
+        return ""
+    first_upper = cr["first_upper_block"]
+
+    def bands(kl: list) -> str:
+        return f"{np.mean(kl[:first_upper]):.3f} / {np.mean(kl[first_upper:]):.3f}"
+
+    rows = "\n".join(f"| {name} | {m['heldout_tokens']} | {bands(m['heldout_kl_logit'])} | "
+                     f"{bands(m['heldout_kl_tuned'])} |" for name, m in t["models"].items())
+    never = t.get("never_settled", {})
+    return (f"Read through a tuned lens trained per model ({t['steps']} steps on 75% of the sequences): upper-band "
+            f"share RL {_ci(t['upper_share_rl'])}, base {_ci(t['upper_share_base'])}, difference "
+            f"{_ci(t['delta_upper_share'])}; only at the output base {_ci(never.get('base'))}, RL "
+            f"{_ci(never.get('rl'))}. Held-out KL to the model's own output (nats, mean over the lower / upper "
+            f"band's blocks):\n\n| model | held-out tokens | logit lens | tuned lens |\n|---|---|---|---|\n{rows}\n")
+
+
 def compare_report_text(findings: dict, base: Path) -> str:
     """The report of one ``findings.json`` (``base``: the folder figure paths are made relative to)."""
     inp, r, cr, v = findings["inputs"], findings["routers"], findings["crystallization"], findings["verdicts"]
@@ -509,7 +532,7 @@ def compare_report_text(findings: dict, base: Path) -> str:
         first_upper=cr["first_upper_block"], u_rl=_ci(cr["upper_share_rl"]),
         u_base=_ci(cr.get("upper_share_base")),
         du=_ci(cr["delta_upper_share"]), never_base=_ci(never.get("base")), never_rl=_ci(never.get("rl")),
-        group_rows=_group_rows(cr), random_init=_random_init_text(cr),
+        group_rows=_group_rows(cr), random_init=_random_init_text(cr), tuned_lens=_tuned_lens_text(cr),
         fig_settling=_figure(findings, "settling", "Share of tokens settled by each stream (E: embedding), base "
                              "solid, RL dashed, 95% CI; legend: share settling only at the output", base),
         mirror=mirror_text, mirror_key=", `mirror`" if mirror else "")

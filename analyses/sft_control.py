@@ -7,8 +7,8 @@ RL's update (:func:`adt_probe.weights.matched_update`). Its router effect at fix
 the random-direction controls (``analyses.compare.controls``).
 
 Cost: a backward pass per step and Adam's two moments (about 4x the weights in memory), so ``adt-probe compare``
-runs it by default only for small models (:data:`AUTO_MAX_PARAMETERS`; the organism has ~4M); ``--sft-control on``
-forces it.
+runs it by default only for small models (:data:`analyses.models.AUTO_MAX_PARAMETERS`; the organism has ~4M);
+``--sft-control on`` forces it.
 """
 
 from __future__ import annotations
@@ -23,17 +23,8 @@ from adt_probe.decompose import batches
 from adt_probe.segments import segment_tokens
 from adt_probe.weights import matched_update, update_norms
 
-#: ``--sft-control auto`` runs the control for models with at most this many parameters
-AUTO_MAX_PARAMETERS = 50_000_000
 #: prompt-side segments: never a training target
 PROMPT_SEGMENTS = ("system", "user", "audio")
-
-
-def wanted(mode: str, model) -> bool:
-    """Whether to run the SFT control: ``mode`` is ``on``, ``off`` or ``auto`` (small models only)."""
-    if mode not in ("on", "off", "auto"):
-        raise ValueError(f"sft control {mode!r}: choose on, off or auto")
-    return mode == "on" or (mode == "auto" and sum(p.numel() for p in model.parameters()) <= AUTO_MAX_PARAMETERS)
 
 
 def target_masks(tokenizer, inputs: Mapping, batch_size: int) -> list[torch.Tensor]:

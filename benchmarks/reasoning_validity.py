@@ -26,7 +26,7 @@ from a bootstrap over items (500 resamples). Defaults (the weight ``w`` of ``cha
 constants with ``--grid``) are chosen on the dev styles only: the largest worst-kind AUROC, then pooled, then ``w``
 nearest 0.5. Also: mean score per kind (no kind may average above the
 paraphrase), seconds per 100 completions of each reward with cold caches (on a sample of ``--timing`` candidates),
-and (``--server N``) the judge recall through the OpenAI-compatible path against ``tests/judge_server.py`` serving
+and (``--server N``) the judge recall through the OpenAI-compatible path against ``rl/judge/serve.py`` serving
 SmolLM2 on localhost, on N held-out candidates, compared with the in-process judge.
 """
 
@@ -446,9 +446,9 @@ def time_rewards(cases: list[dict], settings: dict[str, tuple[str, dict]]) -> di
 
 def server_scores(cases: list[dict], w: float) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """chain_judge and chain_reasoning through the OpenAI-compatible path (``/v1/completions`` with echoed logprobs):
-    ``tests/judge_server.py`` serving SmolLM2 on localhost, the same prompts as in process (its chat template)."""
+    ``rl/judge/serve.py`` serving SmolLM2 on localhost, the same prompts as in process (its chat template)."""
     from rl.judge.packaged import load_smollm2
-    from tests.judge_server import ModelServer
+    from rl.judge.serve import ModelServer
 
     model, tok = load_smollm2()
     server = ModelServer(model, tok, name="smollm2")

@@ -8,9 +8,9 @@ import pytest
 
 from rl.judge import LocalJudge, OpenAIJudge, SharedJudge
 from rl.judge.packaged import load_smollm2
+from rl.judge.serve import ModelServer
 from rl.rewards import chain as C
 from rl.rewards.registry import REWARDS, check_requirements, resolve_rewards
-from tests.judge_server import ModelServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

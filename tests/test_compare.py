@@ -41,12 +41,18 @@ def test_compare_writes_findings_figures_and_report(tiny_dir, rl_dir, items, tmp
     floor = written["crystallization"]["random_init"]
     assert {"upper_share", "rl_minus_random_upper_share", "curves", "seed"} <= set(floor)
     assert "mirror" in written and "random_init" not in written["mirror"]["crystallization"]
+    tuned = written["crystallization"]["tuned_lens"]  # auto: on for a model this small
+    n_layers = written["crystallization"]["n_layers"]
+    for m in tuned["models"].values():
+        assert len(m["heldout_kl_logit"]) == len(m["heldout_kl_tuned"]) == n_layers and m["heldout_tokens"] > 0
+        assert m["heldout_kl_tuned"][-1] == m["heldout_kl_logit"][-1]  # the last block is the output: no translator
+    assert {"upper_share_rl", "upper_share_base", "delta_upper_share"} <= set(tuned)
     assert written["decomposition"]["max_residual"] < 1e-10
     for fig in written["figures"].values():
         assert {p.rsplit(".", 1)[1] for p in fig} == {"png", "pdf"}
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert verdicts.RULES_HASH in report and verdicts.UPPER_ROUTERS_RULE in report
-    assert "random weights" in report and "SFT on RL's think text" in report
+    assert "random weights" in report and "SFT on RL's think text" in report and "tuned lens trained per" in report
     assert f["verdicts"]["upper_routers"]["verdict"] in report
 
 
@@ -244,3 +250,36 @@ def test_sft_control_has_rls_update_norm_per_tensor(tiny_organism, think_inputs,
                                                     (ctrl[n] - p).detach().flatten().double(), dim=0)
         assert float(cos) > 0.999, n
     assert all(p.grad is None for p in tiny_organism.parameters())  # the base is left untouched
+
+
+def test_tuned_lens_reading_is_the_logit_lens_reading_before_training(tiny_organism, think_inputs, tokenizer,
+                                                                       items):
+    # an untrained tuned lens is the identity: its shares must be the logit lens's, number for number
+    from analyses.compare import crystallization_numbers, settling_of, tuned_lens_numbers
+
+    rl = random_update(tiny_organism, part="all", rel=0.05, seed=1)
+    tuned = tuned_lens_numbers(tiny_organism, rl, think_inputs, items[:6], tokenizer=tokenizer, steps=0, n_boot=50)
+    (b, b_info) = settling_of(tiny_organism, think_inputs, tokenizer=tokenizer)
+    (r, r_info) = settling_of(rl, think_inputs, tokenizer=tokenizer)
+    logit = crystallization_numbers([b], [r], [{**r_info, "base_output_rank": b_info["output_rank"]}], items[:6],
+                                    token_labels=None, n_boot=50)
+    for key in ("upper_share_rl", "upper_share_base", "delta_upper_share"):
+        assert np.isfinite(tuned[key]["value"]) and tuned[key] == logit[key], key
+    for m in tuned["models"].values():
+        assert m["heldout_kl_tuned"] == m["heldout_kl_logit"]
+
+
+def test_tuned_lens_of_a_model_against_itself_moves_nothing(tiny_organism, think_inputs, tokenizer, items):
+    import torch
+
+    from analyses.compare import tuned_lens_numbers
+
+    before = [p.detach().clone() for p in tiny_organism.parameters()]
+    t = tuned_lens_numbers(tiny_organism, tiny_organism, think_inputs, items[:6], tokenizer=tokenizer, steps=20,
+                           n_boot=50)
+    assert t["delta_upper_share"]["value"] == 0
+    assert t["models"]["base"] == t["models"]["rl"]  # same model, same seed: the same lens
+    kl = t["models"]["base"]
+    assert np.mean(kl["heldout_kl_tuned"][:-1]) < np.mean(kl["heldout_kl_logit"][:-1])  # 20 steps already help
+    assert all(torch.equal(a, p) for a, p in zip(before, tiny_organism.parameters()))
+    assert all(p.grad is None for p in tiny_organism.parameters())

@@ -12,11 +12,11 @@ import torch
 
 from rl import judge as J
 from rl import testing as tiny_lm
+from rl.judge.serve import ModelServer
 from rl.rewards import REWARDS, JudgedReward
 from rl.train import grpo
 from rl.train.config import config_from_dict
 from tests.helpers import tiny_config
-from tests.judge_server import ModelServer
 
 REF = ["Sound 1: a high tone, long, loud.", "Sound 2: a low tone, short, quiet.", "So the first tone is higher."]
 CANDS = ["The first sound is high-pitched and long. The second is low. So the first is higher.",

@@ -146,3 +146,24 @@ def test_the_organism_loader_refuses_other_families(folders):
         load_organism(folders["mixtral"])
     model, _ = load_organism(folders["organism"])
     assert type(model).__name__ == "Qwen3OmniMoeThinkerForConditionalGeneration"
+
+
+def test_compare_on_a_text_moe_finds_a_planted_upper_band_router_change(folders, tmp_path):
+    """``adt-probe compare`` on a Mixtral pair, audio items read as written facts: the upper band's routers changed
+    several times more than the lower band's reproduces finding 1 (the organism's verdict rule, another family)."""
+    from adt_probe.weights import random_update
+    from rl.data.items import write_items
+
+    base, processor = models.load_pretrained(folders["mixtral"])
+    rl = random_update(base, part="routers", rel=lambda name: 0.3 if "layers.1." in name else 0.02, seed=1)
+    rl.save_pretrained(tmp_path / "rl")
+    processor.tokenizer.save_pretrained(tmp_path / "rl")
+    data = write_items(generate_items(14, seed=5), tmp_path / "data" / "items.jsonl")
+    out = tmp_path / "cmp"
+    cli.main(["compare", "--base", str(folders["mixtral"]), "--rl", str(tmp_path / "rl"), "--data", str(data),
+              "--out", str(out), "--nulls", "3", "--n-boot", "50", "--source", "reference", "--no-mirror",
+              "--sft-control", "off", "--tuned-lens", "off", "--allow-unverified"])
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["verdicts"]["upper_routers"]["verdict"] == "reproduces"
+    assert "tuned_lens" not in findings["crystallization"] and findings["inputs"]["tuned_lens"] is False
+    assert (out / "report.md").exists()

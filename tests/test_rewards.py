@@ -7,6 +7,7 @@ import torch
 
 from rl import judge as J
 from rl import testing as tiny_lm
+from rl.judge.serve import ModelServer
 from rl.rewards import (
     REWARDS,
     HybridReasoningReward,
@@ -21,7 +22,6 @@ from rl.rewards import (
     think_conclusion,
 )
 from rl.rewards.embedding import similarity
-from tests.judge_server import ModelServer
 
 REF = ["Sound 1: a high tone, long, loud.", "Sound 2: a low tone, short, quiet.",
        "Sound 1 is high, higher than sound 2 (low).", "So the first tone is higher."]

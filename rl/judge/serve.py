@@ -1,6 +1,7 @@
-"""A small but real OpenAI-compatible HTTP server for the judge tests: it runs a real causal LM (``transformers``) and
-returns real log-probabilities. ``transformers serve`` needs FastAPI and uvicorn, which the project does not install,
-so the tests start this one (``http.server`` in a thread) on a free localhost port.
+"""A small but real OpenAI-compatible HTTP server for any ``transformers`` causal LM: it returns real
+log-probabilities, so :class:`rl.judge.server.OpenAIJudge` can be tried end to end on one machine (the tests, the
+reasoning-validity benchmark's ``--server``). ``transformers serve`` needs FastAPI and uvicorn, which the project does
+not install; this one is ``http.server`` in a thread on a free localhost port. Not for production serving.
 
 Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` (the tokenizer's chat template;
 ``logprobs`` / ``top_logprobs``) and ``POST /v1/completions`` (raw prompt; ``logprobs`` = number of alternatives).

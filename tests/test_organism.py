@@ -175,6 +175,19 @@ def test_text_phase_leans_on_the_multi_step_families_and_zero_keeps_the_old_stre
         _tiny_cfg(batch_size=64, perception_steps=0, text_steps=1, text_multistep=0.0), 3)[0]]
 
 
+def test_text_skills_replace_a_share_of_text_items_and_zero_keeps_the_stream():
+    from rl.data.tasks import SKILLS
+    from rl.organism.train_base import sample_batch
+
+    cfg = dict(batch_size=64, perception_steps=0, text_steps=5, text_multistep=0.5)
+    skilled = sample_batch(_tiny_cfg(**cfg, text_skills=0.5), 1)[0]
+    assert 20 <= sum(it.family in SKILLS for it in skilled) <= 44  # half of 64 (seeded)
+    plain = sample_batch(_tiny_cfg(**cfg, text_skills=0.0), 1)[0]
+    assert not any(it.family in SKILLS for it in plain)
+    kept = [a.question for a, b in zip(plain, skilled) if b.family not in SKILLS]
+    assert kept == [b.question for b in skilled if b.family not in SKILLS]  # the other items are v4's own
+
+
 def test_every_answer_is_one_token_of_the_organisms_tokenizer():
     """Answers follow "<answer>" with no leading space; without them in the corpus BPE splits them ("hi" "g" "h")."""
     from rl import organism

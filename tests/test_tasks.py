@@ -142,3 +142,27 @@ def test_bad_arguments_name_the_problem():
         make_item("pitch_compare", "extreme", rng, "x")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         make_item("pitch_compare", 1.5, rng, "x")
+
+
+def test_sub_skill_answers_follow_from_the_facts():
+    """The base-training sub-skills: the attribute asked for is the named sound's; the maximum is unique and named."""
+    from rl.data.tasks import ATTRIBUTES, SKILLS, make_item
+
+    column = {"pitch": 1, "duration": 2, "loudness": 3}
+    seen = set()
+    for i in range(60):
+        for name in SKILLS:
+            it = make_item(name, "medium", np.random.default_rng(i), f"s{i}")
+            levels = np.array([lv[1:] for lv in it.meta["levels"]])
+            attr = next(a for a in ATTRIBUTES if a in it.question or ATTRIBUTES[a][2] in it.question)
+            values = levels[:, column[attr] - 1]
+            if name == "attribute_of_sound":
+                k = int(it.question.rsplit("Sound ", 1)[1].rstrip("?")) - 1
+                assert it.answer == ATTRIBUTES[attr][0][values[k]]
+            else:
+                assert (values == values.max()).sum() == 1
+                assert it.answer == f"Sound {int(values.argmax()) + 1}" and it.answer in it.choices
+            assert it.answer in it.choices
+            assert all(ev["onset_s"] + ev["duration_s"] <= 2.0 for ev in it.meta["events"])
+            seen.add((name, attr, len(levels)))
+    assert len(seen) == 2 * 3 * 2  # every skill x attribute x sound count

@@ -250,6 +250,52 @@ FAMILIES: dict[str, tuple[Callable[[np.random.Generator], FamilyOutput], bool]] 
 MULTI_STEP = tuple(name for name, (_, multi) in FAMILIES.items() if multi)
 
 
+#: attribute -> (level names, comparative, superlative)
+ATTRIBUTES = {"pitch": (PITCH_NAMES, "higher", "highest"), "duration": (DURATION_NAMES, "longer", "longest"),
+              "loudness": (LOUDNESS_NAMES, "louder", "loudest")}
+
+
+def _skill_events(rng: np.random.Generator, attr: str, n: int, levels: list[int]) -> list[Event]:
+    """``n`` tones whose ``attr`` takes ``levels``, the other attributes random (four sounds at most medium: the clip
+    holds them)."""
+    events = []
+    for level in levels:
+        dur = int(rng.integers(6 - n))
+        events.append(_tone(rng, pitch=level if attr == "pitch" else None,
+                            duration=level if attr == "duration" else dur,
+                            loudness=level if attr == "loudness" else None))
+    return events
+
+
+def attribute_of_sound(rng: np.random.Generator) -> FamilyOutput:
+    """Read one attribute of one numbered sound among three or four: the look-up both multi-step families need."""
+    n, attr = int(rng.integers(3, 5)), ("pitch", "duration", "loudness")[int(rng.integers(3))]
+    names = ATTRIBUTES[attr][0]
+    top = len(names) if attr != "duration" else 6 - n
+    events = _skill_events(rng, attr, n, [int(x) for x in rng.integers(0, top, size=n)])
+    k = int(rng.integers(n))
+    word = names[getattr(events[k], attr)]
+    step = f"Sound {k + 1} is a {word} tone." if attr == "pitch" else f"Sound {k + 1} is {word}."
+    return events, f"What is the {attr} of Sound {k + 1}?", list(names), word, [step]
+
+
+def sound_with_most(rng: np.random.Generator) -> FamilyOutput:
+    """Which of three or four sounds is the highest, longest or loudest: the other half of the multi-step families."""
+    n, attr = int(rng.integers(3, 5)), ("pitch", "duration", "loudness")[int(rng.integers(3))]
+    _, more, most = ATTRIBUTES[attr]
+    levels = _distinct(rng, 5, n) if attr == "pitch" else _unique_max(rng, 3 if attr == "loudness" else 6 - n, n)
+    events = _skill_events(rng, attr, n, levels)
+    j = int(np.argmax(levels))
+    steps = comparisons(j, n, more) + [f"The {most} {'tone' if attr == 'pitch' else 'sound'} is Sound {j + 1}."]
+    return events, f"Which sound is the {most}?", [f"Sound {i + 1}" for i in range(n)], f"Sound {j + 1}", steps
+
+
+#: The multi-step families' sub-skills, for base training only (``BaseTrainConfig.text_skills``): never in the
+#: held-out set, the demo or RL. name -> generator.
+SKILLS: dict[str, Callable[[np.random.Generator], FamilyOutput]] = {
+    "attribute_of_sound": attribute_of_sound, "sound_with_most": sound_with_most}
+
+
 def describe(events: Sequence[Event]) -> str:
     """The perception text of a clip: one sentence per event, in order."""
     return " ".join(e.describe(i + 1) for i, e in enumerate(events))
@@ -257,8 +303,8 @@ def describe(events: Sequence[Event]) -> str:
 
 def make_item(family: str, difficulty: str | float, rng: np.random.Generator, item_id: str) -> Item:
     """Sample one item of ``family`` at ``difficulty`` (a band name or a number in [0, 1])."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown task family {family!r}; choose from {sorted(FAMILIES)}")
+    if family not in FAMILIES and family not in SKILLS:
+        raise ValueError(f"unknown task family {family!r}; choose from {sorted(FAMILIES)} (or {sorted(SKILLS)})")
     if isinstance(difficulty, str):
         if difficulty not in DIFFICULTY_BANDS:
             raise ValueError(f"unknown difficulty {difficulty!r}; use one of {list(DIFFICULTY_BANDS)} or a number")
@@ -268,7 +314,7 @@ def make_item(family: str, difficulty: str | float, rng: np.random.Generator, it
             raise ValueError(f"difficulty must lie in [0, 1], got {difficulty}")
         d = float(difficulty)
         name = next(k for k, (lo, hi) in DIFFICULTY_BANDS.items() if d < hi or k == "hard")
-    events, question, choices, answer, steps = FAMILIES[family][0](rng)
+    events, question, choices, answer, steps = (FAMILIES[family][0] if family in FAMILIES else SKILLS[family])(rng)
     audio, timeline = render(events, d, rng)
     facts = [e.describe(i + 1) for i, e in enumerate(events)]
     return Item(id=item_id, question=question, choices=choices, answer=answer, audio=audio,

@@ -50,6 +50,11 @@ class BaseTrainConfig:
     # Share of text-phase items drawn from the multi-step families (0: every family alike, 2 of 7, as v3c): the
     # single-step families reach 1.00 from written facts early, the multi-step ones are the skill left to learn.
     text_multistep: float = 0.5
+    # Share of text-phase items that train a sub-skill of the multi-step families alone (``rl.data.tasks.SKILLS``:
+    # read one attribute of Sound k; find the highest / longest / loudest of 3-4 sounds), drawn instead of a
+    # family's item. Measured without them (text phase on the multi-step families only, 666 steps): written chains
+    # misread the facts ("Sound 2 is a very high tone" of a middle tone), so the look-up itself was not learned.
+    text_skills: float = 0.0
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
     encoder_steps: int = 400
@@ -74,4 +79,4 @@ MODES = ("answer", "describe", "context", "notes", "think")
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
-                             "tokenizer_corpus_items", "vocab_size", "answer_tokens"})
+                             "tokenizer_corpus_items", "vocab_size", "answer_tokens", "text_skills"})

@@ -43,19 +43,22 @@ import torch
 from adt_probe.integrity import file_manifest, versions
 from rl import cli_options, organism
 from rl.data import collate, prompts
-from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, generate_items, make_item
+from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, generate_items, make_item
 from rl.evaluate import inference_steps
 from rl.organism.recipe import ENCODER_OPTIONS, MODES, RESUMABLE_CHANGES, BaseTrainConfig
 from rl.train import checkpoint as ckpt
 from rl.train.checkpoint import replace_dir
 
 
-def tokenizer_corpus(n_items: int, seed: int, answers: bool = True) -> list[str]:
+def tokenizer_corpus(n_items: int, seed: int, answers: bool = True, skills: bool = False) -> list[str]:
     """Every kind of text the organism reads or writes, from ``n_items`` synthetic items plus the fixed prompts;
-    with ``answers`` also each answer as a target writes it (``<answer>middle</answer>``), so it is one token."""
+    with ``answers`` also each answer as a target writes it (``<answer>middle</answer>``), so it is one token; with
+    ``skills`` also items of the sub-skill families (``rl.data.tasks.SKILLS``)."""
     texts = [prompts.SYSTEM, prompts.DESCRIBE, prompts.THINK_INSTRUCTION, prompts.ANSWER_INSTRUCTION,
              "system user assistant Sounds: Choices:"]
-    for it in generate_items(n_items, seed=seed, prefix="corpus"):
+    extra = [make_item(name, "easy", np.random.default_rng([seed, i]), f"corpus-skill-{i}")
+             for i in range(n_items // 4 if skills else 0) for name in [sorted(SKILLS)[i % len(SKILLS)]]]
+    for it in generate_items(n_items, seed=seed, prefix="corpus") + extra:
         texts += [it.question, prompts.format_choices(it.choices), " ".join(it.reference_chain or []),
                   it.meta["description"]] + ([prompts.target(it, "answer")] if answers else [])
     return texts
@@ -95,6 +98,10 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             pick = np.random.default_rng([cfg.seed, 5, step, j])
             pool = MULTI_STEP if pick.random() < cfg.text_multistep else [f for f in families if f not in MULTI_STEP]
             family = pool[int(pick.integers(len(pool)))]
+        if phase == "text" and cfg.text_skills > 0:  # also a stream of its own: text_skills = 0 keeps v4's data
+            pick = np.random.default_rng([cfg.seed, 6, step, j])
+            if pick.random() < cfg.text_skills:
+                family = sorted(SKILLS)[int(pick.integers(len(SKILLS)))]
         it = make_item(family, bands[int(rng.integers(len(bands)))], item_rng, f"train-{step}-{j}")
         if phase == "perception":
             mode = "describe"
@@ -237,8 +244,9 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         seconds_before = state.data_position["seconds"]
         log(f"resuming from {latest} (decoder step {start}/{cfg.steps}, {seconds_before:.0f} s trained)")
     else:
-        tokenizer = organism.train_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777,
-                                                              answers=cfg.answer_tokens), vocab_size=cfg.vocab_size)
+        corpus = tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777, answers=cfg.answer_tokens,
+                                  skills=cfg.text_skills > 0)
+        tokenizer = organism.train_tokenizer(corpus, vocab_size=cfg.vocab_size)
         processor = organism.build_processor(tokenizer)
         model = organism.build_model(tokenizer, seed=cfg.seed)
         start, history, seconds_before = 0, [], 0.0

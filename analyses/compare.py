@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import adt_probe
+from adt_probe import plot
 from adt_probe.crystallize import (
     embedding_top1,
     settling_curves,
@@ -57,7 +58,11 @@ from adt_probe.weights import check_compatible, random_update, router_nulls, rou
 from analyses import checkpoints, verdicts
 from analyses.cli import command_parser
 from analyses.models import for_model, load_pretrained, wanted
+from analyses.report import write_compare_report
+from analyses.sequences import completions, teacher_forced_inputs
 from analyses.sft_control import sft_control
+from rl.data.items import load_items
+from rl.train.checkpoint import CheckpointError
 
 #: band quantities reported beside the verdict's ratio (see ``adt_probe.decompose.band_sums``)
 BAND_QUANTITIES = ("rel_router", "rel_input", "rel_total", "share_router", "topk_change_router", "top1_flip_router",
@@ -425,8 +430,6 @@ def load(path, *, dtype: str = "float32", device_map: str | None = None):
 
 def inputs_for(model, processor, items, source: str, max_new_tokens: int) -> tuple[list[str], dict]:
     """The texts and teacher-forced inputs: ``model``'s greedy completions, or the reference chains."""
-    from analyses.sequences import completions, teacher_forced_inputs
-
     texts = (reference_texts(items) if source == "reference"
              else completions(model, processor, items, max_new_tokens=max_new_tokens))
     return texts, teacher_forced_inputs(processor, items, texts)
@@ -508,8 +511,6 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
     ``analyses.models.AUTO_MAX_PARAMETERS`` parameters: each trains something, cheap for the organism, not for a 30B
     model on a laptop).
     """
-    from analyses.report import write_compare_report
-
     check_items(items, need_reference=source == "reference", path=data_path)
     if not rl_paths:
         raise CompareInputError("no --rl checkpoint given")
@@ -577,8 +578,6 @@ def _jsonable(x):
 
 def figures(findings: dict, folder: Path) -> dict:
     """The compare figures (PNG 300 dpi + PDF); returns ``name -> [paths]``."""
-    from adt_probe import plot
-
     made = {"router_effect": plot.router_effect_by_layer(findings["decomposition"], findings["routers"]["bands"],
                                                          findings.get("null_per_layer")),
             "router_share": plot.router_share_by_layer(findings["decomposition"], findings["routers"]["bands"]),
@@ -605,9 +604,6 @@ def expand_runs(paths) -> list[str]:
 
 
 def main(argv=None) -> None:
-    from rl.data.items import load_items
-    from rl.train.checkpoint import CheckpointError
-
     args = command_parser("compare", __doc__).parse_args(argv)
     try:
         items = load_items(args.data)

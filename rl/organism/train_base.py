@@ -43,8 +43,9 @@ import torch
 from adt_probe.integrity import file_manifest, versions
 from rl import cli_options, organism
 from rl.data import collate, prompts
+from rl.data.items import SAMPLE_RATE
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, generate_items, make_item
-from rl.evaluate import inference_steps
+from rl.evaluate import evaluate, format_table, inference_steps
 from rl.organism.recipe import ENCODER_OPTIONS, MODES, RESUMABLE_CHANGES, BaseTrainConfig
 from rl.train import checkpoint as ckpt
 from rl.train.checkpoint import replace_dir
@@ -149,8 +150,6 @@ def frame_labels(item, n_frames: int) -> dict[str, torch.Tensor]:
     ``sound``: 0 silence, 1-5 pitch level of a tone, 6 noise; ``ordinal``: 0 silence, else the sound's number (1-5);
     ``onset``: a sound starts in this frame. Loudness and duration are -100 (ignored) on silent frames.
     """
-    from rl.data.items import SAMPLE_RATE
-
     seconds = len(item.audio) / SAMPLE_RATE
     centres = (np.arange(n_frames) + 0.5) * seconds / n_frames
     width = seconds / n_frames
@@ -310,8 +309,6 @@ def write_atomically(model, processor, out: Path, manifest: dict) -> None:
 
 def reevaluate(out: Path, eval_per_cell: int) -> None:
     """Measure the model in ``out`` on the held-out set again and rewrite the ``heldout`` part of its manifest."""
-    from rl.evaluate import evaluate, format_table
-
     model, processor = organism.load_organism(out)
     manifest = organism.read_manifest(out)
     cfg = BaseTrainConfig(**{k: tuple(v) if k == "mode_weights" else v for k, v in manifest["train_config"].items()})
@@ -351,8 +348,6 @@ def main(argv=None) -> None:
     model, processor, history, seconds = train(cfg, log, checkpoint_dir=checkpoint_dir, resume=args.resume)
     log("training done; measuring the held-out set")
     t_eval = time.time()
-    from rl.evaluate import evaluate, format_table
-
     report = evaluate(model, processor, heldout_items(cfg))
     print(format_table(report))
     manifest = {

@@ -4,7 +4,9 @@
 
 The facts of each clip are written in the prompt instead of the audio (``rl.evaluate.generate(written_facts=True)``),
 greedy, on the held-out items of ``rl.organism.train_base.heldout_items`` (seed 10,007, ``--per-cell`` items per
-family x difficulty). Prints accuracy per family and the answers given to the two multi-step families.
+family x difficulty). Prints accuracy per family and the answers given to the two multi-step families; with
+``--skills`` also the base-training sub-skills (``rl.data.tasks.SKILLS``, per skill x attribute, ``--per-cell`` x 3
+items each, their own held-out seed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from rl import organism
-from rl.data.tasks import FAMILIES, MULTI_STEP
+from rl.data.tasks import ATTRIBUTES, DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, make_item
 from rl.evaluate import generate, score
 from rl.organism.train_base import BaseTrainConfig, heldout_items
 
@@ -25,6 +27,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", help="an organism folder or a base-training checkpoint")
     ap.add_argument("--per-cell", type=int, default=10, help="held-out items per family x difficulty")
+    ap.add_argument("--skills", action="store_true", help="also the sub-skills of the multi-step families")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, processor = organism.load_organism(args.checkpoint)
@@ -39,6 +42,25 @@ def main(argv=None) -> None:
     for family in MULTI_STEP:
         answers = [o.split("<answer>")[-1].split("</answer>")[0] for o, it in zip(outs, items) if it.family == family]
         print(f"{family} answers: {collections.Counter(answers).most_common()}")
+    if args.skills:
+        skill_accuracy(model, processor, args.per_cell)
+
+
+def skill_accuracy(model, processor, per_cell: int, seed: int = 20_011) -> None:
+    """Print written-facts accuracy on the sub-skills, per skill and attribute (greedy, direct answer)."""
+    items = [make_item(name, band, np.random.default_rng([seed, i, j]), f"skill-{name}-{band}-{j}")
+             for i, name in enumerate(sorted(SKILLS)) for band in DIFFICULTY_BANDS for j in range(per_cell * 3)]
+    with torch.no_grad():
+        outs = generate(model, processor, items, "answer", max_new_tokens=16, written_facts=True)
+    correct = score(items, outs, with_similarity=False).correct
+    cells, said = collections.defaultdict(list), collections.defaultdict(collections.Counter)
+    for it, c, o in zip(items, correct, outs):
+        attr = next(a for a, (_, _, most) in ATTRIBUTES.items() if a in it.question or most in it.question)
+        cells[(it.family, attr)].append(c)
+        said[(it.family, attr)][o.split("<answer>")[-1].split("</answer>")[0]] += 1
+    for (name, attr), hits in sorted(cells.items()):
+        print(f"{name} {attr}: {np.mean(hits):.2f} ({len(hits)} items; most said: "
+              f"{said[(name, attr)].most_common(2)})")
 
 
 if __name__ == "__main__":

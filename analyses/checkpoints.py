@@ -9,16 +9,19 @@ manifest (a user's own model) is refused unless ``--allow-unverified``, which wa
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 from rl.train import checkpoint as contract
 
+log = logging.getLogger(__name__)
+
 
 def warn(msg: str) -> None:
-    """Tell the user on stderr (checkpoints skipped, folders loaded unverified)."""
-    print(f"[adt-probe] {msg}", file=sys.stderr, flush=True)
+    """Tell the user (checkpoints skipped, folders loaded unverified): a warning of the ``analyses.checkpoints``
+    logger, on stderr unless logging is configured otherwise."""
+    log.warning(f"[adt-probe] {msg}")
 
 
 def model_folder(path: str | os.PathLike, *, allow_unverified: bool = False) -> Path:

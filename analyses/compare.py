@@ -26,6 +26,7 @@ verdicts use it. Intervals: BCa over sequences, stratified by family x difficult
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -63,6 +64,8 @@ from analyses.sequences import completions, teacher_forced_inputs
 from analyses.sft_control import sft_control
 from rl.data.items import load_items
 from rl.train.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
 
 #: band quantities reported beside the verdict's ratio (see ``adt_probe.decompose.band_sums``)
 BAND_QUANTITIES = ("rel_router", "rel_input", "rel_total", "share_router", "topk_change_router", "top1_flip_router",
@@ -524,7 +527,7 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
         warnings += check_pair(base, processor, rl, rl_processor, base_path, path)
         rls.append(rl)
     for w in warnings:
-        print(f"adt-probe compare: {w}", file=sys.stderr)
+        log.warning(f"adt-probe compare: {w}")
     items = for_model(items, processor)  # a text model reads the clips' facts written out instead of their audio
     out.mkdir(parents=True, exist_ok=True)
     texts = [inputs_for(rl, processor, items, source, max_new_tokens) for rl in rls]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import multiprocessing
 import subprocess
 import sys
@@ -50,6 +51,8 @@ from analyses.cli import command_parser
 from analyses.models import load_pretrained
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
 from rl.train.config import load_config
+
+log = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "rl" / "configs" / "demo.toml"
 
@@ -252,7 +255,8 @@ STEPS = [("train", step_train), ("evaluate", step_evaluate), ("compare", step_co
 
 
 def say(msg: str) -> None:
-    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+    """Progress of the demo: an info message of the ``analyses.reproduce`` logger (``adt-probe`` shows it)."""
+    log.info(f"[reproduce] {msg}")
 
 
 def base_path(plan: Plan) -> Path:

@@ -56,10 +56,10 @@ def test_compare_writes_findings_figures_and_report(tiny_dir, rl_dir, items, tmp
     assert f["verdicts"]["upper_routers"]["verdict"] in report
 
 
-def test_base_equal_to_rl_says_so_and_nothing_is_shown(tiny_dir, items, tmp_path, capsys):
+def test_base_equal_to_rl_says_so_and_nothing_is_shown(tiny_dir, items, tmp_path, caplog):
     # the reference chains teacher-forced: think tokens to measure although the random tiny model writes none
     f = run(tiny_dir, tiny_dir, items[:10], tmp_path / "same", source="reference")
-    assert "exactly the weights of the base" in capsys.readouterr().err
+    assert "exactly the weights of the base" in caplog.text
     assert f["warnings"] and "exactly the weights" in f["warnings"][0]
     assert {v["verdict"] for v in f["verdicts"].values()} == {"not shown"}
     table = f["decomposition"]

@@ -82,7 +82,7 @@ def test_record_names_a_damaged_checkpoint_before_loading_it(base, tmp_path, tin
 
 
 def test_corrupt_newest_checkpoint_is_skipped_by_reproduce_trajectory_and_compare(run, base, recordings, tmp_path,
-                                                                                  capfd):
+                                                                                  caplog):
     step1 = run / "checkpoints" / "step-000001"
     plan = Plan.make(str(tmp_path / "demo"), quick=True)
     assert run_dir(plan) == run and final_checkpoint(plan) == step1  # reproduce
@@ -90,8 +90,8 @@ def test_corrupt_newest_checkpoint_is_skipped_by_reproduce_trajectory_and_compar
     weights.run(base, run, tmp_path / "weights")
     result = trajectory.run(run, base, recordings, tmp_path / "trajectory", n_boot=10)
     assert result["steps"] == [0, 1]
-    err = capfd.readouterr().err
-    assert "skipping checkpoint" in err and "step-000002 (step 2): model.safetensors differs" in err
+    assert "skipping checkpoint" in caplog.text
+    assert "step-000002 (step 2): model.safetensors differs" in caplog.text
 
 
 def test_truncated_safetensors_names_the_path(tmp_path, tiny_organism, processor):
@@ -112,10 +112,10 @@ def test_truncated_safetensors_names_the_path(tmp_path, tiny_organism, processor
         checkpoints.model_folder(own, allow_unverified=True)
 
 
-def test_allow_unverified_warns(tmp_path, tiny_organism, processor, capfd):
+def test_allow_unverified_warns(tmp_path, tiny_organism, processor, caplog):
     own = save_model(tmp_path / "own", tiny_organism, processor, manifest=False)
     checkpoints.model_folder(own, allow_unverified=True)
-    assert "has no manifest.json: its files cannot be verified" in capfd.readouterr().err
+    assert "has no manifest.json: its files cannot be verified" in caplog.text
 
 
 # --- 2. user files never deleted or overwritten ---------------------------------------------------------------------

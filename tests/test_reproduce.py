@@ -2,6 +2,7 @@
 do with its output: re-run (finished steps reused), the report's links, the datasets, and the notebooks."""
 
 import json
+import logging
 import os
 import re
 import time
@@ -73,12 +74,13 @@ def test_datasets_open_with_the_schema(demo):
     assert np.allclose(traj.js.sel(step=0, segment="all").values, 0, atol=1e-9)  # think: NaN when none thinks
 
 
-def test_rerun_reuses_every_step(demo, capsys):
+def test_rerun_reuses_every_step(demo, caplog):
     out, first = demo
+    caplog.set_level(logging.INFO, logger="analyses.reproduce")
     t0 = time.time()
     reproduce(Plan.make(str(out), quick=True), threads=1)
     assert time.time() - t0 < 0.2 * first
-    assert capsys.readouterr().err.count("reused") == 10
+    assert caplog.text.count("reused") == 10
 
 
 def test_rerun_with_other_settings_is_refused(demo):

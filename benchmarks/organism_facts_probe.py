@@ -48,8 +48,9 @@ def main(argv=None) -> None:
 
 def skill_accuracy(model, processor, per_cell: int, seed: int = 20_011) -> None:
     """Print written-facts accuracy on the sub-skills, per skill and attribute (greedy, direct answer)."""
-    items = [make_item(name, band, np.random.default_rng([seed, i, j]), f"skill-{name}-{band}-{j}")
-             for i, name in enumerate(sorted(SKILLS)) for band in DIFFICULTY_BANDS for j in range(per_cell * 3)]
+    items = [make_item(name, band, np.random.default_rng([seed, i, b, j]), f"skill-{name}-{band}-{j}")
+             for i, name in enumerate(sorted(SKILLS)) for b, band in enumerate(DIFFICULTY_BANDS)
+             for j in range(per_cell * 3)]
     with torch.no_grad():
         outs = generate(model, processor, items, "answer", max_new_tokens=16, written_facts=True)
     correct = score(items, outs, with_similarity=False).correct

@@ -54,6 +54,8 @@ class BaseTrainConfig:
     # read one attribute of Sound k; find the highest / longest / loudest of 3-4 sounds), drawn instead of a
     # family's item. Measured without them (text phase on the multi-step families only, 666 steps): written chains
     # misread the facts ("Sound 2 is a very high tone" of a middle tone), so the look-up itself was not learned.
+    # With them (0.5 for 1,212 steps; 1.0 for 800; 1.0 at lr 3e-4 and 3e-3 for 700) every sub-skill stayed near its
+    # majority answer: off by default until a longer run shows the look-up forming (README, recipe history).
     text_skills: float = 0.0
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.

@@ -279,17 +279,18 @@ def controls(base, rl, inputs, items, *, tokenizer=None, k: int = 5, seed: int =
 # finding 2: crystallization
 
 
-def settling_of(model, inputs, *, tokenizer=None, batch_size: int = 8,
-                lens: adt_probe.Lens | None = None) -> tuple[np.ndarray, dict]:
+def settling_of(model, inputs, *, tokenizer=None, batch_size: int = 8, lens: adt_probe.Lens | None = None,
+                embedding: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Per token: settling stream (embedding = -1) read through ``lens`` (default the logit lens), and the
-    recording's coordinates and output rank."""
+    recording's coordinates, output rank and the embedding stream's top-1 (``embedding``: that top-1 from an earlier
+    call on the same model and inputs, which no lens changes, so it is not computed again)."""
     rec = adt_probe.record(model, inputs, routing=None, lens=lens or adt_probe.LogitLens(), tokenizer=tokenizer,
                            options=adt_probe.RecordOptions(batch_size=batch_size))
-    emb = embedding_top1(model, inputs, batch_size=batch_size)
+    emb = embedding_top1(model, inputs, batch_size=batch_size) if embedding is None else embedding
     stream = settling_stream(rec["lens_top1"].values, emb)
     info = {"sequence": rec["sequence"].values, "segment": rec["segment"].values.astype(str),
             "token_id": rec["token_id"].values, "output_rank": rec["lens_rank"].values[:, -1],
-            "n_layers": rec.sizes["layer"]}
+            "n_layers": rec.sizes["layer"], "embedding_top1": emb}
     return stream, info
 
 
@@ -339,14 +340,16 @@ TUNED_LENS_STEPS = 300
 
 
 def tuned_lens_numbers(base, rl, inputs, items, *, tokenizer=None, n_boot: int = 1000, seed: int = 0,
-                       batch_size: int = 8, steps: int = TUNED_LENS_STEPS) -> dict:
+                       batch_size: int = 8, steps: int = TUNED_LENS_STEPS,
+                       embeddings: dict[str, np.ndarray] | None = None) -> dict:
     """Finding 2 read through a tuned lens trained per model on ``inputs`` (Belrose et al. 2023).
 
     Each model gets its own lens, trained on 75% of the sequences; ``models[name]`` holds its held-out KL to the
     model's own output per block (nats, (layers,) lists), logit lens beside tuned lens. Then the settling streams of
     both models through their lenses give U(RL), U(base) and dU as in :func:`crystallization_numbers` (the embedding
     row stays a raw read: a tuned lens translates block outputs only). The verdict stays the logit lens's (its rule
-    is fixed before results); this is its robustness check.
+    is fixed before results); this is its robustness check. ``embeddings``: ``{"base": ..., "rl": ...}``, the
+    embedding stream's top-1 of each model on ``inputs`` when :func:`settling_of` already read it.
     """
     out = {"steps": steps, "models": {}}
     streams, infos = {}, {}
@@ -356,7 +359,7 @@ def tuned_lens_numbers(base, rl, inputs, items, *, tokenizer=None, n_boot: int =
                                "heldout_kl_tuned": rep["heldout_kl_tuned"].tolist(),
                                "heldout_tokens": rep["heldout_tokens"], "train_tokens": rep["train_tokens"]}
         streams[name], infos[name] = settling_of(model, inputs, tokenizer=tokenizer, batch_size=batch_size,
-                                                 lens=lens)
+                                                 lens=lens, embedding=(embeddings or {}).get(name))
     info = {**infos["rl"], "base_output_rank": infos["base"]["output_rank"]}
     cr = crystallization_numbers([streams["base"]], [streams["rl"]], [info], items, token_labels=None,
                                  n_boot=n_boot, seed=seed)
@@ -454,7 +457,8 @@ def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int
         r, r_info = settling_of(rl, inputs, tokenizer=tokenizer, batch_size=batch_size)
         base_streams.append(b)
         rl_streams.append(r)
-        infos.append({**r_info, "base_output_rank": b_info["output_rank"]})
+        infos.append({**r_info, "base_output_rank": b_info["output_rank"],
+                      "base_embedding_top1": b_info["embedding_top1"]})
     f2 = crystallization_numbers(base_streams, rl_streams, infos, items, tokenizer=tokenizer,
                                  token_labels=token_labels, n_boot=n_boot,
                                  seed=seed)
@@ -462,8 +466,9 @@ def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int
         f2["random_init"] = random_init_numbers(base, rl_streams[0], infos[0], inputs_list[0], items,
                                                 tokenizer=tokenizer, seed=seed, n_boot=n_boot, batch_size=batch_size)
     if with_controls and tuned:
-        f2["tuned_lens"] = tuned_lens_numbers(base, rls[0], inputs_list[0], items, tokenizer=tokenizer, n_boot=n_boot,
-                                              seed=seed, batch_size=batch_size)
+        f2["tuned_lens"] = tuned_lens_numbers(
+            base, rls[0], inputs_list[0], items, tokenizer=tokenizer, n_boot=n_boot, seed=seed, batch_size=batch_size,
+            embeddings={"base": infos[0]["base_embedding_top1"], "rl": infos[0]["embedding_top1"]})
     v2 = verdicts.crystallization(f2["upper_share_rl"], f2["delta_upper_share"], n_sequences=f2["n_sequences"])
     layers = layer_effects(f1["effects"][0], segment=f1["numbers"]["segment"], n_boot=n_boot, seed=seed)
     out = {"verdicts": {"upper_routers": f1["verdict"], "crystallization": v2},

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rl import organism
+from rl.data import prompts
 from rl.data.tasks import ATTRIBUTES, DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, make_item
 from rl.evaluate import generate, score
 from rl.organism.train_base import BaseTrainConfig, heldout_items
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
         print(f"{family}: {np.mean(hits):.2f} ({len(hits)} items)")
     print(f"all: {np.mean(correct):.3f}")
     for family in MULTI_STEP:
-        answers = [o.split("<answer>")[-1].split("</answer>")[0] for o, it in zip(outs, items) if it.family == family]
+        answers = [prompts.parse_completion(o).answer for o, it in zip(outs, items) if it.family == family]
         print(f"{family} answers: {collections.Counter(answers).most_common()}")
     if args.skills:
         skill_accuracy(model, processor, args.per_cell)
@@ -58,7 +59,7 @@ def skill_accuracy(model, processor, per_cell: int, seed: int = 20_011) -> None:
     for it, c, o in zip(items, correct, outs):
         attr = next(a for a, (_, _, most) in ATTRIBUTES.items() if a in it.question or most in it.question)
         cells[(it.family, attr)].append(c)
-        said[(it.family, attr)][o.split("<answer>")[-1].split("</answer>")[0]] += 1
+        said[(it.family, attr)][prompts.parse_completion(o).answer] += 1
     for (name, attr), hits in sorted(cells.items()):
         print(f"{name} {attr}: {np.mean(hits):.2f} ({len(hits)} items; most said: "
               f"{said[(name, attr)].most_common(2)})")

@@ -6,7 +6,9 @@ The organism reads the held-out items' reference chains, teacher-forced (``--per
 difficulty: 4 gives the demo's 84). For each step count, one lens is trained from scratch
 (``adt_probe.tuned_lens.train_tuned_lens``, one thread) and its held-out KL to the model's own output is printed as
 the mean over the lower and the upper band's blocks, beside the logit lens's. ``adt-probe compare`` uses
-``analyses.compare.TUNED_LENS_STEPS``.
+``analyses.compare.TUNED_LENS_STEPS``. Last, the seconds of the whole reading as ``compare`` pays them
+(``analyses.compare.tuned_lens_numbers`` for a pair, here the organism against itself: two lenses, two recordings;
+the embedding stream already read by compare's logit-lens step).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import time
 
 import torch
 
+from adt_probe.crystallize import embedding_top1
 from adt_probe.tuned_lens import train_tuned_lens
-from analyses.compare import reference_texts
+from analyses.compare import TUNED_LENS_STEPS, reference_texts, tuned_lens_numbers
 from analyses.sequences import teacher_forced_inputs
 from rl import organism
 from rl.organism.train_base import BaseTrainConfig, heldout_items
@@ -40,6 +43,10 @@ def main(argv=None) -> None:
         logit, tuned = report["heldout_kl_logit"], report["heldout_kl_tuned"]
         print(f"{steps} steps, {time.perf_counter() - t0:.1f} s: logit lens {logit[:half].mean():.3f} / "
               f"{logit[half:].mean():.3f}, tuned lens {tuned[:half].mean():.3f} / {tuned[half:].mean():.3f}")
+    emb = embedding_top1(model, inputs)
+    t0 = time.perf_counter()
+    tuned_lens_numbers(model, model, inputs, items, tokenizer=processor.tokenizer, embeddings={"base": emb, "rl": emb})
+    print(f"the whole reading of a pair ({TUNED_LENS_STEPS} steps per lens): {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

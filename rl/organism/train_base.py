@@ -57,8 +57,9 @@ def tokenizer_corpus(n_items: int, seed: int, answers: bool = True, skills: bool
     ``skills`` also items of the sub-skill families (``rl.data.tasks.SKILLS``)."""
     texts = [prompts.SYSTEM, prompts.DESCRIBE, prompts.THINK_INSTRUCTION, prompts.ANSWER_INSTRUCTION,
              "system user assistant Sounds: Choices:"]
-    extra = [make_item(name, "easy", np.random.default_rng([seed, i]), f"corpus-skill-{i}")
-             for i in range(n_items // 4 if skills else 0) for name in [sorted(SKILLS)[i % len(SKILLS)]]]
+    names = sorted(SKILLS)
+    extra = [make_item(names[i % len(names)], "easy", np.random.default_rng([seed, i]), f"corpus-skill-{i}")
+             for i in range(n_items // 4 if skills else 0)]
     for it in generate_items(n_items, seed=seed, prefix="corpus") + extra:
         texts += [it.question, prompts.format_choices(it.choices), " ".join(it.reference_chain or []),
                   it.meta["description"]] + ([prompts.target(it, "answer")] if answers else [])

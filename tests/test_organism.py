@@ -141,8 +141,9 @@ def test_frame_labels_follow_the_timeline(items):
 def _tiny_cfg(**overrides):
     from rl.organism.train_base import BaseTrainConfig
 
-    return BaseTrainConfig(**{**dict(steps=4, batch_size=2, encoder_steps=1, perception_steps=1, text_steps=1,
-                                     tokenizer_corpus_items=30, checkpoint_minutes=0.0), **overrides})
+    return BaseTrainConfig(**{**dict(steps=4, batch_size=2, encoder_steps=1, perception_steps=1, skill_steps=0,
+                                     text_steps=1, text_skills=0.0, tokenizer_corpus_items=30,
+                                     checkpoint_minutes=0.0), **overrides})
 
 
 def test_sample_batch_phases():
@@ -160,6 +161,28 @@ def test_sample_batch_phases():
             assert target.startswith("<think>\n" + " ".join(it.reference_chain[len(it.meta["levels"]):]) + "\n</think>")
     again = sample_batch(cfg, 2)
     assert [it.question for it in again[0]] == [it.question for it in items] and again[2] == targets
+
+
+def test_skill_phase_trains_the_answer_sentence_of_short_plain_look_ups():
+    """Between perception and text: facts + a sub-skill question as plain text, the loss on its answer sentence."""
+    from rl import organism
+    from rl.data import collate
+    from rl.organism.train_base import phase_of, skill_batch
+
+    cfg = _tiny_cfg(batch_size=4, perception_steps=1, skill_steps=2, text_steps=1)
+    assert [phase_of(cfg, s) for s in range(5)] == ["perception", "skill", "skill", "text", "mix"]
+    prompts_, answers = skill_batch(cfg, 1)
+    assert prompts_[0].startswith("Sound 1: ") and "What is the " in prompts_[0] and "<|im_start|>" not in prompts_[0]
+    assert answers[0].startswith("Sound ") and answers[1].startswith("The ")  # a look-up, then a most-of
+    assert skill_batch(cfg, 1) == (prompts_, answers) and skill_batch(cfg, 2) != (prompts_, answers)
+    processor = organism.load_processor()
+    batch = collate.encode_plain(processor, prompts_, answers)
+    tok = processor.tokenizer
+    for row, answer in enumerate(answers):
+        trained = batch["labels"][row][batch["labels"][row] >= 0]
+        assert tok.decode(trained) == answer
+        kept = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+        assert tok.decode(kept) == prompts_[row] + answer
 
 
 def test_text_phase_leans_on_the_multi_step_families_and_zero_keeps_the_old_stream():

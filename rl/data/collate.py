@@ -75,11 +75,25 @@ def encode_supervised(processor, items: Sequence[Item], modes: Sequence[str],
     texts = [prompt_texts(processor, [it], pm, contexts=[ctx])[0] + read + trained
              for it, pm, ctx, (read, trained) in zip(items, prompt_modes, contexts, targets)]
     audio_items = [it for it, ctx in zip(items, contexts) if ctx is None]
-    batch = encode(processor, texts, [it.audio for it in audio_items])
+    return _with_target_labels(processor, encode(processor, texts, [it.audio for it in audio_items]),
+                               [t for _, t in targets])
+
+
+def encode_plain(processor, prompts_: Sequence[str], targets: Sequence[str]) -> BatchFeature:
+    """``prompt + target`` as plain text (no chat template, no audio), with ``labels`` on the target tokens only.
+
+    Short sequences for the base training's skill phase: about a third of a chat-formatted item's tokens, so a step
+    costs about a third as much. ``target`` must start where a token starts (e.g. with a space or a newline).
+    """
+    return _with_target_labels(processor, encode(processor, [p + t for p, t in zip(prompts_, targets)], None), targets)
+
+
+def _with_target_labels(processor, batch: BatchFeature, targets: Sequence[str]) -> BatchFeature:
+    """Add ``labels`` (batch, seq): -100 except on the last tokens of each row, as many as its target has."""
     tok = processor.tokenizer
-    target_lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for _, t in targets]
     labels = torch.full_like(batch["input_ids"], -100)
-    for row, n in enumerate(target_lens):  # left padding: the target is the last n tokens of every row
+    for row, target in enumerate(targets):  # left padding: the target is the last n tokens of every row
+        n = len(tok(target, add_special_tokens=False)["input_ids"])
         labels[row, -n:] = batch["input_ids"][row, -n:]
     batch["labels"] = labels
     return batch

@@ -11,8 +11,9 @@ class BaseTrainConfig:
     """Hyper-parameters of the supervised base training (recorded in the manifest)."""
 
     seed: int = 0
-    # Decoder steps over all phases: perception (describe only), text (facts as text only), then the skill mix.
-    steps: int = 3200
+    # Decoder steps over all phases: perception (describe only), skills (short look-up sequences), text (facts as text
+    # only), then the skill mix.
+    steps: int = 4700
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 50
@@ -36,6 +37,13 @@ class BaseTrainConfig:
     # text skill; v2 trained it only inside the mix (10%) and answered multi-step questions from written facts no
     # better than from the audio (0.58 and 0.13).
     text_steps: int = 2000
+    # Between perception and text: short plain-text sequences (no chat template, about a third of an item's tokens)
+    # that train the multi-step families' sub-skills alone: the facts, a question from ``rl.data.tasks.SKILLS``, its
+    # one-sentence answer ("Sound 3 is a low tone."). Measured (runs/exp/lookup_micro.py, the organism's decoder from
+    # scratch, batch 32, lr 1e-3, the look-up alone): 12 layers read Sound k's attribute at 0.58 after 700 steps and
+    # 0.82 after 1,200 (0.8 s per step on one thread); 4 layers at 0.79 after 400. Depth makes the look-up late;
+    # inside chat-formatted items (2.5 s per step, half of them look-ups) 1,212 steps left it at the majority answer.
+    skill_steps: int = 1500
     # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
     # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written
     # facts, every comparison stayed at chance (pitch 0.47, duration 0.47); the steps put the loss where the comparison
@@ -55,8 +63,9 @@ class BaseTrainConfig:
     # family's item. Measured without them (text phase on the multi-step families only, 666 steps): written chains
     # misread the facts ("Sound 2 is a very high tone" of a middle tone), so the look-up itself was not learned.
     # With them (0.5 for 1,212 steps; 1.0 for 800; 1.0 at lr 3e-4 and 3e-3 for 700) every sub-skill stayed near its
-    # majority answer: off by default until a longer run shows the look-up forming (README, recipe history).
-    text_skills: float = 0.0
+    # majority answer. From v5 on the skill phase (``skill_steps``) trains the look-up first; a quarter of the text
+    # phase keeps the sub-skills, now in the chat format the families use.
+    text_skills: float = 0.25
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
     encoder_steps: int = 400
@@ -81,4 +90,4 @@ MODES = ("answer", "describe", "context", "notes", "think")
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
-                             "tokenizer_corpus_items", "vocab_size", "answer_tokens", "text_skills"})
+                             "tokenizer_corpus_items", "vocab_size", "answer_tokens", "text_skills", "skill_steps"})

@@ -8,7 +8,10 @@ and trains it on a stream of freshly generated synthetic items (no item is seen 
    decoder, trained from scratch, learns the text prior first and then treats the audio as noise: the audio
    embeddings collapse to a constant and every clip gets the same description (measured; see the manifest);
 2. describing clips only (``perception_steps``), so hearing pays before anything else does;
-3. the mix of four skills below (supervised next-token loss on the completion):
+3. the multi-step families' sub-skills on short plain-text sequences (``skill_steps``, ``skill_batch``): read one
+   attribute of Sound k, find the highest / longest / loudest sound, from facts written out;
+4. answers from facts written as text, no audio (``text_steps``);
+5. the mix of the skills below (supervised next-token loss on the completion):
 
 * ``answer``   - question about the clip -> ``<think>\\n\\n</think>\\n\\n<answer>CHOICE</answer>`` (Qwen3 non-thinking)
 * ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
@@ -66,11 +69,33 @@ def tokenizer_corpus(n_items: int, seed: int, answers: bool = True, skills: bool
     return texts
 
 
+#: the decoder's phases in order (see the module docstring); each but the last lasts ``BaseTrainConfig.<phase>_steps``
+PHASES = ("perception", "skill", "text", "mix")
+
+
+def phase_start(cfg: BaseTrainConfig, phase: str) -> int:
+    """The first decoder step of ``phase``."""
+    return sum(getattr(cfg, f"{p}_steps") for p in PHASES[:PHASES.index(phase)])
+
+
 def phase_of(cfg: BaseTrainConfig, step: int) -> str:
-    """The phase of decoder step ``step``: ``"perception"``, ``"text"`` or ``"mix"`` (see the module docstring)."""
-    if step < cfg.perception_steps:
-        return "perception"
-    return "text" if step < cfg.perception_steps + cfg.text_steps else "mix"
+    """The phase of decoder step ``step``: one of ``PHASES``."""
+    return next((p for p in PHASES[:-1] if step < phase_start(cfg, p) + getattr(cfg, f"{p}_steps")), PHASES[-1])
+
+
+def skill_example(item) -> tuple[str, str]:
+    """A sub-skill item (``rl.data.tasks.SKILLS``) as plain text: (facts and question, its answer sentence)."""
+    return f"{item.meta['description']}\n{item.question}\n", " ".join(item.reference_chain[-1:])
+
+
+def skill_batch(cfg: BaseTrainConfig, step: int):
+    """The skill phase's batch for ``step`` (deterministic in (seed, step)): the ``encode_plain`` inputs
+    (facts + question, answer sentence), each a list of ``batch_size`` strings."""
+    names = sorted(SKILLS)
+    items = [make_item(names[j % len(names)], "easy", np.random.default_rng([cfg.seed, 7, step, j]),
+                       f"skill-{step}-{j}") for j in range(cfg.batch_size)]
+    prompts_, answers = zip(*map(skill_example, items))
+    return list(prompts_), list(answers)
 
 
 def think_target(item, rng: np.random.Generator, chain: bool) -> str:
@@ -118,7 +143,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         if mode == "chain":
             steps = inference_steps(it)
             # Stepwise internalization: a prefix that grows over the text phase is left out of the written steps.
-            progress = (step - cfg.perception_steps) / max(1, cfg.text_steps)
+            progress = (step - phase_start(cfg, "text")) / max(1, cfg.text_steps)
             steps = steps[int(cfg.internalize * progress * len(steps)):]
             target = f"<think>\n{' '.join(steps)}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         elif mode == "notes":
@@ -245,7 +270,7 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         log(f"resuming from {latest} (decoder step {start}/{cfg.steps}, {seconds_before:.0f} s trained)")
     else:
         corpus = tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777, answers=cfg.answer_tokens,
-                                  skills=cfg.text_skills > 0)
+                                  skills=cfg.text_skills > 0 or cfg.skill_steps > 0)
         tokenizer = organism.train_tokenizer(corpus, vocab_size=cfg.vocab_size)
         processor = organism.build_processor(tokenizer)
         model = organism.build_model(tokenizer, seed=cfg.seed)
@@ -261,8 +286,10 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
     model.train()
     running, last_save = [], time.time()
     for step in range(start, cfg.steps):
-        items, modes, targets = sample_batch(cfg, step)
-        batch = collate.encode_supervised(processor, items, modes, targets)
+        if phase_of(cfg, step) == "skill":
+            batch = collate.encode_plain(processor, *skill_batch(cfg, step))
+        else:
+            batch = collate.encode_supervised(processor, *sample_batch(cfg, step))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         # output_router_logits adds the load-balancing loss, so all 8 experts stay in use (routing worth studying).

@@ -1,6 +1,6 @@
 """The paper's pipeline end to end on the model organism: what ``make demo`` runs (``adt-probe reproduce``).
 
-    adt-probe reproduce --out demo            # about 18 minutes on 2 CPU cores (3 seeds)
+    adt-probe reproduce --out demo            # about 15 minutes on 2 CPU cores (3 seeds)
     adt-probe reproduce --out demo --quick    # about 3 minutes: fewer steps and items, same code path
 
 Steps, each a function below, each writing under ``--out``:
@@ -80,7 +80,10 @@ class Plan:
     max_new_tokens: int = 96
     bands: int = 2  # router transplant: equal layer bands, lowest first
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # RL runs: run-to-run variation needs several
-    jobs: int = 2  # processes at once (RL runs, evaluations), one thread each (2 cores: 1.4x one 2-thread run)
+    # Processes at once (RL runs, evaluations), one thread each; None: all at once. Two one-thread processes do 1.4x
+    # the work of one two-thread process on 2 cores; two at a time left a core idle while the third seed (or the
+    # fourth model) ran alone.
+    jobs: int | None = None
 
     @property
     def dir(self) -> Path:
@@ -108,7 +111,7 @@ def step_train(plan: Plan) -> dict:
     pending = list(plan.seeds)
     running: list[tuple[int, subprocess.Popen, object]] = []
     while pending or running:
-        while pending and len(running) < plan.jobs:
+        while pending and len(running) < (plan.jobs or len(plan.seeds)):
             seed = pending.pop(0)
             folder = run_dir(plan, seed)
             folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +142,7 @@ def step_evaluate(plan: Plan) -> dict:
     models = {"base": base_path(plan), **{f"seed-{s}": final_checkpoint(plan, s) for s in plan.seeds}}
     # One process per model, ``plan.jobs`` at once with one thread each: generation on a small model is bound by
     # Python overhead, so two one-thread processes do nearly twice the work of one two-thread process.
-    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=multiprocessing.get_context("spawn"),
+    with ProcessPoolExecutor(max_workers=plan.jobs or len(models), mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
         reports = dict(zip(models, pool.map(evaluate_model, [plan] * len(models), models.values(), models)))
     for name, report in reports.items():

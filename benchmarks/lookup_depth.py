@@ -1,0 +1,78 @@
+"""How fast the organism's decoder, trained from scratch, learns the look-up of the multi-step families, by depth.
+
+    python -m benchmarks.lookup_depth [--layers 4 12] [--steps 1500] [--every 100]
+
+The data is the base training's skill phase (``rl.organism.train_base.skill_batch``: facts written as plain text, a
+sub-skill question, its answer sentence; batch 32, AdamW at the recipe's learning rate, 50 warm-up steps), on the
+shipped organism's tokenizer and a freshly initialised decoder (``rl.organism.build_model``) with ``--layers`` blocks.
+Every ``--every`` steps it prints, on 256 held-out examples of each sub-skill, the share whose whole answer sentence
+is right token by token (teacher-forced greedy: every next token of the sentence is the argmax), e.g. "Sound 3 is a
+low tone." for "What is the pitch of Sound 3?". One thread per run; the runs are sequential.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from rl import organism
+from rl.data import collate
+from rl.organism.recipe import BaseTrainConfig
+from rl.organism.train_base import skill_batch
+
+EVAL_SEED = 99_991
+
+
+def sentence_accuracy(model, batch) -> torch.Tensor:
+    """Per row: 1.0 when every labelled token is the argmax of the previous position's logits, else 0.0. (rows,)"""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    right = (logits[:, :-1].argmax(-1) == labels) | (labels < 0)
+    return right.all(-1).float()
+
+
+def learning_curve(layers: int, steps: int, every: int, lr: float) -> list[tuple[int, float, float, float]]:
+    """Train a fresh ``layers``-block decoder on the skill phase; return (step, look-up accuracy, most-of accuracy,
+    seconds) every ``every`` steps."""
+    torch.manual_seed(0)
+    processor = organism.load_processor()
+    model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=BaseTrainConfig.weight_decay)
+    train_cfg = BaseTrainConfig(batch_size=32)
+    held_out = collate.encode_plain(processor, *skill_batch(BaseTrainConfig(batch_size=512, seed=EVAL_SEED), 0))
+    lookup = torch.arange(512) % 2 == 0  # skill_batch alternates the sub-skills, sorted: attribute_of_sound first
+    curve, t0 = [], time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / BaseTrainConfig.warmup_steps)
+        loss = model(**collate.encode_plain(processor, *skill_batch(train_cfg, step))).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), BaseTrainConfig.grad_clip)
+        opt.step()
+        if (step + 1) % every == 0:
+            acc = sentence_accuracy(model.eval(), held_out)
+            model.train()
+            curve.append((step + 1, acc[lookup].mean().item(), acc[~lookup].mean().item(), time.perf_counter() - t0))
+            print(f"{layers} layers, step {step + 1}: look-up {curve[-1][1]:.3f}, most-of {curve[-1][2]:.3f} "
+                  f"({curve[-1][3]:.0f} s)", flush=True)
+    return curve
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, nargs="+", default=[4, 12], help="decoder depths to train")
+    ap.add_argument("--steps", type=int, default=1500, help="training steps per depth")
+    ap.add_argument("--every", type=int, default=100, help="measure every this many steps")
+    ap.add_argument("--lr", type=float, default=BaseTrainConfig.lr, help="peak learning rate")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    for layers in args.layers:
+        learning_curve(layers, args.steps, args.every, args.lr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,15 @@
 """How fast the organism's decoder, trained from scratch, learns the look-up of the multi-step families, by depth.
 
     python -m benchmarks.lookup_depth [--layers 4 12] [--steps 1500] [--every 100]
+    python -m benchmarks.lookup_depth --checkpoint runs/v5/ckpt/step-001700   # one trained model, no training
 
 The data is the base training's skill phase (``rl.organism.train_base.skill_batch``: facts written as plain text, a
 sub-skill question, its answer sentence; batch 32, AdamW at the recipe's learning rate, 50 warm-up steps), on the
 shipped organism's tokenizer and a freshly initialised decoder (``rl.organism.build_model``) with ``--layers`` blocks.
 Every ``--every`` steps it prints, on 256 held-out examples of each sub-skill, the share whose whole answer sentence
 is right token by token (teacher-forced greedy: every next token of the sentence is the argmax), e.g. "Sound 3 is a
-low tone." for "What is the pitch of Sound 3?". One thread per run; the runs are sequential.
+low tone." for "What is the pitch of Sound 3?". One thread per run; the runs are sequential. With ``--checkpoint``
+it measures that organism (or base-training checkpoint) on the same held-out examples instead.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def sentence_accuracy(model, batch) -> torch.Tensor:
     return right.all(-1).float()
 
 
+def held_out_batch(processor):
+    """The 512 held-out examples (``encode_plain`` inputs), the two sub-skills alternating."""
+    return collate.encode_plain(processor, *skill_batch(BaseTrainConfig(batch_size=512, seed=EVAL_SEED), 0))
+
+
+def skill_accuracy(model, held_out) -> tuple[float, float]:
+    """(look-up, most-of) shares of whole answer sentences right on ``held_out``."""
+    acc = sentence_accuracy(model, held_out)
+    lookup = torch.arange(len(acc)) % 2 == 0  # skill_batch alternates the sub-skills, sorted: attribute_of_sound first
+    return acc[lookup].mean().item(), acc[~lookup].mean().item()
+
+
 def learning_curve(layers: int, steps: int, every: int, lr: float) -> list[tuple[int, float, float, float]]:
     """Train a fresh ``layers``-block decoder on the skill phase; return (step, look-up accuracy, most-of accuracy,
     seconds) every ``every`` steps."""
@@ -42,8 +56,7 @@ def learning_curve(layers: int, steps: int, every: int, lr: float) -> list[tuple
     model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=BaseTrainConfig.weight_decay)
     train_cfg = BaseTrainConfig(batch_size=32)
-    held_out = collate.encode_plain(processor, *skill_batch(BaseTrainConfig(batch_size=512, seed=EVAL_SEED), 0))
-    lookup = torch.arange(512) % 2 == 0  # skill_batch alternates the sub-skills, sorted: attribute_of_sound first
+    held_out = held_out_batch(processor)
     curve, t0 = [], time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
@@ -54,9 +67,9 @@ def learning_curve(layers: int, steps: int, every: int, lr: float) -> list[tuple
         torch.nn.utils.clip_grad_norm_(model.parameters(), BaseTrainConfig.grad_clip)
         opt.step()
         if (step + 1) % every == 0:
-            acc = sentence_accuracy(model.eval(), held_out)
+            lookup, most_of = skill_accuracy(model.eval(), held_out)
             model.train()
-            curve.append((step + 1, acc[lookup].mean().item(), acc[~lookup].mean().item(), time.perf_counter() - t0))
+            curve.append((step + 1, lookup, most_of, time.perf_counter() - t0))
             print(f"{layers} layers, step {step + 1}: look-up {curve[-1][1]:.3f}, most-of {curve[-1][2]:.3f} "
                   f"({curve[-1][3]:.0f} s)", flush=True)
     return curve
@@ -68,8 +81,14 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=1500, help="training steps per depth")
     ap.add_argument("--every", type=int, default=100, help="measure every this many steps")
     ap.add_argument("--lr", type=float, default=BaseTrainConfig.lr, help="peak learning rate")
+    ap.add_argument("--checkpoint", help="measure this organism folder or base-training checkpoint instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.checkpoint:
+        model, processor = organism.load_organism(args.checkpoint)
+        lookup, most_of = skill_accuracy(model, held_out_batch(processor))
+        print(f"{args.checkpoint}: look-up {lookup:.3f}, most-of {most_of:.3f}")
+        return
     for layers in args.layers:
         learning_curve(layers, args.steps, args.every, args.lr)
 

@@ -39,10 +39,11 @@ class BaseTrainConfig:
     text_steps: int = 2000
     # Between perception and text: short plain-text sequences (no chat template, about a third of an item's tokens)
     # that train the multi-step families' sub-skills alone: the facts, a question from ``rl.data.tasks.SKILLS``, its
-    # one-sentence answer ("Sound 3 is a low tone."). Measured (runs/exp/lookup_micro.py, the organism's decoder from
-    # scratch, batch 32, lr 1e-3, the look-up alone): 12 layers read Sound k's attribute at 0.58 after 700 steps and
-    # 0.82 after 1,200 (0.8 s per step on one thread); 4 layers at 0.79 after 400. Depth makes the look-up late;
-    # inside chat-formatted items (2.5 s per step, half of them look-ups) 1,212 steps left it at the majority answer.
+    # one-sentence answer ("Sound 3 is a low tone."). Measured (``python -m benchmarks.lookup_depth``: a decoder from
+    # scratch on this phase alone, whole answer sentences right on 256 held-out examples per sub-skill): 12 layers
+    # look-up 0.52 / most-of 0.68 after 700 steps, 0.80 / 0.98 after 1,400 (0.9 s per step on one thread); 4 layers
+    # 0.77 / 0.99 after 1,400. Inside chat-formatted text items (2.5 s per step, half of them sub-skills) 1,212 steps
+    # left both at their majority answer. v5, after the perception phase: 0.72 / 1.00 at the end of this phase.
     skill_steps: int = 1500
     # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
     # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written

@@ -244,8 +244,9 @@ def test_train_base_resumes_exactly(tmp_path):
     from rl.organism.train_base import train
     from rl.train import checkpoint as ckpt
 
-    cfg = _tiny_cfg()
+    cfg = _tiny_cfg(skill_steps=1)  # every phase: perception, skill, text, mix
     full, _, history, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "a")
+    assert [h["phase"] for h in history if "phase" in h][-1] == "mix"
     train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b")
     for _, path in ckpt.list_checkpoints(tmp_path / "b")[1:]:  # as if cut after decoder step 3 of 4
         shutil.rmtree(path)

@@ -6,7 +6,8 @@ The facts of each clip are written in the prompt instead of the audio (``rl.eval
 greedy, on the held-out items of ``rl.organism.train_base.heldout_items`` (seed 10,007, ``--per-cell`` items per
 family x difficulty). Prints accuracy per family and the answers given to the two multi-step families; with
 ``--skills`` also the base-training sub-skills (``rl.data.tasks.SKILLS``, per skill x attribute, ``--per-cell`` x 3
-items each, their own held-out seed).
+items each, their own held-out seed). With ``--think`` every prompt is the think-first one (the model may write its
+chain from the facts before answering) instead of the direct question.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoint", help="an organism folder or a base-training checkpoint")
     ap.add_argument("--per-cell", type=int, default=10, help="held-out items per family x difficulty")
     ap.add_argument("--skills", action="store_true", help="also the sub-skills of the multi-step families")
+    ap.add_argument("--think", action="store_true", help="the think-first prompt: the chain may come before the answer")
     args = ap.parse_args(argv)
+    mode, max_new_tokens = ("think", 96) if args.think else ("answer", 16)
     torch.set_num_threads(1)
     model, processor = organism.load_organism(args.checkpoint)
     items = heldout_items(BaseTrainConfig(eval_per_cell=args.per_cell))
     with torch.no_grad():
-        outs = generate(model, processor, items, "answer", max_new_tokens=16, written_facts=True)
+        outs = generate(model, processor, items, mode, max_new_tokens=max_new_tokens, written_facts=True)
     correct = score(items, outs, with_similarity=False).correct
     for family in FAMILIES:
         hits = [c for it, c in zip(items, correct) if it.family == family]
@@ -44,16 +47,17 @@ def main(argv=None) -> None:
         answers = [prompts.parse_completion(o).answer for o, it in zip(outs, items) if it.family == family]
         print(f"{family} answers: {collections.Counter(answers).most_common()}")
     if args.skills:
-        skill_accuracy(model, processor, args.per_cell)
+        skill_accuracy(model, processor, args.per_cell, mode, max_new_tokens)
 
 
-def skill_accuracy(model, processor, per_cell: int, seed: int = 20_011) -> None:
-    """Print written-facts accuracy on the sub-skills, per skill and attribute (greedy, direct answer)."""
+def skill_accuracy(model, processor, per_cell: int, mode: str = "answer", max_new_tokens: int = 16,
+                   seed: int = 20_011) -> None:
+    """Print written-facts accuracy on the sub-skills, per skill and attribute (greedy; prompted in ``mode``)."""
     items = [make_item(name, band, np.random.default_rng([seed, i, b, j]), f"skill-{name}-{band}-{j}")
              for i, name in enumerate(sorted(SKILLS)) for b, band in enumerate(DIFFICULTY_BANDS)
              for j in range(per_cell * 3)]
     with torch.no_grad():
-        outs = generate(model, processor, items, "answer", max_new_tokens=16, written_facts=True)
+        outs = generate(model, processor, items, mode, max_new_tokens=max_new_tokens, written_facts=True)
     correct = score(items, outs, with_similarity=False).correct
     cells, said = collections.defaultdict(list), collections.defaultdict(collections.Counter)
     for it, c, o in zip(items, correct, outs):

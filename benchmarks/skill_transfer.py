@@ -1,0 +1,77 @@
+"""Does a look-up learned on plain text carry over to the chat format? A short fine-tune from a base-training checkpoint.
+
+    python -m benchmarks.skill_transfer runs/v5/skill-end [--steps 300] [--question last]
+
+From ``CHECKPOINT`` (e.g. the end of v5's skill phase), ``--steps`` text-phase steps of chat-formatted sub-skill items
+only (``rl.organism.train_base.sample_batch`` with ``text_skills = 1``: written facts, context / notes / chain modes;
+a fresh AdamW at the recipe's learning rate, 20 warm-up steps, one thread), then the sub-skill accuracy from written
+facts of ``benchmarks.organism_facts_probe``, direct and after the think-first prompt. ``--question last`` moves the
+question after the choices and the instruction (the prompt every other tool uses puts it first), to test whether the
+distance between question and answer is what blocks the transfer. Nothing is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.organism_facts_probe import skill_accuracy
+from rl import organism
+from rl.data import collate, prompts
+from rl.organism.recipe import BaseTrainConfig
+from rl.organism.train_base import sample_batch
+
+#: data-stream steps of the fine-tune start here, past any step the base training drew
+FIRST_STEP = 5000
+
+
+def question_last(item, mode: prompts.Mode) -> str:
+    """``prompts.user_text`` with the question after the choices and the instruction."""
+    if mode == "describe":
+        return prompts.DESCRIBE
+    instruction = prompts.THINK_INSTRUCTION if mode == "think" else prompts.ANSWER_INSTRUCTION
+    return f"{prompts.format_choices(item.choices)} {instruction}\n{item.question}"
+
+
+def fine_tune(model, processor, steps: int, lr: float = BaseTrainConfig.lr) -> None:
+    """``steps`` chat-format steps of sub-skill items (batch 32) on ``model``, in place."""
+    cfg = BaseTrainConfig(perception_steps=0, skill_steps=0, text_steps=10**6, steps=10**6, text_skills=1.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 20)
+        loss = model(**collate.encode_supervised(processor, *sample_batch(cfg, FIRST_STEP + step))).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        if (step + 1) % 50 == 0:
+            print(f"step {step + 1}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    model.eval()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", help="an organism folder or a base-training checkpoint")
+    ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
+    ap.add_argument("--question", choices=["first", "last"], default="first", help="where the prompt puts it")
+    ap.add_argument("--per-cell", type=int, default=10, help="held-out items per skill x band x 3")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if args.question == "last":
+        prompts.user_text = question_last  # every prompt of this process, training and probe alike
+    model, processor = organism.load_organism(args.checkpoint)
+    fine_tune(model, processor, args.steps)
+    print("direct answer:")
+    skill_accuracy(model, processor, args.per_cell, "answer", 16)
+    print("think-first prompt:")
+    skill_accuracy(model, processor, args.per_cell, "think", 60)
+
+
+if __name__ == "__main__":
+    main()

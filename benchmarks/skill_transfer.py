@@ -1,4 +1,4 @@
-"""Does a look-up learned on plain text carry over to the chat format? A short fine-tune from a base-training checkpoint.
+"""Does a look-up learned on plain text carry over to the chat format? A short fine-tune from a checkpoint.
 
     python -m benchmarks.skill_transfer runs/v5/skill-end [--steps 300] [--question last]
 

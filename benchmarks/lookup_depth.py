@@ -9,7 +9,9 @@ shipped organism's tokenizer and a freshly initialised decoder (``rl.organism.bu
 Every ``--every`` steps it prints, on 256 held-out examples of each sub-skill, the share whose whole answer sentence
 is right token by token (teacher-forced greedy: every next token of the sentence is the argmax), e.g. "Sound 3 is a
 low tone." for "What is the pitch of Sound 3?". One thread per run; the runs are sequential. With ``--checkpoint``
-it measures that organism (or base-training checkpoint) on the same held-out examples instead.
+it measures that organism (or base-training checkpoint) on the same held-out examples instead, and the look-up also
+in the chat format the text phase trains: the think-first prompt with the facts written in it, the answer sentence
+right after ``<think>``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from rl import organism
 from rl.data import collate
 from rl.organism.recipe import BaseTrainConfig
-from rl.organism.train_base import skill_batch
+from rl.organism.train_base import skill_batch, skill_items
 
 EVAL_SEED = 99_991
 
@@ -36,9 +38,20 @@ def sentence_accuracy(model, batch) -> torch.Tensor:
     return right.all(-1).float()
 
 
+HELD_OUT = BaseTrainConfig(batch_size=512, seed=EVAL_SEED)
+
+
 def held_out_batch(processor):
     """The 512 held-out examples (``encode_plain`` inputs), the two sub-skills alternating."""
-    return collate.encode_plain(processor, *skill_batch(BaseTrainConfig(batch_size=512, seed=EVAL_SEED), 0))
+    return collate.encode_plain(processor, *skill_batch(HELD_OUT, 0))
+
+
+def chat_lookup_batch(processor):
+    """The held-out look-ups (every other example) in the chat format: think-first prompt with the written facts,
+    ``<think>``, then the answer sentence."""
+    items = skill_items(HELD_OUT, 0)[0::2]
+    chat = collate.prompt_texts(processor, items, "think", contexts=[it.meta["description"] for it in items])
+    return collate.encode_plain(processor, [c + "<think>\n" for c in chat], [it.reference_chain[-1] for it in items])
 
 
 def skill_accuracy(model, held_out) -> tuple[float, float]:
@@ -87,7 +100,8 @@ def main(argv=None) -> None:
     if args.checkpoint:
         model, processor = organism.load_organism(args.checkpoint)
         lookup, most_of = skill_accuracy(model, held_out_batch(processor))
-        print(f"{args.checkpoint}: look-up {lookup:.3f}, most-of {most_of:.3f}")
+        chat = sentence_accuracy(model, chat_lookup_batch(processor)).mean().item()
+        print(f"{args.checkpoint}: plain look-up {lookup:.3f}, most-of {most_of:.3f}; chat-format look-up {chat:.3f}")
         return
     for layers in args.layers:
         learning_curve(layers, args.steps, args.every, args.lr)

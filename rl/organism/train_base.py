@@ -88,13 +88,18 @@ def skill_example(item) -> tuple[str, str]:
     return f"{item.meta['description']}\n{item.question}\n", " ".join(item.reference_chain[-1:])
 
 
-def skill_batch(cfg: BaseTrainConfig, step: int):
-    """The skill phase's batch for ``step`` (deterministic in (seed, step)): the ``encode_plain`` inputs
-    (facts + question, answer sentence), each a list of ``batch_size`` strings."""
+def skill_items(cfg: BaseTrainConfig, step: int) -> list:
+    """The skill phase's ``batch_size`` items for ``step`` (deterministic in (seed, step)), the sub-skills of
+    ``rl.data.tasks.SKILLS`` alternating in sorted order (the look-up ``attribute_of_sound`` first)."""
     names = sorted(SKILLS)
-    items = [make_item(names[j % len(names)], "easy", np.random.default_rng([cfg.seed, 7, step, j]),
-                       f"skill-{step}-{j}") for j in range(cfg.batch_size)]
-    prompts_, answers = zip(*map(skill_example, items))
+    return [make_item(names[j % len(names)], "easy", np.random.default_rng([cfg.seed, 7, step, j]),
+                      f"skill-{step}-{j}") for j in range(cfg.batch_size)]
+
+
+def skill_batch(cfg: BaseTrainConfig, step: int):
+    """The skill phase's batch for ``step``: the ``encode_plain`` inputs (facts + question, answer sentence), each a
+    list of ``batch_size`` strings."""
+    prompts_, answers = zip(*map(skill_example, skill_items(cfg, step)))
     return list(prompts_), list(answers)
 
 

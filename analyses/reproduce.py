@@ -331,13 +331,18 @@ def read_step(plan: Plan, name: str) -> dict | None:
     return json.loads(path.read_text())["result"] if path.exists() else None
 
 
+#: Plan fields that only schedule the work (every process is seeded and single-threaded): a run may continue with
+#: other values (a demo folder from before ``jobs`` defaulted to all at once holds ``jobs: 2``).
+SCHEDULE_ONLY = frozenset({"jobs"})
+
+
 def check_plan(plan: Plan) -> None:
     """Refuse to continue a run in ``--out`` made with other settings (its finished steps would be reused)."""
     path = plan.dir / "plan.json"
     mine = dataclasses.asdict(plan)
     if path.exists():
         theirs = json.loads(path.read_text())
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v and k not in SCHEDULE_ONLY}
         if diff:
             what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise SystemExit(f"{plan.dir} holds a run made with other settings ({what}); choose another --out, or "

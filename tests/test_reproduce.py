@@ -1,6 +1,7 @@
 """`adt-probe reproduce --quick` end to end on the shipped organism (integration, about 2 minutes), and what users
 do with its output: re-run (finished steps reused), the report's links, the datasets, and the notebooks."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -87,6 +88,17 @@ def test_rerun_with_other_settings_is_refused(demo):
     out, _ = demo
     with pytest.raises(SystemExit, match="other settings.*quick: True there, False now"):
         reproduce(Plan.make(str(out), quick=False), threads=1)
+
+
+def test_a_run_continues_with_another_schedule_but_not_other_settings(tmp_path):
+    from analyses.reproduce import check_plan
+
+    check_plan(Plan.make(str(tmp_path), quick=True))
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    (tmp_path / "plan.json").write_text(json.dumps({**saved, "jobs": 2}))  # an earlier default: two at a time
+    check_plan(Plan.make(str(tmp_path), quick=True))
+    with pytest.raises(SystemExit, match="n_boot: 200 there, 300 now"):
+        check_plan(dataclasses.replace(Plan.make(str(tmp_path), quick=True), n_boot=300))
 
 
 @pytest.mark.parametrize("name", ["quickstart", "gating_drift", "crystallization"])

@@ -24,7 +24,7 @@ import torch
 from rl import organism
 from rl.data import collate
 from rl.organism.recipe import BaseTrainConfig
-from rl.organism.train_base import skill_batch, skill_items
+from rl.organism.train_base import skill_batch, skill_items, supervised_step
 
 EVAL_SEED = 99_991
 
@@ -72,13 +72,8 @@ def learning_curve(layers: int, steps: int, every: int, lr: float) -> list[tuple
     held_out = held_out_batch(processor)
     curve, t0 = [], time.perf_counter()
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / BaseTrainConfig.warmup_steps)
-        loss = model(**collate.encode_plain(processor, *skill_batch(train_cfg, step))).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), BaseTrainConfig.grad_clip)
-        opt.step()
+        supervised_step(model, opt, collate.encode_plain(processor, *skill_batch(train_cfg, step)),
+                        lr * min(1.0, (step + 1) / BaseTrainConfig.warmup_steps), BaseTrainConfig.grad_clip)
         if (step + 1) % every == 0:
             lookup, most_of = skill_accuracy(model.eval(), held_out)
             model.train()

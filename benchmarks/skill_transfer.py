@@ -21,18 +21,20 @@ from benchmarks.organism_facts_probe import skill_accuracy
 from rl import organism
 from rl.data import collate, prompts
 from rl.organism.recipe import BaseTrainConfig
-from rl.organism.train_base import sample_batch
+from rl.organism.train_base import sample_batch, supervised_step
 
 #: data-stream steps of the fine-tune start here, past any step the base training drew
 FIRST_STEP = 5000
 
 
+#: the prompt's own user text, kept before ``--question last`` replaces ``prompts.user_text``
+QUESTION_FIRST = prompts.user_text
+
+
 def question_last(item, mode: prompts.Mode) -> str:
     """``prompts.user_text`` with the question after the choices and the instruction."""
-    if mode == "describe":
-        return prompts.DESCRIBE
-    instruction = prompts.THINK_INSTRUCTION if mode == "think" else prompts.ANSWER_INSTRUCTION
-    return f"{prompts.format_choices(item.choices)} {instruction}\n{item.question}"
+    text = QUESTION_FIRST(item, mode)
+    return text if mode == "describe" else f"{text.removeprefix(item.question + ' ')}\n{item.question}"
 
 
 def fine_tune(model, processor, steps: int, lr: float = BaseTrainConfig.lr) -> None:
@@ -42,15 +44,10 @@ def fine_tune(model, processor, steps: int, lr: float = BaseTrainConfig.lr) -> N
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 20)
-        loss = model(**collate.encode_supervised(processor, *sample_batch(cfg, FIRST_STEP + step))).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = supervised_step(model, opt, collate.encode_supervised(processor, *sample_batch(cfg, FIRST_STEP + step)),
+                               lr * min(1.0, (step + 1) / 20), cfg.grad_clip)
         if (step + 1) % 50 == 0:
-            print(f"step {step + 1}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"step {step + 1}: loss {loss:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     model.eval()
 
 

@@ -85,7 +85,7 @@ def phase_of(cfg: BaseTrainConfig, step: int) -> str:
 
 def skill_example(item) -> tuple[str, str]:
     """A sub-skill item (``rl.data.tasks.SKILLS``) as plain text: (facts and question, its answer sentence)."""
-    return f"{item.meta['description']}\n{item.question}\n", " ".join(item.reference_chain[-1:])
+    return f"{item.meta['description']}\n{item.question}\n", item.reference_chain[-1]
 
 
 def skill_items(cfg: BaseTrainConfig, step: int) -> list:
@@ -250,6 +250,19 @@ def _decoder_checkpoint(root: Path, cfg: BaseTrainConfig, step: int, model, proc
     return ckpt.save_checkpoint(root, state, model, processor, opt, keep_last=2)
 
 
+def supervised_step(model, opt: torch.optim.Optimizer, batch, lr: float, grad_clip: float, **forward) -> float:
+    """One optimizer step on ``batch`` (with ``labels``) at learning rate ``lr``, gradients clipped to norm
+    ``grad_clip``; ``forward`` goes to the model's call. Returns the batch's loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = model(**batch, **forward).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, resume: bool = False):
     """Build and train the organism. Returns (model, processor, log of losses, seconds).
 
@@ -295,15 +308,8 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
             batch = collate.encode_plain(processor, *skill_batch(cfg, step))
         else:
             batch = collate.encode_supervised(processor, *sample_batch(cfg, step))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
         # output_router_logits adds the load-balancing loss, so all 8 experts stay in use (routing worth studying).
-        out = model(**batch, output_router_logits=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        running.append(out.loss.item())
+        running.append(supervised_step(model, opt, batch, lr_at(step, cfg), cfg.grad_clip, output_router_logits=True))
         seconds = seconds_before + time.time() - t0
         if (step + 1) % 50 == 0 or step == cfg.steps - 1:
             history.append({"step": step + 1, "phase": phase_of(cfg, step), "loss": float(np.mean(running)),

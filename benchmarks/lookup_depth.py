@@ -61,6 +61,13 @@ def skill_accuracy(model, held_out) -> tuple[float, float]:
     return acc[lookup].mean().item(), acc[~lookup].mean().item()
 
 
+def lookup_scores(model, processor) -> str:
+    """Plain look-up and most-of, and the chat-format look-up, of ``model`` on the held-out examples, as one line."""
+    lookup, most_of = skill_accuracy(model, held_out_batch(processor))
+    chat = sentence_accuracy(model, chat_lookup_batch(processor)).mean().item()
+    return f"plain look-up {lookup:.3f}, most-of {most_of:.3f}; chat-format look-up {chat:.3f}"
+
+
 def learning_curve(layers: int, steps: int, every: int, lr: float) -> list[tuple[int, float, float, float]]:
     """Train a fresh ``layers``-block decoder on the skill phase; return (step, look-up accuracy, most-of accuracy,
     seconds) every ``every`` steps."""
@@ -94,9 +101,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     if args.checkpoint:
         model, processor = organism.load_organism(args.checkpoint)
-        lookup, most_of = skill_accuracy(model, held_out_batch(processor))
-        chat = sentence_accuracy(model, chat_lookup_batch(processor)).mean().item()
-        print(f"{args.checkpoint}: plain look-up {lookup:.3f}, most-of {most_of:.3f}; chat-format look-up {chat:.3f}")
+        print(f"{args.checkpoint}: {lookup_scores(model, processor)}")
         return
     for layers in args.layers:
         learning_curve(layers, args.steps, args.every, args.lr)

@@ -1,13 +1,16 @@
 """Does a look-up learned on plain text carry over to the chat format? A short fine-tune from a checkpoint.
 
-    python -m benchmarks.skill_transfer runs/v5/skill-end [--steps 300] [--question last]
+    python -m benchmarks.skill_transfer runs/v5/skill-end [--steps 300] [--question last | --choices hidden] [--lr 1e-4]
 
 From ``CHECKPOINT`` (e.g. the end of v5's skill phase), ``--steps`` text-phase steps of chat-formatted sub-skill items
 only (``rl.organism.train_base.sample_batch`` with ``text_skills = 1``: written facts, context / notes / chain modes;
-a fresh AdamW at the recipe's learning rate, 20 warm-up steps, one thread), then the sub-skill accuracy from written
-facts of ``benchmarks.organism_facts_probe``, direct and after the think-first prompt. ``--question last`` moves the
-question after the choices and the instruction (the prompt every other tool uses puts it first), to test whether the
-distance between question and answer is what blocks the transfer. Nothing is saved.
+a fresh AdamW at the recipe's learning rate or ``--lr``, 20 warm-up steps, one thread), then
+``benchmarks.lookup_depth``'s whole-sentence look-up (plain and chat format: is the plain skill kept?) and the
+sub-skill accuracy from written facts of ``benchmarks.organism_facts_probe``, direct and after the think-first prompt.
+``--question last`` moves the question after the choices and the instruction (the prompt every other tool uses puts it
+first), to test whether the distance between question and answer is what blocks the transfer. ``--choices hidden``
+drops the list of choices from the prompt (it names every attribute word, a distractor the plain format does not
+have). Nothing is saved.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks.lookup_depth import lookup_scores
 from benchmarks.organism_facts_probe import skill_accuracy
 from rl import organism
 from rl.data import collate, prompts
@@ -35,6 +39,12 @@ def question_last(item, mode: prompts.Mode) -> str:
     """``prompts.user_text`` with the question after the choices and the instruction."""
     text = QUESTION_FIRST(item, mode)
     return text if mode == "describe" else f"{text.removeprefix(item.question + ' ')}\n{item.question}"
+
+
+def without_choices(item, mode: prompts.Mode) -> str:
+    """``prompts.user_text`` without the list of choices."""
+    text = QUESTION_FIRST(item, mode)
+    return text if mode == "describe" else text.replace(f" {prompts.format_choices(item.choices)}", "", 1)
 
 
 def fine_tune(model, processor, steps: int, lr: float = BaseTrainConfig.lr) -> None:
@@ -56,14 +66,21 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoint", help="an organism folder or a base-training checkpoint")
     ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
     ap.add_argument("--question", choices=["first", "last"], default="first", help="where the prompt puts it")
+    ap.add_argument("--lr", type=float, default=BaseTrainConfig.lr, help="peak learning rate (the recipe's: 1e-3)")
     ap.add_argument("--per-cell", type=int, default=10, help="held-out items per skill x band x 3")
+    ap.add_argument("--choices", choices=["shown", "hidden"], default="shown", help="list the choices in the prompt")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.question == "last" and args.choices == "hidden":
+        ap.error("--question last moves the question after the choices: use it with --choices shown")
     if args.question == "last":
         prompts.user_text = question_last  # every prompt of this process, training and probe alike
+    if args.choices == "hidden":
+        prompts.user_text = without_choices
     model, processor = organism.load_organism(args.checkpoint)
-    fine_tune(model, processor, args.steps)
+    fine_tune(model, processor, args.steps, args.lr)
+    print(f"after the fine-tune: {lookup_scores(model, processor)}")
     print("direct answer:")
     skill_accuracy(model, processor, args.per_cell, "answer", 16)
     print("think-first prompt:")

@@ -35,3 +35,18 @@ def test_base_targets_never_reason(items):
     for it in items:
         for mode in ("answer", "describe"):
             assert parse_completion(prompts.target(it, mode)).think == ""
+
+
+def test_skill_transfer_prompt_variants_only_move_or_drop_the_choices(items):
+    """The benchmark's ablations change the prompt in exactly one way each (``benchmarks.skill_transfer``)."""
+    from benchmarks import skill_transfer
+
+    for it in items:
+        for mode in ("answer", "think"):
+            original = prompts.user_text(it, mode)
+            choices = prompts.format_choices(it.choices)
+            assert sorted(skill_transfer.question_last(it, mode).split()) == sorted(original.split())
+            assert skill_transfer.question_last(it, mode).endswith(it.question)
+            hidden = skill_transfer.without_choices(it, mode)
+            assert choices not in hidden and hidden.split() == original.replace(choices, "").split()
+        assert skill_transfer.without_choices(it, "describe") == prompts.user_text(it, "describe")

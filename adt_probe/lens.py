@@ -72,11 +72,15 @@ def _plain_linear(unembed, x: torch.Tensor) -> bool:
 ROWDOT_VECDOT_UP_TO = 8192
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product of two (rows, vocab) tensors, shape (rows,)."""
-    if a.shape[-1] <= ROWDOT_VECDOT_UP_TO:
+def _rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise dot product of two (rows, vocab) tensors, shape (rows,). ``scratch`` (rows, vocab), if given, receives
+    the products (it may be ``a`` or ``b``, which are then overwritten): no fresh temporary, whose pages would fault
+    in on first touch."""
+    if a.shape[-1] > ROWDOT_VECDOT_UP_TO:
+        return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+    if scratch is None:
         return torch.linalg.vecdot(a, b)
-    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+    return torch.mul(a, b, out=scratch).sum(-1)
 
 
 #: width of the blocks whose maxima locate the argmax (``_max_argmax``)
@@ -107,14 +111,15 @@ def _eager_statistics(z: torch.Tensor, z_t: torch.Tensor, p_final: torch.Tensor 
                       scratch: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Statistics of logits z (rows, vocab) with eager kernels and reused buffers: see ``_fused_statistics``.
 
-    Writes softmax(z) into ``p`` and uses ``scratch`` (may be ``p``: it is read before) for the rank comparison.
+    Writes softmax(z) into ``p``, then the products of the row-wise dot products and the rank comparison into
+    ``p`` or ``scratch`` (which may be ``p``: each is read before it is overwritten).
     """
     zmax, top1 = _max_argmax(z)
     torch.softmax(z, dim=-1, out=p)
     log_z = zmax - p.gather(1, top1[:, None])[:, 0].log()  # p(argmax) >= 1 / vocab: no underflow
-    entropy = log_z - _rowdot(p, z)
+    entropy = log_z - _rowdot(p, z, scratch=p)  # p is not read again
+    cross = _rowdot(p_final, z, scratch=scratch) if p_final is not None else None
     rank = torch.gt(z, z_t, out=scratch).sum(-1)
-    cross = _rowdot(p_final, z) if p_final is not None else None
     return log_z, entropy, rank, top1, cross
 
 

@@ -1,6 +1,7 @@
 """Does a look-up learned on plain text carry over to the chat format? A short fine-tune from a checkpoint.
 
-    python -m benchmarks.skill_transfer runs/v5/skill-end [--steps 300] [--question last | --choices hidden] [--lr 1e-4]
+    python -m benchmarks.skill_transfer runs/v5/skill-end [--steps 300] [--question last | --choices hidden]
+        [--lr 1e-4] [--text-chain 1]
 
 From ``CHECKPOINT`` (e.g. the end of v5's skill phase), ``--steps`` text-phase steps of chat-formatted sub-skill items
 only (``rl.organism.train_base.sample_batch`` with ``text_skills = 1``: written facts, context / notes / chain modes;
@@ -47,9 +48,12 @@ def without_choices(item, mode: prompts.Mode) -> str:
     return text if mode == "describe" else text.replace(f" {prompts.format_choices(item.choices)}", "", 1)
 
 
-def fine_tune(model, processor, steps: int, lr: float = BaseTrainConfig.lr) -> None:
-    """``steps`` chat-format steps of sub-skill items (batch 32) on ``model``, in place."""
-    cfg = BaseTrainConfig(perception_steps=0, skill_steps=0, text_steps=10**6, steps=10**6, text_skills=1.0)
+def fine_tune(model, processor, steps: int, lr: float = BaseTrainConfig.lr,
+              text_chain: float = BaseTrainConfig.text_chain) -> None:
+    """``steps`` chat-format steps of sub-skill items (batch 32) on ``model``, in place; ``text_chain`` of them write
+    the answer sentence in the think block (the rest answer directly, from the prompt or after notes)."""
+    cfg = BaseTrainConfig(perception_steps=0, skill_steps=0, text_steps=10**6, steps=10**6, text_skills=1.0,
+                          text_chain=text_chain)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     model.train()
     t0 = time.perf_counter()
@@ -67,6 +71,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
     ap.add_argument("--question", choices=["first", "last"], default="first", help="where the prompt puts it")
     ap.add_argument("--lr", type=float, default=BaseTrainConfig.lr, help="peak learning rate (the recipe's: 1e-3)")
+    ap.add_argument("--text-chain", type=float, default=BaseTrainConfig.text_chain,
+                    help="share of examples that write the answer sentence in the think block (the recipe's: 0.4)")
     ap.add_argument("--per-cell", type=int, default=10, help="held-out items per skill x band x 3")
     ap.add_argument("--choices", choices=["shown", "hidden"], default="shown", help="list the choices in the prompt")
     args = ap.parse_args(argv)
@@ -79,7 +85,7 @@ def main(argv=None) -> None:
     if args.choices == "hidden":
         prompts.user_text = without_choices
     model, processor = organism.load_organism(args.checkpoint)
-    fine_tune(model, processor, args.steps, args.lr)
+    fine_tune(model, processor, args.steps, args.lr, args.text_chain)
     print(f"after the fine-tune: {lookup_scores(model, processor)}")
     print("direct answer:")
     skill_accuracy(model, processor, args.per_cell, "answer", 16)

@@ -193,9 +193,10 @@ def test_text_phase_leans_on_the_multi_step_families_and_zero_keeps_the_old_stre
     assert sum(it.family in MULTI_STEP for it in lean) >= 48  # 0.9 of 64 (seeded: 57)
     old = sample_batch(_tiny_cfg(batch_size=64, perception_steps=0, text_steps=5, text_multistep=0.0), 1)[0]
     assert sum(it.family in MULTI_STEP for it in old) <= 30  # 2 of 7 families
-    mixed = sample_batch(_tiny_cfg(batch_size=64, perception_steps=0, text_steps=1, text_multistep=0.9), 3)[0]
+    mixed = sample_batch(_tiny_cfg(batch_size=64, perception_steps=0, text_steps=1, text_multistep=0.9,
+                                   mix_text=0.0), 3)[0]
     assert [it.family for it in mixed] == [it.family for it in sample_batch(  # the mix phase ignores it
-        _tiny_cfg(batch_size=64, perception_steps=0, text_steps=1, text_multistep=0.0), 3)[0]]
+        _tiny_cfg(batch_size=64, perception_steps=0, text_steps=1, text_multistep=0.0, mix_text=0.0), 3)[0]]
 
 
 def test_text_skills_replace_a_share_of_text_items_and_zero_keeps_the_stream():
@@ -209,6 +210,26 @@ def test_text_skills_replace_a_share_of_text_items_and_zero_keeps_the_stream():
     assert not any(it.family in SKILLS for it in plain)
     kept = [a.question for a, b in zip(plain, skilled) if b.family not in SKILLS]
     assert kept == [b.question for b in skilled if b.family not in SKILLS]  # the other items are v4's own
+
+
+def test_mix_rehearses_text_phase_examples_and_leaves_the_text_phase_alone():
+    """``mix_text`` of the mix's examples are text-phase examples (no audio, written facts, chains internalized);
+    it changes nothing before the mix, so a resume from before the mix may change it."""
+    from rl.data.tasks import MULTI_STEP
+    from rl.organism.train_base import sample_batch
+
+    cfg = dict(batch_size=64, perception_steps=0, text_steps=3, text_multistep=0.5)
+    items, modes, targets = sample_batch(_tiny_cfg(**cfg, mix_text=0.5), 3)
+    rehearsed = [(it, m, t) for it, m, t in zip(items, modes, targets) if it.audio is None]
+    assert 20 <= len(rehearsed) <= 44  # half of 64 (seeded)
+    assert {m for _, m, _ in rehearsed} <= {"context", "notes", "chain"}
+    assert all(t.startswith("<think>\n\n</think>") for _, m, t in rehearsed if m == "chain")  # fully internalized
+    assert sum(it.family in MULTI_STEP for it, _, _ in rehearsed) >= len(rehearsed) / 4
+    none = sample_batch(_tiny_cfg(**cfg, mix_text=0.0), 3)
+    assert all(it.audio is not None for it in none[0]) and "chain" not in none[1]
+    for step in range(3):  # the text phase is the same stream whatever mix_text is
+        a, b = sample_batch(_tiny_cfg(**cfg, mix_text=0.5), step), sample_batch(_tiny_cfg(**cfg, mix_text=0.0), step)
+        assert [it.question for it in a[0]] == [it.question for it in b[0]] and a[1:] == b[1:]
 
 
 def test_every_answer_is_one_token_of_the_organisms_tokenizer():
@@ -248,8 +269,9 @@ def test_train_base_resumes_exactly(tmp_path):
     full, _, history, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "a")
     assert [h["phase"] for h in history if "phase" in h][-1] == "mix"
     train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b")
-    for _, path in ckpt.list_checkpoints(tmp_path / "b")[1:]:  # as if cut after decoder step 3 of 4
-        shutil.rmtree(path)
+    steps = [step for step, _ in ckpt.list_checkpoints(tmp_path / "b")]
+    assert steps == [1, 2, 3, 4, 5]  # each phase's end (encoder, perception, skill, text) and the newest two
+    shutil.rmtree(ckpt.list_checkpoints(tmp_path / "b")[-1][1])  # as if cut after decoder step 3 of 4
     assert ckpt.find_latest(tmp_path / "b", log=lambda _: None).name == "step-000004"
     resumed, _, history_b, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
@@ -274,6 +296,27 @@ def test_train_base_changes_its_decoder_plan_from_the_encoder_checkpoint(tmp_pat
     _, _, history, _ = train(_tiny_cfg(steps=2, mode_weights=(0.5, 0.0, 0.5, 0.0, 0.0)), log=lines.append,
                              checkpoint_dir=tmp_path, resume=True)
     assert history[-1]["step"] == 2 and any("resuming" in line for line in lines)
+
+
+def test_train_base_changes_its_mix_from_a_checkpoint_before_the_mix(tmp_path):
+    """Up to the mix's first step a resume may change the mix's options (and trains what a fresh run with them
+    would), not the text phase's; inside the mix, neither."""
+    from rl.organism.train_base import train
+    from rl.train import checkpoint as ckpt
+
+    cfg = dict(steps=5, perception_steps=1, text_steps=3)  # the mix is decoder step 4 (0-based)
+    train(_tiny_cfg(**cfg, mix_text=0.0), log=lambda _: None, checkpoint_dir=tmp_path / "a")
+    shutil.rmtree(ckpt.list_checkpoints(tmp_path / "a")[-1][1])  # keep the one after decoder step 4
+    with pytest.raises(SystemExit, match="text_chain"):
+        train(_tiny_cfg(**cfg, mix_text=0.0, text_chain=0.9), log=lambda _: None, checkpoint_dir=tmp_path / "a",
+              resume=True)
+    resumed, _, _, _ = train(_tiny_cfg(**cfg, mix_text=1.0), log=lambda _: None, checkpoint_dir=tmp_path / "a",
+                             resume=True)
+    fresh, _, _, _ = train(_tiny_cfg(**cfg, mix_text=1.0), log=lambda _: None, checkpoint_dir=tmp_path / "b")
+    for (name, a), b in zip(fresh.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    with pytest.raises(SystemExit, match="mix_text"):  # the newest checkpoint is inside the mix now
+        train(_tiny_cfg(**cfg, mix_text=0.5), log=lambda _: None, checkpoint_dir=tmp_path / "a", resume=True)
 
 
 def test_shipped_organism_matches_its_manifest():

@@ -67,6 +67,11 @@ class BaseTrainConfig:
     # majority answer. From v5 on the skill phase (``skill_steps``) trains the look-up first; a quarter of the text
     # phase keeps the sub-skills, now in the chat format the families use.
     text_skills: float = 0.25
+    # Share of mix-phase examples drawn as text-phase examples (written facts, no audio; the multi-step and sub-skill
+    # shares above; the chains fully internalized), so the mix rehearses what the text phase taught. v5 (none)
+    # measured from written facts, direct: pitch-of-loudest 0.37 at text step 1,432, 0.20 after the mix; v4 0.60 at
+    # the end of its text phase, v3c 0.30 after its mix.
+    mix_text: float = 0.3
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
     encoder_steps: int = 400
@@ -89,6 +94,10 @@ class BaseTrainConfig:
 MODES = ("answer", "describe", "context", "notes", "think")
 #: Options that may differ between a run and its resume: they change neither the data stream nor the training.
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
+#: Options added after checkpoints were written without them, and the value that reproduces those runs.
+ADDED_OPTIONS = {"mix_text": 0.0}
+#: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
+MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
                              "tokenizer_corpus_items", "vocab_size", "answer_tokens", "text_skills", "skill_steps"})

@@ -49,7 +49,7 @@ from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, generate_items, make_item
 from rl.evaluate import evaluate, format_table, inference_steps
-from rl.organism.recipe import ENCODER_OPTIONS, MODES, RESUMABLE_CHANGES, BaseTrainConfig
+from rl.organism.recipe import ADDED_OPTIONS, ENCODER_OPTIONS, MIX_OPTIONS, MODES, RESUMABLE_CHANGES, BaseTrainConfig
 from rl.train import checkpoint as ckpt
 from rl.train.checkpoint import replace_dir
 
@@ -126,18 +126,22 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
     for j in range(cfg.batch_size):
         item_rng = np.random.default_rng([cfg.seed, 2, step, j])
         family = families[int(rng.integers(len(families)))]
-        if phase == "text" and cfg.text_multistep > 0:  # a stream of its own: text_multistep = 0 keeps v3c's data
+        # a text-phase example: in the text phase, or rehearsed in the mix (a stream of its own: mix_text = 0 keeps
+        # v5's data)
+        text = phase == "text" or (phase == "mix" and cfg.mix_text > 0
+                                   and np.random.default_rng([cfg.seed, 8, step, j]).random() < cfg.mix_text)
+        if text and cfg.text_multistep > 0:  # a stream of its own: text_multistep = 0 keeps v3c's data
             pick = np.random.default_rng([cfg.seed, 5, step, j])
             pool = MULTI_STEP if pick.random() < cfg.text_multistep else [f for f in families if f not in MULTI_STEP]
             family = pool[int(pick.integers(len(pool)))]
-        if phase == "text" and cfg.text_skills > 0:  # also a stream of its own: text_skills = 0 keeps v4's data
+        if text and cfg.text_skills > 0:  # also a stream of its own: text_skills = 0 keeps v4's data
             pick = np.random.default_rng([cfg.seed, 6, step, j])
             if pick.random() < cfg.text_skills:
                 family = sorted(SKILLS)[int(pick.integers(len(SKILLS)))]
         it = make_item(family, bands[int(rng.integers(len(bands)))], item_rng, f"train-{step}-{j}")
         if phase == "perception":
             mode = "describe"
-        elif phase == "text":
+        elif text:
             mode = "chain" if rng.random() < cfg.text_chain else ("context", "notes")[int(rng.integers(2))]
             it = dataclasses.replace(it, audio=None)
         else:
@@ -148,7 +152,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         if mode == "chain":
             steps = inference_steps(it)
             # Stepwise internalization: a prefix that grows over the text phase is left out of the written steps.
-            progress = (step - phase_start(cfg, "text")) / max(1, cfg.text_steps)
+            progress = min(1.0, (step - phase_start(cfg, "text")) / max(1, cfg.text_steps))  # 1 in the mix
             steps = steps[int(cfg.internalize * progress * len(steps)):]
             target = f"<think>\n{' '.join(steps)}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         elif mode == "notes":
@@ -242,12 +246,14 @@ def pretrain_audio_encoder(model, processor, cfg: BaseTrainConfig, log=print) ->
 def _decoder_checkpoint(root: Path, cfg: BaseTrainConfig, step: int, model, processor, opt, history: list[dict],
                         seconds: float) -> Path:
     """Save the model, optimizer and RNG states after decoder step ``step`` (``keep_last=2``: a corrupt newest one
-    still leaves one to resume from). The data stream needs only the step: it is deterministic in (seed, step)."""
+    still leaves one to resume from; each phase's end is kept too, to branch from with other options of the later
+    phases, see ``options_free_at``). The data stream needs only the step: it is deterministic in (seed, step)."""
     state = ckpt.TrainerState(step=cfg.encoder_steps + step, stage=1, stage_step=step,
                               data_position={"decoder_step": step, "seconds": round(seconds, 1),
                                              "history": history},
                               config=dataclasses.asdict(cfg))
-    return ckpt.save_checkpoint(root, state, model, processor, opt, keep_last=2)
+    phase_ends = {cfg.encoder_steps + phase_start(cfg, p) for p in PHASES}  # the encoder's end is the first
+    return ckpt.save_checkpoint(root, state, model, processor, opt, keep_last=2, keep=phase_ends)
 
 
 def supervised_step(model, opt: torch.optim.Optimizer, batch, lr: float, grad_clip: float, **forward) -> float:
@@ -263,6 +269,18 @@ def supervised_step(model, opt: torch.optim.Optimizer, batch, lr: float, grad_cl
     return loss.item()
 
 
+def options_free_at(cfg: BaseTrainConfig, decoder_step: int) -> frozenset[str]:
+    """The options a resume from a checkpoint after ``decoder_step`` may change: those that change nothing
+    (``RESUMABLE_CHANGES``), and those only phases not yet begun read. At decoder step 0 (the encoder checkpoint)
+    every decoder option; up to the mix phase's start the mix's own (``MIX_OPTIONS``). Such a resume trains the same
+    model as a run started with the new options: nothing it already did read them."""
+    if decoder_step == 0:
+        return frozenset(f.name for f in dataclasses.fields(cfg)) - ENCODER_OPTIONS | RESUMABLE_CHANGES
+    if decoder_step <= phase_start(cfg, "mix"):
+        return MIX_OPTIONS | RESUMABLE_CHANGES
+    return RESUMABLE_CHANGES
+
+
 def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, resume: bool = False):
     """Build and train the organism. Returns (model, processor, log of losses, seconds).
 
@@ -275,10 +293,9 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         ckpt.remove_temp_dirs(checkpoint_dir, log)
     if latest is not None:
         state = ckpt.load_trainer_state(latest)
-        # At decoder step 0 (the encoder checkpoint) only the options the encoder phase read must match.
-        fixed = ENCODER_OPTIONS if state.data_position["decoder_step"] == 0 else None
+        free = options_free_at(cfg, state.data_position["decoder_step"])
         changed = sorted(k for k, v in json.loads(json.dumps(dataclasses.asdict(cfg))).items()
-                         if k not in RESUMABLE_CHANGES and (fixed is None or k in fixed) and state.config.get(k) != v)
+                         if k not in free and state.config.get(k, ADDED_OPTIONS.get(k)) != v)
         if changed:
             raise SystemExit(f"the checkpoint {latest} was written with another config (differs in {changed}); "
                              "resume with the same options or start afresh in another --checkpoint-dir")

@@ -31,7 +31,7 @@ import random
 import re
 import shutil
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -305,8 +305,10 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 # --- save and load -------------------------------------------------------------------------------------------------
 
 def save_checkpoint(root: Path, state: TrainerState, model, processor, optimizer, *, keep_last: int = 0,
-                    rank: int = 0, is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
-    """Write ``root/step-NNNNNN`` atomically and prune to the newest ``keep_last`` (0: keep all).
+                    keep: Collection[int] = (), rank: int = 0, is_main: bool = True,
+                    barrier: Callable[[], None] = lambda: None) -> Path:
+    """Write ``root/step-NNNNNN`` atomically and prune to the newest ``keep_last`` (0: keep all); the steps in
+    ``keep`` (e.g. the ends of a training's phases, to branch from) are never pruned.
 
     Every process calls this (each writes its own RNG state); ``barrier`` synchronises them (accelerator's
     ``wait_for_everyone``). ``model`` is the unwrapped model; ``optimizer`` the torch optimizer.
@@ -335,8 +337,9 @@ def save_checkpoint(root: Path, state: TrainerState, model, processor, optimizer
         write_manifest(tmp, state.step)  # last: its presence marks the folder complete
         replace_dir(tmp, final, old=root / (TMP_PREFIX + "old-" + name))
         if keep_last > 0:
-            for _, path in list_checkpoints(root)[:-keep_last]:
-                shutil.rmtree(path, ignore_errors=True)
+            for step, path in list_checkpoints(root)[:-keep_last]:
+                if step not in keep:
+                    shutil.rmtree(path, ignore_errors=True)
     barrier()
     return final
 

@@ -93,7 +93,7 @@ def _max_argmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     maximum inside it. The same values and indices as ``z.max(-1)`` (first occurrence on ties), at a sixth of its cost
     on CPU, where argmax over a long row does not vectorise (0.96 vs 0.23 ns per logit, measured at 512 x 2,048)."""
     rows, vocab = z.shape
-    n_full, rest = divmod(vocab, ARGMAX_BLOCK)
+    n_full, rest = vocab // ARGMAX_BLOCK, vocab % ARGMAX_BLOCK  # not divmod: Dynamo cannot trace it on a SymInt
     if n_full < 4:
         return z.max(dim=-1)
     block_max = z[:, :n_full * ARGMAX_BLOCK].unflatten(1, (n_full, ARGMAX_BLOCK)).amax(-1)  # (rows, blocks)
@@ -146,8 +146,16 @@ def _fused_statistics(z: torch.Tensor, z_t: torch.Tensor, p_final: torch.Tensor 
     argmax and rank in one pass; the exponential sums in the other) and writes nothing of its size.
     """
     if "fn" not in _compiled:
-        _compiled["fn"] = torch.compile(_fused_math, dynamic=True)
-    return _compiled["fn"](z, z_t, p_final)
+        # fullgraph: a graph break would otherwise fall back to running _fused_math eagerly without a word, slower
+        # than the eager statistics (it did, from a divmod Dynamo could not trace: SmolLM2's lens at 1.73x its floor)
+        _compiled["fn"] = torch.compile(_fused_math, dynamic=True, fullgraph=True)
+    try:
+        return _compiled["fn"](z, z_t, p_final)
+    except Exception as exc:  # noqa: BLE001 -- any compiler failure: say so once, then compute the same eagerly
+        warnings.warn(f"torch.compile of the lens statistics failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                      "they run eagerly (slower); pass fused=False to skip compiling", RuntimeWarning, stacklevel=2)
+        _compiled["fn"] = _fused_math
+        return _fused_math(z, z_t, p_final)
 
 
 def _can_fuse() -> bool:

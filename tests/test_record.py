@@ -284,6 +284,32 @@ def test_lens_statistics_equal_a_direct_computation(dtype, chunk_tokens, cross_b
                 np.testing.assert_allclose(mine[name], ref[name], atol=2e-5, rtol=1e-5, err_msg=name)
             for name in ("lens_rank", "lens_top1"):
                 np.testing.assert_array_equal(mine[name], ref[name], err_msg=name)
+    if fused and lens_module._can_fuse():  # really compiled: no silent fallback to running _fused_math eagerly
+        assert lens_module._compiled["fn"] is not lens_module._fused_math
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+
+
+def test_fused_statistics_compile_whole_or_say_so(monkeypatch):
+    """The compiled statistics are one graph (``fullgraph``): a construct Dynamo cannot trace (a ``divmod`` on the
+    vocabulary size did) raises inside ``torch.compile``, and the lens warns and computes eagerly, never silently
+    slower."""
+    from adt_probe import lens as lens_module
+
+    traceable = lens_module._fused_math
+
+    def untraceable(z, z_t, p_final):
+        divmod(z.shape[-1], 64)
+        return traceable(z, z_t, p_final)
+
+    if not lens_module._can_fuse():
+        pytest.skip("no C++ compiler for torch.compile")
+    monkeypatch.setattr(lens_module, "_fused_math", untraceable)
+    monkeypatch.setattr(lens_module, "_compiled", {})
+    z = torch.randn(5, 300)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the lens statistics failed"):
+        stats = lens_module._fused_statistics(z, z[:, :1], None)
+    torch.testing.assert_close(stats[0], torch.logsumexp(z, -1))
+    assert lens_module._compiled["fn"] is untraceable  # later calls go straight to the eager computation
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -67,19 +67,17 @@ def _plain_linear(unembed, x: torch.Tensor) -> bool:
             and x.dtype == torch.float32 and not unembed._forward_hooks and not unembed._forward_pre_hooks)
 
 
-#: vocabulary sizes up to which a row-wise dot product is ``vecdot`` (a small temporary; many tiny ``bmm`` batches
-#: cost more: 0.9 vs 8.5 ms at 512 x 640), above which it is a ``bmm`` (no (rows, vocab) temporary to fault in)
-ROWDOT_VECDOT_UP_TO = 8192
+#: vocabulary sizes up to which a row-wise dot product multiplies into a reused buffer and sums (many tiny ``bmm``
+#: batches cost more: 0.9 vs 8.5 ms at 512 x 640), above which it is a ``bmm`` (no (rows, vocab) pass to write)
+ROWDOT_BUFFER_UP_TO = 8192
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """Row-wise dot product of two (rows, vocab) tensors, shape (rows,). ``scratch`` (rows, vocab), if given, receives
-    the products (it may be ``a`` or ``b``, which are then overwritten): no fresh temporary, whose pages would fault
-    in on first touch."""
-    if a.shape[-1] > ROWDOT_VECDOT_UP_TO:
+def _rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product of two (rows, vocab) tensors, shape (rows,). ``scratch`` (rows, vocab) receives the
+    products (it may be ``a`` or ``b``, which are then overwritten): no fresh temporary, whose pages would fault in
+    on first touch."""
+    if a.shape[-1] > ROWDOT_BUFFER_UP_TO:
         return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
-    if scratch is None:
-        return torch.linalg.vecdot(a, b)
     return torch.mul(a, b, out=scratch).sum(-1)
 
 

@@ -211,6 +211,10 @@ def interval_range(interval: str, start: str, end: str) -> MoeLayerRule:
 # ---------------------------------------------------------------------------------------------------------------
 
 # Layouts: where decoder blocks, final norm and lm_head sit relative to the model the user holds.
+#: expert counts up to which the router softmax is computed across tokens (``ArchitectureSpec.scores``); above it,
+#: row by row is faster (64 experts x 24,576 token-layers: 1.8 vs 23 ms)
+SOFTMAX_ACROSS_ROWS_UP_TO = 16
+
 CAUSAL_LM = {"layers": "model.layers", "final_norm": "model.norm", "unembed": "lm_head"}
 VLM = {"layers": "model.language_model.layers", "final_norm": "model.language_model.norm", "unembed": "lm_head"}
 
@@ -713,7 +717,13 @@ class ArchitectureSpec:
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-expert scores before selection: softmax or element-wise sigmoid of the logits, fp32."""
         logits = logits.float()
-        return logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
+        if self.scoring != "softmax":
+            return logits.sigmoid()
+        if logits.shape[-1] <= SOFTMAX_ACROSS_ROWS_UP_TO:
+            # a short softmax runs row by row on CPU; along the first dimension of the transpose it vectorises
+            # across tokens (8 experts x 24,576 token-layers, one thread: 0.6 vs 3.9 ms)
+            return logits.movedim(-1, 0).softmax(dim=0).movedim(0, -1)
+        return logits.softmax(dim=-1)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Routing distribution over all experts, ``(tokens, n_experts)``, rows summing to 1.

@@ -2,6 +2,7 @@
 
     python -m benchmarks.lookup_depth [--layers 4 12] [--steps 1500] [--every 100]
     python -m benchmarks.lookup_depth --checkpoint runs/v5/ckpt/step-001700   # one trained model, no training
+    python -m benchmarks.lookup_depth --layers 12 --steps 700 --distinct-words   # one single token per level
 
 The data is the base training's skill phase (``rl.organism.train_base.skill_batch``: facts written as plain text, a
 sub-skill question, its answer sentence; batch 32, AdamW at the recipe's learning rate, 50 warm-up steps), on the
@@ -11,12 +12,15 @@ is right token by token (teacher-forced greedy: every next token of the sentence
 low tone." for "What is the pitch of Sound 3?". One thread per run; the runs are sequential. With ``--checkpoint``
 it measures that organism (or base-training checkpoint) on the same held-out examples instead, and the look-up also
 in the chat format the text phase trains: the think-first prompt with the facts written in it, the answer sentence
-right after ``<think>``.
+right after ``<think>``. With ``--distinct-words`` the facts and answers name every attribute level by one token
+that no other level shares (``DISTINCT_WORDS``): whether the task's words ("very high" and "high" share a token,
+"medium-loud" holds the duration "medium" and the loudness "loud") are what slows the look-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import torch
@@ -39,11 +43,23 @@ def sentence_accuracy(model, batch) -> torch.Tensor:
 
 
 HELD_OUT = BaseTrainConfig(batch_size=512, seed=EVAL_SEED)
+#: ``--distinct-words``: the levels whose words share a token with another level, renamed to words the organism's
+#: tokenizer holds as one token of their own (their meaning does not matter to a look-up)
+DISTINCT_WORDS = {"very low": "falls", "very high": "rises", "medium-loud": "soft"}
+_DISTINCT = re.compile("|".join(map(re.escape, DISTINCT_WORDS)))
 
 
-def held_out_batch(processor):
+def skill_texts(cfg: BaseTrainConfig, step: int, distinct: bool = False) -> tuple[list[str], list[str]]:
+    """``skill_batch(cfg, step)``, with ``distinct`` its attribute words renamed by ``DISTINCT_WORDS``."""
+    texts = skill_batch(cfg, step)
+    if not distinct:
+        return texts
+    return tuple([_DISTINCT.sub(lambda m: DISTINCT_WORDS[m.group()], t) for t in part] for part in texts)
+
+
+def held_out_batch(processor, distinct: bool = False):
     """The 512 held-out examples (``encode_plain`` inputs), the two sub-skills alternating."""
-    return collate.encode_plain(processor, *skill_batch(HELD_OUT, 0))
+    return collate.encode_plain(processor, *skill_texts(HELD_OUT, 0, distinct))
 
 
 def chat_lookup_batch(processor):
@@ -68,18 +84,19 @@ def lookup_scores(model, processor) -> str:
     return f"plain look-up {lookup:.3f}, most-of {most_of:.3f}; chat-format look-up {chat:.3f}"
 
 
-def learning_curve(layers: int, steps: int, every: int, lr: float) -> list[tuple[int, float, float, float]]:
-    """Train a fresh ``layers``-block decoder on the skill phase; return (step, look-up accuracy, most-of accuracy,
-    seconds) every ``every`` steps."""
+def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: bool = False
+                   ) -> list[tuple[int, float, float, float]]:
+    """Train a fresh ``layers``-block decoder on the skill phase (``distinct``: with ``DISTINCT_WORDS``); return
+    (step, look-up accuracy, most-of accuracy, seconds) every ``every`` steps."""
     torch.manual_seed(0)
     processor = organism.load_processor()
     model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=BaseTrainConfig.weight_decay)
     train_cfg = BaseTrainConfig(batch_size=32)
-    held_out = held_out_batch(processor)
+    held_out = held_out_batch(processor, distinct)
     curve, t0 = [], time.perf_counter()
     for step in range(steps):
-        supervised_step(model, opt, collate.encode_plain(processor, *skill_batch(train_cfg, step)),
+        supervised_step(model, opt, collate.encode_plain(processor, *skill_texts(train_cfg, step, distinct)),
                         lr * min(1.0, (step + 1) / BaseTrainConfig.warmup_steps), BaseTrainConfig.grad_clip)
         if (step + 1) % every == 0:
             lookup, most_of = skill_accuracy(model.eval(), held_out)
@@ -96,6 +113,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=1500, help="training steps per depth")
     ap.add_argument("--every", type=int, default=100, help="measure every this many steps")
     ap.add_argument("--lr", type=float, default=BaseTrainConfig.lr, help="peak learning rate")
+    ap.add_argument("--distinct-words", action="store_true",
+                    help="name every attribute level by a token of its own (DISTINCT_WORDS)")
     ap.add_argument("--checkpoint", help="measure this organism folder or base-training checkpoint instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -104,7 +123,7 @@ def main(argv=None) -> None:
         print(f"{args.checkpoint}: {lookup_scores(model, processor)}")
         return
     for layers in args.layers:
-        learning_curve(layers, args.steps, args.every, args.lr)
+        learning_curve(layers, args.steps, args.every, args.lr, args.distinct_words)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from transformers import CONFIG_MAPPING
 from adt_probe.architectures import (
     DENSE_FAMILIES,
     FAMILIES,
+    SOFTMAX_ACROSS_ROWS_UP_TO,
     ArchitectureSpec,
     UnknownArchitectureError,
     _has,
@@ -411,6 +412,18 @@ def test_route_requires_the_selection_bias_when_the_family_has_one() -> None:
     torch.testing.assert_close(weights.sum(-1), torch.ones(5))
     # group-limited: both experts come from the two kept groups (of four)
     assert (experts // 2).unique(dim=-1).shape[-1] <= 2
+
+
+@pytest.mark.parametrize("n_experts", [8, SOFTMAX_ACROSS_ROWS_UP_TO, SOFTMAX_ACROSS_ROWS_UP_TO + 1, 128])
+def test_softmax_scores_are_the_softmax_either_way_round(n_experts: int) -> None:
+    """Below the threshold the router softmax runs across tokens (a transposed view), above it row by row: the same
+    distribution, and the same top-k experts, either way."""
+    spec = architecture(tiny_qwen3_moe())
+    logits = torch.randn(300, n_experts, generator=torch.Generator().manual_seed(n_experts)) * 3
+    scores = spec.scores(logits)
+    assert scores.shape == logits.shape and scores.dtype == torch.float32
+    torch.testing.assert_close(scores, logits.softmax(dim=-1), atol=1e-6, rtol=1e-5)
+    assert torch.equal(scores.topk(2, dim=-1).indices, logits.topk(2, dim=-1).indices)
 
 
 def test_sigmoid_probs_are_the_normalised_scores() -> None:

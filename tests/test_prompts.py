@@ -50,3 +50,28 @@ def test_skill_transfer_prompt_variants_only_move_or_drop_the_choices(items):
             hidden = skill_transfer.without_choices(it, mode)
             assert choices not in hidden and hidden.split() == original.replace(choices, "").split()
         assert skill_transfer.without_choices(it, "describe") == prompts.user_text(it, "describe")
+
+
+def test_lookup_depth_distinct_words_give_every_level_a_token_of_its_own():
+    """``benchmarks.lookup_depth --distinct-words``: each attribute level is one token of the shipped tokenizer that
+    no other level shares, and only the attribute words change."""
+    from benchmarks import lookup_depth
+    from rl import organism
+    from rl.data.tasks import ATTRIBUTES
+    from rl.organism.recipe import BaseTrainConfig
+
+    tok = organism.load_processor().tokenizer
+    rename = lookup_depth.DISTINCT_WORDS
+    levels = [rename.get(w, w) for names, _, _ in ATTRIBUTES.values() for w in names]
+    pieces = [tok.tokenize(" " + w) for w in levels]
+    assert all(len(p) == 1 for p in pieces), dict(zip(levels, pieces))
+    assert len({p[0] for p in pieces}) == len(set(levels))  # "medium" is a duration only, once
+    cfg = BaseTrainConfig(batch_size=16)
+    for plain, renamed in zip(lookup_depth.skill_texts(cfg, 3), lookup_depth.skill_texts(cfg, 3, distinct=True)):
+        assert plain != renamed
+        for a, b in zip(plain, renamed):
+            assert not any(w in b for w in rename)
+            back = b
+            for old, new in rename.items():
+                back = back.replace(new, old)
+            assert back == a

@@ -3,6 +3,7 @@
     python -m benchmarks.lookup_depth [--layers 4 12] [--steps 1500] [--every 100]
     python -m benchmarks.lookup_depth --checkpoint runs/v5/ckpt/step-001700   # one trained model, no training
     python -m benchmarks.lookup_depth --layers 12 --steps 700 --distinct-words   # one single token per level
+    python -m benchmarks.lookup_depth --layers 12 --steps 700 --config num_attention_heads=8 head_dim=16
 
 The data is the base training's skill phase (``rl.organism.train_base.skill_batch``: facts written as plain text, a
 sub-skill question, its answer sentence; batch 32, AdamW at the recipe's learning rate, 50 warm-up steps), on the
@@ -20,6 +21,7 @@ that no other level shares (``DISTINCT_WORDS``): whether the task's words ("very
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 
@@ -84,13 +86,13 @@ def lookup_scores(model, processor) -> str:
     return f"plain look-up {lookup:.3f}, most-of {most_of:.3f}; chat-format look-up {chat:.3f}"
 
 
-def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: bool = False
-                   ) -> list[tuple[int, float, float, float]]:
-    """Train a fresh ``layers``-block decoder on the skill phase (``distinct``: with ``DISTINCT_WORDS``); return
-    (step, look-up accuracy, most-of accuracy, seconds) every ``every`` steps."""
+def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: bool = False,
+                   config: dict | None = None) -> list[tuple[int, float, float, float]]:
+    """Train a fresh ``layers``-block decoder (``config``: text-config overrides) on the skill phase (``distinct``:
+    with ``DISTINCT_WORDS``); return (step, look-up accuracy, most-of accuracy, seconds) every ``every`` steps."""
     torch.manual_seed(0)
     processor = organism.load_processor()
-    model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers).train()
+    model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers, **(config or {})).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=BaseTrainConfig.weight_decay)
     train_cfg = BaseTrainConfig(batch_size=32)
     held_out = held_out_batch(processor, distinct)
@@ -107,6 +109,20 @@ def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: boo
     return curve
 
 
+def config_overrides(pairs: list[str]) -> dict:
+    """``["num_attention_heads=8", "head_dim=16"]`` -> ``{"num_attention_heads": 8, "head_dim": 16}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--config {pair!r}: write KEY=VALUE, e.g. num_attention_heads=8")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[4, 12], help="decoder depths to train")
@@ -115,6 +131,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=BaseTrainConfig.lr, help="peak learning rate")
     ap.add_argument("--distinct-words", action="store_true",
                     help="name every attribute level by a token of its own (DISTINCT_WORDS)")
+    ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="text-config overrides of the fresh decoder (JSON values), e.g. num_attention_heads=8")
     ap.add_argument("--checkpoint", help="measure this organism folder or base-training checkpoint instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -123,7 +141,7 @@ def main(argv=None) -> None:
         print(f"{args.checkpoint}: {lookup_scores(model, processor)}")
         return
     for layers in args.layers:
-        learning_curve(layers, args.steps, args.every, args.lr, args.distinct_words)
+        learning_curve(layers, args.steps, args.every, args.lr, args.distinct_words, config_overrides(args.config))
 
 
 if __name__ == "__main__":

@@ -75,3 +75,12 @@ def test_lookup_depth_distinct_words_give_every_level_a_token_of_its_own():
             for old, new in rename.items():
                 back = back.replace(new, old)
             assert back == a
+
+
+def test_lookup_depth_config_overrides_parse_json_values_and_refuse_a_bare_key():
+    from benchmarks.lookup_depth import config_overrides
+
+    assert config_overrides(["num_attention_heads=8", 'rope_parameters={"mrope_section": [2, 3, 3]}', "act=silu"]) \
+        == {"num_attention_heads": 8, "rope_parameters": {"mrope_section": [2, 3, 3]}, "act": "silu"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        config_overrides(["num_attention_heads"])

@@ -44,7 +44,7 @@ NAMED_TOKENS = {"audio_token": "<|audio_pad|>", "image_token": "<|image_pad|>", 
                 "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>",
                 "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>"}
 
-#: Sizes of the organism. The text decoder is what adt_probe studies: 8 MoE layers, 8 experts, top-2, no dense layer.
+#: Sizes of the organism. The text decoder is what adt_probe studies: 12 MoE layers, 8 experts, top-2, no dense layer.
 TEXT_CONFIG = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=12, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=32, moe_intermediate_size=128, num_experts=8,
                    num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],

@@ -1,13 +1,16 @@
 """Accuracy from written facts per task family of an organism checkpoint (a quick look during base training).
 
     python -m benchmarks.organism_facts_probe runs/v4/checkpoints/step-002600 [--per-cell 10]
+    python -m benchmarks.organism_facts_probe runs/v6/ckpt/step-004100 --against runs/v7/organism --per-cell 20
 
 The facts of each clip are written in the prompt instead of the audio (``rl.evaluate.generate(written_facts=True)``),
 greedy, on the held-out items of ``rl.organism.train_base.heldout_items`` (seed 10,007, ``--per-cell`` items per
 family x difficulty). Prints accuracy per family and the answers given to the two multi-step families; with
 ``--skills`` also the base-training sub-skills (``rl.data.tasks.SKILLS``, per skill x attribute, ``--per-cell`` x 3
 items each, their own held-out seed). With ``--think`` every prompt is the think-first one (the model may write its
-chain from the facts before answering) instead of the direct question.
+chain from the facts before answering) instead of the direct question. With ``--against B`` it measures a second
+checkpoint on the same items and prints, per family, the paired difference (B - first) with its Newcombe interval and
+McNemar's exact p (``adt_probe.stats.paired_proportions``): whether a phase of training changed what it seems to.
 """
 
 from __future__ import annotations
@@ -18,11 +21,42 @@ import collections
 import numpy as np
 import torch
 
+from adt_probe.stats import paired_proportions, wilson
 from rl import organism
 from rl.data import prompts
 from rl.data.tasks import ATTRIBUTES, DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, make_item
 from rl.evaluate import generate, score
 from rl.organism.train_base import BaseTrainConfig, heldout_items
+
+
+def facts_answers(checkpoint: str, items: list, mode: str, max_new_tokens: int) -> tuple[np.ndarray, list[str]]:
+    """Greedy completions of ``checkpoint`` from written facts on ``items``: (correct (n,) bool, completions)."""
+    model, processor = organism.load_organism(checkpoint)
+    with torch.no_grad():
+        outs = generate(model, processor, items, mode, max_new_tokens=max_new_tokens, written_facts=True)
+    return np.asarray(score(items, outs, with_similarity=False).correct, bool), outs
+
+
+def print_accuracy(items: list, correct: np.ndarray, outs: list[str]) -> None:
+    """Accuracy per family (with its Wilson interval) and the answers given to the multi-step families."""
+    families = np.array([it.family for it in items])
+    for family in FAMILIES:
+        w = wilson(int(correct[families == family].sum()), int((families == family).sum()))
+        print(f"{family}: {w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}] ({w['n']} items)")
+    print(f"all: {correct.mean():.3f}")
+    for family in MULTI_STEP:
+        answers = [prompts.parse_completion(o).answer for o, it in zip(outs, items) if it.family == family]
+        print(f"{family} answers: {collections.Counter(answers).most_common()}")
+
+
+def print_paired(items: list, a: np.ndarray, b: np.ndarray) -> None:
+    """Per family and over all items: b - a on the same items, Newcombe interval, McNemar's exact p."""
+    families = np.array([it.family for it in items])
+    for family in [*FAMILIES, "all"]:
+        keep = np.ones(len(items), bool) if family == "all" else families == family
+        d = paired_proportions(a[keep], b[keep])
+        print(f"{family}: {a[keep].mean():.2f} -> {b[keep].mean():.2f}, difference {d['value']:+.2f} "
+              f"[{d['lo']:+.2f}, {d['hi']:+.2f}], McNemar p = {d['mcnemar_p']:.3f} ({d['n']} items)")
 
 
 def main(argv=None) -> None:
@@ -31,22 +65,21 @@ def main(argv=None) -> None:
     ap.add_argument("--per-cell", type=int, default=10, help="held-out items per family x difficulty")
     ap.add_argument("--skills", action="store_true", help="also the sub-skills of the multi-step families")
     ap.add_argument("--think", action="store_true", help="the think-first prompt: the chain may come before the answer")
+    ap.add_argument("--against", help="a second checkpoint, measured on the same items and compared pair by pair")
     args = ap.parse_args(argv)
     mode, max_new_tokens = ("think", 96) if args.think else ("answer", 16)
     torch.set_num_threads(1)
-    model, processor = organism.load_organism(args.checkpoint)
     items = heldout_items(BaseTrainConfig(eval_per_cell=args.per_cell))
-    with torch.no_grad():
-        outs = generate(model, processor, items, mode, max_new_tokens=max_new_tokens, written_facts=True)
-    correct = score(items, outs, with_similarity=False).correct
-    for family in FAMILIES:
-        hits = [c for it, c in zip(items, correct) if it.family == family]
-        print(f"{family}: {np.mean(hits):.2f} ({len(hits)} items)")
-    print(f"all: {np.mean(correct):.3f}")
-    for family in MULTI_STEP:
-        answers = [prompts.parse_completion(o).answer for o, it in zip(outs, items) if it.family == family]
-        print(f"{family} answers: {collections.Counter(answers).most_common()}")
+    correct, outs = facts_answers(args.checkpoint, items, mode, max_new_tokens)
+    print_accuracy(items, correct, outs)
+    if args.against:
+        other, other_outs = facts_answers(args.against, items, mode, max_new_tokens)
+        print(f"\n{args.against}:")
+        print_accuracy(items, other, other_outs)
+        print(f"\n{args.against} - {args.checkpoint}, paired:")
+        print_paired(items, correct, other)
     if args.skills:
+        model, processor = organism.load_organism(args.checkpoint)
         skill_accuracy(model, processor, args.per_cell, mode, max_new_tokens)
 
 

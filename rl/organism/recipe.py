@@ -68,9 +68,10 @@ class BaseTrainConfig:
     # phase keeps the sub-skills, now in the chat format the families use.
     text_skills: float = 0.25
     # Share of mix-phase examples drawn as text-phase examples (written facts, no audio; the multi-step and sub-skill
-    # shares above; the chains fully internalized), so the mix rehearses what the text phase taught. v5 (none)
-    # measured from written facts, direct: pitch-of-loudest 0.37 at text step 1,432, 0.20 after the mix; v4 0.60 at
-    # the end of its text phase, v3c 0.30 after its mix.
+    # shares above; the chains fully internalized), so the mix rehearses what the text phase taught. Added for a drop
+    # that small probes showed (v5: pitch-of-loudest from written facts 0.37 on 30 items at text step 1,432, 0.20 on
+    # the held-out 60 after the mix) and paired measurement refuted: the text phase's end and the end of the mix score
+    # 0.30 and 0.28 on the same 60 held-out items (``benchmarks.organism_facts_probe --against``). Harmless; kept.
     mix_text: float = 0.3
     # Before everything: the audio encoder alone learns frame-level acoustic facts (what sounds in each 77 ms frame:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.

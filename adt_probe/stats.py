@@ -295,7 +295,9 @@ def paired_proportions(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dic
     Returns
     -------
     dict ``value``, ``lo``, ``hi``, ``n``, ``discordant`` ([a only, b only]), ``mcnemar_p`` (exact, two-sided),
-    ``method``. With no discordant pair the interval is not [0, 0]: it is as wide as n items allow.
+    ``method``. With no discordant pair the interval is not [0, 0] but +- the Wilson upper limit of a discordance
+    rate of 0 in n: the largest change n items without one cannot rule out (Newcombe's interval collapses there when
+    both proportions are near 1/2, since the two are then perfectly correlated).
     """
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     n = len(a)
@@ -311,5 +313,7 @@ def paired_proportions(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dic
     lo = d - np.sqrt(lb ** 2 - 2 * phi * lb * ua + ua ** 2)
     hi = d + np.sqrt(ub ** 2 - 2 * phi * ub * la + la ** 2)
     p = binomtest(n10, n10 + n01).pvalue if n10 + n01 else 1.0
+    if n10 + n01 == 0:
+        lo, hi = -wilson(0, n, level)["hi"], wilson(0, n, level)["hi"]
     return {"value": float(d), "lo": float(max(-1.0, lo)), "hi": float(min(1.0, hi)), "n": n,
             "discordant": [n10, n01], "mcnemar_p": float(p), "method": "Newcombe hybrid score (paired), McNemar exact"}

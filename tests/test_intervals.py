@@ -64,6 +64,11 @@ def test_paired_proportions_have_width_without_discordant_pairs_and_flip_sign():
     a = np.array([True] * 15 + [False] * 5)
     same = paired_proportions(a, a)
     assert same["value"] == 0 and same["lo"] < 0 < same["hi"] and same["mcnemar_p"] == 1.0
+    # at one half Newcombe's interval collapses to [0, 0] (the proportions are perfectly correlated): 60 items
+    # without a discordant pair cannot rule out a change of 6 points
+    half = paired_proportions(np.arange(60) % 2 == 0, np.arange(60) % 2 == 0)
+    assert (half["lo"], half["hi"]) == (pytest.approx(-wilson(0, 60)["hi"]), pytest.approx(wilson(0, 60)["hi"]))
+    assert half["hi"] > 0.05
     b = a.copy()
     b[15:19] = True  # four items become right, none wrong
     up, down = paired_proportions(a, b), paired_proportions(b, a)

@@ -211,10 +211,6 @@ def interval_range(interval: str, start: str, end: str) -> MoeLayerRule:
 # ---------------------------------------------------------------------------------------------------------------
 
 # Layouts: where decoder blocks, final norm and lm_head sit relative to the model the user holds.
-#: expert counts up to which the router softmax is computed across tokens (``ArchitectureSpec.scores``); above it,
-#: row by row is faster (64 experts x 24,576 token-layers: 1.8 vs 23 ms)
-SOFTMAX_ACROSS_ROWS_UP_TO = 16
-
 CAUSAL_LM = {"layers": "model.layers", "final_norm": "model.norm", "unembed": "lm_head"}
 VLM = {"layers": "model.language_model.layers", "final_norm": "model.language_model.norm", "unembed": "lm_head"}
 
@@ -556,6 +552,10 @@ _MOE_MODULE_HINTS = ("Router", "Gating", "MoE", "Moe", "Experts", "Sparse")
 # ---------------------------------------------------------------------------------------------------------------
 # The spec
 # ---------------------------------------------------------------------------------------------------------------
+
+#: expert counts up to which the router softmax is computed across tokens (``ArchitectureSpec.scores``); above it,
+#: row by row is faster (64 experts x 24,576 token-layers: 1.8 vs 23 ms)
+SOFTMAX_ACROSS_ROWS_UP_TO = 16
 
 
 @dataclass(frozen=True)

@@ -312,8 +312,10 @@ def paired_proportions(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dic
     la, ua, lb, ub = pa["value"] - pa["lo"], pa["hi"] - pa["value"], pb["value"] - pb["lo"], pb["hi"] - pb["value"]
     lo = d - np.sqrt(lb ** 2 - 2 * phi * lb * ua + ua ** 2)
     hi = d + np.sqrt(ub ** 2 - 2 * phi * ub * la + la ** 2)
-    p = binomtest(n10, n10 + n01).pvalue if n10 + n01 else 1.0
-    if n10 + n01 == 0:
-        lo, hi = -wilson(0, n, level)["hi"], wilson(0, n, level)["hi"]
+    if n10 + n01:
+        p = binomtest(n10, n10 + n01).pvalue
+    else:
+        p, hi = 1.0, wilson(0, n, level)["hi"]
+        lo = -hi
     return {"value": float(d), "lo": float(max(-1.0, lo)), "hi": float(min(1.0, hi)), "n": n,
             "discordant": [n10, n01], "mcnemar_p": float(p), "method": "Newcombe hybrid score (paired), McNemar exact"}

@@ -29,9 +29,8 @@ from rl.evaluate import generate, score
 from rl.organism.train_base import BaseTrainConfig, heldout_items
 
 
-def facts_answers(checkpoint: str, items: list, mode: str, max_new_tokens: int) -> tuple[np.ndarray, list[str]]:
-    """Greedy completions of ``checkpoint`` from written facts on ``items``: (correct (n,) bool, completions)."""
-    model, processor = organism.load_organism(checkpoint)
+def facts_answers(model, processor, items: list, mode: str, max_new_tokens: int) -> tuple[np.ndarray, list[str]]:
+    """Greedy completions of ``model`` from written facts on ``items``: (correct (n,) bool, completions)."""
     with torch.no_grad():
         outs = generate(model, processor, items, mode, max_new_tokens=max_new_tokens, written_facts=True)
     return np.asarray(score(items, outs, with_similarity=False).correct, bool), outs
@@ -70,16 +69,16 @@ def main(argv=None) -> None:
     mode, max_new_tokens = ("think", 96) if args.think else ("answer", 16)
     torch.set_num_threads(1)
     items = heldout_items(BaseTrainConfig(eval_per_cell=args.per_cell))
-    correct, outs = facts_answers(args.checkpoint, items, mode, max_new_tokens)
+    model, processor = organism.load_organism(args.checkpoint)
+    correct, outs = facts_answers(model, processor, items, mode, max_new_tokens)
     print_accuracy(items, correct, outs)
     if args.against:
-        other, other_outs = facts_answers(args.against, items, mode, max_new_tokens)
+        other, other_outs = facts_answers(*organism.load_organism(args.against), items, mode, max_new_tokens)
         print(f"\n{args.against}:")
         print_accuracy(items, other, other_outs)
         print(f"\n{args.against} - {args.checkpoint}, paired:")
         print_paired(items, correct, other)
     if args.skills:
-        model, processor = organism.load_organism(args.checkpoint)
         skill_accuracy(model, processor, args.per_cell, mode, max_new_tokens)
 
 

@@ -15,7 +15,13 @@ it measures that organism (or base-training checkpoint) on the same held-out exa
 in the chat format the text phase trains: the think-first prompt with the facts written in it, the answer sentence
 right after ``<think>``. With ``--distinct-words`` the facts and answers name every attribute level by one token
 that no other level shares (``DISTINCT_WORDS``): whether the task's words ("very high" and "high" share a token,
-"medium-loud" holds the duration "medium" and the loudness "loud") are what slows the look-up.
+"medium-loud" holds the duration "medium" and the loudness "loud") are what slows the look-up. With ``--chat`` it
+trains and measures the same sub-skills in the chat format instead (the base training's chat-skill phase,
+``rl.organism.train_base.chat_skill_texts``), and ``--start CHECKPOINT`` trains
+that organism or base-training checkpoint on, instead of a fresh decoder: whether a look-up learned in one format
+carries over to the other, e.g.
+
+    python -m benchmarks.lookup_depth --chat --start runs/v6/ckpt/step-002100 --steps 300 --every 50
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 from rl import organism
 from rl.data import collate
 from rl.organism.recipe import BaseTrainConfig
-from rl.organism.train_base import skill_batch, skill_items, supervised_step
+from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, supervised_step
 
 EVAL_SEED = 99_991
 
@@ -59,17 +65,20 @@ def skill_texts(cfg: BaseTrainConfig, step: int, distinct: bool = False) -> tupl
     return tuple([_DISTINCT.sub(lambda m: DISTINCT_WORDS[m.group()], t) for t in part] for part in texts)
 
 
-def held_out_batch(processor, distinct: bool = False):
-    """The 512 held-out examples (``encode_plain`` inputs), the two sub-skills alternating."""
+def training_batch(processor, cfg: BaseTrainConfig, step: int, distinct: bool = False, chat: bool = False):
+    """The ``encode_plain`` inputs of training step ``step``: the skill phase's batch, plain or (``chat``) in the
+    chat format."""
+    if chat:
+        return collate.encode_plain(processor, *chat_skill_texts(processor, skill_items(cfg, step)))
+    return collate.encode_plain(processor, *skill_texts(cfg, step, distinct))
+
+
+def held_out_batch(processor, distinct: bool = False, chat: bool = False):
+    """The 512 held-out examples (``encode_plain`` inputs; the answer sentence only), the two sub-skills
+    alternating; plain or (``chat``) in the chat format."""
+    if chat:
+        return collate.encode_plain(processor, *chat_skill_texts(processor, skill_items(HELD_OUT, 0), answers=False))
     return collate.encode_plain(processor, *skill_texts(HELD_OUT, 0, distinct))
-
-
-def chat_lookup_batch(processor):
-    """The held-out look-ups (every other example) in the chat format: think-first prompt with the written facts,
-    ``<think>``, then the answer sentence."""
-    items = skill_items(HELD_OUT, 0)[0::2]
-    chat = collate.prompt_texts(processor, items, "think", contexts=[it.meta["description"] for it in items])
-    return collate.encode_plain(processor, [c + "<think>\n" for c in chat], [it.reference_chain[-1] for it in items])
 
 
 def skill_accuracy(model, held_out) -> tuple[float, float]:
@@ -80,31 +89,39 @@ def skill_accuracy(model, held_out) -> tuple[float, float]:
 
 
 def lookup_scores(model, processor) -> str:
-    """Plain look-up and most-of, and the chat-format look-up, of ``model`` on the held-out examples, as one line."""
+    """Look-up and most-of of ``model`` on the held-out examples, plain and in the chat format, as one line."""
     lookup, most_of = skill_accuracy(model, held_out_batch(processor))
-    chat = sentence_accuracy(model, chat_lookup_batch(processor)).mean().item()
-    return f"plain look-up {lookup:.3f}, most-of {most_of:.3f}; chat-format look-up {chat:.3f}"
+    chat_lookup, chat_most_of = skill_accuracy(model, held_out_batch(processor, chat=True))
+    return (f"plain look-up {lookup:.3f}, most-of {most_of:.3f}; "
+            f"chat-format look-up {chat_lookup:.3f}, most-of {chat_most_of:.3f}")
 
 
 def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: bool = False,
-                   config: dict | None = None) -> list[tuple[int, float, float, float]]:
-    """Train a fresh ``layers``-block decoder (``config``: text-config overrides) on the skill phase (``distinct``:
-    with ``DISTINCT_WORDS``); return (step, look-up accuracy, most-of accuracy, seconds) every ``every`` steps."""
+                   config: dict | None = None, chat: bool = False,
+                   start: str | None = None) -> list[tuple[int, float, float, float]]:
+    """Train a fresh ``layers``-block decoder (``config``: text-config overrides), or the organism or checkpoint
+    ``start``, on the skill phase (``distinct``: with ``DISTINCT_WORDS``; ``chat``: in the chat format); return
+    (step, look-up accuracy, most-of accuracy, seconds) every ``every`` steps."""
     torch.manual_seed(0)
-    processor = organism.load_processor()
-    model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers, **(config or {})).train()
+    if start:
+        model, processor = organism.load_organism(start)
+        model.train()
+    else:
+        processor = organism.load_processor()
+        model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers, **(config or {})).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=BaseTrainConfig.weight_decay)
     train_cfg = BaseTrainConfig(batch_size=32)
-    held_out = held_out_batch(processor, distinct)
+    held_out = held_out_batch(processor, distinct, chat)
+    name = start or f"{layers} layers"
     curve, t0 = [], time.perf_counter()
     for step in range(steps):
-        supervised_step(model, opt, collate.encode_plain(processor, *skill_texts(train_cfg, step, distinct)),
+        supervised_step(model, opt, training_batch(processor, train_cfg, step, distinct, chat),
                         lr * min(1.0, (step + 1) / BaseTrainConfig.warmup_steps), BaseTrainConfig.grad_clip)
         if (step + 1) % every == 0:
             lookup, most_of = skill_accuracy(model.eval(), held_out)
             model.train()
             curve.append((step + 1, lookup, most_of, time.perf_counter() - t0))
-            print(f"{layers} layers, step {step + 1}: look-up {curve[-1][1]:.3f}, most-of {curve[-1][2]:.3f} "
+            print(f"{name}, step {step + 1}: look-up {curve[-1][1]:.3f}, most-of {curve[-1][2]:.3f} "
                   f"({curve[-1][3]:.0f} s)", flush=True)
     return curve
 
@@ -133,15 +150,23 @@ def main(argv=None) -> None:
                     help="name every attribute level by a token of its own (DISTINCT_WORDS)")
     ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                     help="text-config overrides of the fresh decoder (JSON values), e.g. num_attention_heads=8")
+    ap.add_argument("--chat", action="store_true", help="train and measure in the chat format instead")
+    ap.add_argument("--start", metavar="CHECKPOINT",
+                    help="train this organism folder or base-training checkpoint on instead of a fresh decoder")
     ap.add_argument("--checkpoint", help="measure this organism folder or base-training checkpoint instead")
     args = ap.parse_args(argv)
+    if args.chat and args.distinct_words:
+        ap.error("--chat and --distinct-words: choose one (the chat format keeps the task's own words)")
+    if args.start and (args.config or args.layers != ap.get_default("layers")):
+        ap.error("--start trains that checkpoint's decoder as it is: drop --layers and --config")
     torch.set_num_threads(1)
     if args.checkpoint:
         model, processor = organism.load_organism(args.checkpoint)
         print(f"{args.checkpoint}: {lookup_scores(model, processor)}")
         return
-    for layers in args.layers:
-        learning_curve(layers, args.steps, args.every, args.lr, args.distinct_words, config_overrides(args.config))
+    for layers in [None] if args.start else args.layers:
+        learning_curve(layers, args.steps, args.every, args.lr, args.distinct_words, config_overrides(args.config),
+                       args.chat, args.start)
 
 
 if __name__ == "__main__":

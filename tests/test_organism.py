@@ -171,6 +171,9 @@ def test_skill_phase_trains_the_answer_sentence_of_short_plain_look_ups():
 
     cfg = _tiny_cfg(batch_size=4, perception_steps=1, skill_steps=2, text_steps=1)
     assert [phase_of(cfg, s) for s in range(5)] == ["perception", "skill", "skill", "text", "mix"]
+    with_chat = _tiny_cfg(perception_steps=1, skill_steps=2, chat_skill_steps=2, text_steps=1)
+    assert [phase_of(with_chat, s) for s in range(7)] == ["perception", "skill", "skill", "chat_skill", "chat_skill",
+                                                            "text", "mix"]
     prompts_, answers = skill_batch(cfg, 1)
     assert prompts_[0].startswith("Sound 1: ") and "What is the " in prompts_[0] and "<|im_start|>" not in prompts_[0]
     assert answers[0].startswith("Sound ") and answers[1].startswith("The ")  # a look-up, then a most-of
@@ -265,18 +268,18 @@ def test_train_base_resumes_exactly(tmp_path):
     from rl.organism.train_base import train
     from rl.train import checkpoint as ckpt
 
-    cfg = _tiny_cfg(skill_steps=1)  # every phase: perception, skill, text, mix
+    cfg = _tiny_cfg(steps=5, skill_steps=1, chat_skill_steps=1)  # every phase: perception, skill, chat, text, mix
     full, _, history, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "a")
     assert [h["phase"] for h in history if "phase" in h][-1] == "mix"
     train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b")
     steps = [step for step, _ in ckpt.list_checkpoints(tmp_path / "b")]
-    assert steps == [1, 2, 3, 4, 5]  # each phase's end (encoder, perception, skill, text) and the newest two
-    shutil.rmtree(ckpt.list_checkpoints(tmp_path / "b")[-1][1])  # as if cut after decoder step 3 of 4
-    assert ckpt.find_latest(tmp_path / "b", log=lambda _: None).name == "step-000004"
+    assert steps == [1, 2, 3, 4, 5, 6]  # each phase's end (encoder, perception, skill, chat, text) and the newest two
+    shutil.rmtree(ckpt.list_checkpoints(tmp_path / "b")[-1][1])  # as if cut after decoder step 4 of 5
+    assert ckpt.find_latest(tmp_path / "b", log=lambda _: None).name == "step-000005"
     resumed, _, history_b, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    assert history_b[-1]["step"] == history[-1]["step"] == 4
+    assert history_b[-1]["step"] == history[-1]["step"] == 5
     with pytest.raises(SystemExit, match="another config"):
         train(_tiny_cfg(lr=5e-4), log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
 

@@ -84,3 +84,26 @@ def test_lookup_depth_config_overrides_parse_json_values_and_refuse_a_bare_key()
         == {"num_attention_heads": 8, "rope_parameters": {"mrope_section": [2, 3, 3]}, "act": "silu"}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         config_overrides(["num_attention_heads"])
+
+
+def test_chat_skill_batches_label_exactly_the_target():
+    """The chat-skill phase (and ``benchmarks.lookup_depth --chat``): the labelled tokens of a chat-format batch decode
+    to its target (the answer sentence, then ``</think>`` and the answer when training), and the prompt ends with
+    ``<think>``."""
+    from benchmarks import lookup_depth
+    from rl import organism
+    from rl.organism.recipe import BaseTrainConfig
+    from rl.organism.train_base import chat_skill_texts, skill_items
+
+    processor = organism.load_processor()
+    cfg = BaseTrainConfig(batch_size=6)
+    for answers in (True, False):
+        prompts_, targets = chat_skill_texts(processor, skill_items(cfg, 2), answers=answers)
+        batch = lookup_depth.collate.encode_plain(processor, prompts_, targets)
+        for p, t, ids, labels in zip(prompts_, targets, batch["input_ids"], batch["labels"]):
+            assert p.endswith("<think>\n") and "Sounds: Sound 1:" in p
+            assert t.startswith(("Sound ", "The ")) and t.endswith("<|im_end|>") == answers
+            assert processor.tokenizer.decode(ids[labels >= 0]) == t
+    plain = lookup_depth.training_batch(processor, cfg, 2)
+    chat = lookup_depth.training_batch(processor, cfg, 2, chat=True)
+    assert chat["input_ids"].shape[1] > plain["input_ids"].shape[1]

@@ -11,8 +11,8 @@ class BaseTrainConfig:
     """Hyper-parameters of the supervised base training (recorded in the manifest)."""
 
     seed: int = 0
-    # Decoder steps over all phases: perception (describe only), skills (short look-up sequences), text (facts as text
-    # only), then the skill mix.
+    # Decoder steps over all phases: perception (describe only), skills (short look-up sequences, then the same in the
+    # chat format), text (facts as text only), then the skill mix.
     steps: int = 4700
     batch_size: int = 32
     lr: float = 1e-3
@@ -45,6 +45,13 @@ class BaseTrainConfig:
     # 0.77 / 0.99 after 1,400. Inside chat-formatted text items (2.5 s per step, half of them sub-skills) 1,212 steps
     # left both at their majority answer. v5, after the perception phase: 0.72 / 1.00 at the end of this phase.
     skill_steps: int = 1500
+    # Then the same sub-skills in the chat format (the think-first prompt with the facts written in it; the target: the
+    # answer sentence in the think block, then the answer). The plain look-up does not carry over: the skill phase's
+    # end (plain look-up 0.72) writes the chat-format answer sentence right 0.00 of the time; trained on it alone
+    # (``python -m benchmarks.lookup_depth --chat --start runs/v6/ckpt/step-002100 --steps 400 --every 50``) it reaches
+    # 0.48 after 100 steps and 0.64 after 250, as far as v6's whole text phase had brought it (0.48 after 2,000
+    # steps, the look-up in an eighth of its rows). 0 (v5-v7): no such phase.
+    chat_skill_steps: int = 0
     # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
     # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written
     # facts, every comparison stayed at chance (pitch 0.47, duration 0.47); the steps put the loss where the comparison
@@ -96,9 +103,10 @@ MODES = ("answer", "describe", "context", "notes", "think")
 #: Options that may differ between a run and its resume: they change neither the data stream nor the training.
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
-ADDED_OPTIONS = {"mix_text": 0.0}
+ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0}
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
-                             "tokenizer_corpus_items", "vocab_size", "answer_tokens", "text_skills", "skill_steps"})
+                             "tokenizer_corpus_items", "vocab_size", "answer_tokens", "text_skills", "skill_steps",
+                             "chat_skill_steps"})

@@ -10,8 +10,10 @@ and trains it on a stream of freshly generated synthetic items (no item is seen 
 2. describing clips only (``perception_steps``), so hearing pays before anything else does;
 3. the multi-step families' sub-skills on short plain-text sequences (``skill_steps``, ``skill_batch``): read one
    attribute of Sound k, find the highest / longest / loudest sound, from facts written out;
-4. answers from facts written as text, no audio (``text_steps``);
-5. the mix of the skills below (supervised next-token loss on the completion):
+4. the same sub-skills in the chat format (``chat_skill_steps``, ``chat_skill_texts``): the think-first prompt with
+   the facts written in it, the answer sentence in the think block, then the answer;
+5. answers from facts written as text, no audio (``text_steps``);
+6. the mix of the skills below (supervised next-token loss on the completion):
 
 * ``answer``   - question about the clip -> ``<think>\\n\\n</think>\\n\\n<answer>CHOICE</answer>`` (Qwen3 non-thinking)
 * ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
@@ -70,7 +72,7 @@ def tokenizer_corpus(n_items: int, seed: int, answers: bool = True, skills: bool
 
 
 #: the decoder's phases in order (see the module docstring); each but the last lasts ``BaseTrainConfig.<phase>_steps``
-PHASES = ("perception", "skill", "text", "mix")
+PHASES = ("perception", "skill", "chat_skill", "text", "mix")
 
 
 def phase_start(cfg: BaseTrainConfig, phase: str) -> int:
@@ -101,6 +103,14 @@ def skill_batch(cfg: BaseTrainConfig, step: int):
     list of ``batch_size`` strings."""
     prompts_, answers = zip(*map(skill_example, skill_items(cfg, step)))
     return list(prompts_), list(answers)
+
+
+def chat_skill_texts(processor, items, answers: bool = True) -> tuple[list[str], list[str]]:
+    """Sub-skill ``items`` in the chat format: (the think-first prompt with the written facts, ending in ``<think>``;
+    the answer sentence, with ``answers`` followed by ``</think>`` and the answer), the ``encode_plain`` inputs."""
+    chat = collate.prompt_texts(processor, items, "think", contexts=[it.meta["description"] for it in items])
+    tail = [f"\n</think>\n\n<answer>{it.answer}</answer><|im_end|>" if answers else "" for it in items]
+    return [c + "<think>\n" for c in chat], [it.reference_chain[-1] + t for it, t in zip(items, tail)]
 
 
 def think_target(item, rng: np.random.Generator, chain: bool) -> str:
@@ -305,7 +315,7 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         log(f"resuming from {latest} (decoder step {start}/{cfg.steps}, {seconds_before:.0f} s trained)")
     else:
         corpus = tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777, answers=cfg.answer_tokens,
-                                  skills=cfg.text_skills > 0 or cfg.skill_steps > 0)
+                                  skills=cfg.text_skills > 0 or cfg.skill_steps > 0 or cfg.chat_skill_steps > 0)
         tokenizer = organism.train_tokenizer(corpus, vocab_size=cfg.vocab_size)
         processor = organism.build_processor(tokenizer)
         model = organism.build_model(tokenizer, seed=cfg.seed)
@@ -323,6 +333,8 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
     for step in range(start, cfg.steps):
         if phase_of(cfg, step) == "skill":
             batch = collate.encode_plain(processor, *skill_batch(cfg, step))
+        elif phase_of(cfg, step) == "chat_skill":
+            batch = collate.encode_plain(processor, *chat_skill_texts(processor, skill_items(cfg, step)))
         else:
             batch = collate.encode_supervised(processor, *sample_batch(cfg, step))
         # output_router_logits adds the load-balancing loss, so all 8 experts stay in use (routing worth studying).

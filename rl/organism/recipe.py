@@ -49,8 +49,8 @@ class BaseTrainConfig:
     # answer sentence in the think block, then the answer). The plain look-up does not carry over: the skill phase's
     # end (plain look-up 0.72) writes the chat-format answer sentence right 0.00 of the time; trained on it alone
     # (``python -m benchmarks.lookup_depth --chat --start runs/v6/ckpt/step-002100 --steps 400 --every 50``) it reaches
-    # 0.48 after 100 steps and 0.64 after 250, as far as v6's whole text phase had brought it (0.48 after 2,000
-    # steps, the look-up in an eighth of its rows). 0 (v5-v7): no such phase.
+    # 0.48 after 100 steps and 0.74 after 400, its plain level; v6's whole text phase had brought it to 0.48 (2,000
+    # steps, the look-up in an eighth of its rows). 0 (v5-v7): no such phase. v8: 1,000 after 2,500 plain steps.
     chat_skill_steps: int = 0
     # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
     # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written

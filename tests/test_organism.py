@@ -322,6 +322,29 @@ def test_train_base_changes_its_mix_from_a_checkpoint_before_the_mix(tmp_path):
         train(_tiny_cfg(**cfg, mix_text=0.5), log=lambda _: None, checkpoint_dir=tmp_path / "a", resume=True)
 
 
+def test_train_base_changes_its_text_phase_from_a_checkpoint_before_it(tmp_path):
+    """Up to the text phase's first step a resume may change the text phase's options and trains what a fresh run
+    with them would; inside the text phase it refuses."""
+    from rl.organism.train_base import train
+    from rl.train import checkpoint as ckpt
+
+    cfg = dict(steps=5, perception_steps=1, chat_skill_steps=1, text_steps=2)  # the text phase: decoder steps 2, 3
+    train(_tiny_cfg(**cfg), log=lambda _: None, checkpoint_dir=tmp_path / "a")
+    for step, path in ckpt.list_checkpoints(tmp_path / "a"):
+        if step > 1 + 2:  # the encoder's step, then two decoder steps: keep up to the text phase's start
+            shutil.rmtree(path)
+    changed = dict(cfg, text_chain=1.0, internalize=0.5, text_multistep=1.0)
+    resumed, _, _, _ = train(_tiny_cfg(**changed), log=lambda _: None, checkpoint_dir=tmp_path / "a", resume=True)
+    fresh, _, _, _ = train(_tiny_cfg(**changed), log=lambda _: None, checkpoint_dir=tmp_path / "b")
+    for (name, a), b in zip(fresh.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    shutil.rmtree(ckpt.list_checkpoints(tmp_path / "b")[-1][1])  # the newest is now the text phase's end
+    assert ckpt.find_latest(tmp_path / "b", log=lambda _: None).name == "step-000005"
+    with pytest.raises(SystemExit, match="text_chain"):
+        train(_tiny_cfg(**dict(changed, text_chain=0.5)), log=lambda _: None, checkpoint_dir=tmp_path / "b",
+              resume=True)
+
+
 def test_shipped_organism_matches_its_manifest():
     """The shipped weights are the ones the manifest measured (sha256): every layer MoE, top-2 of at least 8 experts,
     at most 25 MB."""

@@ -104,6 +104,9 @@ MODES = ("answer", "describe", "context", "notes", "think")
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
 ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0}
+#: Options only the text phase and the mix (which rehearses text-phase examples) read: a resume from a checkpoint up to
+#: the text phase's start may change them (``text_skills`` also shapes the tokenizer: see ``ENCODER_OPTIONS``).
+TEXT_OPTIONS = frozenset({"text_chain", "internalize", "text_multistep"})
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).

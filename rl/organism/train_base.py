@@ -51,7 +51,15 @@ from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, generate_items, make_item
 from rl.evaluate import evaluate, format_table, inference_steps
-from rl.organism.recipe import ADDED_OPTIONS, ENCODER_OPTIONS, MIX_OPTIONS, MODES, RESUMABLE_CHANGES, BaseTrainConfig
+from rl.organism.recipe import (
+    ADDED_OPTIONS,
+    ENCODER_OPTIONS,
+    MIX_OPTIONS,
+    MODES,
+    RESUMABLE_CHANGES,
+    TEXT_OPTIONS,
+    BaseTrainConfig,
+)
 from rl.train import checkpoint as ckpt
 from rl.train.checkpoint import replace_dir
 
@@ -282,13 +290,17 @@ def supervised_step(model, opt: torch.optim.Optimizer, batch, lr: float, grad_cl
 def options_free_at(cfg: BaseTrainConfig, decoder_step: int) -> frozenset[str]:
     """The options a resume from a checkpoint after ``decoder_step`` may change: those that change nothing
     (``RESUMABLE_CHANGES``), and those only phases not yet begun read. At decoder step 0 (the encoder checkpoint)
-    every decoder option; up to the mix phase's start the mix's own (``MIX_OPTIONS``). Such a resume trains the same
-    model as a run started with the new options: nothing it already did read them."""
+    every decoder option; up to the text phase's start the text phase's options (``TEXT_OPTIONS``) and the mix's;
+    up to the mix phase's start the mix's own (``MIX_OPTIONS``). Such a resume trains the same model as a run started
+    with the new options: nothing it already did read them."""
     if decoder_step == 0:
         return frozenset(f.name for f in dataclasses.fields(cfg)) - ENCODER_OPTIONS | RESUMABLE_CHANGES
+    free = RESUMABLE_CHANGES
+    if decoder_step <= phase_start(cfg, "text"):
+        free |= TEXT_OPTIONS
     if decoder_step <= phase_start(cfg, "mix"):
-        return MIX_OPTIONS | RESUMABLE_CHANGES
-    return RESUMABLE_CHANGES
+        free |= MIX_OPTIONS
+    return free
 
 
 def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, resume: bool = False):

@@ -249,6 +249,15 @@ def test_every_answer_is_one_token_of_the_organisms_tokenizer():
         assert all(whole) if expect_whole else not all(whole)
 
 
+def test_internalization_starts_after_its_share_of_the_text_phase():
+    from rl.organism.train_base import internalized_share
+
+    cfg = _tiny_cfg(perception_steps=10, text_steps=100, internalize=0.8)
+    assert [internalized_share(cfg, s) for s in (10, 60, 110, 500)] == pytest.approx([0.0, 0.4, 0.8, 0.8])
+    late = _tiny_cfg(perception_steps=10, text_steps=100, internalize=1.0, internalize_after=0.5)
+    assert [internalized_share(late, s) for s in (10, 60, 85, 110)] == pytest.approx([0.0, 0.0, 0.5, 1.0])
+
+
 def test_latent_think_sometimes_starts_reasoning():
     """Latent think blocks hold the perception text, and with ``chain`` a strict prefix of the inference steps."""
     from rl.data.tasks import generate_items

@@ -63,6 +63,9 @@ class BaseTrainConfig:
     # they leave out a growing prefix of the inference steps, up to this fraction of them at its end (1: none left,
     # the answer follows the facts directly).
     internalize: float = 1.0
+    # The share of the text phase whose chains keep every step, before the left-out prefix starts to grow (0 up to v9:
+    # from the text phase's first step). Internalizing steps the decoder cannot yet write right teaches it nothing.
+    internalize_after: float = 0.0
     # Share of text-phase items drawn from the multi-step families (0: every family alike, 2 of 7, as v3c): the
     # single-step families reach 1.00 from written facts early, the multi-step ones are the skill left to learn.
     text_multistep: float = 0.5
@@ -103,10 +106,10 @@ MODES = ("answer", "describe", "context", "notes", "think")
 #: Options that may differ between a run and its resume: they change neither the data stream nor the training.
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
-ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0}
+ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0}
 #: Options only the text phase and the mix (which rehearses text-phase examples) read: a resume from a checkpoint up to
 #: the text phase's start may change them (``text_skills`` also shapes the tokenizer: see ``ENCODER_OPTIONS``).
-TEXT_OPTIONS = frozenset({"text_chain", "internalize", "text_multistep"})
+TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep"})
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).

@@ -131,6 +131,14 @@ def think_target(item, rng: np.random.Generator, chain: bool) -> str:
     return f"<think>\n{facts}\n</think>\n\n<answer>{item.answer}</answer><|im_end|>"
 
 
+def internalized_share(cfg: BaseTrainConfig, step: int) -> float:
+    """The share of a chain's inference steps left out at decoder step ``step`` (stepwise internalization): 0 for
+    the first ``internalize_after`` of the text phase, then growing linearly to ``internalize`` at its end (and in the
+    mix)."""
+    done = (step - phase_start(cfg, "text")) / max(1, cfg.text_steps)  # share of the text phase done; > 1 in the mix
+    return cfg.internalize * min(1.0, max(0.0, done - cfg.internalize_after) / max(1e-9, 1 - cfg.internalize_after))
+
+
 def sample_batch(cfg: BaseTrainConfig, step: int):
     """Fresh items and their skill for one step: (items, modes, targets); deterministic in (seed, step).
 
@@ -169,9 +177,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             mode = "notes"
         if mode == "chain":
             steps = inference_steps(it)
-            # Stepwise internalization: a prefix that grows over the text phase is left out of the written steps.
-            progress = min(1.0, (step - phase_start(cfg, "text")) / max(1, cfg.text_steps))  # 1 in the mix
-            steps = steps[int(cfg.internalize * progress * len(steps)):]
+            steps = steps[int(internalized_share(cfg, step) * len(steps)):]
             target = f"<think>\n{' '.join(steps)}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         elif mode == "notes":
             target = (f"<think>\n{it.meta['description']}\n", f"</think>\n\n<answer>{it.answer}</answer><|im_end|>")

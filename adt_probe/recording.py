@@ -55,15 +55,19 @@ class RecordingError(ValueError):
 # --- capture: the two backends return the same thing ------------------------------------------------------------
 
 Captured = tuple[list[torch.Tensor], dict[int, torch.Tensor]]
+#: What a capture keeps of a router's input: ``reduce(router_module, router_input)``, e.g. ``spec.router_logits``
+RouterReduce = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
 def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def capture_hooks(model, spec: ArchitectureSpec, inputs: Mapping) -> Captured:
+def capture_hooks(model, spec: ArchitectureSpec, inputs: Mapping, reduce: RouterReduce | None = None) -> Captured:
     """Residual stream after each block, shape (batch, seq, hidden), and router inputs (tokens, hidden) per MoE layer,
-    with plain torch forward hooks."""
+    with plain torch forward hooks. With ``reduce`` each router input is replaced, inside its hook, by
+    ``reduce(router, input)`` (``spec.router_logits``: (tokens, experts) fp32), so the forward need not keep the
+    inputs: a sixteenth of their memory on the organism and on Qwen3-Omni, and the forward reuses their pages."""
     layers = get_module(model, spec.layers)
     resid: list[torch.Tensor | None] = [None] * len(layers)
     router_in: dict[int, torch.Tensor] = {}
@@ -72,7 +76,7 @@ def capture_hooks(model, spec: ArchitectureSpec, inputs: Mapping) -> Captured:
         handles.append(layer.register_forward_hook(lambda m, a, out, i=i: resid.__setitem__(i, _first(out))))
         if i in spec.moe_layers:
             handles.append(get_module(layer, spec.router).register_forward_hook(
-                lambda m, a, out, i=i: router_in.__setitem__(i, a[0])))
+                lambda m, a, out, i=i: router_in.__setitem__(i, a[0] if reduce is None else reduce(m, a[0]))))
     try:
         with torch.no_grad():
             model(**inputs, use_cache=False)
@@ -82,8 +86,9 @@ def capture_hooks(model, spec: ArchitectureSpec, inputs: Mapping) -> Captured:
     return resid, router_in
 
 
-def capture_nnsight(model, spec: ArchitectureSpec, inputs: Mapping) -> Captured:
-    """As ``capture_hooks``, through an nnsight trace (the path that also runs on NDIF with ``remote=True``)."""
+def capture_nnsight(model, spec: ArchitectureSpec, inputs: Mapping, reduce: RouterReduce | None = None) -> Captured:
+    """As ``capture_hooks``, through an nnsight trace (the path that also runs on NDIF with ``remote=True``);
+    ``reduce`` runs on the saved router inputs after the trace."""
     from nnsight import NNsight
 
     traced = model if hasattr(model, "trace") else NNsight(model)
@@ -96,6 +101,9 @@ def capture_nnsight(model, spec: ArchitectureSpec, inputs: Mapping) -> Captured:
             if i in spec.moe_layers:
                 router_in[i] = get_module(layers[i], spec.router).input.save()
             resid.append(layers[i].output.save())
+    if reduce is not None:
+        blocks = get_module(model, spec.layers)
+        router_in = {i: reduce(get_module(blocks[i], spec.router), x) for i, x in router_in.items()}
     return [_first(r) for r in resid], router_in
 
 
@@ -386,8 +394,8 @@ def record(model, inputs, *, tokenizer=None, routing: str | None = "topk", lens:
     for start in range(0, n, options.batch_size):
         stop = min(n, start + options.batch_size)
         batch = _slice_inputs(inputs, start, stop, n)
-        resid, router_in = _capture(model, spec, batch, options.backend)
-        part = _to_dataset(model, spec, batch, resid, router_in,
+        resid, router_logits = _capture(model, spec, batch, options.backend)
+        part = _to_dataset(model, spec, batch, resid, router_logits,
                            _Labels(*(v[start:stop] if v is not None else None for v in labels)),
                            (start, n_tokens), routing, lens, options)
         n_tokens += part.sizes["token"]
@@ -412,7 +420,7 @@ def record(model, inputs, *, tokenizer=None, routing: str | None = "topk", lens:
 
 
 def _capture(model, spec: ArchitectureSpec, batch: Mapping, backend: str) -> Captured:
-    """Run one batch on the model's device and dtype and capture it."""
+    """Run one batch on the model's device and dtype and capture it: residual streams and router logits."""
     param = next(model.parameters())
     # processors return fp32 audio features; a bf16/fp16 model needs them in its own dtype. Inputs go to the device
     # of the first parameter (the embedding, under device_map="auto").
@@ -420,7 +428,7 @@ def _capture(model, spec: ArchitectureSpec, batch: Mapping, backend: str) -> Cap
              for k, v in batch.items()}
     if _accepts(model, "logits_to_keep"):
         batch["logits_to_keep"] = 1  # the lens computes the final logits itself: the model need not hold them all
-    return (capture_nnsight if backend == "nnsight" else capture_hooks)(model, spec, batch)
+    return (capture_nnsight if backend == "nnsight" else capture_hooks)(model, spec, batch, spec.router_logits)
 
 
 def _accepts(model, name: str) -> bool:
@@ -457,18 +465,19 @@ def _token_coords(ids: torch.Tensor, mask: torch.Tensor, labels: _Labels, offset
     return coords
 
 
-def _routing_variables(model, spec, router_in, flat, n_tok: int, n_layers: int, routing: str) -> dict:
-    """Top-k experts and weights (and full router logits) of one batch's real tokens."""
+def _routing_variables(model, spec, router_logits, flat, n_tok: int, n_layers: int, routing: str) -> dict:
+    """Top-k experts and weights (and full router logits) of one batch's real tokens, from ``router_logits``
+    ({MoE layer: (tokens, experts) fp32}, every token of the batch)."""
     k, e = spec.top_k, spec.n_experts
     experts = np.full((n_tok, n_layers, k), -1, np.int16 if e < 32_000 else np.int32)
     weights = np.full((n_tok, n_layers, k), np.nan, np.float32)
     logits_all = np.full((n_tok, n_layers, e), np.nan, np.float32) if routing == "full" else None
     blocks = get_module(model, spec.layers)
-    layers = sorted(router_in)
+    layers = sorted(router_logits)
     if not layers:
         return _routing_data(experts, weights, logits_all)
-    logits = torch.stack([spec.router_logits(get_module(blocks[i], spec.router), router_in[i])[flat.to(
-        router_in[i].device)].to(flat.device) for i in layers])  # (moe layers, tokens, experts)
+    logits = torch.stack([router_logits[i][flat.to(router_logits[i].device)].to(flat.device)
+                          for i in layers])  # (moe layers, tokens, experts)
     if spec.score_bias is None:  # routing is row-wise: every layer's tokens in one call
         idx, w = spec.route(logits.reshape(-1, e))
         idx, w = idx.view(len(layers), n_tok, k), w.view(len(layers), n_tok, k)
@@ -493,7 +502,7 @@ def _routing_data(experts: np.ndarray, weights: np.ndarray, logits_all: np.ndarr
 
 
 @torch.no_grad()
-def _to_dataset(model, spec, batch, resid, router_in, labels: _Labels, offsets: tuple[int, int],
+def _to_dataset(model, spec, batch, resid, router_logits, labels: _Labels, offsets: tuple[int, int],
                 routing: str | None, lens: Lens | None, options: RecordOptions) -> xr.Dataset:
     """One batch's Dataset."""
     ids = batch["input_ids"]
@@ -506,7 +515,7 @@ def _to_dataset(model, spec, batch, resid, router_in, labels: _Labels, offsets: 
     n_tok = len(coords["token"])
     data = {}
     if routing is not None:
-        data.update(_routing_variables(model, spec, router_in, flat, n_tok, n_layers, routing))
+        data.update(_routing_variables(model, spec, router_logits, flat, n_tok, n_layers, routing))
         coords.update(expert=np.arange(spec.n_experts), k=np.arange(spec.top_k))
     if lens is not None:
         # The next real token of the same sequence; -1 after the last one.

@@ -8,7 +8,11 @@ the method's floor. Peak memory: each method runs once more in a fresh subproces
 (``VmHWM``, see benchmarks/memory.py) and its RSS with the model resident (after loading it and a 4-token forward, which
 faults in the memory-mapped weights); the method's extra memory is the difference.
 The first call of each method is a warm-up (kernels allocate, and the fused lens statistics compile: its seconds are
-reported as ``warmup_s``).
+reported as ``warmup_s``). Each timed call's minor page faults are counted too (``faults``): glibc's malloc returns
+large freed blocks to the system and adapts its mmap threshold to what the process freed before, so how many fresh
+pages a call touches depends on the process' history (the organism's plain forward: 0 to 3,552 faults per call in
+separate processes; 125,000 with only ``MALLOC_TRIM_THRESHOLD_`` set). ``--pin-allocator`` reruns the benchmark with
+``PINNED_ALLOCATOR`` in the environment (no mmap'd blocks, no trimming): every method then reuses its pages.
 
 Methods (2,048 tokens: 4 sequences x 512):
   forward          plain ``model(**inputs)`` under no_grad (floor of routing-only recording)
@@ -29,6 +33,7 @@ import argparse
 import inspect
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +51,8 @@ from benchmarks.memory import peak_rss_mb, rss_mb
 METHODS = ("forward", "record_routing", "floor_lens", "floor_lens_plain", "record_lens", "record_lens_eager", "tl_lens",
            "record_lens_25")
 N_SEQ, SEQ_LEN = 4, 512
+#: ``--pin-allocator``: glibc's malloc keeps every freed block (it reads these when the process starts)
+PINNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
 def load(name: str, n_seq: int = N_SEQ):
@@ -147,11 +154,17 @@ def one(name: str, method: str, threads: int, n_seq: int) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (a fresh page touched for the first time)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def timing(name: str, repeats: int, methods: list[str] | None = None, threads: int = 2, n_seq: int = N_SEQ
-           ) -> tuple[dict[str, list[float]], dict]:
-    """Seconds of each method per repeat, interleaved in this process, and the warm-up seconds of each (on half the
+           ) -> tuple[dict[str, list[float]], dict, dict[str, list[int]]]:
+    """Seconds of each method per repeat, interleaved in this process, the warm-up seconds of each (on half the
     sequences: it loads lazily imported modules and compiles the fused statistics, which ``fused=None`` chooses by
-    size: a warm-up on 128 tokens took the eager path, and SmolLM2's first timed call then compiled)."""
+    size: a warm-up on 128 tokens took the eager path, and SmolLM2's first timed call then compiled), and the minor
+    page faults of each timed call."""
     torch.set_num_threads(threads)
     model, inputs = load(name, n_seq)
     small = {k: v[: max(1, n_seq // 2)] for k, v in inputs.items()}
@@ -165,12 +178,14 @@ def timing(name: str, repeats: int, methods: list[str] | None = None, threads: i
         t = time.perf_counter()
         run(m, model, small, bridge)
         warmup[m] = time.perf_counter() - t
+    faults: dict[str, list[int]] = {m: [] for m in chosen}
     for _ in range(repeats):
         for m in times:
-            t = time.perf_counter()
+            t, f = time.perf_counter(), minor_faults()
             run(m, model, inputs, bridge)
             times[m].append(time.perf_counter() - t)
-    return times, warmup
+            faults[m].append(minor_faults() - f)
+    return times, warmup, faults
 
 
 FLOOR = {"forward": None, "record_routing": "forward", "floor_lens": None, "floor_lens_plain": "floor_lens",
@@ -188,18 +203,25 @@ def main(argv=None) -> None:
                     help="torch threads (1 on a shared machine: OpenMP threads that wait for a busy core spin)")
     ap.add_argument("--sequences", type=int, default=N_SEQ, help="sequences of 512 tokens")
     ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory pass")
+    ap.add_argument("--pin-allocator", action="store_true",
+                    help="run with PINNED_ALLOCATOR in the environment: glibc keeps freed memory (see above)")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.pin_allocator and any(os.environ.get(k) != v for k, v in PINNED_ALLOCATOR.items()):
+        # glibc reads them at start-up only: start again with them (the memory pass' subprocesses inherit them)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.record_bench", *argv],
+                  {**os.environ, **PINNED_ALLOCATOR})
     if args.one:
         print(json.dumps(one(*args.one, args.threads, args.sequences)))
         return
     results = {}
     for name in args.models:
-        times, warmup = timing(name, args.repeats, args.methods, args.threads, args.sequences)
+        times, warmup, faults = timing(name, args.repeats, args.methods, args.threads, args.sequences)
         rows = {}
         for m, ts in times.items():
             rows[m] = {"median_s": statistics.median(ts), "all_s": ts, "warmup_s": warmup[m],
-                       "load_1min": os.getloadavg()[0]}
+                       "load_1min": os.getloadavg()[0], "faults": faults[m]}
             if not args.no_memory:
                 proc = subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--one", name, m,
                                        "--threads", str(args.threads), "--sequences", str(args.sequences)],
@@ -218,20 +240,23 @@ def main(argv=None) -> None:
         print(table(name, rows, args.sequences), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    allocator = {k: os.environ.get(k) for k in PINNED_ALLOCATOR}  # what this process started with
     out.write_text(json.dumps({"tokens": args.sequences * SEQ_LEN, "repeats": args.repeats, "threads": args.threads,
-                               "results": results}, indent=2) + "\n")
+                               "allocator_env": allocator, "results": results}, indent=2) + "\n")
 
 
 def table(name: str, rows: dict, n_seq: int = N_SEQ) -> str:
     """A Markdown table of one model's rows."""
     lines = [f"\n{name}, {n_seq} x {SEQ_LEN} tokens, medians",
-             "| method | time (s) | repeats (s) | ratio (paired) | vs | peak RSS (MB) | beyond resident model (MB) |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | time (s) | repeats (s) | ratio (paired) | vs | page faults per call | peak RSS (MB) "
+             "| beyond resident model (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
     for m, r in rows.items():
         ratio = f"{r['ratio']:.2f}x ({r['paired_ratio']:.2f}x)" if r["ratio"] else ""
         spread = ", ".join(f"{t:.2f}" for t in r["all_s"])
         mem = f"{r['peak_rss_mb']:.0f} | {r['extra_mb']:.0f}" if "peak_rss_mb" in r else " | "
-        lines.append(f"| {m} | {r['median_s']:.3f} | {spread} | {ratio} | {r['ratio_to'] or ''} | {mem} |")
+        faults = f"{statistics.median(r['faults']):,.0f}" if r.get("faults") else ""
+        lines.append(f"| {m} | {r['median_s']:.3f} | {spread} | {ratio} | {r['ratio_to'] or ''} | {faults} | {mem} |")
     return "\n".join(lines)
 
 

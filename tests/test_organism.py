@@ -304,6 +304,8 @@ def test_train_base_changes_its_decoder_plan_from_the_encoder_checkpoint(tmp_pat
         shutil.rmtree(path)  # keep only the encoder checkpoint (decoder step 0)
     with pytest.raises(SystemExit, match="encoder_lr"):
         train(_tiny_cfg(encoder_lr=1e-4), log=lambda _: None, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(SystemExit, match="tokenizer's corpus"):  # no sub-skill was trained: its tokenizer lacks them
+        train(_tiny_cfg(skill_steps=1), log=lambda _: None, checkpoint_dir=tmp_path, resume=True)
     lines = []
     _, _, history, _ = train(_tiny_cfg(steps=2, mode_weights=(0.5, 0.0, 0.5, 0.0, 0.0)), log=lines.append,
                              checkpoint_dir=tmp_path, resume=True)
@@ -342,7 +344,7 @@ def test_train_base_changes_its_text_phase_from_a_checkpoint_before_it(tmp_path)
     for step, path in ckpt.list_checkpoints(tmp_path / "a"):
         if step > 1 + 2:  # the encoder's step, then two decoder steps: keep up to the text phase's start
             shutil.rmtree(path)
-    changed = dict(cfg, text_chain=1.0, internalize=0.5, text_multistep=1.0)
+    changed = dict(cfg, text_chain=1.0, internalize=0.5, text_multistep=1.0, text_skills=0.5)
     resumed, _, _, _ = train(_tiny_cfg(**changed), log=lambda _: None, checkpoint_dir=tmp_path / "a", resume=True)
     fresh, _, _, _ = train(_tiny_cfg(**changed), log=lambda _: None, checkpoint_dir=tmp_path / "b")
     for (name, a), b in zip(fresh.state_dict().items(), resumed.state_dict().values()):

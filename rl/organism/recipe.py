@@ -108,11 +108,17 @@ RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell",
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
 ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0}
 #: Options only the text phase and the mix (which rehearses text-phase examples) read: a resume from a checkpoint up to
-#: the text phase's start may change them (``text_skills`` also shapes the tokenizer: see ``ENCODER_OPTIONS``).
-TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep"})
+#: the text phase's start may change them.
+TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep", "text_skills"})
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
-#: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on).
+#: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on). The tokenizer
+#: also depends on whether any sub-skill is trained (``tokenizer_has_skills``), which a resume checks on its own.
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
-                             "tokenizer_corpus_items", "vocab_size", "answer_tokens", "text_skills", "skill_steps",
-                             "chat_skill_steps"})
+                             "tokenizer_corpus_items", "vocab_size", "answer_tokens"})
+
+
+def tokenizer_has_skills(options: dict) -> bool:
+    """Whether the tokenizer's corpus holds the sub-skill items: when any phase trains them (``options``: a
+    ``BaseTrainConfig`` as a dict, or a checkpoint's config)."""
+    return any(options.get(k, 0) > 0 for k in ("text_skills", "skill_steps", "chat_skill_steps"))

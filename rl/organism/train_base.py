@@ -59,6 +59,7 @@ from rl.organism.recipe import (
     RESUMABLE_CHANGES,
     TEXT_OPTIONS,
     BaseTrainConfig,
+    tokenizer_has_skills,
 )
 from rl.train import checkpoint as ckpt
 from rl.train.checkpoint import replace_dir
@@ -322,8 +323,11 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
     if latest is not None:
         state = ckpt.load_trainer_state(latest)
         free = options_free_at(cfg, state.data_position["decoder_step"])
-        changed = sorted(k for k, v in json.loads(json.dumps(dataclasses.asdict(cfg))).items()
+        options = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        changed = sorted(k for k, v in options.items()
                          if k not in free and state.config.get(k, ADDED_OPTIONS.get(k)) != v)
+        if tokenizer_has_skills(options) != tokenizer_has_skills(state.config):
+            changed.append("text_skills, skill_steps, chat_skill_steps (all zero or not: the tokenizer's corpus)")
         if changed:
             raise SystemExit(f"the checkpoint {latest} was written with another config (differs in {changed}); "
                              "resume with the same options or start afresh in another --checkpoint-dir")
@@ -333,7 +337,7 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         log(f"resuming from {latest} (decoder step {start}/{cfg.steps}, {seconds_before:.0f} s trained)")
     else:
         corpus = tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777, answers=cfg.answer_tokens,
-                                  skills=cfg.text_skills > 0 or cfg.skill_steps > 0 or cfg.chat_skill_steps > 0)
+                                  skills=tokenizer_has_skills(dataclasses.asdict(cfg)))
         tokenizer = organism.train_tokenizer(corpus, vocab_size=cfg.vocab_size)
         processor = organism.build_processor(tokenizer)
         model = organism.build_model(tokenizer, seed=cfg.seed)

@@ -36,7 +36,7 @@ import torch
 from rl import organism
 from rl.data import collate
 from rl.organism.recipe import BaseTrainConfig
-from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, supervised_step
+from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, skill_phase_batch, supervised_step
 
 EVAL_SEED = 99_991
 
@@ -68,9 +68,9 @@ def skill_texts(cfg: BaseTrainConfig, step: int, distinct: bool = False) -> tupl
 def training_batch(processor, cfg: BaseTrainConfig, step: int, distinct: bool = False, chat: bool = False):
     """The ``encode_plain`` inputs of training step ``step``: the skill phase's batch, plain or (``chat``) in the
     chat format."""
-    if chat:
-        return collate.encode_plain(processor, *chat_skill_texts(processor, skill_items(cfg, step)))
-    return collate.encode_plain(processor, *skill_texts(cfg, step, distinct))
+    if distinct:
+        return collate.encode_plain(processor, *skill_texts(cfg, step, distinct))
+    return skill_phase_batch(processor, cfg, step, chat)
 
 
 def held_out_batch(processor, distinct: bool = False, chat: bool = False):

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from benchmarks.record_bench import PINNED_ALLOCATOR
+
 
 def test_record_bench_pins_the_allocator_in_a_restarted_process_and_counts_page_faults(tmp_path):
     out = tmp_path / "record.json"
@@ -11,8 +13,6 @@ def test_record_bench_pins_the_allocator_in_a_restarted_process_and_counts_page_
                     "--methods", "forward", "record_routing", "--no-memory", "--threads", "1", "--sequences", "1",
                     "--pin-allocator", "--out", str(out)], check=True, capture_output=True, text=True)
     result = json.loads(out.read_text())
-    from benchmarks.record_bench import PINNED_ALLOCATOR
-
     assert result["allocator_env"] == PINNED_ALLOCATOR  # what the measuring process ran with
     rows = result["results"]["organism"]
     assert set(rows) == {"forward", "record_routing"}

@@ -63,8 +63,9 @@ class BaseTrainConfig:
     # they leave out a growing prefix of the inference steps, up to this fraction of them at its end (1: none left,
     # the answer follows the facts directly).
     internalize: float = 1.0
-    # The share of the text phase whose chains keep every step, before the left-out prefix starts to grow (0 up to v9:
-    # from the text phase's first step). Internalizing steps the decoder cannot yet write right teaches it nothing.
+    # The share of the text phase whose chains keep every step, before the left-out prefix starts to grow (0 in v3-v9:
+    # from the text phase's first step; v8b and v8c: 0.5). Internalizing steps the decoder cannot yet write right
+    # teaches it nothing.
     internalize_after: float = 0.0
     # Share of text-phase items drawn from the multi-step families (0: every family alike, 2 of 7, as v3c): the
     # single-step families reach 1.00 from written facts early, the multi-step ones are the skill left to learn.

@@ -122,6 +122,14 @@ def chat_skill_texts(processor, items, answers: bool = True) -> tuple[list[str],
     return [c + "<think>\n" for c in chat], [it.reference_chain[-1] + t for it, t in zip(items, tail)]
 
 
+def skill_phase_batch(processor, cfg: BaseTrainConfig, step: int, chat: bool = False):
+    """The ``encode_plain`` inputs of skill-phase step ``step``: plain text (``skill_batch``), or with ``chat`` the
+    same kind of items in the chat format (``chat_skill_texts``: the chat-skill phase)."""
+    if chat:
+        return collate.encode_plain(processor, *chat_skill_texts(processor, skill_items(cfg, step)))
+    return collate.encode_plain(processor, *skill_batch(cfg, step))
+
+
 def think_target(item, rng: np.random.Generator, chain: bool) -> str:
     """A latent think block: the perception text, with ``chain`` followed by the first 1..all-but-one inference steps
     of the reference chain (a partial chain: the base sometimes starts reasoning, never finishes it)."""
@@ -353,10 +361,9 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
     model.train()
     running, last_save = [], time.time()
     for step in range(start, cfg.steps):
-        if phase_of(cfg, step) == "skill":
-            batch = collate.encode_plain(processor, *skill_batch(cfg, step))
-        elif phase_of(cfg, step) == "chat_skill":
-            batch = collate.encode_plain(processor, *chat_skill_texts(processor, skill_items(cfg, step)))
+        phase = phase_of(cfg, step)
+        if phase in ("skill", "chat_skill"):
+            batch = skill_phase_batch(processor, cfg, step, chat=phase == "chat_skill")
         else:
             batch = collate.encode_supervised(processor, *sample_batch(cfg, step))
         # output_router_logits adds the load-balancing loss, so all 8 experts stay in use (routing worth studying).

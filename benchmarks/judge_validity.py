@@ -193,7 +193,13 @@ def markdown_table(results: dict, paired: dict, split: str) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> dict:
+# ==================================================================================================================
+# Main
+# ==================================================================================================================
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=60, help="organism items (cycling through all families)")
     ap.add_argument("--seed", type=int, default=7)
@@ -203,45 +209,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/judge_validity.json")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    import torch
 
-    torch.set_num_threads(args.threads)
-    from rl import judge as J
-    from rl.data.tasks import generate_items
-    from rl.judge.packaged import PACKAGED
-
-    t_start = time.time()
-    items = generate_items(args.items, seed=args.seed, difficulty=("easy", "medium", "hard"), prefix="val")
-    cases = build_cases(items, seed=args.seed)
+def split_masks(items, cases: list[dict]) -> dict[str, np.ndarray]:
+    """Masks over ``cases`` of the splits: dev (the first half of the items), test (the second half) and all."""
     dev_ids = {it.id for it in items[: len(items) // 2]}
     dev = np.array([c["item"] in dev_ids for c in cases])
-    splits = {"dev": dev, "test": ~dev, "all": np.ones(len(cases), bool)}
-    print(f"{len(items)} items, {len(cases)} candidates ({', '.join(('positive',) + KINDS)} per item)",
-          file=sys.stderr)
+    return {"dev": dev, "test": ~dev, "all": np.ones(len(cases), bool)}
 
-    t = time.time()
-    emb = embedding_scores(cases)
-    emb_seconds = time.time() - t
-    results: dict[str, dict] = {}
-    paired: dict[str, dict] = {}
 
-    def record(name: str, scores: np.ndarray) -> None:
-        results[name] = {s: aurocs(scores, cases, m) for s, m in splits.items()}
-        paired[name] = {s: paired_aurocs(scores, cases, m) for s, m in splits.items()}
+def score_judges(cases: list[dict], models: list[str], prompts: list[str],
+                 batch_size: int) -> tuple[dict, dict[tuple[str, str], np.ndarray], dict[str, dict]]:
+    """Every judge model x prompt on every case: the judges and their scores by (model, prompt), and their timing."""
+    from rl import judge as J
+    from rl.judge.packaged import PACKAGED
 
-    record("embedding (MiniLM cosine)", emb)
-
-    prompts = args.prompts or list(DEFAULT_PROMPTS)
     judges: dict = {}  # (model, prompt) -> judge
     judge_raw: dict[tuple[str, str], np.ndarray] = {}
     timing: dict[str, dict] = {}
-    for model_name in args.judge_models:
+    for model_name in models:
         model, tokenizer = None, None
         for name in prompts:
             judge = J.LocalJudge(model if model is not None else model_name, tokenizer=tokenizer,
-                                 model_id=PACKAGED[model_name].folder, prompt=name, batch_size=args.batch_size)
+                                 model_id=PACKAGED[model_name].folder, prompt=name, batch_size=batch_size)
             model, tokenizer = judge.model, judge.tokenizer  # load once, share across prompt variants
             judges[(model_name, name)] = judge
             t = time.time()
@@ -250,46 +241,87 @@ def main(argv: list[str] | None = None) -> dict:
             timing[f"{model_name} {name}"] = {"seconds": round(seconds, 2),
                                                "seconds_per_judgement": round(seconds / len(cases), 4),
                                                "stats": judge.stats.as_dict()}
-            record(f"judge {model_name} {name}", judge_raw[(model_name, name)])
             print(f"judge {model_name} {name}: {seconds:.1f} s, pooled AUROC "
-                  f"{results[f'judge {model_name} {name}']['all']['pooled']:.3f}", file=sys.stderr)
+                  f"{aurocs(judge_raw[(model_name, name)], cases)['pooled']:.3f}", file=sys.stderr)
+    return judges, judge_raw, timing
 
-    # Hybrid: every model x prompt x w on dev; the best pooled dev AUROC picks the defaults.
+
+def choose_hybrid(judge_raw: dict[tuple[str, str], np.ndarray], emb: np.ndarray, cases: list[dict],
+                  dev: np.ndarray) -> tuple[dict[tuple[tuple[str, str], float], float], tuple[str, str], float]:
+    """The pooled dev AUROC of the hybrid at every (model, prompt) x w, and the best (model, prompt) and w."""
     hybrid_dev = {(key, w): aurocs(w * judge_raw[key] + (1 - w) * emb, cases, dev)["pooled"]
                   for key in judge_raw for w in W_GRID}
     best_key, best_w = max(hybrid_dev, key=lambda k: (hybrid_dev[k], -abs(k[1] - 0.5)))
+    return hybrid_dev, best_key, best_w
+
+
+def scorers(emb: np.ndarray, judge_raw: dict[tuple[str, str], np.ndarray], hybrid_dev: dict,
+            best_key: tuple[str, str], best_w: float) -> dict[str, np.ndarray]:
+    """Every scorer's scores by its name in the tables: the embedding, each judge, the chosen judge's hybrid at a few
+    w, and each judge's hybrid at its own best dev w."""
+    out = {"embedding (MiniLM cosine)": emb}
+    out |= {f"judge {model} {prompt}": scores for (model, prompt), scores in judge_raw.items()}
     best_model, best_prompt = best_key
     for w in sorted({0.2, 0.4, 0.5, 0.6, 0.8, best_w}):
         if 0 < w < 1:
-            record(f"hybrid w={w:g} ({best_model} {best_prompt})", w * judge_raw[best_key] + (1 - w) * emb)
-    for key in judge_raw:  # every judge's hybrid at its own best dev w
+            out[f"hybrid w={w:g} ({best_model} {best_prompt})"] = w * judge_raw[best_key] + (1 - w) * emb
+    for key in judge_raw:
         w = max(W_GRID[1:-1], key=lambda x: hybrid_dev[(key, x)])
-        record(f"hybrid {key[0]} {key[1]} at its best w={w:g}", w * judge_raw[key] + (1 - w) * emb)
+        out[f"hybrid {key[0]} {key[1]} at its best w={w:g}"] = w * judge_raw[key] + (1 - w) * emb
+    return out
 
-    # Throughput. With prefix KV reuse: the chosen prompt's main pass above (every judgement computed: no repeats).
-    # Without: fresh judge, full prompts left padded, on the first 5 items' candidates. Cache: a second pass over all.
-    main_judge = judges[best_key]
+
+def auroc_tables(scores: dict[str, np.ndarray], cases: list[dict],
+                 splits: dict[str, np.ndarray]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The AUROCs (per kind and pooled) and the within-item AUROCs of every scorer, by scorer name and split."""
+    results = {name: {s: aurocs(v, cases, m) for s, m in splits.items()} for name, v in scores.items()}
+    paired = {name: {s: paired_aurocs(v, cases, m) for s, m in splits.items()} for name, v in scores.items()}
+    return results, paired
+
+
+def measure_throughput(main_judge, best_key: tuple[str, str], best_scores: np.ndarray, cases: list[dict],
+                       timing: dict, batch_size: int) -> dict:
+    """Seconds per judgement of the chosen judge with prefix KV reuse and with full prompts, and a cached second pass.
+
+    With prefix KV reuse: the chosen prompt's main pass (every judgement computed: no repeats). Without: a fresh judge,
+    full prompts left padded, on the first 5 items' candidates. Cache: a second pass over all candidates.
+    """
+    from rl import judge as J
+    from rl.judge.packaged import PACKAGED
+
+    best_model, best_prompt = best_key
     sub = cases[:25]
     full_judge = J.LocalJudge(main_judge.model, tokenizer=main_judge.tokenizer, model_id=PACKAGED[best_model].folder,
-                              prompt=best_prompt, batch_size=args.batch_size, reuse_prefix=False)
+                              prompt=best_prompt, batch_size=batch_size, reuse_prefix=False)
     t = time.time()
     full_scores = judge_scores(full_judge, sub)
     full_seconds = time.time() - t
     t = time.time()
     again = judge_scores(main_judge, cases)
-    throughput = {
+    return {
         "prefix_kv_reuse": {"judgements": len(cases), **timing[f"{best_model} {best_prompt}"]},
         "full_prompts": {"judgements": len(sub), "seconds": round(full_seconds, 2),
                          "seconds_per_judgement": round(full_seconds / len(sub), 4)},
-        "max_abs_difference_reuse_vs_full": float(np.max(np.abs(judge_raw[best_key][:len(sub)] - full_scores))),
+        "max_abs_difference_reuse_vs_full": float(np.max(np.abs(best_scores[:len(sub)] - full_scores))),
         "second_pass": {"seconds": round(time.time() - t, 4),
-                        "identical": bool(np.allclose(again, judge_raw[best_key])),
+                        "identical": bool(np.allclose(again, best_scores)),
                         "cache_hit_rate_after": round(main_judge.cache_hit_rate, 3),
                         "stats": main_judge.stats.as_dict()},
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
     }
 
-    out = {
+
+def build_output(args: argparse.Namespace, items, cases: list[dict], tables: tuple[dict, dict],
+                 hybrid_dev: dict, best: tuple[tuple[str, str], float], timing: dict, throughput: dict,
+                 emb_seconds: float, t_start: float) -> dict:
+    """The benchmark's JSON: settings, AUROC tables, the hybrid's dev grid, the chosen defaults, timing, examples."""
+    from rl import judge as J
+    from rl.judge.packaged import PACKAGED
+
+    (best_model, best_prompt), best_w = best
+    results, paired = tables
+    prompt = J.PROMPTS[best_prompt]
+    return {
         "what": "AUROC of positive (paraphrased reference chain) vs corrupted chains, scored against the reference",
         "items": len(items), "seed": args.seed, "families": sorted({it.family for it in items}),
         "candidates": len(cases), "split": "dev = first half of the items (selection), test = second half",
@@ -301,28 +333,60 @@ def main(argv: list[str] | None = None) -> dict:
         "hybrid_dev_pooled": {f"{m} {p} w={w:g}": v for ((m, p), w), v in hybrid_dev.items()},
         "reference_point": {"first try": "SmolLM2-135M, single-digit probability-weighted score: judge AUROC 0.67, "
                                          "MiniLM embeddings 0.81 (another candidate set)"},
-        "chosen": {"model": best_model, "prompt": best_prompt, "method": J.PROMPTS[best_prompt].method,
-                   "scale": "exp(mean token log-prob)" if J.PROMPTS[best_prompt].method == "likelihood"
-                   else J.PROMPTS[best_prompt].scale, "w": best_w,
-                   "dev_pooled_auroc": hybrid_dev[(best_key, best_w)]},
+        "chosen": {"model": best_model, "prompt": best_prompt, "method": prompt.method,
+                   "scale": "exp(mean token log-prob)" if prompt.method == "likelihood" else prompt.scale,
+                   "w": best_w, "dev_pooled_auroc": hybrid_dev[best]},
         "judge_timing": timing, "throughput": throughput,
         "threads": args.threads, "platform": platform.platform(), "total_seconds": round(time.time() - t_start, 1),
         "examples": [{k: c[k] for k in ("kind", "text")} | {"reference": " ".join(c["reference"])}
                      for c in cases[:5]],
     }
+
+
+def print_report(out: dict, path: Path) -> None:
+    """Prints the AUROC tables (all items, then the held-out half) and the judge's throughput."""
+    chosen, throughput = out["chosen"], out["throughput"]
+    print(f"\n## Judge validity: AUROC, {out['items']} items (all) -- chosen: {chosen['model']} {chosen['prompt']!r}, "
+          f"w = {chosen['w']:g}\n")
+    print(markdown_table(out["aurocs"], out["within_item_aurocs"], "all"))
+    print(f"\nHeld-out half (test, {out['items'] - out['items'] // 2} items):\n")
+    print(markdown_table(out["aurocs"], out["within_item_aurocs"], "test"))
+    tp, sp = throughput["prefix_kv_reuse"], throughput["second_pass"]
+    print(f"\njudge ({chosen['prompt']}): {tp['seconds_per_judgement']:.3f} s/judgement with prefix KV reuse, "
+          f"{throughput['full_prompts']['seconds_per_judgement']:.3f} s with full prompts (batch "
+          f"{throughput['batch_size']}, {out['threads']} thread); second pass over all {out['candidates']}: "
+          f"{sp['seconds']:.3f} s (cache hit rate {sp['cache_hit_rate_after']:.2f} over both passes). "
+          f"Written to {path}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the benchmark, writes its JSON to ``--out`` and prints the report; returns the JSON's content."""
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from rl.data.tasks import generate_items
+
+    t_start = time.time()
+    items = generate_items(args.items, seed=args.seed, difficulty=("easy", "medium", "hard"), prefix="val")
+    cases = build_cases(items, seed=args.seed)
+    splits = split_masks(items, cases)
+    print(f"{len(items)} items, {len(cases)} candidates ({', '.join(('positive',) + KINDS)} per item)",
+          file=sys.stderr)
+    t = time.time()
+    emb = embedding_scores(cases)
+    emb_seconds = time.time() - t
+    judges, judge_raw, timing = score_judges(cases, args.judge_models, args.prompts or list(DEFAULT_PROMPTS),
+                                             args.batch_size)
+    hybrid_dev, best_key, best_w = choose_hybrid(judge_raw, emb, cases, splits["dev"])
+    tables = auroc_tables(scorers(emb, judge_raw, hybrid_dev, best_key, best_w), cases, splits)
+    throughput = measure_throughput(judges[best_key], best_key, judge_raw[best_key], cases, timing, args.batch_size)
+    out = build_output(args, items, cases, tables, hybrid_dev, (best_key, best_w), timing, throughput, emb_seconds,
+                       t_start)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"\n## Judge validity: AUROC, {len(items)} items (all) -- chosen: {best_model} {best_prompt!r}, "
-          f"w = {best_w:g}\n")
-    print(markdown_table(results, paired, "all"))
-    print(f"\nHeld-out half (test, {len(items) - len(dev_ids)} items):\n")
-    print(markdown_table(results, paired, "test"))
-    tp, sp = throughput["prefix_kv_reuse"], throughput["second_pass"]
-    print(f"\njudge ({best_prompt}): {tp['seconds_per_judgement']:.3f} s/judgement with prefix KV reuse, "
-          f"{throughput['full_prompts']['seconds_per_judgement']:.3f} s with full prompts (batch {args.batch_size}, "
-          f"{args.threads} thread); second pass over all {len(cases)}: {sp['seconds']:.3f} s (cache hit rate "
-          f"{sp['cache_hit_rate_after']:.2f} over both passes). Written to {path}")
+    print_report(out, path)
     return out
 
 

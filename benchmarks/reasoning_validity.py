@@ -467,7 +467,8 @@ def server_scores(cases: list[dict], w: float) -> tuple[dict[str, np.ndarray], d
         server.stop()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=10, help="items per style (the organism: at least one per family)")
     ap.add_argument("--seed", type=int, default=19)
@@ -484,19 +485,28 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--judge-cache", help="a folder for the judges' content caches (a re-run reads them)")
     ap.add_argument("--timing", type=int, default=100, help="candidates timed per MiniLM reward, caches cold")
     ap.add_argument("--judge-items", type=int, default=2, help="items per style the judge rewards score")
-    args = ap.parse_args(argv)
-    import torch
+    return ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
-    cases = build_cases(build_chains(args.items, args.seed), args.seed)
-    print(f"{len(cases)} candidates", file=sys.stderr)
-    judge = {"judge_backend": "local", "judge_model": "smollm2", "judge_batch_size": 16}
 
-    def judged(prompt: str) -> dict:
-        cache = {"judge_cache_path": str(Path(args.judge_cache) / f"{prompt}.json")} if args.judge_cache else {}
-        return {**judge, "judge_prompt": prompt, **cache}
+def spread(seq: Sequence, n: int) -> list:
+    """At most ``n`` elements of ``seq``, taken at an even stride from its start."""
+    return seq[:: max(1, len(seq) // n)][:n]
 
+
+#: The embedding rewards timed with cold caches (label: (reward, keywords)).
+TIMED = {"embedding cosine": ("hybrid_reasoning", {"w": 0.0}), "chain_alignment": ("chain_alignment", {})}
+#: The in-process judge of the judge rewards.
+LOCAL_JUDGE = {"judge_backend": "local", "judge_model": "smollm2", "judge_batch_size": 16}
+
+
+def judge_kwargs(prompt: str, cache_dir: str | None) -> dict:
+    """The reward keywords of the in-process judge with ``prompt``, and its cache file in ``cache_dir`` if given."""
+    cache = {"judge_cache_path": str(Path(cache_dir) / f"{prompt}.json")} if cache_dir else {}
+    return {**LOCAL_JUDGE, "judge_prompt": prompt, **cache}
+
+
+def embedding_scorers(cases: list[dict]) -> dict[str, np.ndarray]:
+    """The scores of the embedding scorers by table name: MiniLM cosine, chain_alignment and each of its parts."""
     embed(["warm-up"])  # the embedder's load is not a cost per completion
     raw = {"embedding cosine (hybrid_reasoning, w = 0)": score("hybrid_reasoning", cases, w=0.0),
            "chain_alignment": score("chain_alignment", cases)}
@@ -505,62 +515,88 @@ def main(argv: list[str] | None = None) -> dict:
                                         answers=[c["answer"] for c in cases], choices=[c["choices"] for c in cases])
     for part in ("coverage", "precision", "order", "facts", "agreement"):
         raw[f"chain part: {part}"] = np.array([getattr(s, part) for s in components])
-    grid = alignment_grid(cases) if args.grid else []
-    if grid:
-        print("alignment grid (dev), best 5:", grid[:5], file=sys.stderr)
-    settings = {"embedding cosine": ("hybrid_reasoning", {"w": 0.0}), "chain_alignment": ("chain_alignment", {})}
-    timing = time_rewards(cases[:: max(1, len(cases) // args.timing)][: args.timing], settings)
-    dev, best_w = {}, None
-    if not args.no_judge:
-        # the judges score the first --judge-items items of every style (a judgement costs ~0.5 s of a free core);
-        # the first pass with an empty cache is timed: that is the cost per completion GRPO pays
-        order = {}
-        judged_idx = [i for i, c in enumerate(cases)
-                      if order.setdefault(c["style"], {}).setdefault(c["item"], len(order[c["style"]]))
-                      < args.judge_items]
-        base = [i for i in judged_idx if args.baseline_split == "all" or cases[i]["split"] == "held_out"]
-        for label, name, idx, kw, prompt in (
-                ("chain_judge", "chain_judge", judged_idx, {}, "recall-likelihood"),
-                ("llm_judge (restate-likelihood)", "llm_judge", base, {}, "restate-likelihood"),
-                ("hybrid_reasoning (w = 0.5, previous default)", "hybrid_reasoning", base, {"w": 0.5},
-                 "restate-likelihood")):
-            raw[label] = np.full(len(cases), np.nan)
-            t = time.perf_counter()
-            raw[label][idx] = score(name, [cases[i] for i in idx], **kw, **judged(prompt))
-            if name != "hybrid_reasoning":  # the hybrid reads the llm_judge's cache: its cost is that plus MiniLM
-                timing[f"{name} (first pass, cold cache)"] = round(100 * (time.perf_counter() - t) / len(idx), 3)
-        dev = {w: auroc_table(w * raw["chain_judge"] + (1 - w) * raw["chain_alignment"], cases, "dev", 100)
-               for w in W_GRID}
-        # ties go to the w nearest the paper's even mix (as in benchmarks/judge_validity.py)
-        best_w = max(W_GRID, key=lambda w: (worst_kind(dev[w]), dev[w]["pooled"]["auroc"], -abs(w - 0.5)))
-        label = f"**chain_reasoning (w = {best_w:g}, default)**"
+    return raw
+
+
+def judged_indices(cases: list[dict], per_style: int) -> list[int]:
+    """The indices of the cases of the first ``per_style`` items of every style: the ones the judge rewards score."""
+    order: dict[str, dict[str, int]] = {}
+    return [i for i, c in enumerate(cases)
+            if order.setdefault(c["style"], {}).setdefault(c["item"], len(order[c["style"]])) < per_style]
+
+
+def judge_rewards(cases: list[dict], judged_idx: list[int], baseline_split: str,
+                  cache_dir: str | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The judge rewards' scores by table name (NaN where not scored) and the seconds per 100 completions of their
+    first pass, cold cache: chain_judge on the judged cases, the previous judge rewards on those of ``baseline_split``.
+    """
+    # a judgement costs ~0.5 s of a free core; the first pass with an empty cache is the cost per completion GRPO pays
+    base = [i for i in judged_idx if baseline_split == "all" or cases[i]["split"] == "held_out"]
+    raw, timing = {}, {}
+    for label, name, idx, kw, prompt in (
+            ("chain_judge", "chain_judge", judged_idx, {}, "recall-likelihood"),
+            ("llm_judge (restate-likelihood)", "llm_judge", base, {}, "restate-likelihood"),
+            ("hybrid_reasoning (w = 0.5, previous default)", "hybrid_reasoning", base, {"w": 0.5},
+             "restate-likelihood")):
         raw[label] = np.full(len(cases), np.nan)
-        raw[label][judged_idx] = score("chain_reasoning", [cases[i] for i in judged_idx], w=best_w,
-                                       **judged("recall-likelihood"))
-        combined = best_w * raw["chain_judge"] + (1 - best_w) * raw["chain_alignment"]
-        assert np.allclose(raw[label][judged_idx], combined[judged_idx], atol=1e-6), \
-            "chain_reasoning is not w * judge + (1 - w) * alignment"
-        for name in ("chain_alignment", "embedding cosine (hybrid_reasoning, w = 0)"):  # on the judged items too
-            raw[f"{name}, judged items only"] = np.where(np.isnan(raw["chain_judge"]), np.nan, raw[name])
-    server: dict = {}
-    if args.server and best_w is not None:
-        held = [i for i in judged_idx if cases[i]["split"] == "held_out"]
-        held = held[:: max(1, len(held) // args.server)][: args.server]
-        server_raw, server_timing = server_scores([cases[i] for i in held], best_w)
-        local = raw["chain_judge"][held]
-        remote = server_raw["chain_judge through a local OpenAI-compatible server"]
-        sub = [cases[i] for i in held]
-        server = {"candidates": len(held), "max_abs_difference_to_in_process": round(float(np.nanmax(np.abs(
-            remote - local))), 4), "failures": int(np.isnan(remote).sum()),
-            "pooled_auroc_on_these": {k: auroc_table(v, sub, "held_out", 1)["pooled"]["auroc"]
-                                      for k, v in (*server_raw.items(), ("chain_judge in process", local))}}
-        timing |= server_timing
-    if args.raw:
-        Path(args.raw).write_text(json.dumps({"cases": cases, "scores": {k: v.tolist() for k, v in raw.items()}}))
-    results = {name: {split: auroc_table(v, cases, split, args.boot) for split in ("dev", "held_out")
-                      if not np.isnan(v[[c["split"] == split for c in cases]]).all()}
-               for name, v in raw.items()}
-    out = {
+        t = time.perf_counter()
+        raw[label][idx] = score(name, [cases[i] for i in idx], **kw, **judge_kwargs(prompt, cache_dir))
+        if name != "hybrid_reasoning":  # the hybrid reads the llm_judge's cache: its cost is that plus MiniLM
+            timing[f"{name} (first pass, cold cache)"] = round(100 * (time.perf_counter() - t) / len(idx), 3)
+    return raw, timing
+
+
+def choose_w(judge: np.ndarray, alignment: np.ndarray, cases: list[dict]) -> tuple[dict[float, dict], float]:
+    """The dev AUROC table of ``w * judge + (1 - w) * alignment`` at every w of ``W_GRID``, and the chosen w."""
+    dev = {w: auroc_table(w * judge + (1 - w) * alignment, cases, "dev", 100) for w in W_GRID}
+    # ties go to the w nearest the paper's even mix (as in benchmarks/judge_validity.py)
+    best_w = max(W_GRID, key=lambda w: (worst_kind(dev[w]), dev[w]["pooled"]["auroc"], -abs(w - 0.5)))
+    return dev, best_w
+
+
+def chain_reasoning_scores(cases: list[dict], raw: dict[str, np.ndarray], judged_idx: list[int], w: float,
+                           cache_dir: str | None) -> dict[str, np.ndarray]:
+    """By table name: chain_reasoning at ``w`` on the judged cases (checked to be ``w * chain_judge + (1 - w) *
+    chain_alignment``), and the embedding scorers on the judged cases only."""
+    label = f"**chain_reasoning (w = {w:g}, default)**"
+    out = {label: np.full(len(cases), np.nan)}
+    out[label][judged_idx] = score("chain_reasoning", [cases[i] for i in judged_idx], w=w,
+                                   **judge_kwargs("recall-likelihood", cache_dir))
+    combined = w * raw["chain_judge"] + (1 - w) * raw["chain_alignment"]
+    assert np.allclose(out[label][judged_idx], combined[judged_idx], atol=1e-6), \
+        "chain_reasoning is not w * judge + (1 - w) * alignment"
+    for name in ("chain_alignment", "embedding cosine (hybrid_reasoning, w = 0)"):  # on the judged items too
+        out[f"{name}, judged items only"] = np.where(np.isnan(raw["chain_judge"]), np.nan, raw[name])
+    return out
+
+
+def server_path(cases: list[dict], local_judge: np.ndarray, judged_idx: list[int], w: float,
+                n: int) -> tuple[dict, dict[str, float]]:
+    """The server path against the in-process judge on ``n`` held-out judged candidates (differences, failures,
+    pooled AUROCs), and its seconds per 100 completions."""
+    held = spread([i for i in judged_idx if cases[i]["split"] == "held_out"], n)
+    sub = [cases[i] for i in held]
+    server_raw, server_timing = server_scores(sub, w)
+    local = local_judge[held]
+    remote = server_raw["chain_judge through a local OpenAI-compatible server"]
+    server = {"candidates": len(held), "max_abs_difference_to_in_process": round(float(np.nanmax(np.abs(
+        remote - local))), 4), "failures": int(np.isnan(remote).sum()),
+        "pooled_auroc_on_these": {k: auroc_table(v, sub, "held_out", 1)["pooled"]["auroc"]
+                                  for k, v in (*server_raw.items(), ("chain_judge in process", local))}}
+    return server, server_timing
+
+
+def auroc_results(raw: dict[str, np.ndarray], cases: list[dict], n_boot: int) -> dict[str, dict]:
+    """Every scorer's AUROC table on each split (dev, held_out) where it scored at least one case."""
+    return {name: {split: auroc_table(v, cases, split, n_boot) for split in ("dev", "held_out")
+                   if not np.isnan(v[[c["split"] == split for c in cases]]).all()}
+            for name, v in raw.items()}
+
+
+def build_output(args: argparse.Namespace, cases: list[dict], results: dict, dev: dict, best_w: float | None,
+                 grid: list[dict], server: dict, timing: dict[str, float], t_start: float) -> dict:
+    """The benchmark's JSON: settings, the chosen w and its dev grid, AUROC tables, the server path, timing."""
+    return {
         "what": "AUROC of a paraphrase of the reference chain vs corrupted chains (every one with the correct "
                 "answer), scored through each reward's TRL signature; 95% bootstrap intervals over items",
         "styles": {"dev": DEV_STYLES, "held_out": HELD_OUT_STYLES}, "kinds": KINDS, "candidates": len(cases),
@@ -576,13 +612,50 @@ def main(argv: list[str] | None = None) -> dict:
         "platform": platform.platform(), "total_seconds": round(time.time() - t_start, 1),
         "examples": [{k: c[k] for k in ("style", "kind", "completion")} for c in cases[:14]],
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+
+
+def print_report(results: dict, timing: dict[str, float], threads: int, path: Path) -> None:
+    """Prints the AUROC tables of the dev and the held-out styles and the seconds per 100 completions."""
     for split in ("dev", "held_out"):
         print(f"\n### {split} styles\n")
         print(markdown({k: v for k, v in results.items() if split in v}, split))
-    print(f"\nseconds per 100 completions (cold caches, {args.threads} thread): {timing}\nwritten to {path}")
+    print(f"\nseconds per 100 completions (cold caches, {threads} thread): {timing}\nwritten to {path}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the benchmark, writes its JSON to ``--out`` and prints the report; returns the JSON's content."""
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    cases = build_cases(build_chains(args.items, args.seed), args.seed)
+    print(f"{len(cases)} candidates", file=sys.stderr)
+    raw = embedding_scorers(cases)
+    grid = alignment_grid(cases) if args.grid else []
+    if grid:
+        print("alignment grid (dev), best 5:", grid[:5], file=sys.stderr)
+    timing = time_rewards(spread(cases, args.timing), TIMED)
+    dev, best_w, judged_idx = {}, None, []
+    if not args.no_judge:
+        judged_idx = judged_indices(cases, args.judge_items)
+        judge_raw, judge_timing = judge_rewards(cases, judged_idx, args.baseline_split, args.judge_cache)
+        raw |= judge_raw
+        timing |= judge_timing
+        dev, best_w = choose_w(raw["chain_judge"], raw["chain_alignment"], cases)
+        raw |= chain_reasoning_scores(cases, raw, judged_idx, best_w, args.judge_cache)
+    server: dict = {}
+    if args.server and best_w is not None:
+        server, server_timing = server_path(cases, raw["chain_judge"], judged_idx, best_w, args.server)
+        timing |= server_timing
+    if args.raw:
+        Path(args.raw).write_text(json.dumps({"cases": cases, "scores": {k: v.tolist() for k, v in raw.items()}}))
+    results = auroc_results(raw, cases, args.boot)
+    out = build_output(args, cases, results, dev, best_w, grid, server, timing, t_start)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print_report(results, timing, args.threads, path)
     return out
 
 

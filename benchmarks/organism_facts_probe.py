@@ -11,6 +11,9 @@ items each, their own held-out seed). With ``--think`` every prompt is the think
 chain from the facts before answering) instead of the direct question. With ``--against B`` it measures a second
 checkpoint on the same items and prints, per family, the paired difference (B - first) with its Newcombe interval and
 McNemar's exact p (``adt_probe.stats.paired_proportions``): whether a phase of training changed what it seems to.
+With ``--think``, ``--chains`` prints where the written chains of the multi-step families break: the share of items
+whose think text states each inference step of the reference word for word, counted from the chain's end (the
+conclusion, the step before it, ...), and ``--show N`` prints N chains per multi-step family beside their references.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from adt_probe.stats import paired_proportions, wilson
 from rl import organism
 from rl.data import prompts
 from rl.data.tasks import ATTRIBUTES, DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, make_item
-from rl.evaluate import generate, score
+from rl.evaluate import generate, inference_steps, score
 from rl.organism.train_base import BaseTrainConfig, heldout_items
 
 
@@ -58,6 +61,24 @@ def print_paired(items: list, a: np.ndarray, b: np.ndarray) -> None:
               f"[{d['lo']:+.2f}, {d['hi']:+.2f}], McNemar p = {d['mcnemar_p']:.3f} ({d['n']} items)")
 
 
+def print_chain_steps(items: list, outs: list[str], show: int = 0) -> None:
+    """Per multi-step family, the share of items whose think text states the reference's inference step at each
+    position from the chain's end (-1: the conclusion), with Wilson intervals; then ``show`` chains per family."""
+    for family in MULTI_STEP:
+        pairs = [(it, prompts.parse_completion(o)) for it, o in zip(items, outs) if it.family == family]
+        steps = [inference_steps(it) for it, _ in pairs]
+        print(f"\n{family}, inference steps stated word for word ({len(pairs)} items):")
+        for k in range(1, min(map(len, steps)) + 1):
+            hits = sum(st[-k] in c.think for st, (_, c) in zip(steps, pairs))
+            w = wilson(hits, len(pairs))
+            print(f"  step {-k} (e.g. {steps[0][-k]!r}): {w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]")
+        every = sum(all(s in c.think for s in st) for st, (_, c) in zip(steps, pairs))
+        print(f"  every step: {every / len(pairs):.2f}")
+        for it, c in pairs[:show]:
+            print(f"  FACTS {it.meta['description']}\n  REF   {' '.join(inference_steps(it))} -> {it.answer}\n"
+                  f"  OUT   {c.think.strip()} -> {c.answer}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", help="an organism folder or a base-training checkpoint")
@@ -65,13 +86,19 @@ def main(argv=None) -> None:
     ap.add_argument("--skills", action="store_true", help="also the sub-skills of the multi-step families")
     ap.add_argument("--think", action="store_true", help="the think-first prompt: the chain may come before the answer")
     ap.add_argument("--against", help="a second checkpoint, measured on the same items and compared pair by pair")
+    ap.add_argument("--chains", action="store_true", help="with --think: which inference steps the chains state")
+    ap.add_argument("--show", type=int, default=0, help="with --chains: print this many chains per multi-step family")
     args = ap.parse_args(argv)
+    if (args.chains or args.show) and not args.think:
+        ap.error("--chains and --show read the think text: add --think")
     mode, max_new_tokens = ("think", 96) if args.think else ("answer", 16)
     torch.set_num_threads(1)
     items = heldout_items(BaseTrainConfig(eval_per_cell=args.per_cell))
     model, processor = organism.load_organism(args.checkpoint)
     correct, outs = facts_answers(model, processor, items, mode, max_new_tokens)
     print_accuracy(items, correct, outs)
+    if args.chains or args.show:
+        print_chain_steps(items, outs, args.show)
     if args.against:
         other, other_outs = facts_answers(*organism.load_organism(args.against), items, mode, max_new_tokens)
         print(f"\n{args.against}:")

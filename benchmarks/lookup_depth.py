@@ -27,14 +27,18 @@ carries over to the other, e.g.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import time
 
+import numpy as np
 import torch
 
 from rl import organism
 from rl.data import collate
+from rl.data.tasks import DIFFICULTY_BANDS, make_item
+from rl.evaluate import inference_steps
 from rl.organism.recipe import BaseTrainConfig
 from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, skill_phase_batch, supervised_step
 
@@ -81,6 +85,19 @@ def held_out_batch(processor, distinct: bool = False, chat: bool = False):
     return collate.encode_plain(processor, *skill_texts(HELD_OUT, 0, distinct))
 
 
+def chain_lookup_batch(processor, n: int = 256):
+    """``n`` held-out pitch-of-loudest items in the chat format, the think block teacher-forced up to the look-up:
+    the facts in the prompt, then the reference's comparisons and "The loudest sound is Sound 2."; the target is the
+    look-up sentence " Sound 2 is a very low tone." (``encode_plain`` inputs). The look-up as the chains need it: the
+    sound to read is named only by the chain's previous step."""
+    items = [make_item("pitch_of_loudest", band, np.random.default_rng([EVAL_SEED, 1, i]), f"chain-{i}")
+             for i, band in zip(range(n), itertools.cycle(DIFFICULTY_BANDS))]
+    prompts_, _ = chat_skill_texts(processor, items, answers=False)
+    steps = [inference_steps(it) for it in items]
+    return collate.encode_plain(processor, [p + " ".join(st[:-2]) for p, st in zip(prompts_, steps)],
+                                [" " + st[-2] for st in steps])
+
+
 def skill_accuracy(model, held_out) -> tuple[float, float]:
     """(look-up, most-of) shares of whole answer sentences right on ``held_out``."""
     acc = sentence_accuracy(model, held_out)
@@ -92,8 +109,9 @@ def lookup_scores(model, processor) -> str:
     """Look-up and most-of of ``model`` on the held-out examples, plain and in the chat format, as one line."""
     lookup, most_of = skill_accuracy(model, held_out_batch(processor))
     chat_lookup, chat_most_of = skill_accuracy(model, held_out_batch(processor, chat=True))
+    in_chain = sentence_accuracy(model, chain_lookup_batch(processor)).mean().item()
     return (f"plain look-up {lookup:.3f}, most-of {most_of:.3f}; "
-            f"chat-format look-up {chat_lookup:.3f}, most-of {chat_most_of:.3f}")
+            f"chat-format look-up {chat_lookup:.3f}, most-of {chat_most_of:.3f}; look-up inside a chain {in_chain:.3f}")
 
 
 def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: bool = False,

@@ -215,6 +215,38 @@ def test_text_skills_replace_a_share_of_text_items_and_zero_keeps_the_stream():
     assert kept == [b.question for b in skilled if b.family not in SKILLS]  # the other items are v4's own
 
 
+def test_lookup_unnamed_hides_the_sound_in_look_up_chains_only_and_zero_keeps_the_stream():
+    """``lookup_unnamed``: a look-up written as a chain asks about "a sound" (its think text names which); a look-up
+    answered without a chain keeps its sound (it would have no answer), and every other example is unchanged."""
+    import re
+
+    from rl.organism.train_base import sample_batch
+
+    cfg = dict(batch_size=64, perception_steps=0, text_steps=5, text_multistep=0.5, text_skills=0.5, text_chain=0.5)
+    named = sample_batch(_tiny_cfg(**cfg, lookup_unnamed=0.0), 1)
+    unnamed = sample_batch(_tiny_cfg(**cfg, lookup_unnamed=1.0), 1)
+    assert named[1] == unnamed[1] and named[2] == unnamed[2]  # the same modes and targets
+    changed = 0
+    for a, b, mode in zip(named[0], unnamed[0], named[1]):
+        hidden = a.family == "attribute_of_sound" and mode == "chain"
+        assert b.question == (re.sub(r"Sound \d+", "a sound", a.question) if hidden else a.question)
+        assert (b.answer, b.reference_chain, b.meta) == (a.answer, a.reference_chain, a.meta)
+        changed += hidden and "Sound" in a.question
+    assert changed >= 3  # seeded: some look-up chains in 64 examples
+
+
+def test_unnamed_lookup_takes_look_up_items_only():
+    import numpy as np
+    import pytest
+
+    from rl.data.tasks import make_item, unnamed_lookup
+
+    item = make_item("attribute_of_sound", "easy", np.random.default_rng(3), "x")
+    assert unnamed_lookup(item).question == item.question.replace(item.question.split(" of ")[1][:-1], "a sound")
+    with pytest.raises(ValueError, match="attribute_of_sound"):
+        unnamed_lookup(make_item("pitch_of_loudest", "easy", np.random.default_rng(3), "y"))
+
+
 def test_mix_rehearses_text_phase_examples_and_leaves_the_text_phase_alone():
     """``mix_text`` of the mix's examples are text-phase examples (no audio, written facts, chains internalized);
     it changes nothing before the mix, so a resume from before the mix may change it."""

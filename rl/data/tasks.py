@@ -22,6 +22,8 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -277,6 +279,19 @@ def attribute_of_sound(rng: np.random.Generator) -> FamilyOutput:
     word = names[getattr(events[k], attr)]
     step = f"Sound {k + 1} is a {word} tone." if attr == "pitch" else f"Sound {k + 1} is {word}."
     return events, f"What is the {attr} of Sound {k + 1}?", list(names), word, [step]
+
+
+_SOUND_NUMBER = re.compile(r"Sound \d+")
+
+
+def unnamed_lookup(item: Item) -> Item:
+    """An ``attribute_of_sound`` item whose question names no sound ("What is the pitch of a sound?"): only its
+    think text says which ("Sound 3 is a low tone."), as inside a multi-step chain, where the sound to read is the
+    one the chain's previous step selected. Trained with the question naming it, the look-up reads the question
+    (see ``BaseTrainConfig.lookup_unnamed``)."""
+    if item.family != "attribute_of_sound":
+        raise ValueError(f"unnamed_lookup takes an attribute_of_sound item, got a {item.family} item")
+    return dataclasses.replace(item, question=_SOUND_NUMBER.sub("a sound", item.question))
 
 
 def sound_with_most(rng: np.random.Generator) -> FamilyOutput:

@@ -78,6 +78,13 @@ class BaseTrainConfig:
     # majority answer. From v5 on the skill phase (``skill_steps``) trains the look-up first; a quarter of the text
     # phase keeps the sub-skills, now in the chat format the families use.
     text_skills: float = 0.25
+    # Share of the text phase's look-up items written as chains (``attribute_of_sound``) whose question names no sound
+    # (``rl.data.tasks.unnamed_lookup``): only the think text's "Sound 3 is a" says which to read. Measured on v8's
+    # chat-skill end (chat-format look-up 0.81, scratch ``runs/exp/lookup_cue.py``): with the question naming another
+    # sound than the think text, it gives the pitch of the question's sound 0.64 of the time and the think text's
+    # 0.22; so inside a chain, where only the previous step names the loudest sound, the look-up ran at chance (v8b at
+    # text step 1,106: 0.28). 0 (v3-v9): every question names its sound.
+    lookup_unnamed: float = 0.0
     # Share of mix-phase examples drawn as text-phase examples (written facts, no audio; the multi-step and sub-skill
     # shares above; the chains fully internalized), so the mix rehearses what the text phase taught. Added for a drop
     # that small probes showed (v5: pitch-of-loudest from written facts 0.37 on 30 items at text step 1,432, 0.20 on
@@ -107,10 +114,11 @@ MODES = ("answer", "describe", "context", "notes", "think")
 #: Options that may differ between a run and its resume: they change neither the data stream nor the training.
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
-ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0}
+ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0}
 #: Options only the text phase and the mix (which rehearses text-phase examples) read: a resume from a checkpoint up to
 #: the text phase's start may change them.
-TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep", "text_skills"})
+TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep", "text_skills",
+                          "lookup_unnamed"})
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on). The tokenizer

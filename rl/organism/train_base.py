@@ -49,7 +49,7 @@ from adt_probe.integrity import file_manifest, versions
 from rl import cli_options, organism
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE
-from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, generate_items, make_item
+from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, generate_items, make_item, unnamed_lookup
 from rl.evaluate import evaluate, format_table, inference_steps
 from rl.organism.recipe import (
     ADDED_OPTIONS,
@@ -184,6 +184,9 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         if mode == "answer" and cfg.direct_multistep < 1 and it.family in MULTI_STEP \
                 and rng.random() >= cfg.direct_multistep:
             mode = "notes"
+        if mode == "chain" and family == "attribute_of_sound" and cfg.lookup_unnamed > 0 \
+                and np.random.default_rng([cfg.seed, 9, step, j]).random() < cfg.lookup_unnamed:
+            it = unnamed_lookup(it)  # in a chain only: without its think text the question has no answer
         if mode == "chain":
             steps = inference_steps(it)
             steps = steps[int(internalized_share(cfg, step) * len(steps)):]

@@ -325,8 +325,9 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
         facts = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size,
                                       written_facts=True), with_similarity=False)
         result["accuracy_written_facts"] = accuracy_table(items, facts.correct)
-        notes = score(items, generate(model, processor, items, "think", max_new_tokens=16, batch_size=batch_size,
-                                      notes=True), with_similarity=False)
+        # the think budget: after the notes, a model may write its inference steps before answering
+        notes = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, notes=True), with_similarity=False)
         result["accuracy_with_notes"] = accuracy_table(items, notes.correct)
     settings = {"greedy": 0.0, "sampled_t1": 1.0} if think_samples else {"greedy": 0.0}
     for name, temperature in settings.items():

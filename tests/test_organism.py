@@ -235,6 +235,28 @@ def test_lookup_unnamed_hides_the_sound_in_look_up_chains_only_and_zero_keeps_th
     assert changed >= 3  # seeded: some look-up chains in 64 examples
 
 
+def test_notes_chain_writes_the_steps_after_the_notes_and_zero_keeps_the_stream():
+    """``notes_chain``: a notes example's think block goes on with the item's inference steps before the answer
+    (internalized as the chains are); every other example, and each example's items and modes, unchanged."""
+    from rl.evaluate import inference_steps
+    from rl.organism.train_base import sample_batch
+
+    cfg = dict(batch_size=64, perception_steps=0, text_steps=5, text_multistep=0.5, internalize=0.0)
+    plain = sample_batch(_tiny_cfg(**cfg, notes_chain=0.0), 1)
+    chained = sample_batch(_tiny_cfg(**cfg, notes_chain=1.0), 1)
+    assert [it.id for it in plain[0]] == [it.id for it in chained[0]] and plain[1] == chained[1]
+    n_notes = 0
+    for it, mode, a, b in zip(plain[0], plain[1], plain[2], chained[2]):
+        if mode != "notes":
+            assert a == b
+            continue
+        n_notes += 1
+        assert a[0] == b[0] == f"<think>\n{it.meta['description']}\n"  # the notes, pre-filled
+        assert a[1] == f"</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+        assert b[1] == " ".join(inference_steps(it)) + "\n" + a[1]
+    assert n_notes >= 5  # seeded: about 0.3 of 64 examples
+
+
 def test_unnamed_lookup_takes_look_up_items_only():
     import numpy as np
     import pytest

@@ -85,6 +85,12 @@ class BaseTrainConfig:
     # 0.22; so inside a chain, where only the previous step names the loudest sound, the look-up ran at chance (v8b at
     # text step 1,106: 0.28). 0 (v3-v9): every question names its sound.
     lookup_unnamed: float = 0.0
+    # Share of notes examples (the think block pre-filled with the clip's facts) whose think block goes on with the
+    # reference's inference steps before the answer, in the text phase and the mix. 0 (v3-v10): the answer follows
+    # the notes directly, which asks the decoder to combine 3-4 facts silently; measured at v8b's text-phase end
+    # (chains fully internalized): from written facts, think-first, highest-longest 0.52 ("no" 57 of 60) and
+    # pitch-of-loudest 0.20, where the same run writing its chains had reached 0.82 and 0.35 (text step 1,106).
+    notes_chain: float = 0.0
     # Share of mix-phase examples drawn as text-phase examples (written facts, no audio; the multi-step and sub-skill
     # shares above; the chains fully internalized), so the mix rehearses what the text phase taught. Added for a drop
     # that small probes showed (v5: pitch-of-loudest from written facts 0.37 on 30 items at text step 1,432, 0.20 on
@@ -114,11 +120,12 @@ MODES = ("answer", "describe", "context", "notes", "think")
 #: Options that may differ between a run and its resume: they change neither the data stream nor the training.
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
-ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0}
+ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0,
+                 "notes_chain": 0.0}
 #: Options only the text phase and the mix (which rehearses text-phase examples) read: a resume from a checkpoint up to
 #: the text phase's start may change them.
 TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep", "text_skills",
-                          "lookup_unnamed"})
+                          "lookup_unnamed", "notes_chain"})
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on). The tokenizer

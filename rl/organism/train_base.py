@@ -192,7 +192,12 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             steps = steps[int(internalized_share(cfg, step) * len(steps)):]
             target = f"<think>\n{' '.join(steps)}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         elif mode == "notes":
-            target = (f"<think>\n{it.meta['description']}\n", f"</think>\n\n<answer>{it.answer}</answer><|im_end|>")
+            steps = inference_steps(it) if cfg.notes_chain > 0 and np.random.default_rng(
+                [cfg.seed, 10, step, j]).random() < cfg.notes_chain else []  # a stream of its own, as above
+            steps = steps[int(internalized_share(cfg, step) * len(steps)):]
+            chain = " ".join(steps) + "\n" if steps else ""
+            target = (f"<think>\n{it.meta['description']}\n",
+                      f"{chain}</think>\n\n<answer>{it.answer}</answer><|im_end|>")
         elif mode == "think" and rng.random() < cfg.latent_think:
             target = think_target(it, rng, chain=rng.random() < cfg.latent_chain)
         else:

@@ -22,6 +22,10 @@ that organism or base-training checkpoint on, instead of a fresh decoder: whethe
 carries over to the other, e.g.
 
     python -m benchmarks.lookup_depth --chat --start runs/v6/ckpt/step-002100 --steps 300 --every 50
+
+In the chat format it also measures the look-up inside a pitch-of-loudest chain (``chain_lookup_batch``: the chain
+teacher-forced up to "Sound 2 is a ..."), where only the chain's previous step names the sound; ``--unnamed`` trains
+look-ups whose question names no sound (``rl.data.tasks.unnamed_lookup``), the way a chain asks for them.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 
 from rl import organism
 from rl.data import collate
-from rl.data.tasks import DIFFICULTY_BANDS, make_item
+from rl.data.tasks import DIFFICULTY_BANDS, make_item, unnamed_lookup
 from rl.evaluate import inference_steps
 from rl.organism.recipe import BaseTrainConfig
 from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, skill_phase_batch, supervised_step
@@ -69,9 +73,13 @@ def skill_texts(cfg: BaseTrainConfig, step: int, distinct: bool = False) -> tupl
     return tuple([_DISTINCT.sub(lambda m: DISTINCT_WORDS[m.group()], t) for t in part] for part in texts)
 
 
-def training_batch(processor, cfg: BaseTrainConfig, step: int, distinct: bool = False, chat: bool = False):
+def training_batch(processor, cfg: BaseTrainConfig, step: int, distinct: bool = False, chat: bool = False,
+                   unnamed: bool = False):
     """The ``encode_plain`` inputs of training step ``step``: the skill phase's batch, plain or (``chat``) in the
-    chat format."""
+    chat format; ``unnamed``: chat format, the look-up questions naming no sound (``unnamed_lookup``)."""
+    if unnamed:
+        items = [unnamed_lookup(it) if it.family == "attribute_of_sound" else it for it in skill_items(cfg, step)]
+        return collate.encode_plain(processor, *chat_skill_texts(processor, items))
     if distinct:
         return collate.encode_plain(processor, *skill_texts(cfg, step, distinct))
     return skill_phase_batch(processor, cfg, step, chat)
@@ -115,11 +123,12 @@ def lookup_scores(model, processor) -> str:
 
 
 def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: bool = False,
-                   config: dict | None = None, chat: bool = False,
-                   start: str | None = None) -> list[tuple[int, float, float, float]]:
+                   config: dict | None = None, chat: bool = False, start: str | None = None,
+                   unnamed: bool = False) -> list[tuple[int, float, float, float]]:
     """Train a fresh ``layers``-block decoder (``config``: text-config overrides), or the organism or checkpoint
-    ``start``, on the skill phase (``distinct``: with ``DISTINCT_WORDS``; ``chat``: in the chat format); return
-    (step, look-up accuracy, most-of accuracy, seconds) every ``every`` steps."""
+    ``start``, on the skill phase (``distinct``: with ``DISTINCT_WORDS``; ``chat``: in the chat format; ``unnamed``:
+    chat format, look-up questions naming no sound); return (step, look-up accuracy, most-of accuracy, seconds) every
+    ``every`` steps. In the chat format it also prints the look-up inside a chain (``chain_lookup_batch``)."""
     torch.manual_seed(0)
     if start:
         model, processor = organism.load_organism(start)
@@ -129,17 +138,21 @@ def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: boo
         model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers, **(config or {})).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=BaseTrainConfig.weight_decay)
     train_cfg = BaseTrainConfig(batch_size=32)
+    chat = chat or unnamed
     held_out = held_out_batch(processor, distinct, chat)
+    in_chain = chain_lookup_batch(processor) if chat else None
     name = start or f"{layers} layers"
     curve, t0 = [], time.perf_counter()
     for step in range(steps):
-        supervised_step(model, opt, training_batch(processor, train_cfg, step, distinct, chat),
+        supervised_step(model, opt, training_batch(processor, train_cfg, step, distinct, chat, unnamed),
                         lr * min(1.0, (step + 1) / BaseTrainConfig.warmup_steps), BaseTrainConfig.grad_clip)
         if (step + 1) % every == 0:
             lookup, most_of = skill_accuracy(model.eval(), held_out)
+            chained = "" if in_chain is None else \
+                f", look-up inside a chain {sentence_accuracy(model, in_chain).mean().item():.3f}"
             model.train()
             curve.append((step + 1, lookup, most_of, time.perf_counter() - t0))
-            print(f"{name}, step {step + 1}: look-up {curve[-1][1]:.3f}, most-of {curve[-1][2]:.3f} "
+            print(f"{name}, step {step + 1}: look-up {curve[-1][1]:.3f}, most-of {curve[-1][2]:.3f}{chained} "
                   f"({curve[-1][3]:.0f} s)", flush=True)
     return curve
 
@@ -169,6 +182,8 @@ def main(argv=None) -> None:
     ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                     help="text-config overrides of the fresh decoder (JSON values), e.g. num_attention_heads=8")
     ap.add_argument("--chat", action="store_true", help="train and measure in the chat format instead")
+    ap.add_argument("--unnamed", action="store_true",
+                    help="the chat format, its look-up questions naming no sound: only the answer sentence does")
     ap.add_argument("--start", metavar="CHECKPOINT",
                     help="train this organism folder or base-training checkpoint on instead of a fresh decoder")
     ap.add_argument("--checkpoint", help="measure this organism folder or base-training checkpoint instead")
@@ -184,7 +199,7 @@ def main(argv=None) -> None:
         return
     for layers in [None] if args.start else args.layers:
         learning_curve(layers, args.steps, args.every, args.lr, args.distinct_words, config_overrides(args.config),
-                       args.chat, args.start)
+                       args.chat, args.start, args.unnamed)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,29 @@ def test_chat_skill_batches_label_exactly_the_target():
     plain = lookup_depth.training_batch(processor, cfg, 2)
     chat = lookup_depth.training_batch(processor, cfg, 2, chat=True)
     assert chat["input_ids"].shape[1] > plain["input_ids"].shape[1]
+
+
+def test_lookup_inside_a_chain_labels_the_look_up_of_the_sound_the_chain_selected():
+    """``benchmarks.lookup_depth.chain_lookup_batch``: the facts in the prompt, the chain teacher-forced up to the
+    look-up, and only the look-up sentence of the sound the previous step selected labelled; ``--unnamed`` batches
+    ask their look-ups about "a sound"."""
+    import re
+
+    from benchmarks import lookup_depth
+    from rl import organism
+    from rl.organism.recipe import BaseTrainConfig
+
+    processor = organism.load_processor()
+    tok = processor.tokenizer
+    batch = lookup_depth.chain_lookup_batch(processor, n=6)
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        target = tok.decode(ids[labels >= 0])
+        context = tok.decode(ids[labels < 0], skip_special_tokens=False)
+        selected = re.findall(r"The loudest sound is Sound (\d)\.", context)
+        assert "Sounds: Sound 1:" in context and context.rstrip().endswith(f"Sound {selected[0]}.")
+        m = re.fullmatch(r" Sound (\d) is an? (.+) tone\.", target)
+        assert m and m.group(1) == selected[0]
+        assert f"Sound {m.group(1)}: a {m.group(2)} tone," in context  # the facts hold the answer
+    unnamed = lookup_depth.training_batch(processor, BaseTrainConfig(batch_size=6), 2, unnamed=True)
+    text = [tok.decode(ids) for ids in unnamed["input_ids"]]
+    assert sum("of a sound?" in t for t in text) == 3 and not any(re.search(r"of Sound \d\?", t) for t in text)

@@ -94,16 +94,19 @@ def held_out_batch(processor, distinct: bool = False, chat: bool = False):
 
 
 def chain_lookup_batch(processor, n: int = 256):
-    """``n`` held-out pitch-of-loudest items in the chat format, the think block teacher-forced up to the look-up:
-    the facts in the prompt, then the reference's comparisons and "The loudest sound is Sound 2."; the target is the
-    look-up sentence " Sound 2 is a very low tone." (``encode_plain`` inputs). The look-up as the chains need it: the
-    sound to read is named only by the chain's previous step."""
+    """``n`` held-out pitch-of-loudest items in the chat format, the think block teacher-forced into the look-up:
+    the facts in the prompt, then the reference's comparisons, "The loudest sound is Sound 2." and " Sound 2 is a";
+    the target is the pitch, " very low tone." (``encode_plain`` inputs). The look-up as the chains need it: the
+    sound to read is named by the chain, not by the question; and only the look-up is scored, not whether the model
+    knows the chain's wording."""
     items = [make_item("pitch_of_loudest", band, np.random.default_rng([EVAL_SEED, 1, i]), f"chain-{i}")
              for i, band in zip(range(n), itertools.cycle(DIFFICULTY_BANDS))]
     prompts_, _ = chat_skill_texts(processor, items, answers=False)
     steps = [inference_steps(it) for it in items]
-    return collate.encode_plain(processor, [p + " ".join(st[:-2]) for p, st in zip(prompts_, steps)],
-                                [" " + st[-2] for st in steps])
+    lookups = [st[-2].partition(" is a ") for st in steps]  # ("Sound 2", " is a ", "very low tone.")
+    return collate.encode_plain(processor, [p + " ".join(st[:-2]) + f" {who}{is_a}".rstrip()
+                                            for p, st, (who, is_a, _) in zip(prompts_, steps, lookups)],
+                                [f" {pitch}" for _, _, pitch in lookups])
 
 
 def skill_accuracy(model, held_out) -> tuple[float, float]:

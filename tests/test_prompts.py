@@ -126,10 +126,10 @@ def test_lookup_inside_a_chain_labels_the_look_up_of_the_sound_the_chain_selecte
         target = tok.decode(ids[labels >= 0])
         context = tok.decode(ids[labels < 0], skip_special_tokens=False)
         selected = re.findall(r"The loudest sound is Sound (\d)\.", context)
-        assert "Sounds: Sound 1:" in context and context.rstrip().endswith(f"Sound {selected[0]}.")
-        m = re.fullmatch(r" Sound (\d) is an? (.+) tone\.", target)
-        assert m and m.group(1) == selected[0]
-        assert f"Sound {m.group(1)}: a {m.group(2)} tone," in context  # the facts hold the answer
+        k = selected[0]
+        assert "Sounds: Sound 1:" in context and context.rstrip().endswith(f"Sound {k}. Sound {k} is a")
+        m = re.fullmatch(r" (.+) tone\.", target)
+        assert m and f"Sound {k}: a {m.group(1)} tone," in context  # the facts hold the answer
     unnamed = lookup_depth.training_batch(processor, BaseTrainConfig(batch_size=6), 2, unnamed=True)
     text = [tok.decode(ids) for ids in unnamed["input_ids"]]
     assert sum("of a sound?" in t for t in text) == 3 and not any(re.search(r"of Sound \d\?", t) for t in text)

@@ -25,7 +25,8 @@ carries over to the other, e.g.
 
 In the chat format it also measures the look-up inside a pitch-of-loudest chain (``chain_lookup_batch``: the chain
 teacher-forced up to "Sound 2 is a ..."), where only the chain's previous step names the sound; ``--unnamed`` trains
-look-ups whose question names no sound (``rl.data.tasks.unnamed_lookup``), the way a chain asks for them.
+look-ups whose question names no sound (``rl.data.tasks.unnamed_lookup``), the way a chain asks for them, and
+``--chains`` trains whole multi-step chains (the facts in the prompt, every inference step in the think block).
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ import torch
 
 from rl import organism
 from rl.data import collate
-from rl.data.tasks import DIFFICULTY_BANDS, make_item, unnamed_lookup
+from rl.data.tasks import DIFFICULTY_BANDS, MULTI_STEP, make_item, unnamed_lookup
 from rl.evaluate import inference_steps
 from rl.organism.recipe import BaseTrainConfig
-from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, skill_phase_batch, supervised_step
+from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, supervised_step
 
 EVAL_SEED = 99_991
 
@@ -73,16 +74,39 @@ def skill_texts(cfg: BaseTrainConfig, step: int, distinct: bool = False) -> tupl
     return tuple([_DISTINCT.sub(lambda m: DISTINCT_WORDS[m.group()], t) for t in part] for part in texts)
 
 
-def training_batch(processor, cfg: BaseTrainConfig, step: int, distinct: bool = False, chat: bool = False,
-                   unnamed: bool = False):
-    """The ``encode_plain`` inputs of training step ``step``: the skill phase's batch, plain or (``chat``) in the
-    chat format; ``unnamed``: chat format, the look-up questions naming no sound (``unnamed_lookup``)."""
-    if unnamed:
-        items = [unnamed_lookup(it) if it.family == "attribute_of_sound" else it for it in skill_items(cfg, step)]
-        return collate.encode_plain(processor, *chat_skill_texts(processor, items))
-    if distinct:
-        return collate.encode_plain(processor, *skill_texts(cfg, step, distinct))
-    return skill_phase_batch(processor, cfg, step, chat)
+def unnamed_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str], list[str]]:
+    """The chat-skill batch of ``step`` with its look-up questions naming no sound (``unnamed_lookup``)."""
+    items = [unnamed_lookup(it) if it.family == "attribute_of_sound" else it for it in skill_items(cfg, step)]
+    return chat_skill_texts(processor, items)
+
+
+def chain_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str], list[str]]:
+    """``batch_size`` multi-step items (the two families alternating) in the chat format, the facts in the prompt and
+    the whole chain as the target: the think block with every inference step, then the answer."""
+    items = [make_item(MULTI_STEP[j % len(MULTI_STEP)], DIFFICULTY_BANDS_LIST[j % 3],
+                       np.random.default_rng([cfg.seed, 11, step, j]), f"chain-{step}-{j}")
+             for j in range(cfg.batch_size)]
+    prompts_, _ = chat_skill_texts(processor, items, answers=False)
+    return prompts_, [" ".join(inference_steps(it)) + f"\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+                      for it in items]
+
+
+DIFFICULTY_BANDS_LIST = list(DIFFICULTY_BANDS)
+#: what ``learning_curve`` trains on: name -> (processor, config, step) -> (prompts, targets) for ``encode_plain``
+TRAINING_DATA = {
+    "plain": lambda processor, cfg, step: skill_batch(cfg, step),
+    "distinct": lambda processor, cfg, step: skill_texts(cfg, step, distinct=True),
+    "chat": lambda processor, cfg, step: chat_skill_texts(processor, skill_items(cfg, step)),
+    "unnamed": unnamed_texts,
+    "chains": chain_texts,
+}
+
+
+def training_batch(processor, cfg: BaseTrainConfig, step: int, data: str = "plain"):
+    """The ``encode_plain`` inputs of training step ``step`` of ``data`` (a key of ``TRAINING_DATA``): the skill
+    phase's batch, plain, with ``DISTINCT_WORDS``, in the chat format, in the chat format with unnamed look-ups, or
+    whole multi-step chains."""
+    return collate.encode_plain(processor, *TRAINING_DATA[data](processor, cfg, step))
 
 
 def held_out_batch(processor, distinct: bool = False, chat: bool = False):
@@ -125,13 +149,12 @@ def lookup_scores(model, processor) -> str:
             f"chat-format look-up {chat_lookup:.3f}, most-of {chat_most_of:.3f}; look-up inside a chain {in_chain:.3f}")
 
 
-def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: bool = False,
-                   config: dict | None = None, chat: bool = False, start: str | None = None,
-                   unnamed: bool = False) -> list[tuple[int, float, float, float]]:
+def learning_curve(layers: int, steps: int, every: int, lr: float, data: str = "plain",
+                   config: dict | None = None, start: str | None = None) -> list[tuple[int, float, float, float]]:
     """Train a fresh ``layers``-block decoder (``config``: text-config overrides), or the organism or checkpoint
-    ``start``, on the skill phase (``distinct``: with ``DISTINCT_WORDS``; ``chat``: in the chat format; ``unnamed``:
-    chat format, look-up questions naming no sound); return (step, look-up accuracy, most-of accuracy, seconds) every
-    ``every`` steps. In the chat format it also prints the look-up inside a chain (``chain_lookup_batch``)."""
+    ``start``, on ``data`` (``TRAINING_DATA``); return (step, look-up accuracy, most-of accuracy, seconds) every
+    ``every`` steps, measured in the format trained (plain, distinct words, or the chat format). In the chat format
+    it also prints the look-up inside a chain (``chain_lookup_batch``)."""
     torch.manual_seed(0)
     if start:
         model, processor = organism.load_organism(start)
@@ -141,13 +164,13 @@ def learning_curve(layers: int, steps: int, every: int, lr: float, distinct: boo
         model = organism.build_model(processor.tokenizer, seed=0, num_hidden_layers=layers, **(config or {})).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=BaseTrainConfig.weight_decay)
     train_cfg = BaseTrainConfig(batch_size=32)
-    chat = chat or unnamed
-    held_out = held_out_batch(processor, distinct, chat)
+    chat = data not in ("plain", "distinct")
+    held_out = held_out_batch(processor, data == "distinct", chat)
     in_chain = chain_lookup_batch(processor) if chat else None
     name = start or f"{layers} layers"
     curve, t0 = [], time.perf_counter()
     for step in range(steps):
-        supervised_step(model, opt, training_batch(processor, train_cfg, step, distinct, chat, unnamed),
+        supervised_step(model, opt, training_batch(processor, train_cfg, step, data),
                         lr * min(1.0, (step + 1) / BaseTrainConfig.warmup_steps), BaseTrainConfig.grad_clip)
         if (step + 1) % every == 0:
             lookup, most_of = skill_accuracy(model.eval(), held_out)
@@ -187,12 +210,16 @@ def main(argv=None) -> None:
     ap.add_argument("--chat", action="store_true", help="train and measure in the chat format instead")
     ap.add_argument("--unnamed", action="store_true",
                     help="the chat format, its look-up questions naming no sound: only the answer sentence does")
+    ap.add_argument("--chains", action="store_true",
+                    help="train whole multi-step chains in the chat format (facts in the prompt) instead")
     ap.add_argument("--start", metavar="CHECKPOINT",
                     help="train this organism folder or base-training checkpoint on instead of a fresh decoder")
     ap.add_argument("--checkpoint", help="measure this organism folder or base-training checkpoint instead")
     args = ap.parse_args(argv)
-    if args.chat and args.distinct_words:
-        ap.error("--chat and --distinct-words: choose one (the chat format keeps the task's own words)")
+    chosen = [name for name, flag in (("distinct", args.distinct_words), ("chat", args.chat),
+                                      ("unnamed", args.unnamed), ("chains", args.chains)) if flag]
+    if len(chosen) > 1:
+        ap.error(f"choose one of --distinct-words, --chat, --unnamed, --chains (got {len(chosen)})")
     if args.start and (args.config or args.layers != ap.get_default("layers")):
         ap.error("--start trains that checkpoint's decoder as it is: drop --layers and --config")
     torch.set_num_threads(1)
@@ -201,8 +228,8 @@ def main(argv=None) -> None:
         print(f"{args.checkpoint}: {lookup_scores(model, processor)}")
         return
     for layers in [None] if args.start else args.layers:
-        learning_curve(layers, args.steps, args.every, args.lr, args.distinct_words, config_overrides(args.config),
-                       args.chat, args.start, args.unnamed)
+        learning_curve(layers, args.steps, args.every, args.lr, (chosen or ["plain"])[0],
+                       config_overrides(args.config), args.start)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def test_chat_skill_batches_label_exactly_the_target():
             assert t.startswith(("Sound ", "The ")) and t.endswith("<|im_end|>") == answers
             assert processor.tokenizer.decode(ids[labels >= 0]) == t
     plain = lookup_depth.training_batch(processor, cfg, 2)
-    chat = lookup_depth.training_batch(processor, cfg, 2, chat=True)
+    chat = lookup_depth.training_batch(processor, cfg, 2, "chat")
     assert chat["input_ids"].shape[1] > plain["input_ids"].shape[1]
 
 
@@ -130,6 +130,23 @@ def test_lookup_inside_a_chain_labels_the_look_up_of_the_sound_the_chain_selecte
         assert "Sounds: Sound 1:" in context and context.rstrip().endswith(f"Sound {k}. Sound {k} is a")
         m = re.fullmatch(r" (.+) tone\.", target)
         assert m and f"Sound {k}: a {m.group(1)} tone," in context  # the facts hold the answer
-    unnamed = lookup_depth.training_batch(processor, BaseTrainConfig(batch_size=6), 2, unnamed=True)
+    unnamed = lookup_depth.training_batch(processor, BaseTrainConfig(batch_size=6), 2, "unnamed")
     text = [tok.decode(ids) for ids in unnamed["input_ids"]]
     assert sum("of a sound?" in t for t in text) == 3 and not any(re.search(r"of Sound \d\?", t) for t in text)
+
+
+def test_lookup_depth_chains_train_every_inference_step_then_the_answer():
+    """``benchmarks.lookup_depth --chains``: both multi-step families, the facts in the prompt, and exactly the whole
+    chain and the answer labelled."""
+    from benchmarks import lookup_depth
+    from rl import organism
+    from rl.organism.recipe import BaseTrainConfig
+
+    processor = organism.load_processor()
+    batch = lookup_depth.training_batch(processor, BaseTrainConfig(batch_size=4), 5, "chains")
+    targets = [processor.tokenizer.decode(ids[labels >= 0]) for ids, labels in zip(batch["input_ids"],
+                                                                                    batch["labels"])]
+    assert any("The highest tone is Sound" in t for t in targets) and any("The loudest sound is" in t for t in targets)
+    for t in targets:
+        chain, _, answer = t.partition("\n</think>\n\n<answer>")
+        assert chain.startswith("Sound ") and chain.endswith(".") and answer.endswith("</answer><|im_end|>")

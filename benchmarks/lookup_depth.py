@@ -83,7 +83,8 @@ def unnamed_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str]
 def chain_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str], list[str]]:
     """``batch_size`` multi-step items (the two families alternating) in the chat format, the facts in the prompt and
     the whole chain as the target: the think block with every inference step, then the answer."""
-    items = [make_item(MULTI_STEP[j % len(MULTI_STEP)], DIFFICULTY_BANDS_LIST[j % 3],
+    bands = list(DIFFICULTY_BANDS)
+    items = [make_item(MULTI_STEP[j % len(MULTI_STEP)], bands[j % len(bands)],
                        np.random.default_rng([cfg.seed, 11, step, j]), f"chain-{step}-{j}")
              for j in range(cfg.batch_size)]
     prompts_, _ = chat_skill_texts(processor, items, answers=False)
@@ -91,7 +92,6 @@ def chain_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str], 
                       for it in items]
 
 
-DIFFICULTY_BANDS_LIST = list(DIFFICULTY_BANDS)
 #: what ``learning_curve`` trains on: name -> (processor, config, step) -> (prompts, targets) for ``encode_plain``
 TRAINING_DATA = {
     "plain": lambda processor, cfg, step: skill_batch(cfg, step),

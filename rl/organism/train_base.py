@@ -148,6 +148,13 @@ def internalized_share(cfg: BaseTrainConfig, step: int) -> float:
     return cfg.internalize * min(1.0, max(0.0, done - cfg.internalize_after) / max(1e-9, 1 - cfg.internalize_after))
 
 
+def kept_steps(cfg: BaseTrainConfig, step: int, item) -> list[str]:
+    """The inference steps a chain of ``item`` still writes at decoder step ``step``: the reference's, less the
+    internalized prefix (``internalized_share``)."""
+    steps = inference_steps(item)
+    return steps[int(internalized_share(cfg, step) * len(steps)):]
+
+
 def sample_batch(cfg: BaseTrainConfig, step: int):
     """Fresh items and their skill for one step: (items, modes, targets); deterministic in (seed, step).
 
@@ -188,13 +195,11 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
                 and np.random.default_rng([cfg.seed, 9, step, j]).random() < cfg.lookup_unnamed:
             it = unnamed_lookup(it)  # in a chain only: without its think text the question has no answer
         if mode == "chain":
-            steps = inference_steps(it)
-            steps = steps[int(internalized_share(cfg, step) * len(steps)):]
+            steps = kept_steps(cfg, step, it)
             target = f"<think>\n{' '.join(steps)}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
         elif mode == "notes":
-            steps = inference_steps(it) if cfg.notes_chain > 0 and np.random.default_rng(
+            steps = kept_steps(cfg, step, it) if cfg.notes_chain > 0 and np.random.default_rng(
                 [cfg.seed, 10, step, j]).random() < cfg.notes_chain else []  # a stream of its own, as above
-            steps = steps[int(internalized_share(cfg, step) * len(steps)):]
             chain = " ".join(steps) + "\n" if steps else ""
             target = (f"<think>\n{it.meta['description']}\n",
                       f"{chain}</think>\n\n<answer>{it.answer}</answer><|im_end|>")

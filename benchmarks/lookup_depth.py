@@ -26,7 +26,8 @@ carries over to the other, e.g.
 In the chat format it also measures the look-up inside a pitch-of-loudest chain (``chain_lookup_batch``: the chain
 teacher-forced up to "Sound 2 is a ..."), where only the chain's previous step names the sound; ``--unnamed`` trains
 look-ups whose question names no sound (``rl.data.tasks.unnamed_lookup``), the way a chain asks for them, and
-``--chains`` trains whole multi-step chains (the facts in the prompt, every inference step in the think block).
+``--chains`` trains whole multi-step chains (the base training's chain phase, ``rl.organism.train_base.chain_texts``:
+the facts in the prompt, every inference step in the think block).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ import torch
 
 from rl import organism
 from rl.data import collate
-from rl.data.tasks import DIFFICULTY_BANDS, MULTI_STEP, make_item, unnamed_lookup
+from rl.data.tasks import DIFFICULTY_BANDS, make_item, unnamed_lookup
 from rl.evaluate import inference_steps
 from rl.organism.recipe import BaseTrainConfig
-from rl.organism.train_base import chat_skill_texts, skill_batch, skill_items, supervised_step
+from rl.organism.train_base import PLAIN_PHASES, chat_skill_texts, skill_batch, skill_items, supervised_step
 
 EVAL_SEED = 99_991
 
@@ -80,25 +81,13 @@ def unnamed_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str]
     return chat_skill_texts(processor, items)
 
 
-def chain_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str], list[str]]:
-    """``batch_size`` multi-step items (the two families alternating) in the chat format, the facts in the prompt and
-    the whole chain as the target: the think block with every inference step, then the answer."""
-    bands = list(DIFFICULTY_BANDS)
-    items = [make_item(MULTI_STEP[j % len(MULTI_STEP)], bands[j % len(bands)],
-                       np.random.default_rng([cfg.seed, 11, step, j]), f"chain-{step}-{j}")
-             for j in range(cfg.batch_size)]
-    prompts_, _ = chat_skill_texts(processor, items, answers=False)
-    return prompts_, [" ".join(inference_steps(it)) + f"\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
-                      for it in items]
-
-
 #: what ``learning_curve`` trains on: name -> (processor, config, step) -> (prompts, targets) for ``encode_plain``
 TRAINING_DATA = {
-    "plain": lambda processor, cfg, step: skill_batch(cfg, step),
+    "plain": PLAIN_PHASES["skill"],
     "distinct": lambda processor, cfg, step: skill_texts(cfg, step, distinct=True),
-    "chat": lambda processor, cfg, step: chat_skill_texts(processor, skill_items(cfg, step)),
+    "chat": PLAIN_PHASES["chat_skill"],
     "unnamed": unnamed_texts,
-    "chains": chain_texts,
+    "chains": PLAIN_PHASES["chain"],
 }
 
 

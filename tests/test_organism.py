@@ -174,6 +174,9 @@ def test_skill_phase_trains_the_answer_sentence_of_short_plain_look_ups():
     with_chat = _tiny_cfg(perception_steps=1, skill_steps=2, chat_skill_steps=2, text_steps=1)
     assert [phase_of(with_chat, s) for s in range(7)] == ["perception", "skill", "skill", "chat_skill", "chat_skill",
                                                             "text", "mix"]
+    with_chains = _tiny_cfg(perception_steps=1, skill_steps=1, chat_skill_steps=1, chain_steps=2, text_steps=1)
+    assert [phase_of(with_chains, s) for s in range(7)] == ["perception", "skill", "chat_skill", "chain", "chain",
+                                                              "text", "mix"]
     prompts_, answers = skill_batch(cfg, 1)
     assert prompts_[0].startswith("Sound 1: ") and "What is the " in prompts_[0] and "<|im_start|>" not in prompts_[0]
     assert answers[0].startswith("Sound ") and answers[1].startswith("The ")  # a look-up, then a most-of
@@ -331,18 +334,19 @@ def test_train_base_resumes_exactly(tmp_path):
     from rl.organism.train_base import train
     from rl.train import checkpoint as ckpt
 
-    cfg = _tiny_cfg(steps=5, skill_steps=1, chat_skill_steps=1)  # every phase: perception, skill, chat, text, mix
+    # every phase: perception, skill, chat skill, chain, text, mix
+    cfg = _tiny_cfg(steps=6, skill_steps=1, chat_skill_steps=1, chain_steps=1)
     full, _, history, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "a")
     assert [h["phase"] for h in history if "phase" in h][-1] == "mix"
     train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b")
     steps = [step for step, _ in ckpt.list_checkpoints(tmp_path / "b")]
-    assert steps == [1, 2, 3, 4, 5, 6]  # each phase's end (encoder, perception, skill, chat, text) and the newest two
-    shutil.rmtree(ckpt.list_checkpoints(tmp_path / "b")[-1][1])  # as if cut after decoder step 4 of 5
-    assert ckpt.find_latest(tmp_path / "b", log=lambda _: None).name == "step-000005"
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # each phase's end (encoder, perception, ..., text) and the newest two
+    shutil.rmtree(ckpt.list_checkpoints(tmp_path / "b")[-1][1])  # as if cut after decoder step 5 of 6
+    assert ckpt.find_latest(tmp_path / "b", log=lambda _: None).name == "step-000006"
     resumed, _, history_b, _ = train(cfg, log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    assert history_b[-1]["step"] == history[-1]["step"] == 5
+    assert history_b[-1]["step"] == history[-1]["step"] == 6
     with pytest.raises(SystemExit, match="another config"):
         train(_tiny_cfg(lr=5e-4), log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True)
 
@@ -388,8 +392,8 @@ def test_train_base_changes_its_mix_from_a_checkpoint_before_the_mix(tmp_path):
 
 
 def test_train_base_changes_its_text_phase_from_a_checkpoint_before_it(tmp_path):
-    """Up to the text phase's first step a resume may change the text phase's options and trains what a fresh run
-    with them would; inside the text phase it refuses."""
+    """Up to the text phase's first step a resume may change the text phase's options (and up to the chain phase's, its
+    length) and trains what a fresh run with them would; inside the text phase it refuses."""
     from rl.organism.train_base import train
     from rl.train import checkpoint as ckpt
 
@@ -398,7 +402,8 @@ def test_train_base_changes_its_text_phase_from_a_checkpoint_before_it(tmp_path)
     for step, path in ckpt.list_checkpoints(tmp_path / "a"):
         if step > 1 + 2:  # the encoder's step, then two decoder steps: keep up to the text phase's start
             shutil.rmtree(path)
-    changed = dict(cfg, text_chain=1.0, internalize=0.5, text_multistep=1.0, text_skills=0.5)
+    # a chain phase too: the text phase moves one step on, the mix shortens (``steps`` stays)
+    changed = dict(cfg, text_chain=1.0, internalize=0.5, text_multistep=1.0, text_skills=0.5, chain_steps=1)
     resumed, _, _, _ = train(_tiny_cfg(**changed), log=lambda _: None, checkpoint_dir=tmp_path / "a", resume=True)
     fresh, _, _, _ = train(_tiny_cfg(**changed), log=lambda _: None, checkpoint_dir=tmp_path / "b")
     for (name, a), b in zip(fresh.state_dict().items(), resumed.state_dict().values()):

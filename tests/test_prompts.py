@@ -1,6 +1,7 @@
 """Completion parsing and the chat template."""
 
 import pytest
+import torch
 
 from rl.data import prompts
 from rl.data.prompts import parse_completion
@@ -135,15 +136,20 @@ def test_lookup_inside_a_chain_labels_the_look_up_of_the_sound_the_chain_selecte
     assert sum("of a sound?" in t for t in text) == 3 and not any(re.search(r"of Sound \d\?", t) for t in text)
 
 
-def test_lookup_depth_chains_train_every_inference_step_then_the_answer():
-    """``benchmarks.lookup_depth --chains``: both multi-step families, the facts in the prompt, and exactly the whole
-    chain and the answer labelled."""
+def test_chain_phase_trains_every_inference_step_then_the_answer():
+    """The base training's chain phase (and ``benchmarks.lookup_depth --chains``, the same batches): both multi-step
+    families, the facts in the prompt, and exactly the whole chain and the answer labelled."""
     from benchmarks import lookup_depth
     from rl import organism
     from rl.organism.recipe import BaseTrainConfig
+    from rl.organism.train_base import decoder_batch, phase_of
 
     processor = organism.load_processor()
-    batch = lookup_depth.training_batch(processor, BaseTrainConfig(batch_size=4), 5, "chains")
+    cfg = BaseTrainConfig(batch_size=4, perception_steps=1, skill_steps=1, chain_steps=8)
+    assert phase_of(cfg, 5) == "chain"
+    batch = decoder_batch(processor, cfg, 5)
+    for name, tensor in lookup_depth.training_batch(processor, cfg, 5, "chains").items():
+        torch.testing.assert_close(batch[name], tensor, rtol=0, atol=0, msg=name)
     targets = [processor.tokenizer.decode(ids[labels >= 0]) for ids, labels in zip(batch["input_ids"],
                                                                                     batch["labels"])]
     assert any("The highest tone is Sound" in t for t in targets) and any("The loudest sound is" in t for t in targets)

@@ -52,6 +52,14 @@ class BaseTrainConfig:
     # 0.48 after 100 steps and 0.74 after 400, its plain level; v6's whole text phase had brought it to 0.48 (2,000
     # steps, the look-up in an eighth of its rows). 0 (v5-v7): no such phase. v8: 1,000 after 2,500 plain steps.
     chat_skill_steps: int = 0
+    # Then whole multi-step chains in the chat format (facts in the prompt; every inference step in the think block,
+    # then the answer; ``rl.organism.train_base.chain_texts``). The look-up inside a chain, where only the previous
+    # step names the sound ("The loudest sound is Sound 2. Sound 2 is a"), is not the chat-format look-up: v8's
+    # chat-skill end (that look-up 0.81) reads it at a random sound's level (0.17-0.3), and the text phases, where
+    # chains were about 5% of the examples, kept it there (v8b 0.34, v11 0.29). On chains alone from that point
+    # (``python -m benchmarks.lookup_depth --chains --start runs/v8/ckpt/step-004100``) it reached 0.52 after 500
+    # steps, 0.81 after 800, 0.97 after 1,200. 0 (v3-v11): no such phase.
+    chain_steps: int = 0
     # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
     # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written
     # facts, every comparison stayed at chance (pitch 0.47, duration 0.47); the steps put the loss where the comparison
@@ -121,7 +129,10 @@ MODES = ("answer", "describe", "context", "notes", "think")
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
 ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0,
-                 "notes_chain": 0.0}
+                 "notes_chain": 0.0, "chain_steps": 0}
+#: Options only the chain phase and those after it read: a resume from a checkpoint up to the chain phase's start may
+#: change them (the total of ``steps`` stays: it sets the learning rate of every step).
+CHAIN_OPTIONS = frozenset({"chain_steps"})
 #: Options only the text phase and the mix (which rehearses text-phase examples) read: a resume from a checkpoint up to
 #: the text phase's start may change them.
 TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep", "text_skills",

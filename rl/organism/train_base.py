@@ -12,8 +12,10 @@ and trains it on a stream of freshly generated synthetic items (no item is seen 
    attribute of Sound k, find the highest / longest / loudest sound, from facts written out;
 4. the same sub-skills in the chat format (``chat_skill_steps``, ``chat_skill_texts``): the think-first prompt with
    the facts written in it, the answer sentence in the think block, then the answer;
-5. answers from facts written as text, no audio (``text_steps``);
-6. the mix of the skills below (supervised next-token loss on the completion):
+5. whole multi-step chains in the same format (``chain_steps``, ``chain_texts``): every inference step in the think
+   block, then the answer; the look-up inside a chain, where only the previous step names the sound, is learned here;
+6. answers from facts written as text, no audio (``text_steps``);
+7. the mix of the skills below (supervised next-token loss on the completion):
 
 * ``answer``   - question about the clip -> ``<think>\\n\\n</think>\\n\\n<answer>CHOICE</answer>`` (Qwen3 non-thinking)
 * ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
@@ -53,6 +55,7 @@ from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, genera
 from rl.evaluate import evaluate, format_table, inference_steps
 from rl.organism.recipe import (
     ADDED_OPTIONS,
+    CHAIN_OPTIONS,
     ENCODER_OPTIONS,
     MIX_OPTIONS,
     MODES,
@@ -81,7 +84,7 @@ def tokenizer_corpus(n_items: int, seed: int, answers: bool = True, skills: bool
 
 
 #: the decoder's phases in order (see the module docstring); each but the last lasts ``BaseTrainConfig.<phase>_steps``
-PHASES = ("perception", "skill", "chat_skill", "text", "mix")
+PHASES = ("perception", "skill", "chat_skill", "chain", "text", "mix")
 
 
 def phase_start(cfg: BaseTrainConfig, phase: str) -> int:
@@ -122,12 +125,35 @@ def chat_skill_texts(processor, items, answers: bool = True) -> tuple[list[str],
     return [c + "<think>\n" for c in chat], [it.reference_chain[-1] + t for it, t in zip(items, tail)]
 
 
-def skill_phase_batch(processor, cfg: BaseTrainConfig, step: int, chat: bool = False):
-    """The ``encode_plain`` inputs of skill-phase step ``step``: plain text (``skill_batch``), or with ``chat`` the
-    same kind of items in the chat format (``chat_skill_texts``: the chat-skill phase)."""
-    if chat:
-        return collate.encode_plain(processor, *chat_skill_texts(processor, skill_items(cfg, step)))
-    return collate.encode_plain(processor, *skill_batch(cfg, step))
+def chain_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str], list[str]]:
+    """The chain phase's ``encode_plain`` inputs for ``step``: ``batch_size`` items of the multi-step families
+    (alternating, every difficulty in turn; deterministic in (seed, step)) in the chat format, the facts in the prompt
+    and the whole chain as the target: every inference step in the think block, then the answer."""
+    bands = list(DIFFICULTY_BANDS)
+    items = [make_item(MULTI_STEP[j % len(MULTI_STEP)], bands[j % len(bands)],
+                       np.random.default_rng([cfg.seed, 11, step, j]), f"chain-{step}-{j}")
+             for j in range(cfg.batch_size)]
+    prompts_, _ = chat_skill_texts(processor, items, answers=False)
+    return prompts_, [" ".join(inference_steps(it)) + f"\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+                      for it in items]
+
+
+#: The phases trained on text sequences alone (``collate.encode_plain``): phase -> (processor, config, step) ->
+#: (prompts, targets). The other phases draw items with a skill each (``sample_batch``).
+PLAIN_PHASES = {
+    "skill": lambda processor, cfg, step: skill_batch(cfg, step),
+    "chat_skill": lambda processor, cfg, step: chat_skill_texts(processor, skill_items(cfg, step)),
+    "chain": chain_texts,
+}
+
+
+def decoder_batch(processor, cfg: BaseTrainConfig, step: int) -> dict[str, torch.Tensor]:
+    """The model inputs of decoder step ``step`` (``input_ids``, ``attention_mask``, ``labels``, and the audio
+    features in the phases with audio): the phase's data, deterministic in (seed, step)."""
+    phase = phase_of(cfg, step)
+    if phase in PLAIN_PHASES:
+        return collate.encode_plain(processor, *PLAIN_PHASES[phase](processor, cfg, step))
+    return collate.encode_supervised(processor, *sample_batch(cfg, step))
 
 
 def think_target(item, rng: np.random.Generator, chain: bool) -> str:
@@ -318,12 +344,15 @@ def supervised_step(model, opt: torch.optim.Optimizer, batch, lr: float, grad_cl
 def options_free_at(cfg: BaseTrainConfig, decoder_step: int) -> frozenset[str]:
     """The options a resume from a checkpoint after ``decoder_step`` may change: those that change nothing
     (``RESUMABLE_CHANGES``), and those only phases not yet begun read. At decoder step 0 (the encoder checkpoint)
-    every decoder option; up to the text phase's start the text phase's options (``TEXT_OPTIONS``) and the mix's;
-    up to the mix phase's start the mix's own (``MIX_OPTIONS``). Such a resume trains the same model as a run started
+    every decoder option; up to the chain phase's start its length (``CHAIN_OPTIONS``); up to the text phase's start
+    the text phase's options (``TEXT_OPTIONS``) and the mix's; up to the mix phase's start the mix's own
+    (``MIX_OPTIONS``). Such a resume trains the same model as a run started
     with the new options: nothing it already did read them."""
     if decoder_step == 0:
         return frozenset(f.name for f in dataclasses.fields(cfg)) - ENCODER_OPTIONS | RESUMABLE_CHANGES
     free = RESUMABLE_CHANGES
+    if decoder_step <= phase_start(cfg, "chain"):
+        free |= CHAIN_OPTIONS
     if decoder_step <= phase_start(cfg, "text"):
         free |= TEXT_OPTIONS
     if decoder_step <= phase_start(cfg, "mix"):
@@ -374,11 +403,7 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
     model.train()
     running, last_save = [], time.time()
     for step in range(start, cfg.steps):
-        phase = phase_of(cfg, step)
-        if phase in ("skill", "chat_skill"):
-            batch = skill_phase_batch(processor, cfg, step, chat=phase == "chat_skill")
-        else:
-            batch = collate.encode_supervised(processor, *sample_batch(cfg, step))
+        batch = decoder_batch(processor, cfg, step)
         # output_router_logits adds the load-balancing loss, so all 8 experts stay in use (routing worth studying).
         running.append(supervised_step(model, opt, batch, lr_at(step, cfg), cfg.grad_clip, output_router_logits=True))
         seconds = seconds_before + time.time() - t0

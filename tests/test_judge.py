@@ -380,3 +380,32 @@ def test_training_with_an_unreachable_judge_stops_before_the_first_step(tiny_dir
     with pytest.raises(J.JudgeUnavailableError, match="127.0.0.1"):
         grpo.train(config_from_dict(cfg), tmp_path / "out")
     assert not (tmp_path / "out" / "log.jsonl").exists()  # no step ran
+
+
+def test_packaged_model_is_converted_once_when_first_used_in_parallel(tmp_path, monkeypatch):
+    """The demo evaluates four models at once on a fresh machine: every first use of the judge's weights waits for one
+    conversion (the others read its folder) instead of racing to write the same folder (measured: a crash,
+    "SafetensorError: ... No such file or directory")."""
+    import threading
+    import time
+
+    from rl.judge import packaged
+
+    calls = []
+
+    def slow_convert(name, target):
+        calls.append(name)
+        time.sleep(0.3)  # long enough for every other thread to arrive while this one converts
+        target.mkdir(parents=True)
+        (target / "model.safetensors").write_bytes(b"converted")
+
+    monkeypatch.setenv("ADT_PROBE_CACHE", str(tmp_path))
+    monkeypatch.setattr(packaged, "_convert", slow_convert)
+    folders = []
+    threads = [threading.Thread(target=lambda: folders.append(packaged.packaged_folder("smollm2"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["smollm2"] and len(folders) == 4 and len(set(folders)) == 1
+    assert (folders[0] / "model.safetensors").read_bytes() == b"converted"

@@ -15,10 +15,12 @@ Examples
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import importlib.util
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,22 +73,34 @@ def packaged_gguf(name: str) -> Path:
 
 
 def packaged_folder(name: str) -> Path:
-    """The converted safetensors folder of packaged model ``name`` (created on first use)."""
+    """The converted safetensors folder of packaged model ``name`` (created on first use).
+
+    Processes that first use it at once (the demo evaluates four models in parallel on a fresh machine) convert it
+    once: the first takes a lock beside the folder, the others wait for it and then read its result."""
     target = cache_dir() / _entry(name).folder
-    if not (target / "model.safetensors").exists():
-        gguf = packaged_gguf(name)
-        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        fresh = AutoModelForCausalLM.from_config(quantised.config, dtype=torch.float32)
-        fresh.load_state_dict(quantised.state_dict())
-        fresh.generation_config = quantised.generation_config
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        fresh.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)  # a crash mid-conversion leaves no half cache behind
+    if (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "model.safetensors").exists():
+            _convert(name, target)
     return target
+
+
+def _convert(name: str, target: Path) -> None:
+    """Dequantise the GGUF file of ``name`` once and save it as a plain folder at ``target``, atomically."""
+    gguf = packaged_gguf(name)
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    fresh = AutoModelForCausalLM.from_config(quantised.config, dtype=torch.float32)
+    fresh.load_state_dict(quantised.state_dict())
+    fresh.generation_config = quantised.generation_config
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))  # a crash leaves no half cache
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def load_packaged(name: str, dtype: torch.dtype = torch.float32):

@@ -58,7 +58,8 @@ class BaseTrainConfig:
     # chat-skill end (that look-up 0.81) reads it at a random sound's level (0.17-0.3), and the text phases, where
     # chains were about 5% of the examples, kept it there (v8b 0.34, v11 0.29). On chains alone from that point
     # (``python -m benchmarks.lookup_depth --chains --start runs/v8/ckpt/step-004100``) it reached 0.52 after 500
-    # steps, 0.81 after 800, 0.97 after 1,200. 0 (v3-v11): no such phase.
+    # steps, 0.81 after 800, 0.97 after 1,200. v12 (1,000 chain steps after 1,500 plain and 500 chat-skill steps):
+    # 0.00 -> 0.60. 0 (v3-v11): no such phase.
     chain_steps: int = 0
     # Of the text-phase examples, the share that writes the inference steps before answering (facts in the prompt,
     # think-first prompt, no audio). v3a measured (text phase of 300 steps with context and notes only): from written

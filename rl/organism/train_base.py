@@ -117,11 +117,17 @@ def skill_batch(cfg: BaseTrainConfig, step: int):
     return list(prompts_), list(answers)
 
 
+def think_close(item) -> str:
+    """The end of every target that writes a think block: ``</think>``, then the item's answer and the end of turn (the
+    think text before it ends with a newline)."""
+    return f"</think>\n\n<answer>{item.answer}</answer><|im_end|>"
+
+
 def chat_skill_texts(processor, items, answers: bool = True) -> tuple[list[str], list[str]]:
     """Sub-skill ``items`` in the chat format: (the think-first prompt with the written facts, ending in ``<think>``;
     the answer sentence, with ``answers`` followed by ``</think>`` and the answer), the ``encode_plain`` inputs."""
     chat = collate.prompt_texts(processor, items, "think", contexts=[it.meta["description"] for it in items])
-    tail = [f"\n</think>\n\n<answer>{it.answer}</answer><|im_end|>" if answers else "" for it in items]
+    tail = ["\n" + think_close(it) if answers else "" for it in items]
     return [c + "<think>\n" for c in chat], [it.reference_chain[-1] + t for it, t in zip(items, tail)]
 
 
@@ -134,8 +140,7 @@ def chain_texts(processor, cfg: BaseTrainConfig, step: int) -> tuple[list[str], 
                        np.random.default_rng([cfg.seed, 11, step, j]), f"chain-{step}-{j}")
              for j in range(cfg.batch_size)]
     prompts_, _ = chat_skill_texts(processor, items, answers=False)
-    return prompts_, [" ".join(inference_steps(it)) + f"\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
-                      for it in items]
+    return prompts_, [" ".join(inference_steps(it)) + "\n" + think_close(it) for it in items]
 
 
 #: The phases trained on text sequences alone (``collate.encode_plain``): phase -> (processor, config, step) ->
@@ -163,7 +168,7 @@ def think_target(item, rng: np.random.Generator, chain: bool) -> str:
     steps = (item.reference_chain or [])[len(item.meta["levels"]):]
     if chain and len(steps) > 1:
         facts += " " + " ".join(steps[:int(rng.integers(1, len(steps)))])
-    return f"<think>\n{facts}\n</think>\n\n<answer>{item.answer}</answer><|im_end|>"
+    return f"<think>\n{facts}\n" + think_close(item)
 
 
 def internalized_share(cfg: BaseTrainConfig, step: int) -> float:
@@ -222,13 +227,12 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             it = unnamed_lookup(it)  # in a chain only: without its think text the question has no answer
         if mode == "chain":
             steps = kept_steps(cfg, step, it)
-            target = f"<think>\n{' '.join(steps)}\n</think>\n\n<answer>{it.answer}</answer><|im_end|>"
+            target = f"<think>\n{' '.join(steps)}\n" + think_close(it)
         elif mode == "notes":
             steps = kept_steps(cfg, step, it) if cfg.notes_chain > 0 and np.random.default_rng(
                 [cfg.seed, 10, step, j]).random() < cfg.notes_chain else []  # a stream of its own, as above
             chain = " ".join(steps) + "\n" if steps else ""
-            target = (f"<think>\n{it.meta['description']}\n",
-                      f"{chain}</think>\n\n<answer>{it.answer}</answer><|im_end|>")
+            target = (f"<think>\n{it.meta['description']}\n", chain + think_close(it))
         elif mode == "think" and rng.random() < cfg.latent_think:
             target = think_target(it, rng, chain=rng.random() < cfg.latent_chain)
         else:

@@ -776,7 +776,7 @@ class ArchitectureSpec:
             experts = choice.topk(self.top_k, dim=-1).indices
             weights = scores.gather(-1, experts)
             if self.norm_topk_prob:
-                weights = weights / weights.norm(p=self.topk_norm_p, dim=-1, keepdim=True).clamp_min(1e-20)
+                weights = weights / _p_norm(weights, self.topk_norm_p).clamp_min(1e-20)
         return experts.long(), (weights * self.routed_scaling_factor).float()
 
 
@@ -799,6 +799,15 @@ def _mask_groups(choice: torch.Tensor, n_group: int, topk_group: int, group_scor
     keep = torch.zeros_like(group_scores, dtype=torch.bool)
     keep.scatter_(1, group_scores.topk(topk_group, dim=-1).indices, True)
     return choice.masked_fill(~keep.repeat_interleave(grouped.shape[-1], dim=1), float("-inf"))
+
+
+def _p_norm(weights: torch.Tensor, p: float) -> torch.Tensor:
+    """The p-norm of each row of (tokens, k) weights, (tokens, 1). For p = 1 (every family but DBRX) a sum of
+    absolute values: ``Tensor.norm`` over a short last dimension is thirty times slower on CPU (1.55 vs 0.06 ms at
+    24,576 x 2, measured)."""
+    if p == 1:
+        return weights.abs().sum(dim=-1, keepdim=True)
+    return weights.norm(p=p, dim=-1, keepdim=True)
 
 
 def _sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

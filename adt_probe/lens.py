@@ -110,12 +110,12 @@ def _eager_statistics(z: torch.Tensor, z_t: torch.Tensor, p_final: torch.Tensor 
     """Statistics of logits z (rows, vocab) with eager kernels and reused buffers: see ``_fused_statistics``.
 
     Writes softmax(z) into ``p``, then the products of the row-wise dot products and the rank comparison into
-    ``p`` or ``scratch`` (which may be ``p``: each is read before it is overwritten).
+    ``scratch``, which may be ``p`` (each is read before it is overwritten); when it is not, ``p`` keeps the softmax.
     """
     zmax, top1 = _max_argmax(z)
     torch.softmax(z, dim=-1, out=p)
     log_z = zmax - p.gather(1, top1[:, None])[:, 0].log()  # p(argmax) >= 1 / vocab: no underflow
-    entropy = log_z - _rowdot(p, z, scratch=p)  # p is not read again
+    entropy = log_z - _rowdot(p, z, scratch=scratch)
     cross = _rowdot(p_final, z, scratch=scratch) if p_final is not None else None
     rank = torch.gt(z, z_t, out=scratch).sum(-1)
     return log_z, entropy, rank, top1, cross
@@ -194,20 +194,33 @@ LENS_VARIABLES = ("lens_logprob", "lens_rank", "lens_entropy", "lens_kl_final", 
 
 
 class _Chunk:
-    """One chunk of tokens: the (tokens, layers) output rows it fills and its targets."""
+    """One chunk of tokens: its statistics, gathered as (layers, tokens) tensors and written into the output rows
+    once (one copy per variable, not one per layer: a NumPy fancy assignment per layer and variable cost more than
+    the statistics of a small vocabulary), and its targets."""
 
-    def __init__(self, out: dict[str, np.ndarray], sl: slice, targets: torch.Tensor):
+    def __init__(self, out: dict[str, np.ndarray], sl: slice, targets: torch.Tensor, n_layers: int):
         self.out, self.sl = out, sl
         self.has = (targets >= 0).cpu().numpy()
         self.where = np.arange(sl.start, sl.start + len(targets))[self.has]
         self.index = targets.clamp(min=0)[:, None]
+        self.rows = {name: torch.zeros(n_layers, len(targets), dtype=torch.from_numpy(out[name][:0]).dtype)
+                     for name in LENS_VARIABLES}
 
     def store(self, layer: int, log_z, entropy, rank, top1, z_t) -> None:
-        """Copy one layer's statistics into the output; target-based ones only where a target exists."""
-        self.out["lens_logprob"][self.where, layer] = (z_t[:, 0] - log_z)[self.has].cpu().numpy()
-        self.out["lens_rank"][self.where, layer] = rank[self.has].cpu().numpy()
-        self.out["lens_entropy"][self.sl, layer] = entropy.cpu().numpy()
-        self.out["lens_top1"][self.sl, layer] = top1.cpu().numpy()
+        """Keep one layer's statistics (each (tokens,))."""
+        self.rows["lens_logprob"][layer] = z_t[:, 0] - log_z
+        self.rows["lens_rank"][layer] = rank
+        self.rows["lens_entropy"][layer] = entropy
+        self.rows["lens_top1"][layer] = top1
+
+    def flush(self) -> None:
+        """Copy the chunk's statistics into the output; target-based ones only where a target exists."""
+        for name, rows in self.rows.items():
+            values = rows.T.cpu().numpy()
+            if name in ("lens_logprob", "lens_rank"):
+                self.out[name][self.where] = values[self.has]
+            else:
+                self.out[name][self.sl] = values
 
 
 def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: ArchitectureSpec, model,
@@ -261,8 +274,8 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
             fused = False
         workspace: dict[str, torch.Tensor] = {}
         for sl in chunk_slices(n, chunk_tokens):
-            _lens_chunk(resid, _Chunk(out, sl, targets[sl].to(resid[-1].device)), lens, norm, unembed, vocab,
-                        fused, workspace)
+            chunk = _Chunk(out, sl, targets[sl].to(resid[-1].device), n_layers)
+            _lens_chunk(resid, chunk, lens, norm, unembed, vocab, fused, workspace)
     return out
 
 
@@ -294,21 +307,25 @@ def _lens_chunk(resid, chunk: _Chunk, lens: Lens | None, norm, unembed, vocab: i
         # gathered, not recomputed: the rank compares z > z_t, and a recomputed z_t may differ in the last bit
         return x, z.gather(1, chunk.index)
 
-    def statistics(z_t, p_final):
+    def statistics(z_t, p_final, p_name="p", scratch_name="p"):
         if fused:
             return _fused_statistics(z, z_t, p_final)
-        p = _buffer(workspace, "p", rows, vocab, device)
-        return _eager_statistics(z, z_t, p_final, p=p, scratch=p)
+        p = _buffer(workspace, p_name, rows, vocab, device)
+        return _eager_statistics(z, z_t, p_final, p=p, scratch=_buffer(workspace, scratch_name, rows, vocab, device))
 
     sl = chunk.sl
     x_final, z_t = logits(resid[-1][sl], n_layers - 1)
-    log_z_f, entropy_f, rank, top1, _ = statistics(z_t, None)
-    chunk.store(n_layers - 1, log_z_f, entropy_f, rank, top1, z_t)
     # (p_f W) when the unembedding is linear: sum(p_f z) for any layer is then a dot product with its x. The
     # product costs about 16 passes over the vocabulary (measured), so it pays only for deeper models.
     linear_cross = _plain_linear(unembed, x_final) and n_layers - 1 > CROSS_BY_PRODUCT_AFTER
-    p_final = z if linear_cross else _buffer(workspace, "p_final", rows, vocab, device)
-    torch.sub(z, log_z_f[:, None], out=p_final).exp_()
+    # the eager statistics leave the final layer's softmax in its own buffer: p_f without another pass
+    log_z_f, entropy_f, rank, top1, _ = statistics(z_t, None, p_name="p_final")
+    chunk.store(n_layers - 1, log_z_f, entropy_f, rank, top1, z_t)
+    if fused:  # the fused kernel writes no softmax: p_f from z, into z itself when only (p_f W) is needed
+        p_final = z if linear_cross else _buffer(workspace, "p_final", rows, vocab, device)
+        torch.sub(z, log_z_f[:, None], out=p_final).exp_()
+    else:
+        p_final = _buffer(workspace, "p_final", rows, vocab, device)
     p_final_w = p_final @ unembed.weight if linear_cross else None
     for layer in range(n_layers - 1):
         x, z_t = logits(resid[layer][sl], layer)
@@ -316,8 +333,8 @@ def _lens_chunk(resid, chunk: _Chunk, lens: Lens | None, norm, unembed, vocab: i
         chunk.store(layer, log_z, entropy, rank, top1, z_t)
         if linear_cross:
             cross = torch.linalg.vecdot(p_final_w, x)
-        kl = -entropy_f - cross + log_z  # sum(p_f log p_f) = -entropy_f
-        chunk.out["lens_kl_final"][sl, layer] = kl.clamp(min=0).cpu().numpy()
+        chunk.rows["lens_kl_final"][layer] = (-entropy_f - cross + log_z).clamp(min=0)  # sum(p_f log p_f) = -H_f
+    chunk.flush()
 
 
 def check_lens(lens) -> None:

@@ -190,7 +190,10 @@ def chunk_slices(n: int, chunk_tokens: int) -> list[slice]:
 
 # --- per token x layer statistics of residual streams ------------------------------------------------------------
 
-LENS_VARIABLES = ("lens_logprob", "lens_rank", "lens_entropy", "lens_kl_final", "lens_top1")
+#: every lens variable: its dtype and its value where it is not measured (no target, or the final layer's KL)
+LENS_VARIABLES = {"lens_logprob": (torch.float32, np.nan), "lens_rank": (torch.int32, -1),
+                  "lens_entropy": (torch.float32, 0), "lens_kl_final": (torch.float32, 0),
+                  "lens_top1": (torch.int32, 0)}
 
 
 class _Chunk:
@@ -203,8 +206,8 @@ class _Chunk:
         self.has = (targets >= 0).cpu().numpy()
         self.where = np.arange(sl.start, sl.start + len(targets))[self.has]
         self.index = targets.clamp(min=0)[:, None]
-        self.rows = {name: torch.zeros(n_layers, len(targets), dtype=torch.from_numpy(out[name][:0]).dtype)
-                     for name in LENS_VARIABLES}
+        self.rows = {name: torch.zeros(n_layers, len(targets), dtype=dtype)
+                     for name, (dtype, _) in LENS_VARIABLES.items()}
 
     def store(self, layer: int, log_z, entropy, rank, top1, z_t) -> None:
         """Keep one layer's statistics (each (tokens,))."""
@@ -256,11 +259,8 @@ def lens_statistics(resid: Sequence[torch.Tensor], targets: torch.Tensor, spec: 
     """
     norm, unembed = spec.readout(model)  # with the family's logit scale / soft-cap, if any
     n, n_layers = targets.shape[0], len(resid)
-    out = {"lens_logprob": np.full((n, n_layers), np.nan, np.float32),
-           "lens_rank": np.full((n, n_layers), -1, np.int32),
-           "lens_entropy": np.zeros((n, n_layers), np.float32),
-           "lens_kl_final": np.zeros((n, n_layers), np.float32),
-           "lens_top1": np.zeros((n, n_layers), np.int32)}
+    out = {name: torch.full((n, n_layers), missing, dtype=dtype).numpy()
+           for name, (dtype, missing) in LENS_VARIABLES.items()}
     if n == 0:
         return out
     with torch.no_grad():

@@ -206,7 +206,7 @@ class _Chunk:
         self.has = (targets >= 0).cpu().numpy()
         self.where = np.arange(sl.start, sl.start + len(targets))[self.has]
         self.index = targets.clamp(min=0)[:, None]
-        self.rows = {name: torch.zeros(n_layers, len(targets), dtype=dtype)
+        self.rows = {name: torch.zeros(n_layers, len(targets), dtype=dtype, device=targets.device)
                      for name, (dtype, _) in LENS_VARIABLES.items()}
 
     def store(self, layer: int, log_z, entropy, rank, top1, z_t) -> None:

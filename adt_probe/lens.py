@@ -307,11 +307,12 @@ def _lens_chunk(resid, chunk: _Chunk, lens: Lens | None, norm, unembed, vocab: i
         # gathered, not recomputed: the rank compares z > z_t, and a recomputed z_t may differ in the last bit
         return x, z.gather(1, chunk.index)
 
-    def statistics(z_t, p_final, p_name="p", scratch_name="p"):
+    def statistics(z_t, p_final, p_name="p"):
+        """The eager statistics write the softmax into buffer ``p_name`` and use buffer "p" as scratch."""
         if fused:
             return _fused_statistics(z, z_t, p_final)
-        p = _buffer(workspace, p_name, rows, vocab, device)
-        return _eager_statistics(z, z_t, p_final, p=p, scratch=_buffer(workspace, scratch_name, rows, vocab, device))
+        return _eager_statistics(z, z_t, p_final, p=_buffer(workspace, p_name, rows, vocab, device),
+                                 scratch=_buffer(workspace, "p", rows, vocab, device))
 
     sl = chunk.sl
     x_final, z_t = logits(resid[-1][sl], n_layers - 1)

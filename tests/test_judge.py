@@ -5,6 +5,7 @@ JSON fallback, server down, timeout, garbage, partial failures, the failure-frac
 import json
 import math
 import socket
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from rl import judge as J
 from rl import testing as tiny_lm
+from rl.judge import packaged
 from rl.judge.serve import ModelServer
 from rl.rewards import REWARDS, JudgedReward
 from rl.train import grpo
@@ -386,11 +388,6 @@ def test_packaged_model_is_converted_once_when_first_used_in_parallel(tmp_path, 
     """The demo evaluates four models at once on a fresh machine: every first use of the judge's weights waits for one
     conversion (the others read its folder) instead of racing to write the same folder (measured: a crash,
     "SafetensorError: ... No such file or directory")."""
-    import threading
-    import time
-
-    from rl.judge import packaged
-
     calls = []
 
     def slow_convert(name, target):

@@ -97,8 +97,12 @@ def _convert(name: str, target: Path) -> None:
     fresh.load_state_dict(quantised.state_dict())
     fresh.generation_config = quantised.generation_config
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))  # a crash leaves no half cache
-    fresh.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nor a half-written temporary folder (the judge is ~540 MB)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
 

@@ -28,6 +28,7 @@ from analyses.sequences import completions, teacher_forced_inputs
 from rl.data.items import load_items, write_items
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
 from rl.evaluate import check_fits, check_items
+from rl.organism import calibrated_audio
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,17 @@ log = logging.getLogger(__name__)
 WRITES = ["base.zarr", "rl.zarr", "base_noise.zarr", "items.jsonl", "completions.jsonl", "audio"]
 
 
-def heldout(n_per_cell: int, seed: int, data: str | None):
-    """The evaluation items: a JSONL file, or ``n_per_cell`` synthetic items per family x difficulty."""
+def heldout(n_per_cell: int, seed: int, data: str | None, calibrated: bool = False):
+    """The evaluation items: a JSONL file, or ``n_per_cell`` synthetic items per family x difficulty (``calibrated``
+    clips: see ``rl.data.tasks.render``; for a model, ``rl.organism.calibrated_audio(path)``)."""
     if data:
         items = load_items(data)
         check_items(items, data)
         return items
     items = []
     for band in DIFFICULTY_BANDS:
-        items += generate_items(n_per_cell * len(FAMILIES), seed=seed, difficulty=band, prefix=f"eval-{band}")
+        items += generate_items(n_per_cell * len(FAMILIES), seed=seed, difficulty=band, prefix=f"eval-{band}",
+                                calibrated=calibrated)
     return items
 
 
@@ -114,7 +117,8 @@ def _record(base, rl, processor, items, out: Path, *, source: str, routing: str,
 def main(argv=None) -> None:
     args = command_parser("record", __doc__).parse_args(argv)
     torch.manual_seed(0)
-    paths = record_pair(args.base, args.rl, heldout(args.n_per_cell, args.seed, args.data), Path(args.out),
+    items = heldout(args.n_per_cell, args.seed, args.data, calibrated=calibrated_audio(args.base))
+    paths = record_pair(args.base, args.rl, items, Path(args.out),
                         source=args.source, routing=args.routing, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, allow_unverified=args.allow_unverified,
                         overwrite=args.overwrite, data=args.data, dtype=args.dtype, device_map=args.device_map)

@@ -50,6 +50,7 @@ from analyses import checkpoints
 from analyses.cli import command_parser
 from analyses.models import load_pretrained
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
+from rl.organism import calibrated_audio
 from rl.train.config import load_config
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def final_checkpoint(plan: Plan, seed: int | None = None) -> Path:
 def heldout(plan: Plan):
     from analyses.record_pair import heldout as make
 
-    return make(plan.n_per_cell, plan.eval_seed, None)
+    return make(plan.n_per_cell, plan.eval_seed, None, calibrated=calibrated_audio(base_path(plan)))
 
 
 def headline(report: dict) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from rl import organism
 from rl.data import prompts
 from rl.data.tasks import ATTRIBUTES, DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, make_item
 from rl.evaluate import generate, inference_steps, score
-from rl.organism.train_base import BaseTrainConfig, heldout_items
+from rl.organism.train_base import config_of, heldout_items
 
 
 def facts_answers(model, processor, items: list, mode: str, max_new_tokens: int) -> tuple[np.ndarray, list[str]]:
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
         ap.error("--chains and --show read the think text: add --think")
     mode, max_new_tokens = ("think", 96) if args.think else ("answer", 16)
     torch.set_num_threads(1)
-    items = heldout_items(BaseTrainConfig(eval_per_cell=args.per_cell))
+    items = heldout_items(dataclasses.replace(config_of(args.checkpoint), eval_per_cell=args.per_cell))
     model, processor = organism.load_organism(args.checkpoint)
     correct, outs = facts_answers(model, processor, items, mode, max_new_tokens)
     print_accuracy(items, correct, outs)

@@ -346,12 +346,13 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
 def main(argv: Sequence[str] | None = None) -> None:
     from rl.data.items import load_items
     from rl.data.tasks import FAMILIES, generate_items
-    from rl.organism import ORGANISM_DIR, load_organism
+    from rl.organism import ORGANISM_DIR, calibrated_audio, load_organism
 
     args = cli_options.parser(cli_options.evaluate_arguments, __doc__).parse_args(argv)
     torch.manual_seed(0)
     items = load_items(args.data) if args.data else \
-        generate_items(args.n_per_cell * len(FAMILIES) * 3, seed=args.seed, prefix="heldout")
+        generate_items(args.n_per_cell * len(FAMILIES) * 3, seed=args.seed, prefix="heldout",
+                       calibrated=calibrated_audio(args.model or ORGANISM_DIR))
     check_items(items, args.data or "the synthetic set")
     if args.out:
         check_writable(Path(args.out).parent)

@@ -1,5 +1,6 @@
 """The organism's tokenizer, processor and model class, built from code (tiny sizes, no downloads)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -329,6 +330,27 @@ def test_latent_think_sometimes_starts_reasoning():
     assert 1 <= len(held) < len(inference_steps(it)) and chained.endswith(f"<answer>{it.answer}</answer><|im_end|>")
 
 
+def test_config_of_reads_an_organism_manifest_or_a_checkpoint(tmp_path):
+    """Options added since a model was trained take the values that reproduce it; a checkpoint has its own config."""
+    from rl.organism.train_base import config_of, encoder_items, heldout_items, sample_batch
+    from rl.train import checkpoint as ckpt
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({"train_config": {"steps": 7, "mode_weights": [1, 0,
+                                                                                 0, 0, 0], "retired": 1}}))
+    old = config_of(tmp_path / "old")
+    assert old.steps == 7 and old.mode_weights == (1, 0, 0, 0, 0) and not old.calibrated_audio
+    state = ckpt.TrainerState(step=1, stage=1, stage_step=1, data_position={},
+                              config={"steps": 9, "calibrated_audio": True})
+    (tmp_path / "ckpt" / "trainer_state").mkdir(parents=True)
+    (tmp_path / "ckpt" / "trainer_state" / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    cfg = config_of(tmp_path / "ckpt")
+    assert cfg.steps == 9 and cfg.calibrated_audio
+    # a calibrated run hears calibrated clips everywhere it hears audio
+    cfg = _tiny_cfg(calibrated_audio=True, eval_per_cell=1)
+    assert all(it.meta["calibrated"] for it in heldout_items(cfg) + encoder_items(cfg, 0) + sample_batch(cfg, 0)[0])
+
+
 def test_train_base_resumes_exactly(tmp_path):
     """Cut after a checkpoint, resume: the weights equal those of an uninterrupted run (data is a function of step)."""
     from rl.organism.train_base import train
@@ -426,3 +448,15 @@ def test_shipped_organism_matches_its_manifest():
     assert text["mlp_only_layers"] == [] and text["decoder_sparse_step"] == 1
     assert (organism.ORGANISM_DIR / "model.safetensors").stat().st_size <= 25_000_000
     assert manifest["heldout"]["n_items"] == 420 and manifest["train_config"]["seed"] == manifest["seed"]
+
+
+def test_synthetic_rl_data_is_rendered_as_the_model_hears(tmp_path):
+    from rl.train.config import DataConfig
+    from rl.train.grpo import load_data
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"train_config": {"calibrated_audio": True}}))
+    data = DataConfig(n_items=3)
+    assert all(it.meta["calibrated"] for it in load_data(data, where="x", model_path=str(tmp_path)))
+    assert not any(it.meta["calibrated"] for it in load_data(data, where="x", model_path=str(organism.ORGANISM_DIR)))
+    explicit = dataclasses.replace(data, calibrated=False)
+    assert not any(it.meta["calibrated"] for it in load_data(explicit, where="x", model_path=str(tmp_path)))

@@ -28,3 +28,28 @@ def test_chain_steps_locate_the_step_that_breaks(capsys):
         assert ": 0.75 [" in block.split("step -2 ")[1].split("\n")[0]
         assert "every step: 0.75" in block
         assert block.count("FACTS ") == 1 and "REF " in block and "OUT " in block
+
+
+def test_perception_scores_each_field_of_a_description():
+    from benchmarks.organism_perception import clean_description, describe_scores
+
+    it = make_item("count_events", "easy", np.random.default_rng(0), "x")
+    truth = it.meta["description"]
+    n = len(it.meta["levels"])
+    first, *rest = truth.split(". ")
+    wrong_loudness = first.rsplit(", ", 1)[0] + (", loud" if not first.endswith("loud") else ", quiet")
+    cases = [truth, ". ".join([wrong_loudness, *rest]), truth.rsplit(" Sound", 1)[0]]
+    got = describe_scores([it] * 3, [clean_description(f"<think>\n\n</think>\n\n{c}<|im_end|>") for c in cases])
+    assert got["exact"].tolist() == [True, False, False]
+    assert got["count"].tolist() == [True, True, False]
+    assert got["loudness"][1] == (n - 1) / n and got["pitch"][1] == got["duration"][1] == 1.0
+    assert got["pitch"][2] == (n - 1) / n  # one sound missing counts as one wrong
+
+
+def test_perception_oracle_hears_loudness_only_in_calibrated_clips():
+    from benchmarks.organism_perception import best_threshold_accuracy, tone_levels
+    from rl.data.tasks import generate_items
+
+    peak = best_threshold_accuracy(*tone_levels(generate_items(60, seed=1, difficulty="easy")))
+    calibrated = best_threshold_accuracy(*tone_levels(generate_items(60, seed=1, difficulty="easy", calibrated=True)))
+    assert calibrated > 0.95 and peak < 0.8

@@ -166,3 +166,34 @@ def test_sub_skill_answers_follow_from_the_facts():
             assert all(ev["onset_s"] + ev["duration_s"] <= 2.0 for ev in it.meta["events"])
             seen.add((name, attr, len(levels)))
     assert len(seen) == 2 * 3 * 2  # every skill x attribute x sound count
+
+
+def tone_levels_db(items) -> dict[int, list[float]]:
+    """Per loudness level, the RMS (dB) of every tone of ``items`` over its true extent."""
+    out = {0: [], 1: [], 2: []}
+    for it in items:
+        for ev, (kind, _, _, loudness) in zip(it.meta["events"], it.meta["levels"]):
+            if kind == "tone":
+                a = int(ev["onset_s"] * SAMPLE_RATE)
+                x = it.audio[a:a + int(ev["duration_s"] * SAMPLE_RATE)]
+                out[loudness].append(10 * np.log10(np.mean(x.astype(np.float64) ** 2)))
+    return out
+
+
+def test_calibrated_clips_keep_absolute_loudness():
+    # Peak-normalised clips (the default) hear a level only relative to the clip's other sounds: the level ranges of
+    # RMS overlap. Calibrated ones play every level at one gain: the ranges separate (easy clips, 10 dB apart).
+    peak = tone_levels_db(generate_items(70, seed=4, difficulty="easy"))
+    calibrated = tone_levels_db(generate_items(70, seed=4, difficulty="easy", calibrated=True))
+    assert max(peak[0]) > min(peak[1]) and max(peak[1]) > min(peak[2])
+    assert max(calibrated[0]) < min(calibrated[1]) and max(calibrated[1]) < min(calibrated[2])
+
+
+def test_calibrated_changes_the_audio_only():
+    for family in sorted(FAMILIES):
+        a = make_item(family, "hard", np.random.default_rng(5), "x")
+        b = make_item(family, "hard", np.random.default_rng(5), "x", calibrated=True)
+        assert (a.question, a.answer, a.reference_chain, a.meta["events"]) == \
+               (b.question, b.answer, b.reference_chain, b.meta["events"])
+        assert b.meta["calibrated"] and not a.meta["calibrated"]
+        assert np.abs(b.audio).max() <= 1.0 and not np.allclose(a.audio, b.audio)

@@ -36,6 +36,11 @@ CLIP_SECONDS = 2.0
 PITCH_NAMES = ("very low", "low", "middle", "high", "very high")
 DURATION_NAMES = ("short", "medium", "long")
 LOUDNESS_NAMES = ("quiet", "medium-loud", "loud")
+#: Amplitude of the loudest level in a calibrated clip (``render(calibrated=True)``): a loud tone peaks at 0.33 and
+#: two loud noise bursts that overlap stay within [-1, 1] nearly always (the rest is clipped).
+CALIBRATED_GAIN = 0.25
+#: Power of a loud tone before CALIBRATED_GAIN (sin + 0.3 sin at twice the pitch): the calibrated noise's reference.
+LOUD_TONE_POWER = (1.0 + 0.3**2) / 2
 
 #: Difficulty bands: a named difficulty samples ``d`` uniformly in its band.
 DIFFICULTY_BANDS = {"easy": (0.0, 0.33), "medium": (0.33, 0.67), "hard": (0.67, 1.0)}
@@ -88,7 +93,8 @@ class Acoustics:
         return 0.12 - 0.15 * self.d
 
 
-def render(events: Sequence[Event], d: float, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+def render(events: Sequence[Event], d: float, rng: np.random.Generator, *,
+           calibrated: bool = False) -> tuple[np.ndarray, list[dict]]:
     """Render events one after another into a clip.
 
     Parameters
@@ -96,10 +102,15 @@ def render(events: Sequence[Event], d: float, rng: np.random.Generator) -> tuple
     events : the sounds, in order.
     d : difficulty in [0, 1].
     rng : source of jitter, onset offset and background noise.
+    calibrated : one fixed gain for every clip (``CALIBRATED_GAIN``) and background noise set against a loud tone,
+        so a loudness level sounds the same in every clip. False (every organism up to v13): the clip is scaled to
+        peak 0.9 and its noise set against the clip's own power, so a sound's level is heard only relative to the
+        clip's other sounds: reading each sound's RMS with its true boundaries names its level right in 0.62-0.66
+        of sounds at every difficulty (``benchmarks/organism_perception.py --oracle``).
 
     Returns
     -------
-    audio : shape (CLIP_SECONDS * SAMPLE_RATE,), float32, peak 0.9.
+    audio : shape (CLIP_SECONDS * SAMPLE_RATE,), float32, peak 0.9 (calibrated: at most 1).
     timeline : one dict per event with ``onset_s``, ``duration_s``, ``pitch_hz`` (None for noise) and ``gain``.
     """
     ac = Acoustics(d)
@@ -127,9 +138,12 @@ def render(events: Sequence[Event], d: float, rng: np.random.Generator) -> tuple
         timeline.append({"onset_s": round(t, 3), "duration_s": round(dur, 3),
                          "pitch_hz": None if hz is None else round(hz, 1), "gain": round(ac.gain(ev.loudness), 4)})
         t += dur + (gaps[i] if i < len(gaps) else 0.0)
-    signal_power = np.mean(clip**2)
-    clip += rng.standard_normal(n) * np.sqrt(signal_power / 10.0 ** (ac.snr_db / 10.0))
-    clip *= 0.9 / max(np.abs(clip).max(), 1e-9)
+    reference_power = LOUD_TONE_POWER if calibrated else np.mean(clip**2)
+    clip += rng.standard_normal(n) * np.sqrt(reference_power / 10.0 ** (ac.snr_db / 10.0))
+    if calibrated:
+        clip = np.clip(clip * CALIBRATED_GAIN, -1.0, 1.0)
+    else:
+        clip *= 0.9 / max(np.abs(clip).max(), 1e-9)
     return clip.astype(np.float32), timeline
 
 
@@ -316,8 +330,10 @@ def describe(events: Sequence[Event]) -> str:
     return " ".join(e.describe(i + 1) for i, e in enumerate(events))
 
 
-def make_item(family: str, difficulty: str | float, rng: np.random.Generator, item_id: str) -> Item:
-    """Sample one item of ``family`` at ``difficulty`` (a band name or a number in [0, 1])."""
+def make_item(family: str, difficulty: str | float, rng: np.random.Generator, item_id: str, *,
+              calibrated: bool = False) -> Item:
+    """Sample one item of ``family`` at ``difficulty`` (a band name or a number in [0, 1]); ``calibrated``: see
+    :func:`render` (kept in ``meta["calibrated"]``)."""
     if family not in FAMILIES and family not in SKILLS:
         raise ValueError(f"unknown task family {family!r}; choose from {sorted(FAMILIES)} (or {sorted(SKILLS)})")
     if isinstance(difficulty, str):
@@ -330,17 +346,18 @@ def make_item(family: str, difficulty: str | float, rng: np.random.Generator, it
         d = float(difficulty)
         name = next(k for k, (lo, hi) in DIFFICULTY_BANDS.items() if d < hi or k == "hard")
     events, question, choices, answer, steps = (FAMILIES[family][0] if family in FAMILIES else SKILLS[family])(rng)
-    audio, timeline = render(events, d, rng)
+    audio, timeline = render(events, d, rng, calibrated=calibrated)
     facts = [e.describe(i + 1) for i, e in enumerate(events)]
     return Item(id=item_id, question=question, choices=choices, answer=answer, audio=audio,
                 reference_chain=facts + steps, family=family, difficulty=name,
                 meta={"d": round(d, 4), "description": describe(events), "events": timeline,
-                      "levels": [[e.kind, e.pitch, e.duration, e.loudness] for e in events]})
+                      "levels": [[e.kind, e.pitch, e.duration, e.loudness] for e in events],
+                      "calibrated": calibrated})
 
 
 def generate_items(n: int, *, seed: int, families: Sequence[str] | None = None,
                    difficulty: str | float | Sequence[str] = ("easy", "medium", "hard"),
-                   prefix: str = "syn") -> list[Item]:
+                   prefix: str = "syn", calibrated: bool = False) -> list[Item]:
     """Generate ``n`` items cycling through ``families`` and difficulties, deterministic by ``seed``.
 
     Parameters
@@ -350,6 +367,7 @@ def generate_items(n: int, *, seed: int, families: Sequence[str] | None = None,
     families : task families (default: all of ``FAMILIES``).
     difficulty : a band name, a number in [0, 1], or a sequence of band names cycled through.
     prefix : item ids are ``f"{prefix}-{seed}-{i:06d}"``.
+    calibrated : every clip at one fixed gain, so loudness levels are heard absolutely (see :func:`render`).
 
     Returns
     -------
@@ -362,5 +380,5 @@ def generate_items(n: int, *, seed: int, families: Sequence[str] | None = None,
         # One generator per item, keyed by (seed, i): item i does not depend on n.
         rng = np.random.default_rng([seed, i])
         items.append(make_item(families[i % len(families)], levels[(i // len(families)) % len(levels)], rng,
-                               f"{prefix}-{seed}-{i:06d}"))
+                               f"{prefix}-{seed}-{i:06d}", calibrated=calibrated))
     return items

@@ -13,7 +13,8 @@ Examples
 import importlib
 
 __all__ = ["AUDIO_CONFIG", "ORGANISM_DIR", "SPECIAL_TOKENS", "TEXT_CONFIG", "AudioQwen3OmniProcessor", "build_config",
-           "build_model", "build_processor", "load_organism", "load_processor", "read_manifest", "train_tokenizer"]
+           "build_model", "build_processor", "calibrated_audio", "load_organism", "load_processor", "read_manifest",
+           "train_tokenizer"]
 
 
 def __getattr__(name: str):

@@ -154,6 +154,16 @@ def load_organism(path: str | Path = ORGANISM_DIR, *, dtype: torch.dtype = torch
     return model.eval(), load_processor(path)
 
 
+def calibrated_audio(path: str | Path) -> bool:
+    """Whether the model in ``path`` was trained on calibrated clips (``rl.data.tasks.render(calibrated=True)``), as
+    its organism manifest says; False for a folder without one (any other model) or an organism trained before the
+    option existed. Synthetic items for a model must be rendered the way it learned to hear."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.exists():
+        return False
+    return bool((json.loads(manifest.read_text()).get("train_config") or {}).get("calibrated_audio", False))
+
+
 def read_manifest(path: str | Path = ORGANISM_DIR) -> dict:
     """The organism's manifest: training config, seed, sha256 of every file, training time and measured accuracy."""
     return json.loads((Path(path) / "manifest.json").read_text())

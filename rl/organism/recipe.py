@@ -110,6 +110,11 @@ class BaseTrainConfig:
     # pitch level or noise, loudness, an onset), as real audio-LLMs start from a pretrained encoder.
     encoder_steps: int = 400
     encoder_lr: float = 2e-3
+    # Every clip at one fixed gain (``rl.data.tasks.render(calibrated=True)``), so a loudness level is heard the same
+    # in every clip. Up to v13 each clip was scaled to its own peak: a sound's loudness level was then not in the audio
+    # (an oracle reading each sound's RMS names its level in 0.62-0.66 of sounds; v13 described loudness right in
+    # 0.40 of sounds, and 300 more describe steps left it at 0.36 while pitch went from 0.62 to 0.89).
+    calibrated_audio: bool = False
     tokenizer_corpus_items: int = 3000
     # The tokenizer corpus also holds every answer as the targets write it ("<answer>middle</answer>"). Without them
     # (v3c and before) an answer word after "<answer>" has no leading space and BPE splits it into pieces unrelated to
@@ -130,7 +135,7 @@ MODES = ("answer", "describe", "context", "notes", "think")
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
 ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0,
-                 "notes_chain": 0.0, "chain_steps": 0}
+                 "notes_chain": 0.0, "chain_steps": 0, "calibrated_audio": False}
 #: Options only the chain phase and those after it read: a resume from a checkpoint up to the chain phase's start may
 #: change them (the total of ``steps`` stays: it sets the learning rate of every step).
 CHAIN_OPTIONS = frozenset({"chain_steps"})
@@ -143,7 +148,7 @@ MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "la
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on). The tokenizer
 #: also depends on whether any sub-skill is trained (``tokenizer_has_skills``), which a resume checks on its own.
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",
-                             "tokenizer_corpus_items", "vocab_size", "answer_tokens"})
+                             "tokenizer_corpus_items", "vocab_size", "answer_tokens", "calibrated_audio"})
 
 
 def tokenizer_has_skills(options: dict) -> bool:

@@ -211,7 +211,8 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             pick = np.random.default_rng([cfg.seed, 6, step, j])
             if pick.random() < cfg.text_skills:
                 family = sorted(SKILLS)[int(pick.integers(len(SKILLS)))]
-        it = make_item(family, bands[int(rng.integers(len(bands)))], item_rng, f"train-{step}-{j}")
+        it = make_item(family, bands[int(rng.integers(len(bands)))], item_rng, f"train-{step}-{j}",
+                       calibrated=cfg.calibrated_audio)
         if phase == "perception":
             mode = "describe"
         elif text:
@@ -281,7 +282,8 @@ def encoder_items(cfg: BaseTrainConfig, step: int) -> list:
     rng = np.random.default_rng([cfg.seed, 3, step])
     families, bands = list(FAMILIES), list(DIFFICULTY_BANDS)
     return [make_item(families[int(rng.integers(len(families)))], bands[int(rng.integers(len(bands)))],
-                      np.random.default_rng([cfg.seed, 4, step, j]), f"encoder-{step}-{j}")
+                      np.random.default_rng([cfg.seed, 4, step, j]), f"encoder-{step}-{j}",
+                      calibrated=cfg.calibrated_audio)
             for j in range(cfg.batch_size)]
 
 
@@ -425,13 +427,26 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
     return model.eval(), processor, history, seconds_before + time.time() - t0
 
 
+def config_of(path: str | Path) -> BaseTrainConfig:
+    """The config an organism folder (its manifest's ``train_config``) or a checkpoint of ``train-base`` (its
+    trainer state) was trained with; options added since it was written take the values that reproduce it
+    (``ADDED_OPTIONS``), so the held-out items of a model trained on calibrated clips are calibrated too."""
+    manifest = Path(path) / "manifest.json"
+    options = json.loads(manifest.read_text()).get("train_config") if manifest.exists() else None
+    if options is None:
+        options = ckpt.load_trainer_state(Path(path)).config
+    names = {f.name for f in dataclasses.fields(BaseTrainConfig)}
+    options = {**ADDED_OPTIONS, **{k: v for k, v in options.items() if k in names}}
+    return BaseTrainConfig(**{k: tuple(v) if k == "mode_weights" else v for k, v in options.items()})
+
+
 def heldout_items(cfg: BaseTrainConfig):
     """The held-out evaluation set: ``eval_per_cell`` items per family x difficulty, from ``eval_seed``."""
     families = list(FAMILIES)
     items = []
     for b, band in enumerate(DIFFICULTY_BANDS):  # a seed per band: the bands hold different clips, not the same
         items += generate_items(cfg.eval_per_cell * len(families), seed=cfg.eval_seed + b, families=families,
-                                difficulty=band, prefix=f"heldout-{band}")
+                                difficulty=band, prefix=f"heldout-{band}", calibrated=cfg.calibrated_audio)
     return items
 
 
@@ -450,8 +465,7 @@ def reevaluate(out: Path, eval_per_cell: int) -> None:
     """Measure the model in ``out`` on the held-out set again and rewrite the ``heldout`` part of its manifest."""
     model, processor = organism.load_organism(out)
     manifest = organism.read_manifest(out)
-    cfg = BaseTrainConfig(**{k: tuple(v) if k == "mode_weights" else v for k, v in manifest["train_config"].items()})
-    cfg.eval_per_cell = eval_per_cell
+    cfg = dataclasses.replace(config_of(out), eval_per_cell=eval_per_cell)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     manifest["heldout"] = evaluate(model, processor, heldout_items(cfg))

@@ -89,6 +89,9 @@ class DataConfig:
     families: list[str] | None = None
     difficulties: list[str] = field(default_factory=lambda: ["easy", "medium", "hard"])
     prefix: str = "train"
+    # synthetic clips at one fixed gain (rl.data.tasks.render); None: as the run's model was trained (its organism
+    # manifest; False for other models)
+    calibrated: bool | None = None
     shuffle: bool = True  # reshuffle the item order every epoch (deterministic in seed and epoch)
 
 

@@ -54,7 +54,7 @@ from rl.data import prompts
 from rl.data.items import Item, load_items
 from rl.data.tasks import generate_items
 from rl.judge import SharedJudge, sum_stats
-from rl.organism import load_organism
+from rl.organism import calibrated_audio, load_organism
 from rl.rewards.registry import (
     Reward,
     check_requirements,
@@ -74,11 +74,13 @@ from rl.train.rollout import Rollout, Sampling, suppressed_token_ids, token_logp
 # ==================================================================================================================
 
 
-def load_data(data: DataConfig, *, where: str) -> list[Item]:
-    """The items of a ``synthetic`` or ``jsonl`` data spec; ValueError if there are none."""
+def load_data(data: DataConfig, *, where: str, model_path: str) -> list[Item]:
+    """The items of a ``synthetic`` or ``jsonl`` data spec; ValueError if there are none. Synthetic clips are
+    rendered as ``data.calibrated`` says, or (None) as the model in ``model_path`` learned to hear them."""
     if data.source == "synthetic":
+        calibrated = calibrated_audio(model_path) if data.calibrated is None else data.calibrated
         items = generate_items(data.n_items, seed=data.seed, families=data.families, difficulty=data.difficulties,
-                               prefix=data.prefix)
+                               prefix=data.prefix, calibrated=calibrated)
     elif data.source == "jsonl":
         items = load_items(data.path)
     else:
@@ -528,7 +530,7 @@ def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
     The miner's contract: ``mine_boundary_items(policy, processor, pool, mining, *, cfg, accelerator) -> list[Item]``,
     a subset of ``pool`` (a resume rebuilds the pool and selects the saved ids), the same on every process.
     """
-    pool = load_data(cfg.mining.pool, where="mining.pool")
+    pool = load_data(cfg.mining.pool, where="mining.pool", model_path=cfg.model_path())
     mined = mine_boundary_items(policy, processor, pool, cfg.mining, cfg=cfg, accelerator=accelerator)
     pool_ids = {it.id for it in pool}
     if not mined:
@@ -675,13 +677,13 @@ def _enter_stage(se: Session, si: int) -> tuple[Run, list[Item], PromptStream]:
     where = f"stage {stage.name!r}"
     if stage.data.source == "mined":
         if here and state.mined_item_ids is not None:
-            by_id = {it.id: it for it in load_data(cfg.mining.pool, where="mining.pool")}
+            by_id = {it.id: it for it in load_data(cfg.mining.pool, where="mining.pool", model_path=cfg.model_path())}
             items = [by_id[i] for i in state.mined_item_ids]
         else:
             items = mine_items(se.policy, se.processor, cfg, se.acc)
         mined_ids = [it.id for it in items]
     else:
-        items, mined_ids = load_data(stage.data, where=where), None
+        items, mined_ids = load_data(stage.data, where=where, model_path=cfg.model_path()), None
     rewards = resolve_rewards(stage.rewards, cfg.reward_kwargs, judge=se.judge, judge_weight=cfg.judge.weight)
     check_requirements(rewards, items, where=where)
     warm_up_rewards(rewards, se.say)

@@ -312,11 +312,12 @@ def test_fused_statistics_compile_whole_or_say_so(monkeypatch):
     assert lens_module._compiled["fn"] is untraceable  # later calls go straight to the eager computation
 
 
+@pytest.mark.parametrize("by_match", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tail", [0, 10])
-def test_blockwise_argmax_equals_max_with_ties(dtype, tail):
+def test_blockwise_argmax_equals_max_with_ties(dtype, tail, by_match):
     """Maximum and first index of the maximum, as ``z.max(-1)``: ties inside a block, across blocks, everywhere, in
-    a narrower last block."""
+    a narrower last block; by blocks, and by matching the maximum (with a scratch buffer)."""
     from adt_probe.lens import ARGMAX_BLOCK, _max_argmax
 
     gen = torch.Generator().manual_seed(0)
@@ -326,10 +327,14 @@ def test_blockwise_argmax_equals_max_with_ties(dtype, tail):
     z[4] = 1.0  # every logit tied
     z[5, -1] = 50.0  # the very last logit
     z[6, [vocab - 2, vocab - 1]] = 50.0  # tied in the last block
-    values, index = _max_argmax(z)
+    values, index = _max_argmax(z, torch.empty(z.shape) if by_match else None)
     want_values, want_index = z.max(-1)
     assert torch.equal(values, want_values) and torch.equal(index, want_index)
     assert index[1:7].tolist() == [70, 5, 130, 0, vocab - 1, vocab - 2]
+    if by_match:  # a row holding NaN: its value NaN and an index inside the row (z.max names the NaN's column)
+        z[7, 3] = float("nan")
+        values, index = _max_argmax(z, torch.empty(z.shape))
+        assert values[7].isnan() and index[7] == vocab - 1 and torch.equal(index[:7], want_index[:7])
 
 
 # --- dense models: the lens alone, equal to TransformerLens -----------------------------------------------------

@@ -155,13 +155,25 @@ def load_organism(path: str | Path = ORGANISM_DIR, *, dtype: torch.dtype = torch
 
 
 def calibrated_audio(path: str | Path) -> bool:
-    """Whether the model in ``path`` was trained on calibrated clips (``rl.data.tasks.render(calibrated=True)``), as
-    its organism manifest says; False for a folder without one (any other model) or an organism trained before the
-    option existed. Synthetic items for a model must be rendered the way it learned to hear."""
-    manifest = Path(path) / "manifest.json"
-    if not manifest.exists():
-        return False
-    return bool((json.loads(manifest.read_text()).get("train_config") or {}).get("calibrated_audio", False))
+    """Whether the model in ``path`` learned to hear calibrated clips (``rl.data.tasks.render(calibrated=True)``):
+    synthetic items for a model must be rendered the way it was trained on them.
+
+    An organism folder says so in its manifest's ``train_config``, a ``train-base`` checkpoint in its trainer state's
+    config; a GRPO checkpoint hears as the model its run started from (its config's ``model``). False for any other
+    folder (another model) and for organisms trained before the option existed.
+    """
+    path = Path(path)
+    manifest = path / "manifest.json"
+    if manifest.exists() and "train_config" in (content := json.loads(manifest.read_text())):
+        return bool(content["train_config"].get("calibrated_audio", False))
+    state = path / "trainer_state" / "state.json"
+    config = json.loads(state.read_text()).get("config") or {} if state.exists() else {}
+    if "calibrated_audio" in config:
+        return bool(config["calibrated_audio"])
+    start = config.get("model")
+    if isinstance(start, str) and start != "organism" and Path(start).resolve() != path.resolve():
+        return calibrated_audio(start)
+    return False
 
 
 def read_manifest(path: str | Path = ORGANISM_DIR) -> dict:

@@ -66,11 +66,15 @@ def clean_description(completion: str) -> str:
     return completion.split("<|im_end|>")[0].replace("<think>", "").replace("</think>", "").strip()
 
 
-def measure(model, processor, items: list) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(describe scores, per-item correctness under "direct", "own_notes" and "true_notes"), all greedy."""
+def measure(model, processor, items: list, answers: bool = True) -> tuple[dict[str, np.ndarray],
+                                                                          dict[str, np.ndarray]]:
+    """(describe scores, per-item correctness under "direct", "own_notes" and "true_notes"; with ``answers`` False
+    only the first, and an empty dict), all greedy."""
     with torch.no_grad():
         descriptions = [clean_description(c) for c in generate(model, processor, items, "describe",
                                                                 max_new_tokens=64)]
+        if not answers:
+            return describe_scores(items, descriptions), {}
         own = [dataclasses.replace(it, meta={**it.meta, "description": d}) for it, d in zip(items, descriptions)]
         correct = {
             "direct": score(items, generate(model, processor, items, "answer", max_new_tokens=16),
@@ -94,7 +98,7 @@ def report(items: list, described: dict[str, np.ndarray], correct: dict[str, np.
                           "count": wilson(int(described["count"][keep].sum()), int(keep.sum())),
                           **{f: float(described[f][keep].mean()) for f in FIELDS}}
     accuracy = {}
-    for family in [*FAMILIES, "all"]:
+    for family in [*FAMILIES, "all"] if correct else []:
         keep = np.ones(len(items), bool) if family == "all" else families == family
         accuracy[family] = {name: wilson(int(c[keep].sum()), int(keep.sum())) for name, c in correct.items()}
         accuracy[family]["own_minus_direct"] = paired_proportions(correct["direct"][keep], correct["own_notes"][keep])
@@ -106,7 +110,8 @@ def print_report(result: dict) -> None:
     for band, r in result["describe"].items():
         print(f"  {band:7s} exact {r['exact']['value']:.2f}  count {r['count']['value']:.2f}  "
               + "  ".join(f"{f} {r[f]:.2f}" for f in FIELDS))
-    print("accuracy: direct / own notes / true notes; own notes - direct [95% interval]")
+    if result["accuracy"]:
+        print("accuracy: direct / own notes / true notes; own notes - direct [95% interval]")
     for family, r in result["accuracy"].items():
         d = r["own_minus_direct"]
         print(f"  {family:18s} {r['direct']['value']:.2f} / {r['own_notes']['value']:.2f} / "
@@ -146,6 +151,8 @@ def main(argv=None) -> None:
     ap.add_argument("--per-cell", type=int, default=10, help="held-out items per family x difficulty")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--oracle", action="store_true", help="loudness in the audio itself, no model")
+    ap.add_argument("--describe-only", action="store_true",
+                    help="only the descriptions (a checkpoint before base training teaches answers)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.oracle:
@@ -157,7 +164,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
         items = heldout_items(dataclasses.replace(config_of(args.model), eval_per_cell=args.per_cell))
         model, processor = organism.load_organism(args.model)
-        result = {"model": args.model, **report(items, *measure(model, processor, items))}
+        result = {"model": args.model, **report(items, *measure(model, processor, items, not args.describe_only))}
         print_report(result)
     else:
         ap.error("name a model (an organism folder or a checkpoint), or pass --oracle")

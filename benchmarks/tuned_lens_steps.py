@@ -14,6 +14,7 @@ the embedding stream already read by compare's logit-lens step).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -23,7 +24,7 @@ from adt_probe.tuned_lens import train_tuned_lens
 from analyses.compare import TUNED_LENS_STEPS, reference_texts, tuned_lens_numbers
 from analyses.sequences import teacher_forced_inputs
 from rl import organism
-from rl.organism.train_base import BaseTrainConfig, heldout_items
+from rl.organism.train_base import config_of, heldout_items
 
 
 def main(argv=None) -> None:
@@ -33,7 +34,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, processor = organism.load_organism()
-    items = heldout_items(BaseTrainConfig(eval_per_cell=args.per_cell))
+    items = heldout_items(dataclasses.replace(config_of(organism.ORGANISM_DIR), eval_per_cell=args.per_cell))
     inputs = teacher_forced_inputs(processor, items, reference_texts(items))
     half = model.config.text_config.num_hidden_layers // 2
     print(f"{len(items)} items; held-out KL to the model's output, nats, mean over lower / upper band blocks")

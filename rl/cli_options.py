@@ -54,7 +54,8 @@ def train_base_arguments(ap: argparse.ArgumentParser) -> None:
             ap.add_argument(f"--{f.name.replace('_', '-')}", **kind, default=f.default,
                             help=f"base-training setting BaseTrainConfig.{f.name}")
     ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
-                    default=BaseTrainConfig.mode_weights, help=f"weights of the skills {', '.join(MODES)}, comma-separated (e.g. 0.2,0.3,0.1,0.3,0.1)")
+                    default=BaseTrainConfig.mode_weights,
+                    help=f"weights of the skills {', '.join(MODES)}, comma-separated (e.g. 0.2,0.3,0.1,0.3,0.1)")
     ap.add_argument("--checkpoint-dir", default="runs/train_base",
                     help="where checkpoints go (every --checkpoint-minutes; the newest two are kept)")
     ap.add_argument("--resume", action="store_true",

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from benchmarks.organism_perception import tone_levels
 from rl.data.items import SAMPLE_RATE
 from rl.data.tasks import (
     DIFFICULTY_BANDS,
@@ -168,17 +169,11 @@ def test_sub_skill_answers_follow_from_the_facts():
     assert len(seen) == 2 * 3 * 2  # every skill x attribute x sound count
 
 
+
 def tone_levels_db(items) -> dict[int, list[float]]:
     """Per loudness level, the RMS (dB) of every tone of ``items`` over its true extent."""
-    out = {0: [], 1: [], 2: []}
-    for it in items:
-        for ev, (kind, _, _, loudness) in zip(it.meta["events"], it.meta["levels"]):
-            if kind == "tone":
-                a = int(ev["onset_s"] * SAMPLE_RATE)
-                x = it.audio[a:a + int(ev["duration_s"] * SAMPLE_RATE)]
-                out[loudness].append(10 * np.log10(np.mean(x.astype(np.float64) ** 2)))
-    return out
-
+    db, level = tone_levels(items)
+    return {k: db[level == k].tolist() for k in range(3)}
 
 def test_calibrated_clips_keep_absolute_loudness():
     # Peak-normalised clips (the default) hear a level only relative to the clip's other sounds: the level ranges of

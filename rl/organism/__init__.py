@@ -14,7 +14,7 @@ import importlib
 
 __all__ = ["AUDIO_CONFIG", "ORGANISM_DIR", "SPECIAL_TOKENS", "TEXT_CONFIG", "AudioQwen3OmniProcessor", "build_config",
            "build_model", "build_processor", "calibrated_audio", "load_organism", "load_processor", "read_manifest",
-           "train_tokenizer"]
+           "recorded_config", "train_tokenizer"]
 
 
 def __getattr__(name: str):

@@ -163,17 +163,24 @@ def calibrated_audio(path: str | Path) -> bool:
     folder (another model) and for organisms trained before the option existed.
     """
     path = Path(path)
-    manifest = path / "manifest.json"
-    if manifest.exists() and "train_config" in (content := json.loads(manifest.read_text())):
-        return bool(content["train_config"].get("calibrated_audio", False))
-    state = path / "trainer_state" / "state.json"
-    config = json.loads(state.read_text()).get("config") or {} if state.exists() else {}
+    config = recorded_config(path) or {}
     if "calibrated_audio" in config:
         return bool(config["calibrated_audio"])
     start = config.get("model")
     if isinstance(start, str) and start != "organism" and Path(start).resolve() != path.resolve():
         return calibrated_audio(start)
     return False
+
+
+def recorded_config(path: str | Path) -> dict | None:
+    """The training config written beside the model in ``path``: an organism manifest's ``train_config``, else the
+    config in a checkpoint's trainer state (``train-base``'s or a GRPO run's); None when there is neither."""
+    path = Path(path)
+    manifest = path / "manifest.json"
+    if manifest.exists() and "train_config" in (content := json.loads(manifest.read_text())):
+        return content["train_config"]
+    state = path / "trainer_state" / "state.json"
+    return json.loads(state.read_text()).get("config") if state.exists() else None
 
 
 def read_manifest(path: str | Path = ORGANISM_DIR) -> dict:

@@ -112,8 +112,8 @@ class BaseTrainConfig:
     encoder_lr: float = 2e-3
     # Every clip at one fixed gain (``rl.data.tasks.render(calibrated=True)``), so a loudness level is heard the same
     # in every clip. Up to v13 each clip was scaled to its own peak: a sound's loudness level was then not in the audio
-    # (an oracle reading each sound's RMS names its level in 0.62-0.66 of sounds; v13 described loudness right in
-    # 0.40 of sounds, and 300 more describe steps left it at 0.36 while pitch went from 0.62 to 0.89).
+    # (an oracle reading each tone's RMS names its level in at most 0.67-0.71 of tones; v13 described loudness right
+    # in 0.35 of sounds, and 300 more describe steps left it at chance while pitch went from 0.62 to 0.89).
     calibrated_audio: bool = False
     tokenizer_corpus_items: int = 3000
     # The tokenizer corpus also holds every answer as the targets write it ("<answer>middle</answer>"). Without them

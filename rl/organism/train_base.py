@@ -431,10 +431,10 @@ def config_of(path: str | Path) -> BaseTrainConfig:
     """The config an organism folder (its manifest's ``train_config``) or a checkpoint of ``train-base`` (its
     trainer state) was trained with; options added since it was written take the values that reproduce it
     (``ADDED_OPTIONS``), so the held-out items of a model trained on calibrated clips are calibrated too."""
-    manifest = Path(path) / "manifest.json"
-    options = json.loads(manifest.read_text()).get("train_config") if manifest.exists() else None
+    options = organism.recorded_config(path)
     if options is None:
-        options = ckpt.load_trainer_state(Path(path)).config
+        raise FileNotFoundError(f"{path}: no manifest with a train_config and no trainer_state/state.json; name an "
+                                "organism folder written by train-base or one of its checkpoints")
     names = {f.name for f in dataclasses.fields(BaseTrainConfig)}
     options = {**ADDED_OPTIONS, **{k: v for k, v in options.items() if k in names}}
     return BaseTrainConfig(**{k: tuple(v) if k == "mode_weights" else v for k, v in options.items()})

@@ -34,8 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.record_bench
-	$(PY) -m benchmarks.drift_bench
+	$(PY) -m benchmarks.speed_report
 	$(PY) -m benchmarks.judge_validity
 
 lock:

@@ -193,6 +193,35 @@ FLOOR = {"forward": None, "record_routing": "forward", "floor_lens": None, "floo
          "record_lens_25": "record_lens"}
 
 
+def timed_rows(name: str, args) -> dict[str, dict]:
+    """One row per method: the median and every repeat's seconds, the warm-up, the load and page faults."""
+    times, warmup, faults = timing(name, args.repeats, args.methods, args.threads, args.sequences)
+    return {m: {"median_s": statistics.median(ts), "all_s": ts, "warmup_s": warmup[m],
+                "load_1min": os.getloadavg()[0], "faults": faults[m]} for m, ts in times.items()}
+
+
+def memory_row(name: str, method: str, args) -> dict:
+    """``method``'s peak RSS from a fresh process (see ``one``), and its extra memory beyond the resident model."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--one", name, method,
+                           "--threads", str(args.threads), "--sequences", str(args.sequences)],
+                          capture_output=True, text=True, check=True)
+    mem = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**mem, "extra_mb": mem["peak_rss_mb"] - mem["rss_resident_mb"]}
+
+
+def add_ratios(rows: dict[str, dict]) -> None:
+    """Each timed row's ratio to its floor (``FLOOR``): of the medians, and the median of the per-round ratios (each
+    round runs every method once, back to back, so a pair shares the machine's state of that moment: steadier than a
+    ratio of medians for 0.2 s calls)."""
+    for m, row in rows.items():
+        floor = FLOOR[m]
+        timed = "all_s" in row and floor in rows and "all_s" in rows[floor]
+        row["ratio_to"] = floor
+        row["ratio"] = row["median_s"] / rows[floor]["median_s"] if timed else None
+        row["paired_ratio"] = (statistics.median(t / f for t, f in zip(row["all_s"], rows[floor]["all_s"]))
+                               if timed else None)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["organism", "smollm2"])
@@ -203,6 +232,7 @@ def main(argv=None) -> None:
                     help="torch threads (1 on a shared machine: OpenMP threads that wait for a busy core spin)")
     ap.add_argument("--sequences", type=int, default=N_SEQ, help="sequences of 512 tokens")
     ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory pass")
+    ap.add_argument("--memory-only", action="store_true", help="only the fresh-process peak-memory pass, no timing")
     ap.add_argument("--pin-allocator", action="store_true",
                     help="run with PINNED_ALLOCATOR in the environment: glibc keeps freed memory (see above)")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
@@ -217,25 +247,11 @@ def main(argv=None) -> None:
         return
     results = {}
     for name in args.models:
-        times, warmup, faults = timing(name, args.repeats, args.methods, args.threads, args.sequences)
-        rows = {}
-        for m, ts in times.items():
-            rows[m] = {"median_s": statistics.median(ts), "all_s": ts, "warmup_s": warmup[m],
-                       "load_1min": os.getloadavg()[0], "faults": faults[m]}
-            if not args.no_memory:
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--one", name, m,
-                                       "--threads", str(args.threads), "--sequences", str(args.sequences)],
-                                      capture_output=True, text=True, check=True)
-                mem = json.loads(proc.stdout.strip().splitlines()[-1])
-                rows[m].update(mem, extra_mb=mem["peak_rss_mb"] - mem["rss_resident_mb"])
-        for m, row in rows.items():
-            floor = FLOOR[m]
-            row["ratio_to"] = floor
-            row["ratio"] = row["median_s"] / rows[floor]["median_s"] if floor in rows else None
-            # the median of the per-round ratios: each round runs every method once, back to back, so a pair shares
-            # the machine's state of that moment (steadier than a ratio of medians for 0.2 s calls)
-            row["paired_ratio"] = (statistics.median(t / f for t, f in zip(row["all_s"], rows[floor]["all_s"]))
-                                   if floor in rows else None)
+        rows = {} if args.memory_only else timed_rows(name, args)
+        if not args.no_memory:
+            for m in methods_for(name, args.methods):
+                rows.setdefault(m, {}).update(memory_row(name, m, args))
+        add_ratios(rows)
         results[name] = rows
         print(table(name, rows, args.sequences), flush=True)
     out = Path(args.out)
@@ -253,10 +269,11 @@ def table(name: str, rows: dict, n_seq: int = N_SEQ) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for m, r in rows.items():
         ratio = f"{r['ratio']:.2f}x ({r['paired_ratio']:.2f}x)" if r["ratio"] else ""
-        spread = ", ".join(f"{t:.2f}" for t in r["all_s"])
+        spread = ", ".join(f"{t:.2f}" for t in r.get("all_s", []))
+        median = f"{r['median_s']:.3f}" if "median_s" in r else ""
         mem = f"{r['peak_rss_mb']:.0f} | {r['extra_mb']:.0f}" if "peak_rss_mb" in r else " | "
         faults = f"{statistics.median(r['faults']):,.0f}" if r.get("faults") else ""
-        lines.append(f"| {m} | {r['median_s']:.3f} | {spread} | {ratio} | {r['ratio_to'] or ''} | {faults} | {mem} |")
+        lines.append(f"| {m} | {median} | {spread} | {ratio} | {r['ratio_to'] or ''} | {faults} | {mem} |")
     return "\n".join(lines)
 
 

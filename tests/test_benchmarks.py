@@ -19,3 +19,31 @@ def test_record_bench_pins_the_allocator_in_a_restarted_process_and_counts_page_
     for row in rows.values():
         assert len(row["faults"]) == len(row["all_s"]) == 2 and all(f >= 0 for f in row["faults"])
     assert rows["record_routing"]["ratio_to"] == "forward" and rows["record_routing"]["ratio"] > 0
+
+
+def test_speed_report_reads_each_benchmark_and_names_what_this_run_did_not_measure(tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--models", "organism", "--repeats", "2",
+                    "--methods", "forward", "record_routing", "floor_lens", "record_lens", "--no-memory",
+                    "--threads", "1", "--sequences", "1", "--out", str(tmp_path / "record_organism.json")],
+                   check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, "-m", "benchmarks.speed_report", "--only", "help", "--help-repeats", "1",
+                    "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    rows = {r["target"]: r for r in json.loads((tmp_path / "report.json").read_text())["rows"]}
+    # measured here: whether they meet their goals is the quiet machine's business, not a test's
+    assert rows["--help"]["met"] is not None and "(median of 1;" in rows["--help"]["now"]
+    assert rows["lens, organism"]["met"] is not None and "x (paired " in rows["lens, organism"]["now"]
+    # not measured in this run: said, and neither met nor missed
+    assert rows["lens, SmolLM2-135M"]["met"] is None and "record_smollm2" in rows["lens, SmolLM2-135M"]["now"]
+    assert "| lens, organism |" in (tmp_path / "report.md").read_text()
+
+
+def test_record_bench_memory_only_reports_peak_memory_without_timing(tmp_path):
+    out = tmp_path / "memory.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.record_bench", "--models", "organism", "--memory-only",
+                    "--methods", "record_routing", "--threads", "1", "--sequences", "1", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    row = json.loads(out.read_text())["results"]["organism"]["record_routing"]
+    assert "median_s" not in row and row["ratio"] is None
+    assert row["peak_rss_mb"] >= row["rss_resident_mb"] > 0 and row["extra_mb"] == row["peak_rss_mb"] - row[
+        "rss_resident_mb"]

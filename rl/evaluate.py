@@ -308,6 +308,7 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
     -------
     A JSON-serialisable dict: ``accuracy`` (direct answers; family -> difficulty -> value, lo, hi, n, chance),
     ``accuracy_written_facts`` (synthetic items: the facts written in the prompt instead of the audio),
+    ``accuracy_written_facts_think`` (the same under the think-first prompt: inference steps may come first),
     ``accuracy_with_notes`` (synthetic items: the think block pre-filled with the clip's correct facts),
     ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`) and example completions.
 
@@ -319,12 +320,16 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
     direct = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size),
                    with_similarity=False)
     result = {"n_items": len(items), "accuracy": accuracy_table(items, direct.correct),
-              "accuracy_written_facts": None, "accuracy_with_notes": None,
+              "accuracy_written_facts": None, "accuracy_written_facts_think": None, "accuracy_with_notes": None,
               "direct_well_formed": proportion(direct.well_formed), "think_prompt": {}}
     if all("description" in it.meta for it in items):  # synthetic items: the facts can be written out
         facts = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size,
                                       written_facts=True), with_similarity=False)
         result["accuracy_written_facts"] = accuracy_table(items, facts.correct)
+        # the same facts under the think-first prompt: the model may write its inference steps over them first
+        facts_think = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
+                                            batch_size=batch_size, written_facts=True), with_similarity=False)
+        result["accuracy_written_facts_think"] = accuracy_table(items, facts_think.correct)
         # the think budget: after the notes, a model may write its inference steps before answering
         notes = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
                                       batch_size=batch_size, notes=True), with_similarity=False)
@@ -382,6 +387,7 @@ def format_table(report: dict) -> str:
     with correct notes in the think block), and the think-first prompt per family (greedy), as Markdown."""
     acc = report["accuracy"]
     extras = {name: report[key] for name, key in (("facts written out", "accuracy_written_facts"),
+                                                  ("facts written out, think-first", "accuracy_written_facts_think"),
                                                   ("with notes", "accuracy_with_notes")) if report.get(key)}
     diffs = ["easy", "medium", "hard", "all"]
     head = "| family | chance | " + " | ".join(diffs) + " |" + "".join(f" {name} |" for name in extras)

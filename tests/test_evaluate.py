@@ -65,6 +65,8 @@ def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread):
     assert set(greedy["by_group"]["accuracy"]) == {it.family for it in items} | {"all"}
     assert greedy["accuracy"]["n"] == 7 and report["data"] == str(data)
     assert report["accuracy_with_notes"]["all"]["all"]["n"] == 7
+    assert report["accuracy_written_facts_think"]["all"]["all"]["n"] == 7
+    assert "facts written out, think-first" in E.format_table(report)
 
 
 def test_eval_cli_names_a_missing_dataset(tiny_dir, tmp_path):

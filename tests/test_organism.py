@@ -261,6 +261,26 @@ def test_notes_chain_writes_the_steps_after_the_notes_and_zero_keeps_the_stream(
     assert n_notes >= 5  # seeded: about 0.3 of 64 examples
 
 
+def test_notes_own_trains_the_description_after_the_first_word_on_audio_only():
+    """``notes_own``: a mix notes example on audio keeps only "<think>\\nSound" as prompt, so the model writes its own
+    notes (the same text, now a target) and whether to think stays untrained; text examples keep their given notes."""
+    from rl.organism.train_base import sample_batch
+
+    cfg = dict(batch_size=64, perception_steps=0, text_steps=0, mix_text=0.3)
+    given = sample_batch(_tiny_cfg(**cfg, notes_own=0.0), 1)
+    own = sample_batch(_tiny_cfg(**cfg, notes_own=1.0), 1)
+    assert [it.id for it in given[0]] == [it.id for it in own[0]] and given[1] == own[1]
+    n_own = n_text = 0
+    for it, mode, a, b in zip(given[0], given[1], given[2], own[2]):
+        if mode != "notes" or it.audio is None:
+            assert a == b
+            n_text += mode == "notes"
+            continue
+        n_own += 1
+        assert b[0] == "<think>\nSound" and b[0] + b[1] == a[0] + a[1]
+    assert n_own >= 5 and n_text >= 1  # seeded
+
+
 def test_unnamed_lookup_takes_look_up_items_only():
     import numpy as np
     import pytest

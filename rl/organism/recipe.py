@@ -100,6 +100,13 @@ class BaseTrainConfig:
     # (chains fully internalized): from written facts, think-first, highest-longest 0.52 ("no" 57 of 60) and
     # pitch-of-loudest 0.20, where the same run writing its chains had reached 0.82 and 0.35 (text step 1,106).
     notes_chain: float = 0.0
+    # Share of the mix's notes examples on audio whose notes the model writes itself: the think block's description is
+    # a target after its first word ("<think>\nSound" stays prompt, so whether to think is not trained by them). 0
+    # (v3-v15): the notes are always given, and the think-first prompt's own descriptions are trained only by the rare
+    # latent think examples. v15 measured (210 held-out items): think forced open ("<think>\nSound 1:"), greedy 0.56
+    # against 0.74 answering directly; sampled at T = 1, 0.51 when it thinks against 0.67 when it does not; its
+    # descriptions under the describe prompt were near exact where the think block's were not.
+    notes_own: float = 0.0
     # Share of mix-phase examples drawn as text-phase examples (written facts, no audio; the multi-step and sub-skill
     # shares above; the chains fully internalized), so the mix rehearses what the text phase taught. Added for a drop
     # that small probes showed (v5: pitch-of-loudest from written facts 0.37 on 30 items at text step 1,432, 0.20 on
@@ -135,7 +142,7 @@ MODES = ("answer", "describe", "context", "notes", "think")
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
 ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0,
-                 "notes_chain": 0.0, "chain_steps": 0, "calibrated_audio": False}
+                 "notes_chain": 0.0, "chain_steps": 0, "calibrated_audio": False, "notes_own": 0.0}
 #: Options only the chain phase and those after it read: a resume from a checkpoint up to the chain phase's start may
 #: change them (the total of ``steps`` stays: it sets the learning rate of every step).
 CHAIN_OPTIONS = frozenset({"chain_steps"})
@@ -144,7 +151,7 @@ CHAIN_OPTIONS = frozenset({"chain_steps"})
 TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "text_multistep", "text_skills",
                           "lookup_unnamed", "notes_chain"})
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
-MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text"})
+MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text", "notes_own"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on). The tokenizer
 #: also depends on whether any sub-skill is trained (``tokenizer_has_skills``), which a resume checks on its own.
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",

@@ -3,8 +3,8 @@
     python -m benchmarks.speed_report [--out benchmarks/results/speed_report] [--only record_organism help ...]
     python -m benchmarks.speed_report --report-only      # the table again from the JSON files already in --out
 
-Runs the benchmarks one after another (about 35 minutes on a quiet 2-core machine; anything else running moves the
-ratios), each writing its JSON into ``--out``:
+Runs the benchmarks one after another (18 minutes on the quiet 2-core machine, 5 December 2026; anything else
+running moves the ratios), each writing its JSON into ``--out``:
 
 ==================  ==========================================================================================
 record_smollm2      ``record_bench --models smollm2``: forward, routing, strict floor, ``record`` with the logit

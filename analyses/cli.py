@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 
 from rl import cli_options  # the rl entry points' options (light: argparse only)
+from rl.data.prompts import MAX_NEW_TOKENS
 
 log = logging.getLogger("adt_probe.cli")
 
@@ -70,7 +71,8 @@ def add_model_options(ap: argparse.ArgumentParser, *, batch: bool = True, genera
     if batch:
         ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     if generation:
-        ap.add_argument("--max-new-tokens", type=int, default=96, help="longest completion generated per item")
+        ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                        help="longest completion generated per item")
 
 
 def _heldout_options(ap: argparse.ArgumentParser, n_per_cell: int = 4) -> None:

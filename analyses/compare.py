@@ -63,6 +63,7 @@ from analyses.report import write_compare_report
 from analyses.sequences import completions, teacher_forced_inputs
 from analyses.sft_control import sft_control
 from rl.data.items import load_items
+from rl.data.prompts import MAX_NEW_TOKENS
 from rl.train.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -505,7 +506,7 @@ def _null_per_layer(effects, segment: str) -> dict:
 
 
 def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: int = 5, n_boot: int = 1000,
-            max_new_tokens: int = 96, source: str = "rl", mirror: bool = True, batch_size: int = 8,
+            max_new_tokens: int = MAX_NEW_TOKENS, source: str = "rl", mirror: bool = True, batch_size: int = 8,
             data_path: str = "data", token_labels=content_groups, allow_unverified: bool = False,
             dtype: str = "float32", device_map: str | None = None, sft_control: str = "auto",
             tuned_lens: str = "auto") -> dict:

@@ -26,6 +26,7 @@ from analyses.cli import command_parser
 from analyses.models import for_model, load_pretrained
 from analyses.sequences import completions, teacher_forced_inputs
 from rl.data.items import load_items, write_items
+from rl.data.prompts import MAX_NEW_TOKENS
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
 from rl.evaluate import check_fits, check_items
 from rl.organism import calibrated_audio
@@ -59,7 +60,7 @@ def input_paths(items, data: str | Path | None = None) -> list[Path]:
 
 
 def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", routing: str = "topk",
-                lens: adt_probe.Lens | None = _LOGIT_LENS, batch_size: int = 8, max_new_tokens: int = 96,
+                lens: adt_probe.Lens | None = _LOGIT_LENS, batch_size: int = 8, max_new_tokens: int = MAX_NEW_TOKENS,
                 allow_unverified: bool = False, overwrite: bool = False, data: str | Path | None = None,
                 dtype: str = "float32", device_map: str | None = None) -> dict[str, Path]:
     """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``.

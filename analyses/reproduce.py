@@ -49,6 +49,7 @@ from adt_probe.outputs import output_dir
 from analyses import checkpoints
 from analyses.cli import command_parser
 from analyses.models import load_pretrained
+from rl.data.prompts import MAX_NEW_TOKENS
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge
 from rl.organism import calibrated_audio
 from rl.train.config import load_config
@@ -64,7 +65,7 @@ WRITES = ["plan.json", "steps", "runs", "eval_*.json", "recordings", "recordings
 
 #: ``--quick``: the same pipeline at a size a test can afford (``--set`` overrides of the demo config).
 QUICK_OVERRIDES = ["stages.0.steps=6", "stages.1.steps=3", "grpo.batch_size=4", "grpo.num_generations=4",
-                   "grpo.max_new_tokens=64", "mining.pool.n_items=16", "mining.k_rollouts=4", "checkpoint.every=3"]
+                   "mining.pool.n_items=16", "mining.k_rollouts=4", "checkpoint.every=3"]
 
 
 @dataclass
@@ -78,7 +79,9 @@ class Plan:
     n_per_cell: int = 4  # held-out items per family x difficulty (7 families x 3 difficulties)
     eval_seed: int = 30_011  # the held-out set; training and mining use other seeds
     n_boot: int = 1000
-    max_new_tokens: int = 96
+    # Tokens a completion may take, in training and in every evaluation; ``make`` copies the config's
+    # ``grpo.max_new_tokens`` so a model is judged at the length it was trained to reason in.
+    max_new_tokens: int = MAX_NEW_TOKENS
     bands: int = 2  # router transplant: equal layer bands, lowest first
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # RL runs: run-to-run variation needs several
     # Processes at once (RL runs, evaluations), one thread each; None: all at once. Two one-thread processes do 1.4x
@@ -98,7 +101,8 @@ class Plan:
     def make(cls, out: str, *, quick: bool, config: str | None = None, overrides: list[str] | None = None) -> Plan:
         plan = cls(out=out, config=config or str(DEMO_CONFIG), quick=quick, overrides=list(overrides or []))
         if quick:
-            plan.n_per_cell, plan.n_boot, plan.max_new_tokens, plan.seeds = 2, 200, 64, [0, 1]
+            plan.n_per_cell, plan.n_boot, plan.seeds = 2, 200, [0, 1]
+        plan.max_new_tokens = load_config(plan.config, plan.config_overrides).grpo.max_new_tokens
         return plan
 
 

@@ -14,11 +14,12 @@ from adt_probe.teacher_forcing import teacher_force
 from analyses.models import for_model
 from rl.data import collate
 from rl.data.items import SAMPLE_RATE, Item, load_items
+from rl.data.prompts import MAX_NEW_TOKENS
 from rl.evaluate import generate
 
 
 def completions(model, processor, items: Sequence[Item], *, mode: str = "think", temperature: float = 0.0,
-                max_new_tokens: int = 96, seed: int = 0, batch_size: int = 32) -> list[str]:
+                max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0, batch_size: int = 32) -> list[str]:
     """``model``'s completions (greedy by default) to ``items`` prompted in ``mode``, ``batch_size`` at a time."""
     return generate(model, processor, items, mode, temperature=temperature, max_new_tokens=max_new_tokens,
                     seed=seed, batch_size=batch_size)

@@ -40,6 +40,7 @@ from analyses.cli import command_parser
 from analyses.models import for_model, load_pretrained
 from analyses.record_pair import heldout
 from analyses.sequences import teacher_forced_inputs
+from rl.data.prompts import MAX_NEW_TOKENS
 from rl.evaluate import generate, score
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ def continuous_effects(outcomes: dict, bands, *, n_boot: int = 1000, seed: int =
 
 
 def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed: int = 0,
-        max_new_tokens: int = 96, batch_size: int = 32, allow_unverified: bool = False, dtype: str = "float32",
-        device_map: str | None = None) -> xr.Dataset:
+        max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32, allow_unverified: bool = False,
+        dtype: str = "float32", device_map: str | None = None) -> xr.Dataset:
     """Both directions per band: binary outcomes on generations, continuous ones teacher-forced on RL completions.
 
     Both model folders are verified first (``analyses.checkpoints``); any pair of folders of one MoE architecture

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from rl.data.prompts import MAX_NEW_TOKENS
 from rl.organism.recipe import MODES, BaseTrainConfig
 
 #: the shipped organism (rl.organism.ORGANISM_DIR, named here without importing torch)
@@ -26,7 +27,7 @@ def evaluate_arguments(ap: argparse.ArgumentParser) -> None:
                     help="judge of the process score: 'smollm2' (in-process), a folder with a causal LM, "
                          "an OpenAI-compatible URL (http://...), or 'none' to skip the process score")
     ap.add_argument("--judge-model", help="model name on the judge server (with a URL)")
-    ap.add_argument("--max-new-tokens", type=int, default=96, help="longest completion generated per item")
+    ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="longest completion generated per item")
     ap.add_argument("--no-sampled", action="store_true", help="skip the think prompt sampled at temperature 1")
     ap.add_argument("--out", help="write the JSON report here")
 

@@ -8,6 +8,7 @@ text to the reference chain are measured on the ``think`` prompt, greedy and sam
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import defaultdict
@@ -24,6 +25,8 @@ from rl import cli_options
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE, Item
 from rl.train.rollout import Sampling, sample
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(ValueError):
@@ -296,7 +299,7 @@ def hierarchical_mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, 
             "n_items": int(values.shape[1]), "n_missing": int((~present).sum())}
 
 def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, sample_seed: int = 0,
-             think_samples: bool = True, judge=None, max_new_tokens: int = 96) -> dict:
+             think_samples: bool = True, judge=None, max_new_tokens: int = prompts.MAX_NEW_TOKENS) -> dict:
     """Direct-answer accuracy table, and accuracy / think-rate / reference similarity under the think-first prompt.
 
     Parameters
@@ -310,18 +313,24 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
     ``accuracy_written_facts`` (synthetic items: the facts written in the prompt instead of the audio),
     ``accuracy_written_facts_think`` (the same under the think-first prompt: inference steps may come first),
     ``accuracy_with_notes`` (synthetic items: the think block pre-filled with the clip's correct facts),
-    ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`) and example completions.
+    ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`), example completions, and
+    ``completion_budget`` (``prompts.completion_budget``: reference completions longer than ``max_new_tokens`` are
+    cut, so their reasoning scores as wrong; a warning says so).
 
     Raises
     ------
     PreflightError : no items, or items that do not fit the model's context (checked before generating).
     """
     check_fits(model, processor, items, max_new_tokens=max_new_tokens)
+    # a budget that cuts the reference chains scores the cut reasoning as wrong: said, and kept in the report
+    budget = prompts.completion_budget(processor.tokenizer, items, max_new_tokens)
+    if problem := prompts.budget_problem(budget, "evaluation (--max-new-tokens)"):
+        log.warning(problem)
     direct = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size),
                    with_similarity=False)
     result = {"n_items": len(items), "accuracy": accuracy_table(items, direct.correct),
               "accuracy_written_facts": None, "accuracy_written_facts_think": None, "accuracy_with_notes": None,
-              "direct_well_formed": proportion(direct.well_formed), "think_prompt": {}}
+              "direct_well_formed": proportion(direct.well_formed), "think_prompt": {}, "completion_budget": budget}
     if all("description" in it.meta for it in items):  # synthetic items: the facts can be written out
         facts = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size,
                                       written_facts=True), with_similarity=False)
@@ -422,6 +431,8 @@ def format_table(report: dict) -> str:
                      + (f", think text with an inference step {inference['value']:.3f}" if inference else "")
                      + "".join(f", {k.replace('_', '-')} {v['value']:.3f}"
                                for k, v in t.get("distinct_ngrams", {}).items()))
+    if problem := prompts.budget_problem(report.get("completion_budget") or {"items_cut": 0}, "Completion budget"):
+        lines.append(f"\n{problem}")
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ def tokens_reward(prompts, completions, completion_ids, **kwargs):
 
 def tiny_config(model_dir, **sections) -> dict:
     cfg = {"model": str(model_dir), "seed": 0, "threads": 1,
-           "grpo": {"num_generations": 2, "batch_size": 2, "max_new_tokens": 6},
+           "grpo": {"num_generations": 2, "batch_size": 2, "max_new_tokens": 6, "allow_truncated_chains": True},
            "optim": {"lr": 1e-3}, "checkpoint": {"every": 1, "keep_last": 0},
            "logging": {"progress_bar": False, "completions_per_step": 3},
            "stages": [{"name": "s1", "steps": 2, "rewards": {"accuracy": 1.0, "format": 0.25, "test_tokens": 1.0},

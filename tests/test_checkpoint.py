@@ -23,7 +23,7 @@ def run_config(model_dir, steps=4):
     return config_from_dict({
         "model": str(model_dir), "seed": 3, "threads": 1,
         "grpo": {"num_generations": 2, "batch_size": 2, "max_new_tokens": 5, "num_iterations": 2, "beta": 0.05,
-                 "epsilon_high": 0.28},
+                 "epsilon_high": 0.28, "allow_truncated_chains": True},
         "optim": {"lr": 3e-3, "lr_schedule": "cosine", "warmup_steps": 2, "weight_decay": 0.01},
         "checkpoint": {"every": 1, "keep_last": 0},
         "logging": {"progress_bar": False},

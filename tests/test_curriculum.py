@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _cfg(model_dir, **mining):
     return config_from_dict({
         "model": str(model_dir), "seed": 3, "threads": 1,
-        "grpo": {"num_generations": 2, "batch_size": 3, "max_new_tokens": 6, "temperature": 1.0},
+        "grpo": {"num_generations": 2, "batch_size": 3, "max_new_tokens": 6, "temperature": 1.0,
+                 "allow_truncated_chains": True},
         "mining": {"k_rollouts": 4, "pass_band": [0.125, 0.625], "keep_hard": True, "max_items": 0, **mining},
         "stages": [{"name": "s", "steps": 1, "data": {"source": "mined"}}]})
 
@@ -91,6 +92,7 @@ prompt_mode = "think"
 num_generations = 2
 batch_size = 2
 max_new_tokens = 6
+allow_truncated_chains = true
 
 [optim]
 lr = 1e-3

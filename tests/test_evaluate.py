@@ -52,13 +52,18 @@ def test_process_score_is_the_judge_score_when_right_and_zero_otherwise():
     assert judge.seen == ["Sound 1: a high tone.", "Sound 1: a low tone."]
 
 
-def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread):
+def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread, caplog):
     items = generate_items(7, seed=9)
     data = write_items(items, tmp_path / "data" / "items.jsonl")
     out = tmp_path / "report.json"
     E.main(["--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--judge", "none", "--no-sampled",
             "--max-new-tokens", "8"])
     report = json.loads(out.read_text())
+    # 8 tokens cut every reference chain: the report keeps it and the log and table say it
+    budget = report["completion_budget"]
+    assert budget["max_new_tokens"] == 8 and budget["items_cut"] == budget["items_with_chains"] == 7
+    assert budget["longest"] > 8 and "7 of 7 items reason in more than max_new_tokens = 8" in caplog.text
+    assert f"Raise max_new_tokens to at least {budget['longest']}" in E.format_table(report)
     greedy = report["think_prompt"]["greedy"]
     assert set(greedy["by_group"]) == {"accuracy", "think_rate", "reference_similarity",
                                          "inference_coverage"}

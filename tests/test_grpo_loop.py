@@ -302,6 +302,15 @@ def test_missing_reference_chains_fail_before_training(tmp_path, tiny_dir):
     assert not (tmp_path / "out" / "log.jsonl").exists()
 
 
+def test_a_budget_that_cuts_the_reference_chains_fails_before_training(tmp_path, tiny_dir):
+    # 6 tokens cut every chain: without the opt-out the stage refuses, naming the key and the length it needs
+    cfg = tiny_config(tiny_dir, grpo={"allow_truncated_chains": False})
+    with pytest.raises(ValueError, match=r"grpo\.max_new_tokens.*3 of 3 items reason in more than max_new_tokens = 6 "
+                                         r"tokens.*Raise max_new_tokens to at least \d+"):
+        grpo.train(config_from_dict(cfg), tmp_path / "out")
+    assert not (tmp_path / "out" / "log.jsonl").exists()
+
+
 def test_empty_dataset(tmp_path, tiny_dir):
     (tmp_path / "empty.jsonl").write_text("")
     cfg = tiny_config(tiny_dir, stages=[{"name": "s", "steps": 1, "data": {"source": "jsonl",

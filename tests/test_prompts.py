@@ -1,5 +1,7 @@
 """Completion parsing and the chat template."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -156,3 +158,26 @@ def test_chain_phase_trains_every_inference_step_then_the_answer():
     for t in targets:
         chain, _, answer = t.partition("\n</think>\n\n<answer>")
         assert chain.startswith("Sound ") and chain.endswith(".") and answer.endswith("</answer><|im_end|>")
+
+
+def test_the_completion_budget_holds_every_reference_chain_of_the_shipped_tasks():
+    from transformers import AutoTokenizer
+
+    from rl.data.tasks import generate_items
+    from rl.organism import ORGANISM_DIR
+
+    tok = AutoTokenizer.from_pretrained(ORGANISM_DIR)
+    items = generate_items(420, seed=7)  # every family x difficulty, 20 each
+    lengths = [len(tok(prompts.reference_completion(it))["input_ids"]) for it in items]
+    prompts.check_completion_budget(tok, items, prompts.MAX_NEW_TOKENS, "held-out")
+    # the longest chain (a four-sound highest-longest) is what the budget is sized for; one token fewer is refused
+    longest = max(lengths)
+    assert 110 < longest <= prompts.MAX_NEW_TOKENS
+    assert items[lengths.index(longest)].family == "highest_longest"
+    with pytest.raises(ValueError, match=rf"held-out: \d+ of 420 items reason in more than max_new_tokens = "
+                                         rf"{longest - 1} tokens .*at least {longest}, or leave out"):
+        prompts.check_completion_budget(tok, items, longest - 1, "held-out")
+    # items without a reference chain set no budget
+    bare = [dataclasses.replace(it, reference_chain=None) for it in items[:3]]
+    prompts.check_completion_budget(tok, bare, 1, "bare")
+    assert prompts.reference_completion(bare[0]) is None

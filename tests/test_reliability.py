@@ -21,6 +21,7 @@ from adt_probe.testing import synthetic_recording
 from analyses import checkpoints, record_pair, trajectory, weights
 from analyses.reproduce import Plan, final_checkpoint, run_dir
 from rl.data.items import load_items, write_items
+from rl.data.prompts import MAX_NEW_TOKENS
 from rl.evaluate import PreflightError, check_fits, evaluate
 from rl.evaluate import main as eval_main
 from rl.train import checkpoint as ckpt
@@ -295,10 +296,11 @@ def test_unwritable_output_fails_before_any_work(base, tmp_path, items):
 
 def test_a_clip_past_the_context_is_refused_naming_the_item(tiny_organism, processor, items):
     long = dataclasses.replace(items[0], id="ten-minutes", audio=np.zeros(16_000 * 600, np.float32))
-    with pytest.raises(PreflightError, match=r"1 of 2 items do not fit the model's context of 512 tokens with 96 new "
-                                             r"tokens \(ten-minutes: \d+ prompt tokens \(600 s of audio\)\)"):
+    with pytest.raises(PreflightError, match=r"1 of 2 items do not fit the model's context of 512 tokens with "
+                                             rf"{MAX_NEW_TOKENS} new tokens \(ten-minutes: \d+ prompt tokens "
+                                             r"\(600 s of audio\)\)"):
         evaluate(tiny_organism, processor, [items[1], long], judge=None)
-    check_fits(tiny_organism, processor, items[:3], max_new_tokens=96)  # ordinary clips fit
+    check_fits(tiny_organism, processor, items[:3], max_new_tokens=MAX_NEW_TOKENS)  # ordinary clips fit
 
 
 def test_an_empty_dataset_is_refused(tmp_path, base):

@@ -24,6 +24,10 @@ THINK_INSTRUCTION = ("First think step by step inside <think> </think>: describe
                      "Then give the answer inside <answer> </answer>.")
 ANSWER_INSTRUCTION = "Answer with one of the choices inside <answer> </answer>."
 EMPTY_THINK = "<think>\n\n</think>\n\n"
+#: Tokens a completion that may reason gets (evaluation, recording, and the GRPO configs): the longest reference
+#: completion of the synthetic tasks is 133 tokens of the organism's tokenizer, a four-sound highest-longest chain
+#: (``check_completion_budget`` refuses a budget that cuts them).
+MAX_NEW_TOKENS = 144
 
 #: Qwen3-style template. Content is a string or a list of parts ``{"type": "audio"}`` / ``{"type": "text"}``;
 #: ``enable_thinking=False`` pre-fills an empty think block in the generation prompt, as Qwen3 does.
@@ -69,6 +73,56 @@ def target(item: Item, mode: Mode) -> str:
     if mode == "describe":
         return EMPTY_THINK + item.meta["description"] + "<|im_end|>"
     return EMPTY_THINK + f"<answer>{item.answer}</answer><|im_end|>"
+
+
+def reference_completion(item: Item) -> str | None:
+    """The completion that reasons as ``item``'s reference chain does: every step in the think block, then the
+    answer (None for an item without a chain). Its length in tokens is what a completion budget must hold."""
+    if not item.reference_chain:
+        return None
+    return "<think>\n" + " ".join(item.reference_chain) + f"\n</think>\n\n<answer>{item.answer}</answer>"
+
+
+def completion_budget(tokenizer, items: list[Item], max_new_tokens: int) -> dict:
+    """How ``max_new_tokens`` compares with the items' reference reasoning (``reference_completion`` in tokens).
+
+    Returns
+    -------
+    ``{"max_new_tokens", "items_with_chains", "items_cut", "longest", "longest_item"}``: ``items_cut`` reference
+    completions are longer than the budget; ``longest`` tokens (item ``longest_item``; 0 and None without chains).
+    """
+    texts = {it.id: t for it in items if (t := reference_completion(it)) is not None}
+    lengths = dict(zip(texts, (len(ids) for ids in tokenizer(list(texts.values()))["input_ids"]))) if texts else {}
+    longest_item = max(lengths, key=lengths.get) if lengths else None
+    return {"max_new_tokens": max_new_tokens, "items_with_chains": len(lengths),
+            "items_cut": sum(n > max_new_tokens for n in lengths.values()),
+            "longest": lengths.get(longest_item, 0), "longest_item": longest_item}
+
+
+def budget_problem(budget: dict, where: str) -> str | None:
+    """What is wrong with a ``completion_budget`` and how to fix it; None when every reference completion fits."""
+    if not budget["items_cut"]:
+        return None
+    return (f"{where}: {budget['items_cut']} of {budget['items_with_chains']} items reason in more than "
+            f"max_new_tokens = {budget['max_new_tokens']} tokens (the longest, {budget['longest_item']!r}, takes "
+            f"{budget['longest']} for its reference completion); a completion cut there has no answer and scores 0. "
+            f"Raise max_new_tokens to at least {budget['longest']}, or leave out the longer items.")
+
+
+def check_completion_budget(tokenizer, items: list[Item], max_new_tokens: int, where: str) -> None:
+    """Refuse a completion budget shorter than the items' reference reasoning.
+
+    A completion cut at ``max_new_tokens`` has no answer and scores 0, so a budget shorter than the reference chains
+    punishes exactly the reasoning the rewards pay for, without a word (the organism's demo at 96 tokens cut every
+    four-sound highest-longest chain, about 130 tokens, and RL taught it to fail that family).
+
+    Raises
+    ------
+    ValueError : naming how many items' reference completions do not fit, the longest, and the fix.
+    """
+    problem = budget_problem(completion_budget(tokenizer, items, max_new_tokens), where)
+    if problem:
+        raise ValueError(problem)
 
 
 @dataclass(frozen=True)

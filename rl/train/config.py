@@ -125,6 +125,9 @@ class GRPOConfig:
     multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
     mask_truncated_completions: bool = False  # drop completions without EOS from the loss
     micro_batch_size: int = 0  # completions per forward/backward (gradient accumulation); 0: all at once
+    # a stage refuses items whose reference reasoning is longer than max_new_tokens (a completion cut there scores 0,
+    # so the budget would punish the reasoning the rewards pay for); true lets it cut them (smoke tests)
+    allow_truncated_chains: bool = False
 
 
 @dataclass

@@ -686,6 +686,9 @@ def _enter_stage(se: Session, si: int) -> tuple[Run, list[Item], PromptStream]:
         items, mined_ids = load_data(stage.data, where=where, model_path=cfg.model_path()), None
     rewards = resolve_rewards(stage.rewards, cfg.reward_kwargs, judge=se.judge, judge_weight=cfg.judge.weight)
     check_requirements(rewards, items, where=where)
+    if not cfg.grpo.allow_truncated_chains:
+        prompts.check_completion_budget(se.processor.tokenizer, items, cfg.grpo.max_new_tokens,
+                                        f"{where} (grpo.max_new_tokens; grpo.allow_truncated_chains = true cuts them)")
     warm_up_rewards(rewards, se.say)
     lr = cfg.optim.lr if stage.lr is None else stage.lr
     optimizer, scheduler = build_optimizer(se.policy, cfg, lr, stage.steps * cfg.grpo.num_iterations)

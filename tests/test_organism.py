@@ -475,13 +475,16 @@ def test_synthetic_rl_data_is_rendered_as_the_model_hears(tmp_path):
     from rl.train.grpo import load_data
 
     (tmp_path / "manifest.json").write_text(json.dumps({"train_config": {"calibrated_audio": True}}))
+    plain = tmp_path / "plain"  # a model trained on peak-normalised clips (v3c, the organism before v16)
+    plain.mkdir()
+    (plain / "manifest.json").write_text(json.dumps({"train_config": {"calibrated_audio": False}}))
     data = DataConfig(n_items=3)
     assert all(it.meta["calibrated"] for it in load_data(data, where="x", model_path=str(tmp_path)))
-    assert not any(it.meta["calibrated"] for it in load_data(data, where="x", model_path=str(organism.ORGANISM_DIR)))
+    assert not any(it.meta["calibrated"] for it in load_data(data, where="x", model_path=str(plain)))
     explicit = dataclasses.replace(data, calibrated=False)
     assert not any(it.meta["calibrated"] for it in load_data(explicit, where="x", model_path=str(tmp_path)))
     # a GRPO checkpoint of that model hears as the model its run started from
     (tmp_path / "rl" / "trainer_state").mkdir(parents=True)
     (tmp_path / "rl" / "trainer_state" / "state.json").write_text(json.dumps({"config": {"model": str(tmp_path)}}))
     (tmp_path / "rl" / "manifest.json").write_text(json.dumps({"format": 1, "step": 3, "files": {}}))
-    assert organism.calibrated_audio(tmp_path / "rl") and not organism.calibrated_audio(organism.ORGANISM_DIR)
+    assert organism.calibrated_audio(tmp_path / "rl") and not organism.calibrated_audio(plain)

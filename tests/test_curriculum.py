@@ -47,6 +47,20 @@ def test_selection_rule():
     assert sel(pool, rates, pass_band=[0.9, 1.0], keep_hard=False, max_items=0) == []
 
 
+def test_a_pool_whose_chains_the_budget_cuts_is_refused_before_any_rollout(tiny_organism, processor, tiny_dir,
+                                                                         monkeypatch):
+    cfg = _cfg(tiny_dir)
+    cfg.grpo.allow_truncated_chains = False  # 6 tokens cut every reference chain of the pool
+
+    def never(*args, **kwargs):
+        raise AssertionError("mining rolled out a pool the budget cuts")
+
+    monkeypatch.setattr(grpo, "mine_boundary_items", never)
+    with pytest.raises(ValueError, match=r"mining\.pool \(grpo\.max_new_tokens.*items reason in more than "
+                                         r"max_new_tokens = 6 tokens"):
+        grpo.mine_items(tiny_organism, processor, cfg, _acc())
+
+
 def test_mining_with_the_tiny_organism(tiny_organism, processor, items, tiny_dir, monkeypatch):
     cfg = _cfg(tiny_dir, pass_band=[0.0, 1.0], keep_hard=False)
     seen = []

@@ -531,6 +531,7 @@ def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
     a subset of ``pool`` (a resume rebuilds the pool and selects the saved ids), the same on every process.
     """
     pool = load_data(cfg.mining.pool, where="mining.pool", model_path=cfg.model_path())
+    check_budget(processor, pool, cfg, "mining.pool")  # before the rollouts: cut chains would also skew pass rates
     mined = mine_boundary_items(policy, processor, pool, cfg.mining, cfg=cfg, accelerator=accelerator)
     pool_ids = {it.id for it in pool}
     if not mined:
@@ -539,6 +540,14 @@ def mine_items(policy, processor, cfg: TrainConfig, accelerator) -> list[Item]:
     if any(it.id not in pool_ids for it in mined):
         raise ValueError("rl.train.curriculum.mine_boundary_items returned items that are not in the pool")
     return mined
+
+
+def check_budget(processor, items: list[Item], cfg: TrainConfig, where: str) -> None:
+    """Refuse ``items`` whose reference reasoning ``grpo.max_new_tokens`` would cut, unless
+    ``grpo.allow_truncated_chains`` (``prompts.check_completion_budget``)."""
+    if not cfg.grpo.allow_truncated_chains:
+        prompts.check_completion_budget(processor.tokenizer, items, cfg.grpo.max_new_tokens,
+                                        f"{where} (grpo.max_new_tokens; grpo.allow_truncated_chains = true cuts them)")
 
 
 def warm_up_rewards(rewards: list[Reward], say) -> None:
@@ -686,9 +695,7 @@ def _enter_stage(se: Session, si: int) -> tuple[Run, list[Item], PromptStream]:
         items, mined_ids = load_data(stage.data, where=where, model_path=cfg.model_path()), None
     rewards = resolve_rewards(stage.rewards, cfg.reward_kwargs, judge=se.judge, judge_weight=cfg.judge.weight)
     check_requirements(rewards, items, where=where)
-    if not cfg.grpo.allow_truncated_chains:
-        prompts.check_completion_budget(se.processor.tokenizer, items, cfg.grpo.max_new_tokens,
-                                        f"{where} (grpo.max_new_tokens; grpo.allow_truncated_chains = true cuts them)")
+    check_budget(se.processor, items, cfg, where)
     warm_up_rewards(rewards, se.say)
     lr = cfg.optim.lr if stage.lr is None else stage.lr
     optimizer, scheduler = build_optimizer(se.policy, cfg, lr, stage.steps * cfg.grpo.num_iterations)

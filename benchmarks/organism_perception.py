@@ -9,10 +9,15 @@ calibrated or not), greedy, it measures:
 
 * **describe**: the model's description of each clip against the true one: exactly right, the number of sounds, and
   per sound (matched by position) its pitch, duration and loudness, per difficulty band;
-* **accuracy** per family under three prompts: *direct* (answer only), *own notes* (the think block pre-filled with
-  the model's own description, then the model goes on: what thinking earns when the think text starts with
-  perception), *true notes* (the same with the clip's correct facts); with Wilson intervals, and own notes minus
-  direct paired on the same items (Newcombe interval, McNemar's p).
+* **think open**: the same description scores for what the model writes in its think block when the think-first
+  prompt's block is forced open at its first word (``prompts.notes_prefill(item, "own")``): the notes thinking
+  actually starts from, which RL samples (a model can describe well when asked and badly when thinking);
+* **accuracy** per family under four prompts: *direct* (answer only), *own notes* (the think block pre-filled with
+  the model's own description from the describe prompt, then the model goes on: what thinking earns when the think
+  text starts with perception), *think open* (the block forced open, the model writes its notes and goes on: the
+  ceiling of what RL's thinking can reach without better perception), *true notes* (the block pre-filled with the
+  clip's correct facts); with Wilson intervals, and own notes and think open minus direct paired on the same items
+  (Newcombe interval, McNemar's p).
 
 ``--oracle`` needs no model: it asks whether a sound's loudness level is in the audio at all. Per difficulty band it
 reads each tone's RMS over its true extent and reports the accuracy of the best two-threshold rule naming its level
@@ -33,6 +38,7 @@ import torch
 from adt_probe.stats import paired_proportions, wilson
 from rl import organism
 from rl.data.items import SAMPLE_RATE
+from rl.data.prompts import MAX_NEW_TOKENS, notes_prefill
 from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
 from rl.evaluate import generate, score
 from rl.organism.train_base import config_of, heldout_items
@@ -66,56 +72,76 @@ def clean_description(completion: str) -> str:
     return completion.split("<|im_end|>")[0].replace("<think>", "").replace("</think>", "").strip()
 
 
-def measure(model, processor, items: list, answers: bool = True) -> tuple[dict[str, np.ndarray],
+def measure(model, processor, items: list, answers: bool = True) -> tuple[dict[str, dict[str, np.ndarray]],
                                                                           dict[str, np.ndarray]]:
-    """(describe scores, per-item correctness under "direct", "own_notes" and "true_notes"; with ``answers`` False
-    only the first, and an empty dict), all greedy."""
+    """({"describe": describe scores, "think_open": the same for the think block's own notes}, per-item correctness
+    under "direct", "own_notes", "think_open" and "true_notes"; with ``answers`` False only the describe scores, and
+    an empty dict), all greedy."""
     with torch.no_grad():
         descriptions = [clean_description(c) for c in generate(model, processor, items, "describe",
                                                                 max_new_tokens=64)]
         if not answers:
-            return describe_scores(items, descriptions), {}
+            return {"describe": describe_scores(items, descriptions)}, {}
         own = [dataclasses.replace(it, meta={**it.meta, "description": d}) for it, d in zip(items, descriptions)]
+        opened = generate(model, processor, items, "think", max_new_tokens=MAX_NEW_TOKENS, notes="own")
+        think_notes = [(notes_prefill(it, "own") + c).split("</think>")[0] for it, c in zip(items, opened)]
         correct = {
             "direct": score(items, generate(model, processor, items, "answer", max_new_tokens=16),
                             with_similarity=False).correct,
-            "own_notes": score(own, generate(model, processor, own, "think", max_new_tokens=96, notes=True),
-                               with_similarity=False).correct,
-            "true_notes": score(items, generate(model, processor, items, "think", max_new_tokens=96, notes=True),
-                                with_similarity=False).correct,
+            "own_notes": score(own, generate(model, processor, own, "think", max_new_tokens=MAX_NEW_TOKENS,
+                                             notes="given"), with_similarity=False).correct,
+            "think_open": score(items, opened, with_similarity=False).correct,
+            "true_notes": score(items, generate(model, processor, items, "think", max_new_tokens=MAX_NEW_TOKENS,
+                                                notes="given"), with_similarity=False).correct,
         }
-    return describe_scores(items, descriptions), correct
+    return {"describe": describe_scores(items, descriptions), "think_open": describe_scores(items, think_notes)}, \
+        correct
 
 
-def report(items: list, described: dict[str, np.ndarray], correct: dict[str, np.ndarray]) -> dict:
-    """The JSON-serialisable tables: describe per band, accuracy per family and prompt, own notes - direct."""
+def band_table(items: list, described: dict[str, np.ndarray]) -> dict:
+    """Describe scores per difficulty band and overall: exact and count with Wilson intervals, fields as means."""
     bands = np.array([it.difficulty for it in items])
-    families = np.array([it.family for it in items])
-    describe = {}
+    table = {}
     for band in [*DIFFICULTY_BANDS, "all"]:
         keep = np.ones(len(items), bool) if band == "all" else bands == band
-        describe[band] = {"exact": wilson(int(described["exact"][keep].sum()), int(keep.sum())),
-                          "count": wilson(int(described["count"][keep].sum()), int(keep.sum())),
-                          **{f: float(described[f][keep].mean()) for f in FIELDS}}
+        if not keep.any():
+            continue
+        table[band] = {"exact": wilson(int(described["exact"][keep].sum()), int(keep.sum())),
+                       "count": wilson(int(described["count"][keep].sum()), int(keep.sum())),
+                       **{f: float(described[f][keep].mean()) for f in FIELDS}}
+    return table
+
+
+def report(items: list, described: dict[str, dict[str, np.ndarray]], correct: dict[str, np.ndarray]) -> dict:
+    """The JSON-serialisable tables: describe (and think-open notes) per band, accuracy per family and prompt, own
+    notes - direct and think open - direct."""
+    families = np.array([it.family for it in items])
     accuracy = {}
     for family in [*FAMILIES, "all"] if correct else []:
         keep = np.ones(len(items), bool) if family == "all" else families == family
         accuracy[family] = {name: wilson(int(c[keep].sum()), int(keep.sum())) for name, c in correct.items()}
-        accuracy[family]["own_minus_direct"] = paired_proportions(correct["direct"][keep], correct["own_notes"][keep])
-    return {"n_items": len(items), "describe": describe, "accuracy": accuracy}
+        for name in ("own_notes", "think_open"):
+            accuracy[family][f"{name}_minus_direct"] = paired_proportions(correct["direct"][keep], correct[name][keep])
+    return {"n_items": len(items), **{name: band_table(items, d) for name, d in described.items()},
+            "accuracy": accuracy}
 
 
 def print_report(result: dict) -> None:
-    print(f"describe ({result['n_items']} clips): exact, sound count, and per sound pitch / duration / loudness")
-    for band, r in result["describe"].items():
-        print(f"  {band:7s} exact {r['exact']['value']:.2f}  count {r['count']['value']:.2f}  "
-              + "  ".join(f"{f} {r[f]:.2f}" for f in FIELDS))
+    for name, what in (("describe", "describe prompt"), ("think_open", "think block forced open")):
+        if name not in result:
+            continue
+        print(f"{what} ({result['n_items']} clips): exact, sound count, and per sound pitch / duration / loudness")
+        for band, r in result[name].items():
+            print(f"  {band:7s} exact {r['exact']['value']:.2f}  count {r['count']['value']:.2f}  "
+                  + "  ".join(f"{f} {r[f]:.2f}" for f in FIELDS))
     if result["accuracy"]:
-        print("accuracy: direct / own notes / true notes; own notes - direct [95% interval]")
+        print("accuracy: direct / own notes / think open / true notes; own notes - direct, think open - direct "
+              "[95% intervals]")
     for family, r in result["accuracy"].items():
-        d = r["own_minus_direct"]
+        d, t = r["own_notes_minus_direct"], r["think_open_minus_direct"]
         print(f"  {family:18s} {r['direct']['value']:.2f} / {r['own_notes']['value']:.2f} / "
-              f"{r['true_notes']['value']:.2f};  {d['value']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]")
+              f"{r['think_open']['value']:.2f} / {r['true_notes']['value']:.2f};  "
+              f"{d['value']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}], {t['value']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}]")
 
 
 def tone_levels(items: list) -> tuple[np.ndarray, np.ndarray]:

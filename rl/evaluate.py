@@ -79,14 +79,15 @@ def check_fits(model, processor, items: Sequence[Item], *, max_new_tokens: int, 
 
 def generate(model, processor, items: Sequence[Item], mode: prompts.Mode, *, max_new_tokens: int = 48,
              temperature: float = 0.0, batch_size: int = 32, seed: int = 0, written_facts: bool = False,
-             notes: bool = False) -> list[str]:
+             notes: prompts.Notes | None = None) -> list[str]:
     """Completions (decoded text, special tokens kept, cut before the first EOS) for ``items`` prompted in ``mode``.
 
     The same sampling rules as GRPO (``rl.train.rollout.sample``). ``temperature == 0`` decodes greedily; otherwise
     samples with ``torch.manual_seed(seed + start)`` set per batch, so the result does not depend on what ran before.
     ``written_facts`` puts each clip's facts in the prompt as text instead of the audio (how well the model answers
-    once the facts are written out). ``notes`` (think mode) pre-fills the think block with the clip's facts and lets
-    the model go on from there (how well it answers from correct notes of its own); the text then starts after them.
+    once the facts are written out). ``notes`` (think mode) pre-fills the think block (``prompts.notes_prefill``):
+    ``"given"`` with the clip's facts (how well it answers from correct notes), ``"own"`` only their first word (the
+    block forced open: how well it answers from the notes it writes itself); the text starts after the pre-fill.
     """
     model.eval()
     sampling = Sampling(1, temperature, max_new_tokens)
@@ -341,7 +342,7 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
         result["accuracy_written_facts_think"] = accuracy_table(items, facts_think.correct)
         # the think budget: after the notes, a model may write its inference steps before answering
         notes = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size, notes=True), with_similarity=False)
+                                      batch_size=batch_size, notes="given"), with_similarity=False)
         result["accuracy_with_notes"] = accuracy_table(items, notes.correct)
     settings = {"greedy": 0.0, "sampled_t1": 1.0} if think_samples else {"greedy": 0.0}
     for name, temperature in settings.items():

@@ -1,6 +1,7 @@
 """The base-training probe's chain breakdown (organism_facts_probe --think --chains) on known completions."""
 
 import numpy as np
+import pytest
 
 from benchmarks.organism_facts_probe import print_chain_steps
 from rl.data.tasks import MULTI_STEP, make_item
@@ -53,3 +54,19 @@ def test_perception_oracle_hears_loudness_only_in_calibrated_clips():
     peak = best_threshold_accuracy(*tone_levels(generate_items(60, seed=1, difficulty="easy")))
     calibrated = best_threshold_accuracy(*tone_levels(generate_items(60, seed=1, difficulty="easy", calibrated=True)))
     assert calibrated > 0.95 and peak < 0.8
+
+
+def test_perception_measures_the_think_block_forced_open(tiny_organism, processor, one_thread):
+    """``think_open``: the think-first prompt's block opened at the description's first word; its own notes are
+    scored like a description and its answers beside direct, own-notes and true-notes ones, paired with direct."""
+    from benchmarks.organism_perception import measure, report
+    from rl.data.tasks import generate_items
+
+    items = generate_items(4, seed=2)
+    described, correct = measure(tiny_organism, processor, items)
+    assert set(described) == {"describe", "think_open"} and all(len(v["exact"]) == 4 for v in described.values())
+    assert set(correct) == {"direct", "own_notes", "think_open", "true_notes"}
+    result = report(items, described, correct)
+    assert result["think_open"]["all"]["count"]["n"] == 4
+    diff = result["accuracy"]["all"]["think_open_minus_direct"]
+    assert diff["value"] == pytest.approx(correct["think_open"].mean() - correct["direct"].mean())

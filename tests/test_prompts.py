@@ -181,3 +181,19 @@ def test_the_completion_budget_holds_every_reference_chain_of_the_shipped_tasks(
     bare = [dataclasses.replace(it, reference_chain=None) for it in items[:3]]
     prompts.check_completion_budget(tok, bare, 1, "bare")
     assert prompts.reference_completion(bare[0]) is None
+
+
+def test_notes_prefill_gives_the_facts_or_forces_the_block_open_and_names_a_wrong_value(items, processor):
+    import doctest
+
+    from rl.train.rollout import prompt_batch
+
+    assert doctest.testmod(prompts, extraglobs={"notes_prefill": prompts.notes_prefill}).failed == 0
+    it = items[0]
+    given, _ = prompt_batch(processor, [it], "think", notes="given")
+    own, _ = prompt_batch(processor, [it], "think", notes="own")
+    plain, _ = prompt_batch(processor, [it], "think")
+    assert given[0] == plain[0] + f"<think>\n{it.meta['description']}\n"
+    assert own[0] == plain[0] + "<think>\n" + it.meta["description"].split(" ")[0]
+    with pytest.raises(ValueError, match="'given' .* or 'own'"):
+        prompt_batch(processor, [it], "think", notes=True)

@@ -43,6 +43,10 @@ CHAT_TEMPLATE = (
 )
 
 Mode = Literal["answer", "think", "describe"]
+#: Who writes the notes a think block is pre-filled with: ``"given"``, the clip's correct facts (the model goes on
+#: after them); ``"own"``, only their first word (the block forced open: the model describes the clip itself, then
+#: goes on). See :func:`notes_prefill`.
+Notes = Literal["given", "own"]
 
 
 def format_choices(choices: list[str]) -> str:
@@ -73,6 +77,24 @@ def target(item: Item, mode: Mode) -> str:
     if mode == "describe":
         return EMPTY_THINK + item.meta["description"] + "<|im_end|>"
     return EMPTY_THINK + f"<answer>{item.answer}</answer><|im_end|>"
+
+
+def notes_prefill(item: Item, notes: Notes) -> str:
+    """The start of the assistant's turn that pre-fills ``item``'s think block (synthetic items: their
+    ``meta["description"]``).
+
+    >>> from rl.data.tasks import generate_items
+    >>> item = generate_items(1, seed=0)[0]
+    >>> notes_prefill(item, "given") == f"<think>\\n{item.meta['description']}\\n"
+    True
+    >>> notes_prefill(item, "own")
+    '<think>\\nSound'
+    """
+    if notes not in ("given", "own"):
+        raise ValueError(f"notes={notes!r}: the think block's notes are 'given' (the clip's facts) or 'own' (the "
+                         "model writes them); pass None for no pre-filled notes")
+    description = item.meta["description"]
+    return f"<think>\n{description}\n" if notes == "given" else "<think>\n" + description.split(" ", 1)[0]
 
 
 def reference_completion(item: Item) -> str | None:

@@ -233,11 +233,12 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             steps = kept_steps(cfg, step, it) if cfg.notes_chain > 0 and np.random.default_rng(
                 [cfg.seed, 10, step, j]).random() < cfg.notes_chain else []  # a stream of its own, as above
             chain = " ".join(steps) + "\n" if steps else ""
-            target = (f"<think>\n{it.meta['description']}\n", chain + think_close(it))
+            given = prompts.notes_prefill(it, "given")
+            target = (given, chain + think_close(it))
             if it.audio is not None and cfg.notes_own > 0 and np.random.default_rng(
                     [cfg.seed, 11, step, j]).random() < cfg.notes_own:  # a stream of its own, as above
-                first, rest = it.meta["description"].split(" ", 1)
-                target = (f"<think>\n{first}", f" {rest}\n" + chain + think_close(it))
+                own = prompts.notes_prefill(it, "own")  # the description after its first word is a target
+                target = (own, given[len(own):] + chain + think_close(it))
         elif mode == "think" and rng.random() < cfg.latent_think:
             target = think_target(it, rng, chain=rng.random() < cfg.latent_chain)
         else:

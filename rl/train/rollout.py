@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from rl.data import collate
+from rl.data import collate, prompts
 from rl.data.items import Item
 
 #: Tokenizer attributes of the multimodal placeholder and delimiter tokens. A completion must never contain one: the
@@ -81,18 +81,19 @@ def eos_mask(completion_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Ten
 
 
 def prompt_batch(processor, items: Sequence[Item], mode: str, *, written_facts: bool = False,
-                 notes: bool = False) -> tuple[list[str], dict[str, torch.Tensor]]:
+                 notes: prompts.Notes | None = None) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Chat prompts of ``items`` in ``mode`` and their encoded batch (left padded; audio unless ``written_facts``).
 
     ``written_facts`` puts each clip's facts in the prompt as text instead of the audio; ``notes`` pre-fills the
-    think block with the clip's facts (the completion then starts after the notes).
+    think block (``prompts.notes_prefill``: the clip's facts, or the block forced open); the completion then starts
+    after the pre-filled text.
     """
     if written_facts:
         texts = collate.prompt_texts(processor, items, mode, contexts=[it.meta["description"] for it in items])
         return texts, collate.encode(processor, texts, None)
     texts = collate.prompt_texts(processor, items, mode)
-    if notes:
-        texts = [t + f"<think>\n{it.meta['description']}\n" for t, it in zip(texts, items)]
+    if notes is not None:
+        texts = [t + prompts.notes_prefill(it, notes) for t, it in zip(texts, items)]
     return texts, collate.encode(processor, texts, [it.audio for it in items])
 
 
@@ -189,7 +190,8 @@ def _sample_shared_prompts(policy, batch: dict[str, torch.Tensor], G: int, sampl
 
 @torch.no_grad()
 def sample(policy, processor, items: Sequence[Item], sampling: Sampling, *, mode: str = "think",
-           device: torch.device | str = "cpu", written_facts: bool = False, notes: bool = False) -> Rollout:
+           device: torch.device | str = "cpu", written_facts: bool = False,
+           notes: prompts.Notes | None = None) -> Rollout:
     """Sample ``sampling.num_generations`` completions for each item with ``policy.generate``.
 
     Parameters

@@ -1,6 +1,6 @@
 """The paper's pipeline end to end on the model organism: what ``make demo`` runs (``adt-probe reproduce``).
 
-    adt-probe reproduce --out demo            # about 14 minutes on 2 CPU cores (3 seeds)
+    adt-probe reproduce --out demo            # about 15 minutes on 2 CPU cores (3 seeds)
     adt-probe reproduce --out demo --quick    # about 3 minutes: fewer steps and items, same code path
 
 Steps, each a function below, each writing under ``--out``:

@@ -188,7 +188,8 @@ def test_notes_prefill_gives_the_facts_or_forces_the_block_open_and_names_a_wron
 
     from rl.train.rollout import prompt_batch
 
-    assert doctest.testmod(prompts, extraglobs={"notes_prefill": prompts.notes_prefill}).failed == 0
+    result = doctest.testmod(prompts)
+    assert result.attempted > 0 and result.failed == 0
     it = items[0]
     given, _ = prompt_batch(processor, [it], "think", notes="given")
     own, _ = prompt_batch(processor, [it], "think", notes="own")

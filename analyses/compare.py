@@ -63,7 +63,7 @@ from analyses.report import write_compare_report
 from analyses.sequences import completions, teacher_forced_inputs
 from analyses.sft_control import sft_control
 from rl.data.items import load_items
-from rl.data.prompts import MAX_NEW_TOKENS
+from rl.data.prompts import MAX_NEW_TOKENS, reference_completion
 from rl.train.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def check_items(items, *, need_reference: bool = False, path: str = "data") -> N
 
 def reference_texts(items) -> list[str]:
     """Completions made of each item's reference chain in a think block, then its answer (``--source reference``)."""
-    return [f"<think>\n{' '.join(it.reference_chain)}\n</think>\n\n<answer>{it.answer}</answer>" for it in items]
+    return [reference_completion(it) for it in items]
 
 
 def strata_of(items, sequence: np.ndarray) -> np.ndarray | None:

@@ -198,3 +198,27 @@ def test_notes_prefill_gives_the_facts_or_forces_the_block_open_and_names_a_wron
     assert own[0] == plain[0] + "<think>\n" + it.meta["description"].split(" ")[0]
     with pytest.raises(ValueError, match="'given' .* or 'own'"):
         prompt_batch(processor, [it], "think", notes=True)
+
+
+def test_written_facts_and_notes_combine_into_one_text_only_prompt(items, processor):
+    from rl.train.rollout import prompt_batch
+
+    it = items[0]
+    facts, facts_batch = prompt_batch(processor, [it], "think", written_facts=True)
+    both, both_batch = prompt_batch(processor, [it], "think", written_facts=True, notes="own")
+    assert f"Sounds: {it.meta['description']}" in facts[0] and "<|audio_pad|>" not in facts[0]
+    assert both[0] == facts[0] + "<think>\nSound"  # the notes are not dropped for written facts
+    assert "input_features" not in both_batch and both_batch["input_ids"].shape[1] > facts_batch["input_ids"].shape[1]
+
+
+def test_every_completion_ends_with_the_same_answer_tail(items):
+    from analyses.compare import reference_texts
+    from rl.organism.train_base import think_close
+
+    it = next(i for i in items if i.reference_chain)
+    tail = prompts.answer_tail(it)
+    assert prompts.target(it, "answer") == prompts.EMPTY_THINK + f"<answer>{it.answer}</answer><|im_end|>"
+    assert prompts.reference_completion(it).endswith("\n" + tail)
+    assert think_close(it) == tail + "<|im_end|>"
+    assert reference_texts([it]) == [prompts.reference_completion(it)]
+    assert parse_completion(prompts.reference_completion(it)).answer == it.answer

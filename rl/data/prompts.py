@@ -76,7 +76,19 @@ def target(item: Item, mode: Mode) -> str:
     """The supervised completion of the base organism: never a reasoning chain, an empty think block first."""
     if mode == "describe":
         return EMPTY_THINK + item.meta["description"] + "<|im_end|>"
-    return EMPTY_THINK + f"<answer>{item.answer}</answer><|im_end|>"
+    return "<think>\n\n" + answer_tail(item) + "<|im_end|>"
+
+
+def answer_tail(item: Item) -> str:
+    """The end of every completion that answers ``item`` after its think block: ``</think>``, then the answer (the
+    think text before it ends with a newline; an empty block is ``"<think>\\n\\n"``).
+
+    >>> from rl.data.tasks import generate_items
+    >>> item = generate_items(1, seed=0)[0]
+    >>> answer_tail(item) == f"</think>\\n\\n<answer>{item.answer}</answer>"
+    True
+    """
+    return f"</think>\n\n<answer>{item.answer}</answer>"
 
 
 def notes_prefill(item: Item, notes: Notes) -> str:
@@ -102,7 +114,7 @@ def reference_completion(item: Item) -> str | None:
     answer (None for an item without a chain). Its length in tokens is what a completion budget must hold."""
     if not item.reference_chain:
         return None
-    return "<think>\n" + " ".join(item.reference_chain) + f"\n</think>\n\n<answer>{item.answer}</answer>"
+    return "<think>\n" + " ".join(item.reference_chain) + "\n" + answer_tail(item)
 
 
 def completion_budget(tokenizer, items: list[Item], max_new_tokens: int) -> dict:

@@ -120,7 +120,7 @@ def skill_batch(cfg: BaseTrainConfig, step: int):
 def think_close(item) -> str:
     """The end of every target that writes a think block: ``</think>``, then the item's answer and the end of turn (the
     think text before it ends with a newline)."""
-    return f"</think>\n\n<answer>{item.answer}</answer><|im_end|>"
+    return prompts.answer_tail(item) + "<|im_end|>"
 
 
 def chat_skill_texts(processor, items, answers: bool = True) -> tuple[list[str], list[str]]:

@@ -88,13 +88,11 @@ def prompt_batch(processor, items: Sequence[Item], mode: str, *, written_facts: 
     think block (``prompts.notes_prefill``: the clip's facts, or the block forced open); the completion then starts
     after the pre-filled text.
     """
-    if written_facts:
-        texts = collate.prompt_texts(processor, items, mode, contexts=[it.meta["description"] for it in items])
-        return texts, collate.encode(processor, texts, None)
-    texts = collate.prompt_texts(processor, items, mode)
+    contexts = [it.meta["description"] for it in items] if written_facts else None
+    texts = collate.prompt_texts(processor, items, mode, contexts=contexts)
     if notes is not None:
         texts = [t + prompts.notes_prefill(it, notes) for t, it in zip(texts, items)]
-    return texts, collate.encode(processor, texts, [it.audio for it in items])
+    return texts, collate.encode(processor, texts, None if written_facts else [it.audio for it in items])
 
 
 def generation_config(tokenizer, sampling: Sampling) -> GenerationConfig:

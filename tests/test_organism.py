@@ -433,6 +433,40 @@ def test_train_base_changes_its_mix_from_a_checkpoint_before_the_mix(tmp_path):
         train(_tiny_cfg(**cfg, mix_text=0.5), log=lambda _: None, checkpoint_dir=tmp_path / "a", resume=True)
 
 
+def test_tune_phase_goes_on_from_the_mix_end_at_the_final_learning_rate_with_its_own_latent_think(tmp_path):
+    """From the checkpoint at the mix's end a resume may add a tune phase (and trains what a fresh run with it would):
+    the mix's data at 10% of the peak learning rate, its think examples opening the block at ``tune_latent_think``."""
+    from rl.organism.train_base import lr_at, phase_of, sample_batch, train
+
+    cfg = dict(steps=5, perception_steps=1, text_steps=3)
+    think_only = _tiny_cfg(**cfg, mode_weights=(0, 0, 0, 0, 1.0), mix_text=0.0, latent_think=0.0, tune_steps=2,
+                           tune_latent_think=1.0)
+    assert [phase_of(think_only, s) for s in range(7)] == ["perception"] + ["text"] * 3 + ["mix"] + ["tune"] * 2
+    assert lr_at(5, think_only) == lr_at(6, think_only) == pytest.approx(0.1 * think_only.lr)
+    long = dataclasses.replace(think_only, steps=500, tune_steps=10)
+    assert lr_at(498, long) > lr_at(499, long) > lr_at(500, long) == lr_at(509, long) == pytest.approx(0.1 * long.lr)
+    for step, opened in ((4, False), (5, True)):
+        _, modes, targets = sample_batch(think_only, step)
+        assert set(modes) == {"think"} and {t.startswith("<think>\nSound") for t in targets} == {opened}
+
+    train(_tiny_cfg(**cfg), log=lambda _: None, checkpoint_dir=tmp_path / "a")  # no tune phase: ends at the mix's end
+    with pytest.raises(SystemExit, match="latent_think"):  # the mix's own options are fixed by now
+        train(_tiny_cfg(**cfg, latent_think=0.5, tune_steps=2), log=lambda _: None, checkpoint_dir=tmp_path / "a",
+              resume=True)
+    tune = dict(tune_steps=2, tune_latent_think=0.7)
+    lines = []
+    resumed, _, history, _ = train(_tiny_cfg(**cfg, **tune), log=lines.append, checkpoint_dir=tmp_path / "a",
+                                   resume=True)
+    assert any("decoder step 5/7" in line for line in lines) and history[-1] == {**history[-1], "step": 7,
+                                                                                  "phase": "tune"}
+    fresh, _, _, _ = train(_tiny_cfg(**cfg, **tune), log=lambda _: None, checkpoint_dir=tmp_path / "b")
+    for (name, a), b in zip(fresh.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    with pytest.raises(SystemExit, match="tune_latent_think"):  # inside the tune phase it is fixed too
+        train(_tiny_cfg(**cfg, tune_steps=3, tune_latent_think=0.2), log=lambda _: None,
+              checkpoint_dir=tmp_path / "a", resume=True)
+
+
 def test_train_base_changes_its_text_phase_from_a_checkpoint_before_it(tmp_path):
     """Up to the text phase's first step a resume may change the text phase's options (and up to the chain phase's, its
     length) and trains what a fresh run with them would; inside the text phase it refuses."""

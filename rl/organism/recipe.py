@@ -122,6 +122,13 @@ class BaseTrainConfig:
     # (an oracle reading each tone's RMS names its level in at most 0.67-0.71 of tones; v13 described loudness right
     # in 0.35 of sounds, and 300 more describe steps left it at chance while pitch went from 0.62 to 0.89).
     calibrated_audio: bool = False
+    # After the mix (``steps``), the mix goes on for this many steps at the schedule's final learning rate (10% of the
+    # peak) with ``tune_latent_think`` in place of ``latent_think``: it moves the base's propensity to open its think
+    # block on the think-first prompt without retraining the mix (a run's mix end is a checkpoint to branch from).
+    # v17 (latent_think 0.2) thought greedily on 1 of 420 held-out items, a near tie; the branches of its mix with
+    # 0.15 and 0.10 (v19a, v19b) thought on none but each lost 0.03 on a facts target (noise of 60 items a family).
+    tune_steps: int = 0
+    tune_latent_think: float = 0.1
     tokenizer_corpus_items: int = 3000
     # The tokenizer corpus also holds every answer as the targets write it ("<answer>middle</answer>"). Without them
     # (v3c and before) an answer word after "<answer>" has no leading space and BPE splits it into pieces unrelated to
@@ -142,7 +149,8 @@ MODES = ("answer", "describe", "context", "notes", "think")
 RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell", "eval_seed"})
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
 ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0,
-                 "notes_chain": 0.0, "chain_steps": 0, "calibrated_audio": False, "notes_own": 0.0}
+                 "notes_chain": 0.0, "chain_steps": 0, "calibrated_audio": False, "notes_own": 0.0, "tune_steps": 0,
+                 "tune_latent_think": 0.1}
 #: Options only the chain phase and those after it read: a resume from a checkpoint up to the chain phase's start may
 #: change them (the total of ``steps`` stays: it sets the learning rate of every step).
 CHAIN_OPTIONS = frozenset({"chain_steps"})
@@ -152,6 +160,8 @@ TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "tex
                           "lookup_unnamed", "notes_chain"})
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text", "notes_own"})
+#: Options only the tune phase reads (after the mix): a resume from a checkpoint up to the mix's end may change them.
+TUNE_OPTIONS = frozenset({"tune_steps", "tune_latent_think"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on). The tokenizer
 #: also depends on whether any sub-skill is trained (``tokenizer_has_skills``), which a resume checks on its own.
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",

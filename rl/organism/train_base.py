@@ -15,7 +15,9 @@ and trains it on a stream of freshly generated synthetic items (no item is seen 
 5. whole multi-step chains in the same format (``chain_steps``, ``chain_texts``): every inference step in the think
    block, then the answer; the look-up inside a chain, where only the previous step names the sound, is learned here;
 6. answers from facts written as text, no audio (``text_steps``);
-7. the mix of the skills below (supervised next-token loss on the completion):
+7. the mix of the skills below (supervised next-token loss on the completion);
+8. optionally (``tune_steps``) the mix again at the final learning rate, with its own share of latent think examples
+   (``tune_latent_think``): it sets how readily the base opens its think block, from the mix's end checkpoint.
 
 * ``answer``   - question about the clip -> ``<think>\\n\\n</think>\\n\\n<answer>CHOICE</answer>`` (Qwen3 non-thinking)
 * ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
@@ -61,6 +63,7 @@ from rl.organism.recipe import (
     MODES,
     RESUMABLE_CHANGES,
     TEXT_OPTIONS,
+    TUNE_OPTIONS,
     BaseTrainConfig,
     tokenizer_has_skills,
 )
@@ -83,18 +86,32 @@ def tokenizer_corpus(n_items: int, seed: int, answers: bool = True, skills: bool
     return texts
 
 
-#: the decoder's phases in order (see the module docstring); each but the last lasts ``BaseTrainConfig.<phase>_steps``
-PHASES = ("perception", "skill", "chat_skill", "chain", "text", "mix")
+#: the decoder's phases in order (see the module docstring); each lasts ``BaseTrainConfig.<phase>_steps`` but the mix,
+#: which lasts until ``steps``
+PHASES = ("perception", "skill", "chat_skill", "chain", "text", "mix", "tune")
+
+
+def phase_steps(cfg: BaseTrainConfig, phase: str) -> int:
+    """The number of decoder steps of ``phase``."""
+    return max(0, cfg.steps - phase_start(cfg, "mix")) if phase == "mix" else getattr(cfg, f"{phase}_steps")
 
 
 def phase_start(cfg: BaseTrainConfig, phase: str) -> int:
     """The first decoder step of ``phase``."""
-    return sum(getattr(cfg, f"{p}_steps") for p in PHASES[:PHASES.index(phase)])
+    return sum(phase_steps(cfg, p) for p in PHASES[:PHASES.index(phase)])
+
+
+def total_steps(cfg: BaseTrainConfig) -> int:
+    """Decoder steps in all: the schedule's ``steps``, then the tune phase's."""
+    return cfg.steps + cfg.tune_steps
 
 
 def phase_of(cfg: BaseTrainConfig, step: int) -> str:
-    """The phase of decoder step ``step``: one of ``PHASES``."""
-    return next((p for p in PHASES[:-1] if step < phase_start(cfg, p) + getattr(cfg, f"{p}_steps")), PHASES[-1])
+    """The phase of decoder step ``step``: one of ``PHASES`` (without a tune phase, every step after the others is the
+    mix's)."""
+    if cfg.tune_steps and step >= phase_start(cfg, "tune"):
+        return "tune"
+    return next((p for p in PHASES[:-2] if step < phase_start(cfg, p) + phase_steps(cfg, p)), "mix")
 
 
 def skill_example(item) -> tuple[str, str]:
@@ -201,7 +218,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         family = families[int(rng.integers(len(families)))]
         # a text-phase example: in the text phase, or rehearsed in the mix (a stream of its own: mix_text = 0 keeps
         # v5's data)
-        text = phase == "text" or (phase == "mix" and cfg.mix_text > 0
+        text = phase == "text" or (phase in ("mix", "tune") and cfg.mix_text > 0
                                    and np.random.default_rng([cfg.seed, 8, step, j]).random() < cfg.mix_text)
         if text and cfg.text_multistep > 0:  # a stream of its own: text_multistep = 0 keeps v3c's data
             pick = np.random.default_rng([cfg.seed, 5, step, j])
@@ -239,7 +256,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
                     [cfg.seed, 11, step, j]).random() < cfg.notes_own:  # a stream of its own, as above
                 own = prompts.notes_prefill(it, "own")  # the description after its first word is a target
                 target = (own, given[len(own):] + chain + think_close(it))
-        elif mode == "think" and rng.random() < cfg.latent_think:
+        elif mode == "think" and rng.random() < (cfg.tune_latent_think if phase == "tune" else cfg.latent_think):
             target = think_target(it, rng, chain=rng.random() < cfg.latent_chain)
         else:
             target = prompts.target(it, "describe" if mode == "describe" else "answer")
@@ -250,7 +267,9 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
 
 
 def lr_at(step: int, cfg: BaseTrainConfig) -> float:
-    """Linear warm-up then cosine decay to 10% of the peak."""
+    """Linear warm-up then cosine decay to 10% of the peak at ``steps``; 10% after it (the tune phase)."""
+    if step >= cfg.steps:
+        return 0.1 * cfg.lr
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -357,8 +376,8 @@ def options_free_at(cfg: BaseTrainConfig, decoder_step: int) -> frozenset[str]:
     (``RESUMABLE_CHANGES``), and those only phases not yet begun read. At decoder step 0 (the encoder checkpoint)
     every decoder option; up to the chain phase's start its length (``CHAIN_OPTIONS``); up to the text phase's start
     the text phase's options (``TEXT_OPTIONS``) and the mix's; up to the mix phase's start the mix's own
-    (``MIX_OPTIONS``). Such a resume trains the same model as a run started
-    with the new options: nothing it already did read them."""
+    (``MIX_OPTIONS``); up to the mix's end the tune phase's (``TUNE_OPTIONS``). Such a resume trains the same model as
+    a run started with the new options: nothing it already did read them."""
     if decoder_step == 0:
         return frozenset(f.name for f in dataclasses.fields(cfg)) - ENCODER_OPTIONS | RESUMABLE_CHANGES
     free = RESUMABLE_CHANGES
@@ -368,6 +387,8 @@ def options_free_at(cfg: BaseTrainConfig, decoder_step: int) -> frozenset[str]:
         free |= TEXT_OPTIONS
     if decoder_step <= phase_start(cfg, "mix"):
         free |= MIX_OPTIONS
+    if decoder_step <= phase_start(cfg, "tune"):
+        free |= TUNE_OPTIONS
     return free
 
 
@@ -395,7 +416,7 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         model, processor = organism.load_organism(latest)
         start, history = state.data_position["decoder_step"], state.data_position["history"]
         seconds_before = state.data_position["seconds"]
-        log(f"resuming from {latest} (decoder step {start}/{cfg.steps}, {seconds_before:.0f} s trained)")
+        log(f"resuming from {latest} (decoder step {start}/{total_steps(cfg)}, {seconds_before:.0f} s trained)")
     else:
         corpus = tokenizer_corpus(cfg.tokenizer_corpus_items, seed=cfg.seed + 777, answers=cfg.answer_tokens,
                                   skills=tokenizer_has_skills(dataclasses.asdict(cfg)))
@@ -413,18 +434,19 @@ def train(cfg: BaseTrainConfig, log=print, checkpoint_dir: Path | None = None, r
         ckpt.restore(latest, opt, log=log)
     model.train()
     running, last_save = [], time.time()
-    for step in range(start, cfg.steps):
+    last = total_steps(cfg) - 1
+    for step in range(start, last + 1):
         batch = decoder_batch(processor, cfg, step)
         # output_router_logits adds the load-balancing loss, so all 8 experts stay in use (routing worth studying).
         running.append(supervised_step(model, opt, batch, lr_at(step, cfg), cfg.grad_clip, output_router_logits=True))
         seconds = seconds_before + time.time() - t0
-        if (step + 1) % 50 == 0 or step == cfg.steps - 1:
+        if (step + 1) % 50 == 0 or step == last:
             history.append({"step": step + 1, "phase": phase_of(cfg, step), "loss": float(np.mean(running)),
                             "seconds": round(seconds, 1)})
-            log(f"step {step + 1}/{cfg.steps} ({history[-1]['phase']}) loss {history[-1]['loss']:.4f} "
+            log(f"step {step + 1}/{last + 1} ({history[-1]['phase']}) loss {history[-1]['loss']:.4f} "
                 f"({seconds:.0f} s)")
             running = []
-        if checkpoint_dir and (time.time() - last_save > 60 * cfg.checkpoint_minutes or step == cfg.steps - 1
+        if checkpoint_dir and (time.time() - last_save > 60 * cfg.checkpoint_minutes or step == last
                                or phase_of(cfg, step) != phase_of(cfg, step + 1)):
             path = _decoder_checkpoint(checkpoint_dir, cfg, step + 1, model, processor, opt, history, seconds)
             log(f"checkpoint {path}")

@@ -138,8 +138,8 @@ prompt.
 
 $results_table
 
-Sampled at temperature 1, the think-rate is $sampled_base (base) and $sampled_seeds (RL seeds). Training: $steps GRPO
-steps per seed; final checkpoints $finals.
+${over_direct}Sampled at temperature 1, the think-rate is $sampled_base (base) and $sampled_seeds (RL seeds). Training:
+$steps GRPO steps per seed; final checkpoints $finals.
 
 $fig_training
 ## Finding 1: does RL mainly reshape the routers of the upper layers? **$v1**
@@ -200,6 +200,7 @@ def reproduce_results(plan, steps: dict, cmp: dict) -> dict:
                for name in steps if (plan.dir / "steps" / f"{name}.json").exists()}
     return {
         "base": ev["base"], "final": ev["final"], "change": ev["change"], "seeds": ev["seeds"],
+        "over_base_direct": ev.get("over_base_direct"),  # absent in a demo folder evaluated before it existed
         "held_out": {"n_items": ev["base"]["n_items"], "seed": plan.eval_seed, "n_per_cell": plan.n_per_cell,
                      "setting": "think-first prompt, greedy decoding; direct_accuracy: answer prompt"},
         "finding_upper_layer_routers": f1, "finding_crystallization": cmp["verdicts"]["crystallization"],
@@ -225,7 +226,7 @@ def reproduce_fields(plan, steps: dict, cmp: dict, results: dict) -> dict[str, s
     return {
         "quick": " (quick)" if plan.quick else "", "curriculum": _curriculum(train.get("config", {})),
         "n_items": str(ev["base"]["n_items"]), "n_per_cell": str(plan.n_per_cell), "eval_seed": str(plan.eval_seed),
-        "results_table": _results_table(ev),
+        "results_table": _results_table(ev), "over_direct": _over_direct_text(ev.get("over_base_direct")),
         "sampled_base": f"{ev['base'].get('think_rate_sampled_t1', float('nan')):.3f}",
         "sampled_seeds": ", ".join(f"{r.get('think_rate_sampled_t1', float('nan')):.3f}" for r in ev["seeds"].values()),
         "steps": str(train["steps"]),
@@ -277,6 +278,15 @@ def _results_table(ev: dict) -> str:
             "accuracy", "think_rate", "reference_similarity", "inference_coverage", "process_score",
             "direct_accuracy")) + " |")
     return "\n".join(lines)
+
+
+def _over_direct_text(gain: dict | None) -> str:
+    """The sentence on RL's think-first accuracy against the base's direct answer ('' for a folder without it)."""
+    if not gain:
+        return ""
+    return ("Against the base's direct answer (the answer prompt, no think block), the RL models' think-first accuracy "
+            f"changes by {_row_ci(gain, 'accuracy')} (paired, hierarchical over seeds, then items): the gain over the "
+            "best the base does without reasoning.\n\n")
 
 
 def _sentence(text: str) -> str:

@@ -157,6 +157,7 @@ def step_evaluate(plan: Plan) -> dict:
     seeds = [reports[f"seed-{s}"] for s in plan.seeds]
     return {"base": headline(reports["base"]), "final": pooled_headline(seeds),
             "change": pooled_headline(seeds, minus=reports["base"]),
+            "over_base_direct": over_base_direct(seeds, reports["base"]),
             "seeds": {str(s): headline(r) for s, r in zip(plan.seeds, seeds)}}
 
 
@@ -317,6 +318,11 @@ POOLED = {"accuracy": "accuracy", "think_rate": "think_rate", "reference_similar
           "direct_accuracy": "direct_correct"}
 
 
+def _per_item(report: dict, key: str) -> np.ndarray:
+    """One per-item outcome of an ``rl.evaluate.evaluate`` report, shape (items,); NaN where it is undefined."""
+    return np.array([np.nan if v is None else float(v) for v in report["per_item"][key]])
+
+
 def pooled_headline(reports: list[dict], minus: dict | None = None) -> dict:
     """The headline numbers of several runs on the same items, each with a hierarchical interval (runs, then items);
     with ``minus``, the paired change from that report (the base) item by item."""
@@ -324,13 +330,23 @@ def pooled_headline(reports: list[dict], minus: dict | None = None) -> dict:
     for name, key in POOLED.items():
         if not all(key in r["per_item"] for r in reports):
             continue
-        values = np.array([[np.nan if v is None else float(v) for v in r["per_item"][key]] for r in reports])
+        values = np.stack([_per_item(r, key) for r in reports])  # (runs, items)
         if minus is not None:
-            values = values - np.array([np.nan if v is None else float(v) for v in minus["per_item"][key]])
+            values = values - _per_item(minus, key)
         ci = hierarchical_mean_ci(values)
         row[name], row[f"{name}_ci"] = ci["value"], [ci["lo"], ci["hi"]]
     row["n_items"], row["n_runs"] = reports[0]["n_items"], len(reports)
     return row
+
+
+def over_base_direct(reports: list[dict], base: dict) -> dict:
+    """The RL runs' think-first accuracy minus the base's *direct* answer (the answer prompt), paired item by item,
+    with a hierarchical interval (runs, then items): the gain over the best the base does without a think block. The
+    headline change compares the same think-first prompt, which a base that answers it worse than directly inflates.
+    """
+    gain = np.stack([_per_item(r, "accuracy") for r in reports]) - _per_item(base, "direct_correct")
+    ci = hierarchical_mean_ci(gain)
+    return {"accuracy": ci["value"], "accuracy_ci": [ci["lo"], ci["hi"]]}
 
 
 def read_step(plan: Plan, name: str) -> dict | None:

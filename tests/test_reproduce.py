@@ -44,6 +44,12 @@ def test_results_json_has_the_before_after_table(demo):
         assert np.isclose(results["change"][key], np.mean(seeds))
         lo, hi = results["change"][f"{key}_ci"]
         assert -1.0 <= lo <= results["change"][key] <= hi <= 1.0
+    # RL's think-first accuracy against the base's direct answer: the seeds' accuracy minus the base's direct, averaged
+    over = [results["seeds"][s]["accuracy"] - results["base"]["direct_accuracy"] for s in ("0", "1")]
+    assert np.isclose(results["over_base_direct"]["accuracy"], np.mean(over))
+    lo, hi = results["over_base_direct"]["accuracy_ci"]
+    assert -1.0 <= lo <= results["over_base_direct"]["accuracy"] <= hi <= 1.0
+    assert "Against the base's direct answer" in (out / "report.md").read_text()
     for finding in ("finding_upper_layer_routers", "finding_crystallization"):
         assert results[finding]["verdict"] in verdicts.VERDICTS
         assert results[finding]["rules_hash"] == verdicts.RULES_HASH

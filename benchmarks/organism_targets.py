@@ -5,7 +5,7 @@
 No model is loaded: ``train-base`` measured every figure on 420 held-out items (60 per family) and wrote them to
 ``manifest.json``. One row per organism, one column per target; a target is met or missed on its point estimate,
 as the issue states it, and a cell names the figure with its count of items, because the branches of one recipe
-scatter by 2-3 items of 60 a family: "0.92 (55/60)" misses 0.95 by two items. A last column, not a target, gives
+scatter by 2-5 items of 60 a family: "0.92 (55/60)" misses 0.95 by two items. A last column, not a target, gives
 the think-first prompt's greedy accuracy minus the direct answer's in the worst family: a base whose think-first
 answer is broken on one family lets RL "gain" by repairing it (v17b: count 0.67 against 0.95 direct).
 """

@@ -79,7 +79,11 @@ def _direct_multistep(heldout: dict) -> Check:
 
 def _greedy_think(heldout: dict) -> Check:
     cell = heldout["think_prompt"]["greedy"]["think_rate"]
-    return Check("greedy think-rate 0", f"{round(cell['value'] * cell['n'])}/{cell['n']}", cell["value"] == 0)
+    figure = f"{round(cell['value'] * cell['n'])}/{cell['n']}"
+    if opening := heldout.get("think_propensity"):  # manifests written since rl.evaluate measures it
+        # the count hangs on near ties: the least margin says how far the nearest item is from flipping it
+        figure += f", least margin {opening['least_margin']:+.2f} nats"
+    return Check("greedy think-rate 0", figure, cell["value"] == 0)
 
 
 def _sampled_think(heldout: dict) -> Check:

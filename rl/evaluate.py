@@ -24,7 +24,7 @@ from adt_probe.stats import hierarchical_interval, wilson
 from rl import cli_options
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE, Item
-from rl.train.rollout import Sampling, sample
+from rl.train.rollout import Sampling, completion_logits, prompt_batch, sample, suppressed_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,69 @@ def generate(model, processor, items: Sequence[Item], mode: prompts.Mode, *, max
         out += sample(model, processor, items[start:start + batch_size], sampling, mode=mode, device=device,
                       written_facts=written_facts, notes=notes).texts
     return out
+
+
+#: What a completion that does not think starts with: its empty think block, up to and including ``</think>``.
+CLOSED_THINK = prompts.EMPTY_THINK[:prompts.EMPTY_THINK.index("</think>") + len("</think>")]
+
+
+@torch.no_grad()
+def think_propensity(model, processor, items: Sequence[Item], *, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """How near the think-first prompt is to opening its think block, per item, from one teacher-forced pass over
+    the empty block (no generation, no sampling).
+
+    Greedy think-rate is a count of near ties (one item flips it); this gives the distance to them, and the sampled
+    think-rate without sampling noise.
+
+    Returns
+    -------
+    ``p_open`` : (n,) float, the probability that a completion sampled at T = 1 leaves the empty block
+        ``CLOSED_THINK`` (``<think>\n\n</think>``) at some token; its mean is the expected sampled think-rate.
+    ``close_margin`` : (n,) float, nats: over the empty block's tokens, the least of (that token's logit minus the
+        largest other's; placeholder tokens excluded, as generation excludes them). Greedy decoding writes the empty
+        block iff it is > 0: below 0 is a greedy think, a small positive value a near tie.
+
+    Examples
+    --------
+    >>> from rl.organism import load_organism
+    >>> from rl.data.tasks import generate_items
+    >>> model, processor = load_organism()
+    >>> out = think_propensity(model, processor, generate_items(4, seed=0))
+    >>> out["p_open"].shape, bool((out["close_margin"] > 0).all())
+    ((4,), True)
+    """
+    model.eval()
+    tokenizer = processor.tokenizer
+    closed = torch.tensor(tokenizer(CLOSED_THINK, add_special_tokens=False)["input_ids"])  # (T,)
+    suppress = suppressed_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    p_open, margin = [], []
+    for start in range(0, len(items), batch_size):
+        _, inputs = prompt_batch(processor, items[start:start + batch_size], "think")
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        ids = closed.to(device).expand(inputs["input_ids"].shape[0], -1)  # (b, T)
+        logits = completion_logits(model, inputs, ids, torch.ones_like(ids), 1.0, suppress)  # (b, T, V)
+        chosen = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (b, T)
+        rival = logits.scatter(-1, ids.unsqueeze(-1), -math.inf).max(-1).values  # (b, T)
+        p_open.append(1 - logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(1).exp())
+        margin.append((chosen - rival).min(1).values)
+    return {"p_open": torch.cat(p_open).cpu().numpy(), "close_margin": torch.cat(margin).cpu().numpy()}
+
+
+def think_propensity_summary(p_open: np.ndarray, close_margin: np.ndarray, items: Sequence[Item]) -> dict:
+    """The base's distance from thinking (:func:`think_propensity`'s arrays, (n,) each), for a report: the expected
+    sampled think-rate with its interval, the items greedy decoding opens the block on, and the nearest ties.
+
+    Returns
+    -------
+    ``{"expected_sampled_think_rate": {value, lo, hi, n}, "greedy_opens": int, "least_margin": float (nats),
+    "least_margin_item": str, "margins_below_1_nat": int}``
+    """
+    least = int(np.argmin(close_margin))
+    return {"expected_sampled_think_rate": mean_ci(p_open.astype(float)),
+            "greedy_opens": int((close_margin <= 0).sum()),
+            "least_margin": float(close_margin[least]), "least_margin_item": items[least].id,
+            "margins_below_1_nat": int((close_margin < 1.0).sum())}
 
 
 @dataclass
@@ -314,7 +377,8 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
     ``accuracy_written_facts`` (synthetic items: the facts written in the prompt instead of the audio),
     ``accuracy_written_facts_think`` (the same under the think-first prompt: inference steps may come first),
     ``accuracy_with_notes`` (synthetic items: the think block pre-filled with the clip's correct facts),
-    ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`), example completions, and
+    ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`), ``think_propensity`` (how near
+    the think-first prompt is to thinking: :func:`think_propensity_summary`; per item in ``per_item``), examples, and
     ``completion_budget`` (``prompts.completion_budget``: reference completions longer than ``max_new_tokens`` are
     cut, so their reasoning scores as wrong; a warning says so).
 
@@ -352,6 +416,9 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
         result["think_prompt"][name] = {"temperature": temperature, **think_metrics(items, s, columns)}
         if name == "greedy":
             result["per_item"] = per_item(items, direct, columns)
+    opening = think_propensity(model, processor, items, batch_size=batch_size)
+    result["think_propensity"] = think_propensity_summary(opening["p_open"], opening["close_margin"], items)
+    result["per_item"].update({k: v.tolist() for k, v in opening.items()})
     result["examples_direct"] = direct.completions[:3]
     if judge is not None:
         result["judge"] = judge.describe()
@@ -432,6 +499,12 @@ def format_table(report: dict) -> str:
                      + (f", think text with an inference step {inference['value']:.3f}" if inference else "")
                      + "".join(f", {k.replace('_', '-')} {v['value']:.3f}"
                                for k, v in t.get("distinct_ngrams", {}).items()))
+    if opening := report.get("think_propensity"):
+        rate = opening["expected_sampled_think_rate"]
+        lines.append(f"\nThink block, from its probabilities: expected sampled think-rate {rate['value']:.3f} "
+                     f"[{rate['lo']:.3f}, {rate['hi']:.3f}]; greedy opens it on {opening['greedy_opens']} items, "
+                     f"least margin {opening['least_margin']:+.2f} nats ({opening['least_margin_item']}), "
+                     f"{opening['margins_below_1_nat']} items within 1 nat")
     if problem := prompts.budget_problem(report.get("completion_budget") or {"items_cut": 0}, "Completion budget"):
         lines.append(f"\n{problem}")
     return "\n".join(lines)

@@ -72,6 +72,29 @@ def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread, caplog):
     assert report["accuracy_with_notes"]["all"]["all"]["n"] == 7
     assert report["accuracy_written_facts_think"]["all"]["all"]["n"] == 7
     assert "facts written out, think-first" in E.format_table(report)
+    opening, rows = report["think_propensity"], report["per_item"]
+    assert len(rows["p_open"]) == len(rows["close_margin"]) == 7 and all(0 <= p <= 1 for p in rows["p_open"])
+    assert opening["greedy_opens"] == sum(m <= 0 for m in rows["close_margin"])
+    assert opening["least_margin"] == min(rows["close_margin"]) and "expected sampled think-rate" in E.format_table(
+        report)
+
+
+def test_close_margin_is_negative_exactly_where_greedy_decoding_opens_the_think_block(one_thread):
+    """On the shipped organism's first 64 held-out items, which hold the one item of 420 it thinks on greedily (a
+    near tie): the margin is below zero exactly where greedy generation leaves the empty think block."""
+    from rl.organism import ORGANISM_DIR, load_organism
+    from rl.organism.train_base import config_of, heldout_items
+
+    items = heldout_items(config_of(ORGANISM_DIR))[:64]
+    model, processor = load_organism()
+    out = E.think_propensity(model, processor, items)
+    n_tokens = len(processor.tokenizer(E.CLOSED_THINK, add_special_tokens=False)["input_ids"])
+    closed = np.array([t.startswith(E.CLOSED_THINK)
+                       for t in E.generate(model, processor, items, "think", max_new_tokens=n_tokens)])
+    assert 0 < (~closed).sum() < len(items)  # both outcomes occur, so the comparison can fail
+    np.testing.assert_array_equal(out["close_margin"] > 0, closed)
+    # an item opened greedily is likelier than not to open under sampling too, and the closed ones less so
+    assert out["p_open"][~closed].min() > out["p_open"][closed].mean()
 
 
 def test_eval_cli_names_a_missing_dataset(tiny_dir, tmp_path):

@@ -14,7 +14,7 @@ def test_the_shipped_organism_meets_every_target_but_one_greedy_think():
     checks = organism_targets.checks(read_manifest())
     met = {c.target: c.met for c in checks}
     assert [t for t, m in met.items() if m is False] == ["greedy think-rate 0"]
-    assert next(c.figure for c in checks if c.target == "greedy think-rate 0") == "1/420"
+    assert next(c.figure for c in checks if c.target == "greedy think-rate 0") == "1/420, least margin -0.21 nats"
     assert list(met.values())[-1] is None  # the think-first gap is reported, not judged
     assert doctest.testmod(organism_targets).attempted > 0 and doctest.testmod(organism_targets).failed == 0
 
@@ -37,13 +37,16 @@ def test_each_target_turns_on_its_own_figure():
     assert organism_targets.checks(worse)[3].met is False
     worse["heldout"]["think_prompt"]["sampled_t1"]["inference_statement_rate"]["value"] = 0.0
     assert organism_targets.checks(worse)[5].met is False  # sampling that never infers gives RL nothing to find
+    # a manifest with think_propensity (rl.evaluate's probabilities) shows how near the greedy count is to flipping
+    fixed["heldout"]["think_propensity"] = {"least_margin": 0.47}
+    assert organism_targets.checks(fixed)[4].figure == "0/420, least margin +0.47 nats"
 
 
 def test_command_line_writes_the_table_and_json_and_names_a_folder_without_a_manifest(tmp_path, capsys):
     out = tmp_path / "targets.json"
     organism_targets.main([str(ORGANISM_DIR), "--json", str(out)])
     table = capsys.readouterr().out
-    assert table.startswith("| organism |") and "**1/420**" in table and "| 5 of 6 |" in table
+    assert table.startswith("| organism |") and "**1/420, least margin -0.21 nats**" in table and "| 5 of 6 |" in table
     assert [c["met"] for c in json.loads(out.read_text())[str(ORGANISM_DIR)]][:5] == [True, True, True, True, False]
     with pytest.raises(SystemExit):
         organism_targets.main([str(tmp_path)])

@@ -239,10 +239,11 @@ def _thinker_positions(model, input_ids: torch.Tensor, attention_mask: torch.Ten
                                                audio_feature_lengths=lengths)
 
 
-def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                   completion_mask: torch.Tensor, temperature: float,
-                   suppress: list[int] | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced ``log softmax(logits / temperature)`` of each completion token, and the policy's entropy there.
+def completion_logits(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
+                      completion_mask: torch.Tensor, temperature: float,
+                      suppress: list[int] | None = None, group_size: int = 1) -> torch.Tensor:
+    """Teacher-forced logits over the vocabulary before each completion token, divided by the sampling
+    temperature: the distribution token t was drawn from (what :func:`token_logprobs` scores).
 
     Parameters
     ----------
@@ -256,7 +257,7 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch
 
     Returns
     -------
-    logp : (n, T), differentiable. entropy : (n, T), detached. Values past the mask are meaningless (mask them).
+    (n, T, V) float, differentiable; suppressed tokens -inf. Values past the mask are meaningless (mask them).
     """
     P = inputs["input_ids"].shape[1]
     attention_mask = torch.cat([inputs["attention_mask"], completion_mask.long()], 1)
@@ -284,6 +285,20 @@ def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch
         logits = out.logits[:, P - 1:-1].float() / temperature  # (n, T, V)
     if suppress:
         logits = logits.index_fill(-1, torch.tensor(suppress, device=logits.device), -math.inf)
+    return logits
+
+
+def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
+                   completion_mask: torch.Tensor, temperature: float,
+                   suppress: list[int] | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced ``log softmax(logits / temperature)`` of each completion token, and the policy's entropy there
+    (the arguments of :func:`completion_logits`).
+
+    Returns
+    -------
+    logp : (n, T), differentiable. entropy : (n, T), detached. Values past the mask are meaningless (mask them).
+    """
+    logits = completion_logits(model, inputs, completion_ids, completion_mask, temperature, suppress, group_size)
     logp_all = logits.log_softmax(-1)
     logp = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # (n, T)
     with torch.no_grad():

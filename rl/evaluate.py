@@ -142,7 +142,7 @@ def think_propensity(model, processor, items: Sequence[Item], *, batch_size: int
         logits = completion_logits(model, inputs, ids, torch.ones_like(ids), 1.0, suppress)  # (b, T, V)
         chosen = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (b, T)
         rival = logits.scatter(-1, ids.unsqueeze(-1), -math.inf).max(-1).values  # (b, T)
-        p_open.append(1 - logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(1).exp())
+        p_open.append(1 - (chosen - logits.logsumexp(-1)).sum(1).exp())  # 1 - P(the whole empty block)
         margin.append((chosen - rival).min(1).values)
     return {"p_open": torch.cat(p_open).cpu().numpy(), "close_margin": torch.cat(margin).cpu().numpy()}
 

@@ -301,7 +301,8 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
 
     ``infos``: per run, :func:`settling_of`'s dict of the RL model plus ``base_output_rank``; ``token_labels``: a
     function ``(tokenizer, token_ids (tokens,), segments (tokens,)) -> labels (tokens,)`` giving each token a group
-    ("" for none): every label becomes a token group of its own (default: the organism's content tokens).
+    ("" for none): every label becomes a token group of its own (default: the organism's content tokens), and with
+    two labels or more their union is one more group, ``"content (all groups)"``.
     """
     n_layers = infos[0]["n_layers"]
     first_upper = n_layers // 2
@@ -325,8 +326,11 @@ def crystallization_numbers(base_streams, rl_streams, infos, items, *, tokenizer
                   "think, both outputs right": keeps[0] & both_right}
     if tokenizer is not None and token_labels is not None:
         labels = np.asarray(token_labels(tokenizer, info0["token_id"], info0["segment"])).astype(str)
-        for g in sorted(set(labels) - {""}):
+        groups = sorted(set(labels) - {""})
+        for g in groups:
             token_sets[g] = labels == g
+        if len(groups) > 1:  # issue 17's depth target reads all content tokens at once (attribute, count, answer)
+            token_sets["content (all groups)"] = labels != ""
     curves = {g: settling_curves(b0, r0, info0["sequence"], keep, n_layers, n_boot=n_boot, seed=seed,
                                  strata=strata_of(items, np.unique(info0["sequence"][keep])))
               for g, keep in token_sets.items()}

@@ -390,8 +390,8 @@ RL $never_rl.
 $random_init
 
 $tuned_lens
-| tokens | n | settled by E (base / RL) | by the last lower block (base / RL) | output only (base / RL) |
-|---|---|---|---|---|
+| tokens | n | settled by E: base / RL | by block 0: base / RL | by the last lower block | output only |
+|---|---|---|---|---|---|
 $group_rows
 
 > Rule: $rule2
@@ -463,11 +463,11 @@ def _group_rows(cr: dict) -> str:
     last_lower = cr["first_upper_block"] - 1
     for g, c in cr["curves"].items():
         if "rl" not in c:
-            rows.append(f"| {g} | 0 | | | |")
+            rows.append(f"| {g} | 0 | | | | |")
             continue
-        i_e, i_l = c["stream"].index(-1), c["stream"].index(last_lower)
-        rows.append(f"| {g} | {c['n_tokens']} | {c['base']['value'][i_e]:.3f} / {c['rl']['value'][i_e]:.3f} | "
-                    f"{c['base']['value'][i_l]:.3f} / {c['rl']['value'][i_l]:.3f} | "
+        cells = [f"{c['base']['value'][i]:.3f} / {c['rl']['value'][i]:.3f}"
+                 for i in (c["stream"].index(s) for s in (-1, 0, last_lower))]
+        rows.append(f"| {g} | {c['n_tokens']} | {' | '.join(cells)} | "
                     f"{c['never_settled']['base']['value']:.3f} / {c['never_settled']['rl']['value']:.3f} |")
     return "\n".join(rows)
 

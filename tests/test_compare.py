@@ -129,7 +129,7 @@ def test_settling_numbers_on_known_streams_with_user_token_labels():
     items = [SimpleNamespace(family="f", difficulty="easy")] * 10
 
     def labels(tokenizer, token_ids, segments):
-        return np.where(token_ids == 1, "my_group", "")
+        return np.where(token_ids == 1, "my_group", np.where(token_ids == 2, "other", ""))
 
     f = crystallization_numbers([base], [rl], [info], items, tokenizer=object(), token_labels=labels, n_boot=100)
     assert f["upper_share_rl"]["value"] == pytest.approx(2 / 3)
@@ -141,6 +141,9 @@ def test_settling_numbers_on_known_streams_with_user_token_labels():
     assert think["never_settled"]["rl"]["value"] == pytest.approx(0.25)
     mine = f["curves"]["my_group"]
     assert mine["n_tokens"] == 10 and mine["delta"]["value"] == pytest.approx([0, -1, -1, 0])
+    content = f["curves"]["content (all groups)"]  # the union of both groups: half settle by block 0 in the base
+    assert content["n_tokens"] == 20 and content["base"]["value"] == pytest.approx([0, 0.5, 0.5, 1])
+    assert content["rl"]["value"] == pytest.approx([0, 0, 0, 1])
     v = verdicts.crystallization(f["upper_share_rl"], f["delta_upper_share"], n_sequences=f["n_sequences"])
     assert v["verdict"] == "reproduces"  # every sequence moves the same way: a degenerate, exact interval
 

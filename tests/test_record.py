@@ -1,5 +1,9 @@
 """record(): routers and lenses of the organism (with audio) and of a dense Llama, two backends, storage."""
 
+import re
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -467,3 +471,15 @@ def test_one_sequence_has_nan_intervals_and_says_so():
     with pytest.warns(RuntimeWarning, match="1 sequence"):
         band = adt_probe.band_contrast(one, other, lower=[0, 1], upper=[2, 3], n_boot=20)
     assert np.isfinite(band["difference"]["value"]) and np.isnan(band["difference"]["lo"])
+
+
+def test_the_readme_recording_example_runs_on_the_shipped_organism(capsys):
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(Path(__file__).parents[1] / "examples" / "record_organism.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)  # the example pins one thread, as the README's figure was measured
+    out = capsys.readouterr().out
+    assert re.search(r"^\d+ tokens recorded: answer \d+", out, re.M), out
+    line = r"^answer: mean crystallization layer \d+\.\d \(95% interval \d+\.\d to \d+\.\d\)$"
+    assert re.search(line, out, re.M), out

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from rl import evaluate as E
 from rl.data.items import write_items
@@ -80,17 +81,25 @@ def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread, caplog):
 
 
 def test_close_margin_is_negative_exactly_where_greedy_decoding_opens_the_think_block(one_thread):
-    """On the shipped organism's first 64 held-out items, which hold the one item of 420 it thinks on greedily (a
-    near tie): the margin is below zero exactly where greedy generation leaves the empty think block."""
+    """On the shipped organism's first 64 held-out items, its logits of the empty think block's tokens lowered by the
+    items' median margin (an lm_head bias), so that some items open the block greedily and some do not whatever
+    organism is shipped: the margin is below zero exactly where greedy generation leaves the empty think block."""
     from rl.organism import ORGANISM_DIR, load_organism
     from rl.organism.train_base import config_of, heldout_items
 
     items = heldout_items(config_of(ORGANISM_DIR))[:64]
     model, processor = load_organism()
+    block = processor.tokenizer(E.CLOSED_THINK, add_special_tokens=False)["input_ids"]
+    shift = float(np.median(E.think_propensity(model, processor, items)["close_margin"]))
+    head = model.lm_head
+    model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(head.weight)
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[block] = -shift
     out = E.think_propensity(model, processor, items)
-    n_tokens = len(processor.tokenizer(E.CLOSED_THINK, add_special_tokens=False)["input_ids"])
     closed = np.array([t.startswith(E.CLOSED_THINK)
-                       for t in E.generate(model, processor, items, "think", max_new_tokens=n_tokens)])
+                       for t in E.generate(model, processor, items, "think", max_new_tokens=len(block))])
     assert 0 < (~closed).sum() < len(items)  # both outcomes occur, so the comparison can fail
     np.testing.assert_array_equal(out["close_margin"] > 0, closed)
     # an item opened greedily is likelier than not to open under sampling too, and the closed ones less so

@@ -47,7 +47,8 @@ def train_base_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default=str(ORGANISM_DIR), help="output folder (default: the shipped organism)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing model in --out")
     ap.add_argument("--evaluate-only", action="store_true",
-                    help="measure the model already in --out on the held-out set and update its manifest")
+                    help="measure the model already in --out on the held-out set (--eval-per-cell, --eval-seed) and "
+                         "update its manifest")
     for f in dataclasses.fields(BaseTrainConfig):
         kind = {"int": {"type": int}, "float": {"type": float},
                 "bool": {"action": argparse.BooleanOptionalAction}}.get(f.type)

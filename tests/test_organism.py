@@ -126,6 +126,13 @@ def test_train_base_end_to_end_writes_a_loadable_model_with_manifest(tmp_path):
     assert model.config.text_config.num_experts == 8
     assert not list(tmp_path.glob("*.tmp"))  # the temporary folder was renamed into place
     assert "training done" in (tmp_path / "checkpoints" / "train.log").read_text()
+    # measured again on a second held-out set (to select candidates on): the same shape, other items, weights untouched
+    train_base.main(["--out", str(out), "--evaluate-only", "--eval-per-cell", "1", "--eval-seed", "20011"])
+    again = json.loads((out / "manifest.json").read_text())
+    assert again["train_config"]["eval_seed"] == 20011 and again["heldout"]["n_items"] == 21
+    assert {int(i.split("-")[2]) for i in again["heldout"]["per_item"]["id"]} == {20011, 20012, 20013}  # per band
+    assert not set(again["heldout"]["per_item"]["id"]) & set(manifest["heldout"]["per_item"]["id"])
+    assert verify_files(out) is None
 
 
 def test_frame_labels_follow_the_timeline(items):

@@ -488,15 +488,19 @@ def write_atomically(model, processor, out: Path, manifest: dict) -> None:
     replace_dir(tmp, out)
 
 
-def reevaluate(out: Path, eval_per_cell: int) -> None:
-    """Measure the model in ``out`` on the held-out set again and rewrite the ``heldout`` part of its manifest."""
+def reevaluate(out: Path, eval_per_cell: int, eval_seed: int) -> None:
+    """Measure the model in ``out`` on the held-out set again and rewrite the ``heldout`` part of its manifest.
+
+    ``eval_seed``: another seed draws another held-out set of the same shape, on which candidates can be *selected*
+    (in a copy of each folder) so that the default set, which reports them, is not also the set they were picked on.
+    """
     model, processor = organism.load_organism(out)
     manifest = organism.read_manifest(out)
-    cfg = dataclasses.replace(config_of(out), eval_per_cell=eval_per_cell)
+    cfg = dataclasses.replace(config_of(out), eval_per_cell=eval_per_cell, eval_seed=eval_seed)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     manifest["heldout"] = evaluate(model, processor, heldout_items(cfg))
-    manifest["train_config"]["eval_per_cell"] = eval_per_cell
+    manifest["train_config"].update(eval_per_cell=eval_per_cell, eval_seed=eval_seed)
     manifest["eval_seconds"] = round(time.time() - t0, 1)
     print(format_table(manifest["heldout"]))
     tmp = out / "manifest.json.tmp"
@@ -509,7 +513,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.evaluate_only:
-        return reevaluate(out, args.eval_per_cell)
+        return reevaluate(out, args.eval_per_cell, args.eval_seed)
     if (out / "model.safetensors").exists() and not args.force:
         sys.exit(f"refusing to overwrite the model in {out}: it exists (the shipped organism's weights are what "
                  "every figure and test was measured on). Pass --force to replace it, or choose another --out.")

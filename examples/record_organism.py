@@ -1,6 +1,6 @@
 """The README's recording example, run as a script: what it records on the shipped base organism.
 
-    python examples/record_organism.py            # one thread, about 4 s with loading
+    python examples/record_organism.py            # one thread, about 1-2 s with loading
 
 Prints the tokens recorded per segment and the mean crystallization layer of the think and answer tokens with their
 95% intervals: the figures the README quotes under "Recording routers and lenses".

@@ -28,9 +28,8 @@ def main() -> None:
     ds = adt_probe.record(model, batch, tokenizer=processor.tokenizer, routing="topk", lens=adt_probe.LogitLens())
     cr = adt_probe.crystallization(ds)
     seconds = time.perf_counter() - start
-    segments, counts = np.unique(ds["segment"].values.astype(str), return_counts=True)
-    print(f"{ds.sizes['token']} tokens recorded: " + ", ".join(f"{s} {n}" for s, n in zip(segments, counts)))
-    n_tokens = dict(zip(segments, counts))
+    n_tokens = dict(zip(*np.unique(ds["segment"].values.astype(str), return_counts=True)))
+    print(f"{ds.sizes['token']} tokens recorded: " + ", ".join(f"{s} {n}" for s, n in n_tokens.items()))
     for seg in ("think", "answer"):
         if not n_tokens.get(seg):
             print(f"{seg}: no tokens")

@@ -50,7 +50,7 @@ def train_base_arguments(ap: argparse.ArgumentParser) -> None:
                     help="measure the model already in --out on the held-out set (--eval-per-cell, --eval-seed) and "
                          "update its manifest")
     for f in dataclasses.fields(BaseTrainConfig):
-        kind = {"int": {"type": int}, "float": {"type": float},
+        kind = {"int": {"type": int}, "float": {"type": float}, "float | None": {"type": float},
                 "bool": {"action": argparse.BooleanOptionalAction}}.get(f.type)
         if kind is not None:
             ap.add_argument(f"--{f.name.replace('_', '-')}", **kind, default=f.default,

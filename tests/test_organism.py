@@ -455,6 +455,10 @@ def test_tune_phase_goes_on_from_the_mix_end_at_the_final_learning_rate_with_its
     for step, opened in ((4, False), (5, True)):
         _, modes, targets = sample_batch(think_only, step)
         assert set(modes) == {"think"} and {t.startswith("<think>\nSound") for t in targets} == {opened}
+    text_only = dataclasses.replace(think_only, tune_mix_text=1.0)  # the mix's share stays 0; the tune's is 1
+    assert {it.audio is None for it in sample_batch(text_only, 4)[0]} == {False}
+    items, modes, _ = sample_batch(text_only, 5)
+    assert {it.audio is None for it in items} == {True} and "think" not in modes
 
     train(_tiny_cfg(**cfg), log=lambda _: None, checkpoint_dir=tmp_path / "a")  # no tune phase: ends at the mix's end
     with pytest.raises(SystemExit, match="latent_think"):  # the mix's own options are fixed by now

@@ -17,7 +17,8 @@ and trains it on a stream of freshly generated synthetic items (no item is seen 
 6. answers from facts written as text, no audio (``text_steps``);
 7. the mix of the skills below (supervised next-token loss on the completion);
 8. optionally (``tune_steps``) the mix again at the final learning rate, with its own share of latent think examples
-   (``tune_latent_think``): it sets how readily the base opens its think block, from the mix's end checkpoint.
+   (``tune_latent_think``) and of text examples (``tune_mix_text``): from the mix's end checkpoint, it sets how readily
+   the base opens its think block and rehearses combining written facts.
 
 * ``answer``   - question about the clip -> ``<think>\\n\\n</think>\\n\\n<answer>CHOICE</answer>`` (Qwen3 non-thinking)
 * ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
@@ -218,8 +219,9 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         family = families[int(rng.integers(len(families)))]
         # a text-phase example: in the text phase, or rehearsed in the mix (a stream of its own: mix_text = 0 keeps
         # v5's data)
-        text = phase == "text" or (phase in ("mix", "tune") and cfg.mix_text > 0
-                                   and np.random.default_rng([cfg.seed, 8, step, j]).random() < cfg.mix_text)
+        share = cfg.tune_mix_text if phase == "tune" and cfg.tune_mix_text is not None else cfg.mix_text
+        text = phase == "text" or (phase in ("mix", "tune") and share > 0
+                                   and np.random.default_rng([cfg.seed, 8, step, j]).random() < share)
         if text and cfg.text_multistep > 0:  # a stream of its own: text_multistep = 0 keeps v3c's data
             pick = np.random.default_rng([cfg.seed, 5, step, j])
             pool = MULTI_STEP if pick.random() < cfg.text_multistep else [f for f in families if f not in MULTI_STEP]

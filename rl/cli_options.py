@@ -42,6 +42,15 @@ def train_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--stop-after", type=int, help="stop after this global step (no final checkpoint)")
 
 
+def _weights(text: str) -> tuple[float, ...]:
+    """``"0.2,0.3,0.1,0.3,0.1"`` -> one weight per skill of ``MODES``, summing to 1."""
+    weights = tuple(float(x) for x in text.split(","))
+    if len(weights) != len(MODES) or abs(sum(weights) - 1) > 1e-6 or min(weights) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give {len(MODES)} non-negative weights summing to 1, one per "
+                                         f"skill ({', '.join(MODES)})")
+    return weights
+
+
 def train_base_arguments(ap: argparse.ArgumentParser) -> None:
     """Options of ``rl.organism.train_base``: the output, resuming, and every number of :class:`BaseTrainConfig`."""
     ap.add_argument("--out", default=str(ORGANISM_DIR), help="output folder (default: the shipped organism)")
@@ -55,9 +64,10 @@ def train_base_arguments(ap: argparse.ArgumentParser) -> None:
         if kind is not None:
             ap.add_argument(f"--{f.name.replace('_', '-')}", **kind, default=f.default,
                             help=f"base-training setting BaseTrainConfig.{f.name}")
-    ap.add_argument("--mode-weights", type=lambda s: tuple(float(x) for x in s.split(",")),
-                    default=BaseTrainConfig.mode_weights,
+    ap.add_argument("--mode-weights", type=_weights, default=BaseTrainConfig.mode_weights,
                     help=f"weights of the skills {', '.join(MODES)}, comma-separated (e.g. 0.2,0.3,0.1,0.3,0.1)")
+    ap.add_argument("--tune-mode-weights", type=_weights, default=None,
+                    help="the tune phase's weights of the same skills (default: --mode-weights)")
     ap.add_argument("--checkpoint-dir", default="runs/train_base",
                     help="where checkpoints go (every --checkpoint-minutes; the newest two are kept)")
     ap.add_argument("--resume", action="store_true",

@@ -367,6 +367,10 @@ def test_config_of_reads_an_organism_manifest_or_a_checkpoint(tmp_path):
                                                                                  0, 0, 0], "retired": 1}}))
     old = config_of(tmp_path / "old")
     assert old.steps == 7 and old.mode_weights == (1, 0, 0, 0, 0) and not old.calibrated_audio
+    assert old.tune_mode_weights is None and old.tune_mix_text is None  # added later: the mix's own
+    tuned = {"train_config": {"tune_mode_weights": [0, 0, 0, 1, 0]}}
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(tuned))
+    assert config_of(tmp_path / "old").tune_mode_weights == (0, 0, 0, 1, 0)
     state = ckpt.TrainerState(step=1, stage=1, stage_step=1, data_position={},
                               config={"steps": 9, "calibrated_audio": True})
     (tmp_path / "ckpt" / "trainer_state").mkdir(parents=True)
@@ -459,6 +463,8 @@ def test_tune_phase_goes_on_from_the_mix_end_at_the_final_learning_rate_with_its
     assert {it.audio is None for it in sample_batch(text_only, 4)[0]} == {False}
     items, modes, _ = sample_batch(text_only, 5)
     assert {it.audio is None for it in items} == {True} and "think" not in modes
+    notes_only = dataclasses.replace(think_only, tune_mode_weights=(0, 0, 0, 1.0, 0))  # the tune's skills: notes
+    assert set(sample_batch(notes_only, 4)[1]) == {"think"} and set(sample_batch(notes_only, 5)[1]) == {"notes"}
 
     train(_tiny_cfg(**cfg), log=lambda _: None, checkpoint_dir=tmp_path / "a")  # no tune phase: ends at the mix's end
     with pytest.raises(SystemExit, match="latent_think"):  # the mix's own options are fixed by now
@@ -533,3 +539,18 @@ def test_synthetic_rl_data_is_rendered_as_the_model_hears(tmp_path):
     (tmp_path / "rl" / "trainer_state" / "state.json").write_text(json.dumps({"config": {"model": str(tmp_path)}}))
     (tmp_path / "rl" / "manifest.json").write_text(json.dumps({"format": 1, "step": 3, "files": {}}))
     assert organism.calibrated_audio(tmp_path / "rl") and not organism.calibrated_audio(plain)
+
+
+def test_train_base_refuses_skill_weights_that_are_not_one_per_skill_summing_to_one(capsys):
+    """A typo in ``--mode-weights`` or ``--tune-mode-weights`` stops at parsing, naming the skills, before any run."""
+    from rl import cli_options
+    from rl.organism import train_base
+
+    ap = cli_options.parser(cli_options.train_base_arguments)
+    assert ap.parse_args(["--tune-mode-weights", "0,0,0,1,0"]).tune_mode_weights == (0, 0, 0, 1, 0)
+    assert ap.parse_args([]).tune_mode_weights is None
+    for bad in ("0.5,0.5", "0.2,0.2,0.2,0.2,0.3"):
+        with pytest.raises(SystemExit):
+            train_base.main(["--tune-mode-weights", bad])
+        assert "answer, describe, context, notes, think" in capsys.readouterr().err
+

@@ -132,6 +132,10 @@ class BaseTrainConfig:
     # The tune phase's share of text-phase examples (written facts, no audio); None: the mix's (``mix_text``). A lever
     # on the written-facts targets, which the tune phase moves by 2-5 items of 60 a family (v23: 0.98 -> 0.93 on one).
     tune_mix_text: float | None = None
+    # The tune phase's weights of the skills (``MODES``); None: the mix's (``mode_weights``). With notes, v23's chains
+    # pick the wrong sound where the same facts written in the prompt do not (highest-longest 0.70 against 0.94 on 120
+    # items of a second held-out set): more notes examples in the tune phase train the chain to read the notes.
+    tune_mode_weights: tuple[float, ...] | None = None
     tokenizer_corpus_items: int = 3000
     # The tokenizer corpus also holds every answer as the targets write it ("<answer>middle</answer>"). Without them
     # (v3c and before) an answer word after "<answer>" has no leading space and BPE splits it into pieces unrelated to
@@ -153,7 +157,7 @@ RESUMABLE_CHANGES = frozenset({"threads", "checkpoint_minutes", "eval_per_cell",
 #: Options added after checkpoints were written without them, and the value that reproduces those runs.
 ADDED_OPTIONS = {"mix_text": 0.0, "chat_skill_steps": 0, "internalize_after": 0.0, "lookup_unnamed": 0.0,
                  "notes_chain": 0.0, "chain_steps": 0, "calibrated_audio": False, "notes_own": 0.0, "tune_steps": 0,
-                 "tune_latent_think": 0.1, "tune_mix_text": None}
+                 "tune_latent_think": 0.1, "tune_mix_text": None, "tune_mode_weights": None}
 #: Options only the chain phase and those after it read: a resume from a checkpoint up to the chain phase's start may
 #: change them (the total of ``steps`` stays: it sets the learning rate of every step).
 CHAIN_OPTIONS = frozenset({"chain_steps"})
@@ -164,7 +168,7 @@ TEXT_OPTIONS = frozenset({"text_chain", "internalize", "internalize_after", "tex
 #: Options only the mix phase reads: a resume from a checkpoint before the mix may change them.
 MIX_OPTIONS = frozenset({"mode_weights", "direct_multistep", "latent_think", "latent_chain", "mix_text", "notes_own"})
 #: Options only the tune phase reads (after the mix): a resume from a checkpoint up to the mix's end may change them.
-TUNE_OPTIONS = frozenset({"tune_steps", "tune_latent_think", "tune_mix_text"})
+TUNE_OPTIONS = frozenset({"tune_steps", "tune_latent_think", "tune_mix_text", "tune_mode_weights"})
 #: Options the encoder phase and the tokenizer depend on (the rest only matter from decoder step 0 on). The tokenizer
 #: also depends on whether any sub-skill is trained (``tokenizer_has_skills``), which a resume checks on its own.
 ENCODER_OPTIONS = frozenset({"seed", "batch_size", "weight_decay", "grad_clip", "encoder_steps", "encoder_lr",

@@ -17,8 +17,8 @@ and trains it on a stream of freshly generated synthetic items (no item is seen 
 6. answers from facts written as text, no audio (``text_steps``);
 7. the mix of the skills below (supervised next-token loss on the completion);
 8. optionally (``tune_steps``) the mix again at the final learning rate, with its own share of latent think examples
-   (``tune_latent_think``) and of text examples (``tune_mix_text``): from the mix's end checkpoint, it sets how readily
-   the base opens its think block and rehearses combining written facts.
+   (``tune_latent_think``), of text examples (``tune_mix_text``) and of each skill (``tune_mode_weights``): from the
+   mix's end checkpoint, it sets how readily the base opens its think block and what it rehearses.
 
 * ``answer``   - question about the clip -> ``<think>\\n\\n</think>\\n\\n<answer>CHOICE</answer>`` (Qwen3 non-thinking)
 * ``describe`` - "Describe each sound in order." -> the perception text ("Sound 1: a high tone, long, loud. ...")
@@ -238,7 +238,9 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             mode = "chain" if rng.random() < cfg.text_chain else ("context", "notes")[int(rng.integers(2))]
             it = dataclasses.replace(it, audio=None)
         else:
-            mode = MODES[int(rng.choice(len(MODES), p=cfg.mode_weights))]
+            weights = cfg.tune_mode_weights if phase == "tune" and cfg.tune_mode_weights is not None \
+                else cfg.mode_weights
+            mode = MODES[int(rng.choice(len(MODES), p=weights))]
         if mode == "answer" and cfg.direct_multistep < 1 and it.family in MULTI_STEP \
                 and rng.random() >= cfg.direct_multistep:
             mode = "notes"
@@ -466,7 +468,8 @@ def config_of(path: str | Path) -> BaseTrainConfig:
                                 "organism folder written by train-base or one of its checkpoints")
     names = {f.name for f in dataclasses.fields(BaseTrainConfig)}
     options = {**ADDED_OPTIONS, **{k: v for k, v in options.items() if k in names}}
-    return BaseTrainConfig(**{k: tuple(v) if k == "mode_weights" else v for k, v in options.items()})
+    return BaseTrainConfig(**{k: tuple(v) if k in ("mode_weights", "tune_mode_weights") and v is not None else v
+                              for k, v in options.items()})
 
 
 def heldout_items(cfg: BaseTrainConfig):

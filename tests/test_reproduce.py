@@ -124,3 +124,29 @@ def test_notebook_runs_on_the_demo_output(demo, name):
         del os.environ["ADT_PROBE_DEMO"]
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def test_demo_gain_measures_the_demo_models_again_on_other_items_and_reuses_its_reports(demo, tmp_path, capsys):
+    """``benchmarks.demo_gain``: the demo's base and final checkpoints on another item set, pooled as the demo pools
+    them (the paired change is the pooled seeds minus the base); a second run reads the reports it wrote."""
+    from benchmarks import demo_gain
+
+    out, _ = demo
+    gain_dir = tmp_path / "gain"
+    demo_gain.main([str(out), "--per-cell", "1", "--seed", "40011", "--out", str(gain_dir)])
+    result = json.loads((gain_dir / "gain.json").read_text())
+    assert result["n_items"] == 21 and sorted(result["seeds"]) == ["seed-0", "seed-1"]
+    assert result["final"] == pytest.approx(np.mean(list(result["seeds"].values())))
+    assert result["change"] == pytest.approx(result["final"] - result["base"])
+    for key in ("final", "change", "over_base_direct"):
+        lo, hi = result[f"{key}_ci"]
+        assert lo <= result[key] <= hi
+    base = json.loads((gain_dir / "base.json").read_text())
+    assert base["data"] == "synthetic (seed 40011)" and base["per_item"]["id"] != json.loads(
+        (out / "eval_base.json").read_text())["per_item"]["id"][:21]  # other items than the demo's
+    assert "change" in capsys.readouterr().out
+    written = {p.name: p.stat().st_mtime_ns for p in gain_dir.glob("*.json") if p.name != "gain.json"}
+    demo_gain.main([str(out), "--per-cell", "1", "--seed", "40011", "--out", str(gain_dir)])
+    assert {p.name: p.stat().st_mtime_ns for p in gain_dir.glob("*.json") if p.name != "gain.json"} == written
+    with pytest.raises(SystemExit, match="no plan.json"):
+        demo_gain.models_of(tmp_path)

@@ -204,6 +204,13 @@ def kept_steps(cfg: BaseTrainConfig, step: int, item) -> list[str]:
     return steps[int(internalized_share(cfg, step) * len(steps)):]
 
 
+def mix_setting(cfg: BaseTrainConfig, phase: str, name: str):
+    """The mix's setting ``name`` (``latent_think``, ``mix_text``, ``mode_weights``), or in the tune phase its own
+    ``tune_<name>`` where that is set (not None)."""
+    tuned = getattr(cfg, f"tune_{name}")
+    return tuned if phase == "tune" and tuned is not None else getattr(cfg, name)
+
+
 def sample_batch(cfg: BaseTrainConfig, step: int):
     """Fresh items and their skill for one step: (items, modes, targets); deterministic in (seed, step).
 
@@ -219,7 +226,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
         family = families[int(rng.integers(len(families)))]
         # a text-phase example: in the text phase, or rehearsed in the mix (a stream of its own: mix_text = 0 keeps
         # v5's data)
-        share = cfg.tune_mix_text if phase == "tune" and cfg.tune_mix_text is not None else cfg.mix_text
+        share = mix_setting(cfg, phase, "mix_text")
         text = phase == "text" or (phase in ("mix", "tune") and share > 0
                                    and np.random.default_rng([cfg.seed, 8, step, j]).random() < share)
         if text and cfg.text_multistep > 0:  # a stream of its own: text_multistep = 0 keeps v3c's data
@@ -238,9 +245,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
             mode = "chain" if rng.random() < cfg.text_chain else ("context", "notes")[int(rng.integers(2))]
             it = dataclasses.replace(it, audio=None)
         else:
-            weights = cfg.tune_mode_weights if phase == "tune" and cfg.tune_mode_weights is not None \
-                else cfg.mode_weights
-            mode = MODES[int(rng.choice(len(MODES), p=weights))]
+            mode = MODES[int(rng.choice(len(MODES), p=mix_setting(cfg, phase, "mode_weights")))]
         if mode == "answer" and cfg.direct_multistep < 1 and it.family in MULTI_STEP \
                 and rng.random() >= cfg.direct_multistep:
             mode = "notes"
@@ -260,7 +265,7 @@ def sample_batch(cfg: BaseTrainConfig, step: int):
                     [cfg.seed, 11, step, j]).random() < cfg.notes_own:  # a stream of its own, as above
                 own = prompts.notes_prefill(it, "own")  # the description after its first word is a target
                 target = (own, given[len(own):] + chain + think_close(it))
-        elif mode == "think" and rng.random() < (cfg.tune_latent_think if phase == "tune" else cfg.latent_think):
+        elif mode == "think" and rng.random() < mix_setting(cfg, phase, "latent_think"):
             target = think_target(it, rng, chain=rng.random() < cfg.latent_chain)
         else:
             target = prompts.target(it, "describe" if mode == "describe" else "answer")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -439,11 +440,18 @@ def load(path, *, dtype: str = "float32", device_map: str | None = None):
     return load_pretrained(path, dtype=dtype, device_map=device_map)
 
 
-def inputs_for(model, processor, items, source: str, max_new_tokens: int) -> tuple[list[str], dict]:
-    """The texts and teacher-forced inputs: ``model``'s greedy completions, or the reference chains."""
-    texts = (reference_texts(items) if source == "reference"
-             else completions(model, processor, items, max_new_tokens=max_new_tokens))
-    return texts, teacher_forced_inputs(processor, items, texts)
+def inputs_for(model, processor, items, source: str, max_new_tokens: int,
+               texts: Sequence[str] | None = None) -> tuple[list[str], dict]:
+    """The texts and teacher-forced inputs: ``model``'s greedy completions (``texts`` when already generated), or
+    the reference chains."""
+    if source == "reference":
+        texts = reference_texts(items)
+    elif texts is None:
+        texts = completions(model, processor, items, max_new_tokens=max_new_tokens)
+    elif len(texts) != len(items):
+        raise CompareInputError(f"{len(texts)} completions given for {len(items)} items; pass one per item, in the "
+                                "items' order (or none, to generate them)")
+    return list(texts), teacher_forced_inputs(processor, items, texts)
 
 
 def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int, n_boot: int,
@@ -513,7 +521,8 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
             max_new_tokens: int = MAX_NEW_TOKENS, source: str = "rl", mirror: bool = True, batch_size: int = 8,
             data_path: str = "data", token_labels=content_groups, allow_unverified: bool = False,
             dtype: str = "float32", device_map: str | None = None, sft_control: str = "auto",
-            tuned_lens: str = "auto") -> dict:
+            tuned_lens: str = "auto", rl_completions: Sequence[Sequence[str] | None] | None = None,
+            base_completions: Sequence[str] | None = None) -> dict:
     """Run every analysis of a base against one or several RL checkpoints; write ``findings.json``, figures and
     ``report.md`` to ``out``. Returns the findings.
 
@@ -522,7 +531,8 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
     verified against their manifest first (``analyses.checkpoints``; ``allow_unverified`` for your own models).
     ``sft_control`` and ``tuned_lens``: ``on``, ``off`` or ``auto`` (on for models of at most
     ``analyses.models.AUTO_MAX_PARAMETERS`` parameters: each trains something, cheap for the organism, not for a 30B
-    model on a laptop).
+    model on a laptop). ``rl_completions`` (one list per RL run, or None for a run) and ``base_completions``: greedy
+    completions already generated for ``items`` (``adt-probe reproduce`` passes its evaluation's), not generated again.
     """
     check_items(items, need_reference=source == "reference", path=data_path)
     if not rl_paths:
@@ -540,7 +550,8 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
         log.warning(f"adt-probe compare: {w}")
     items = for_model(items, processor)  # a text model reads the clips' facts written out instead of their audio
     out.mkdir(parents=True, exist_ok=True)
-    texts = [inputs_for(rl, processor, items, source, max_new_tokens) for rl in rls]
+    given = list(rl_completions or [None] * len(rls))
+    texts = [inputs_for(rl, processor, items, source, max_new_tokens, t) for rl, t in zip(rls, given, strict=True)]
     _write_completions(out / "completions_rl.jsonl", items, [t for t, _ in texts], rl_paths)
     sft, tuned = wanted(sft_control, base, "sft control"), wanted(tuned_lens, base, "tuned lens")
     main_result = analyse(base, rls, [i for _, i in texts], items, tokenizer=processor.tokenizer, n_nulls=n_nulls,
@@ -554,7 +565,7 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
                            "tuned_lens": tuned},
                 "warnings": warnings}
     if mirror and source == "rl":
-        b_texts, b_inputs = inputs_for(base, processor, items, "rl", max_new_tokens)
+        b_texts, b_inputs = inputs_for(base, processor, items, "rl", max_new_tokens, base_completions)
         _write_completions(out / "completions_base.jsonl", items, [b_texts], [base_path])
         m = analyse(base, rls[:1], [b_inputs], items, tokenizer=processor.tokenizer, n_nulls=n_nulls, seed=seed,
                     n_boot=n_boot, batch_size=batch_size, with_controls=False, token_labels=token_labels)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from analyses.models import for_model, load_pretrained
 from analyses.sequences import completions, teacher_forced_inputs
 from rl.data.items import load_items, write_items
 from rl.data.prompts import MAX_NEW_TOKENS
-from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, generate_items
+from rl.data.tasks import heldout_set
 from rl.evaluate import check_fits, check_items
 from rl.organism import calibrated_audio
 
@@ -44,11 +45,7 @@ def heldout(n_per_cell: int, seed: int, data: str | None, calibrated: bool = Fal
         items = load_items(data)
         check_items(items, data)
         return items
-    items = []
-    for band in DIFFICULTY_BANDS:
-        items += generate_items(n_per_cell * len(FAMILIES), seed=seed, difficulty=band, prefix=f"eval-{band}",
-                                calibrated=calibrated)
-    return items
+    return heldout_set(n_per_cell, seed, prefix="eval", calibrated=calibrated)
 
 
 _LOGIT_LENS = adt_probe.LogitLens()
@@ -62,8 +59,10 @@ def input_paths(items, data: str | Path | None = None) -> list[Path]:
 def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", routing: str = "topk",
                 lens: adt_probe.Lens | None = _LOGIT_LENS, batch_size: int = 8, max_new_tokens: int = MAX_NEW_TOKENS,
                 allow_unverified: bool = False, overwrite: bool = False, data: str | Path | None = None,
-                dtype: str = "float32", device_map: str | None = None) -> dict[str, Path]:
-    """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``.
+                dtype: str = "float32", device_map: str | None = None,
+                completions: Sequence[str] | None = None) -> dict[str, Path]:
+    """Record both models (and the base again, batched differently) on ``source``'s completions to ``items``
+    (``completions``: those greedy completions, one per item, when already generated).
 
     Any two folders of one architecture load (``analyses.models.load_pretrained``; ``dtype``, ``device_map`` as
     there); a text model gets the items' written facts instead of their audio (``analyses.models.for_model``).
@@ -80,7 +79,7 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
         base, processor, rl = _load_pair(base_path, rl_path, dtype=dtype, device_map=device_map)
         check_fits(rl, processor, for_model(items, processor), max_new_tokens=max_new_tokens)
         return _record(base, rl, processor, items, out, source=source, routing=routing, lens=lens,
-                       batch_size=batch_size, max_new_tokens=max_new_tokens, overwrite=overwrite)
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, overwrite=overwrite, texts=completions)
 
 
 def _load_pair(base_path: Path, rl_path: Path, *, dtype: str, device_map: str | None):
@@ -94,13 +93,16 @@ def _load_pair(base_path: Path, rl_path: Path, *, dtype: str, device_map: str | 
 
 
 def _record(base, rl, processor, items, out: Path, *, source: str, routing: str, lens: adt_probe.Lens | None,
-            batch_size: int,
-            max_new_tokens: int, overwrite: bool) -> dict[str, Path]:
+            batch_size: int, max_new_tokens: int, overwrite: bool, texts: Sequence[str] | None) -> dict[str, Path]:
     # with completions.jsonl: the recorded sequences, rebuilt by analyses.sequences.recorded_inputs
+    if texts is not None and len(texts) != len(items):
+        raise ValueError(f"{len(texts)} completions given for {len(items)} items; pass one per item, in the items' "
+                         "order (or none, to generate them)")
     write_items(items, out / "items.jsonl")
     items = for_model(items, processor)
-    texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size)
+    if texts is None:
+        texts = completions(rl if source == "rl" else base, processor, items, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size)
     (out / "completions.jsonl").write_text("".join(json.dumps({"id": it.id, "completion": t}) + "\n"
                                                    for it, t in zip(items, texts)))
     inputs = teacher_forced_inputs(processor, items, texts)

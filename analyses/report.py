@@ -130,7 +130,7 @@ $curriculum
 
 ## Before and after RL
 
-Held-out set: $n_items synthetic items ($n_per_cell per family x difficulty, seed $eval_seed), think-first prompt,
+Held-out set: $held_out, think-first prompt,
 greedy decoding; 95% Wilson intervals (proportions) and bootstrap intervals over items (means); pooled rows: a
 hierarchical bootstrap over seeds, then items. Process score: the judge's score of the think text against the
 reference chain when the answer is right, 0 otherwise (MMAR-Rubrics style). Direct-answer accuracy: the answer-only
@@ -202,6 +202,7 @@ def reproduce_results(plan, steps: dict, cmp: dict) -> dict:
         "base": ev["base"], "final": ev["final"], "change": ev["change"], "seeds": ev["seeds"],
         "over_base_direct": ev.get("over_base_direct"),  # absent in a demo folder evaluated before it existed
         "held_out": {"n_items": ev["base"]["n_items"], "seed": plan.eval_seed, "n_per_cell": plan.n_per_cell,
+                     "items": ev.get("items"), "extra_seed": plan.extra_seed, "extra_per_cell": plan.extra_per_cell,
                      "setting": "think-first prompt, greedy decoding; direct_accuracy: answer prompt"},
         "finding_upper_layer_routers": f1, "finding_crystallization": cmp["verdicts"]["crystallization"],
         "rules": cmp["stamp"], "router_weight_drift": steps["weights"],
@@ -225,7 +226,7 @@ def reproduce_fields(plan, steps: dict, cmp: dict, results: dict) -> dict[str, s
     tr = steps["transplant"]
     return {
         "quick": " (quick)" if plan.quick else "", "curriculum": _curriculum(train.get("config", {})),
-        "n_items": str(ev["base"]["n_items"]), "n_per_cell": str(plan.n_per_cell), "eval_seed": str(plan.eval_seed),
+        "held_out": _held_out_text(plan, ev),
         "results_table": _results_table(ev), "over_direct": _over_direct_text(ev.get("over_base_direct")),
         "sampled_base": f"{ev['base'].get('think_rate_sampled_t1', float('nan')):.3f}",
         "sampled_seeds": ", ".join(f"{r.get('think_rate_sampled_t1', float('nan')):.3f}" for r in ev["seeds"].values()),
@@ -266,6 +267,18 @@ def _curriculum(config: dict) -> str:
     parts = [f"{s['name']} ({s['steps']} steps on {(s.get('data') or {}).get('source', 'synthetic')} items; rewards "
              + ", ".join(f"{name} {w:g}" for name, w in s["rewards"].items()) + ")" for s in stages]
     return "; then ".join(parts) + ". Mined stages read boundary cases from the policy's own rollouts."
+
+
+def _held_out_text(plan, ev: dict) -> str:
+    """The held-out items in words: how many, from which seeds, and which numbers the extra items carry."""
+    main = f"{plan.n_per_cell} per family x difficulty, seeds from {plan.eval_seed}, one per band"
+    extra = (ev.get("items") or {}).get("extra")
+    if not extra:
+        return f"{ev['base']['n_items']} synthetic items ({main})"
+    first = ev["items"]["held_out"]
+    return (f"{ev['base']['n_items']} synthetic items: {first} ({main}) and {extra} more ({plan.extra_per_cell} per "
+            f"cell, seeds from {plan.extra_seed}; greedy completions only, so the process score and the sampled "
+            f"think-rate are of the first {first}; the analyses below read those too)")
 
 
 def _results_table(ev: dict) -> str:

@@ -29,6 +29,8 @@ def evaluate_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--judge-model", help="model name on the judge server (with a URL)")
     ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="longest completion generated per item")
     ap.add_argument("--no-sampled", action="store_true", help="skip the think prompt sampled at temperature 1")
+    ap.add_argument("--no-facts-and-notes", action="store_true",
+                    help="skip the answers from the facts written out and from correct notes (synthetic items)")
     ap.add_argument("--out", help="write the JSON report here")
 
 

@@ -329,12 +329,16 @@ def think_metrics(items: Sequence[Item], s: Scores, columns: dict[str, np.ndarra
     return out
 
 
-def per_item(items: Sequence[Item], direct: Scores, think_columns: dict[str, np.ndarray]) -> dict:
+def per_item(items: Sequence[Item], direct: Scores, think_columns: dict[str, np.ndarray],
+             completions: Sequence[str] | None = None) -> dict:
     """Each item's outcomes (item order), so runs can be pooled with a hierarchical interval over runs and items:
     ``id``, ``family``, ``difficulty``, ``direct_correct``, and the greedy think prompt's :func:`think_columns`
-    (None where the judge failed)."""
+    (None where the judge failed); with ``completions``, those greedy completions under ``completion`` (what an
+    analysis of the same model on the same items would otherwise generate again)."""
     out = {"id": [it.id for it in items], "family": [it.family for it in items],
            "difficulty": [it.difficulty for it in items], "direct_correct": direct.correct.tolist()}
+    if completions is not None:
+        out["completion"] = list(completions)
     for name, v in think_columns.items():
         out[name] = [None if isinstance(x, float) and math.isnan(x) else x for x in v.tolist()]
     return out
@@ -363,20 +367,25 @@ def hierarchical_mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, 
             "n_items": int(values.shape[1]), "n_missing": int((~present).sum())}
 
 def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, sample_seed: int = 0,
-             think_samples: bool = True, judge=None, max_new_tokens: int = prompts.MAX_NEW_TOKENS) -> dict:
+             think_samples: bool = True, facts_and_notes: bool = True, judge=None,
+             max_new_tokens: int = prompts.MAX_NEW_TOKENS) -> dict:
     """Direct-answer accuracy table, and accuracy / think-rate / reference similarity under the think-first prompt.
 
     Parameters
     ----------
     judge : an ``rl.judge.Judge`` for the rubric-style process score (None: not measured).
     think_samples : also measure the think prompt sampled at temperature 1 (besides greedy).
+    facts_and_notes : also measure, on synthetic items, the answers from the facts written out and from correct notes
+        (what the model can do once perception is given: three completions per item, about a quarter of the time
+        on the organism; RL's before/after needs none of them).
 
     Returns
     -------
     A JSON-serialisable dict: ``accuracy`` (direct answers; family -> difficulty -> value, lo, hi, n, chance),
     ``accuracy_written_facts`` (synthetic items: the facts written in the prompt instead of the audio),
     ``accuracy_written_facts_think`` (the same under the think-first prompt: inference steps may come first),
-    ``accuracy_with_notes`` (synthetic items: the think block pre-filled with the clip's correct facts),
+    ``accuracy_with_notes`` (synthetic items: the think block pre-filled with the clip's correct facts; these three
+    are None for other items or without ``facts_and_notes``),
     ``think_prompt`` (``greedy`` and ``sampled_t1``: see :func:`think_metrics`), ``think_propensity`` (how near
     the think-first prompt is to thinking: :func:`think_propensity_summary`; per item in ``per_item``), examples, and
     ``completion_budget`` (``prompts.completion_budget``: reference completions longer than ``max_new_tokens`` are
@@ -396,7 +405,7 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
     result = {"n_items": len(items), "accuracy": accuracy_table(items, direct.correct),
               "accuracy_written_facts": None, "accuracy_written_facts_think": None, "accuracy_with_notes": None,
               "direct_well_formed": proportion(direct.well_formed), "think_prompt": {}, "completion_budget": budget}
-    if all("description" in it.meta for it in items):  # synthetic items: the facts can be written out
+    if facts_and_notes and all("description" in it.meta for it in items):  # synthetic: facts can be written out
         facts = score(items, generate(model, processor, items, "answer", max_new_tokens=16, batch_size=batch_size,
                                       written_facts=True), with_similarity=False)
         result["accuracy_written_facts"] = accuracy_table(items, facts.correct)
@@ -415,7 +424,7 @@ def evaluate(model, processor, items: Sequence[Item], *, batch_size: int = 32, s
         columns = think_columns(items, s, judge if name == "greedy" else None)
         result["think_prompt"][name] = {"temperature": temperature, **think_metrics(items, s, columns)}
         if name == "greedy":
-            result["per_item"] = per_item(items, direct, columns)
+            result["per_item"] = per_item(items, direct, columns, s.completions)
     opening = think_propensity(model, processor, items, batch_size=batch_size)
     result["think_propensity"] = think_propensity_summary(opening["p_open"], opening["close_margin"], items)
     result["per_item"].update({k: v.tolist() for k, v in opening.items()})
@@ -441,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, processor = load_organism(args.model or ORGANISM_DIR)
     judge = make_eval_judge(args.judge, args.judge_model)
     report = evaluate(model, processor, items, judge=judge, think_samples=not args.no_sampled,
-                      max_new_tokens=args.max_new_tokens)
+                      facts_and_notes=not args.no_facts_and_notes, max_new_tokens=args.max_new_tokens)
     report.update(model=str(args.model or ORGANISM_DIR), data=args.data or f"synthetic (seed {args.seed})")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -80,6 +80,18 @@ def test_eval_cli_on_a_user_dataset(tiny_dir, tmp_path, one_thread, caplog):
         report)
 
 
+def test_eval_without_facts_and_notes_generates_only_the_direct_and_think_first_answers(tiny_dir, tmp_path, one_thread):
+    items = generate_items(7, seed=9)
+    data = write_items(items, tmp_path / "items.jsonl")
+    out = tmp_path / "report.json"
+    E.main(["--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--judge", "none", "--no-sampled",
+            "--no-facts-and-notes", "--max-new-tokens", "8"])
+    report = json.loads(out.read_text())
+    assert report["accuracy_written_facts"] is report["accuracy_written_facts_think"] is None
+    assert report["accuracy_with_notes"] is None and "with notes" not in E.format_table(report)
+    assert report["accuracy"]["all"]["all"]["n"] == report["think_prompt"]["greedy"]["accuracy"]["n"] == 7
+
+
 def test_close_margin_is_negative_exactly_where_greedy_decoding_opens_the_think_block(one_thread):
     """On the shipped organism's first 64 held-out items, its logits of the empty think block's tokens lowered by the
     items' median margin (an lm_head bias), so that some items open the block greedily and some do not whatever

@@ -553,4 +553,3 @@ def test_train_base_refuses_skill_weights_that_are_not_one_per_skill_summing_to_
         with pytest.raises(SystemExit):
             train_base.main(["--tune-mode-weights", bad])
         assert "answer, describe, context, notes, think" in capsys.readouterr().err
-

@@ -38,7 +38,7 @@ def test_results_json_has_the_before_after_table(demo):
             value = row[key]
             lo, hi = row[f"{key}_ci"]
             assert 0.0 <= lo <= value <= hi <= 1.0, (model, key, lo, value, hi)
-        assert row["n_items"] == 42
+        assert row["n_items"] == 63  # 42 held-out items, 21 extra for the greedy columns
     for key in ("accuracy", "think_rate"):  # the pooled change is the mean of the seeds' paired changes
         seeds = [results["seeds"][s][key] - results["base"][key] for s in ("0", "1")]
         assert np.isclose(results["change"][key], np.mean(seeds))
@@ -54,6 +54,25 @@ def test_results_json_has_the_before_after_table(demo):
         assert results[finding]["verdict"] in verdicts.VERDICTS
         assert results[finding]["rules_hash"] == verdicts.RULES_HASH
     assert results["training_steps"] == 9
+    assert results["held_out"]["items"] == {"held_out": 42, "extra": 21}
+    report = (out / "report.md").read_text()
+    assert "63 synthetic items: 42 (2 per family x difficulty, seeds from 30011, one per band) and 21 more" in report
+
+
+def test_the_analyses_read_the_completions_the_table_scored(demo):
+    """compare and record take the evaluate step's greedy completions (not generated again): the same texts."""
+    out, _ = demo
+
+    def jsonl(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    scored = {name: json.loads((out / f"eval_{name}.json").read_text())["per_item"]["completion"]
+              for name in ("base", "seed-0", "seed-1")}
+    rl_rows = jsonl(out / "compare" / "completions_rl.jsonl")
+    assert [r["completion"] for r in rl_rows] == scored["seed-0"] + scored["seed-1"]
+    assert [r["completion"] for r in jsonl(out / "compare" / "completions_base.jsonl")] == scored["base"]
+    assert [r["completion"] for r in jsonl(out / "recordings" / "completions.jsonl")] == scored["seed-0"]
+    assert [r["completion"] for r in jsonl(out / "recordings_mirror" / "completions.jsonl")] == scored["base"]
 
 
 def test_report_links_resolve_and_figures_exist_as_png_and_pdf(demo):

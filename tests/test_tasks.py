@@ -13,6 +13,7 @@ from rl.data.tasks import (
     Acoustics,
     Event,
     generate_items,
+    heldout_set,
     make_item,
     render,
 )
@@ -36,6 +37,16 @@ def test_deterministic_by_seed_and_independent_of_n():
         np.testing.assert_array_equal(x.audio, y.audio)
     c = generate_items(14, seed=4)
     assert any(not np.array_equal(x.audio, y.audio) for x, y in zip(a, c))
+
+
+def test_a_heldout_set_s_bands_hold_other_scenes_and_a_second_set_shares_none():
+    """One seed for every band would repeat each band's sounds and question at another difficulty (the demo's held-out
+    set did until December 2026): copies that move together."""
+    first, second = heldout_set(2, seed=5), heldout_set(2, seed=5 + len(DIFFICULTY_BANDS))
+    assert len(first) == 2 * len(FAMILIES) * len(DIFFICULTY_BANDS)
+    scenes = [it.meta["description"] + it.question for it in first + second]
+    assert len(set(scenes)) > 0.9 * len(scenes)
+    assert not {it.id for it in first} & {it.id for it in second}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

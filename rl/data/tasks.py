@@ -383,3 +383,26 @@ def generate_items(n: int, *, seed: int, families: Sequence[str] | None = None,
         items.append(make_item(families[i % len(families)], levels[(i // len(families)) % len(levels)], rng,
                                f"{prefix}-{seed}-{i:06d}", calibrated=calibrated))
     return items
+
+
+def heldout_set(n_per_cell: int, seed: int, *, prefix: str = "heldout", families: Sequence[str] | None = None,
+                calibrated: bool = False) -> list[Item]:
+    """``n_per_cell`` items per family x difficulty band, band after band, each band from its own seed (``seed``,
+    ``seed + 1``, ...): ids ``f"{prefix}-{band}-{seed + b}-{i:06d}"``.
+
+    Items are keyed by (seed, index), so one seed for every band would give each band the same sounds and question at
+    another difficulty: copies whose outcomes move together, which intervals that count them as independent items
+    make too narrow. A second set that must not share items starts at ``seed + len(DIFFICULTY_BANDS)``.
+
+    Examples
+    --------
+    >>> items = heldout_set(1, seed=7)
+    >>> len(items), items[0].id, items[-1].id
+    (21, 'heldout-easy-7-000000', 'heldout-hard-9-000006')
+    """
+    families = list(families or FAMILIES)
+    items = []
+    for b, band in enumerate(DIFFICULTY_BANDS):
+        items += generate_items(n_per_cell * len(families), seed=seed + b, families=families, difficulty=band,
+                                prefix=f"{prefix}-{band}", calibrated=calibrated)
+    return items

@@ -54,7 +54,16 @@ from adt_probe.integrity import file_manifest, versions
 from rl import cli_options, organism
 from rl.data import collate, prompts
 from rl.data.items import SAMPLE_RATE
-from rl.data.tasks import DIFFICULTY_BANDS, FAMILIES, MULTI_STEP, SKILLS, generate_items, make_item, unnamed_lookup
+from rl.data.tasks import (
+    DIFFICULTY_BANDS,
+    FAMILIES,
+    MULTI_STEP,
+    SKILLS,
+    generate_items,
+    heldout_set,
+    make_item,
+    unnamed_lookup,
+)
 from rl.evaluate import evaluate, format_table, inference_steps
 from rl.organism.recipe import (
     ADDED_OPTIONS,
@@ -479,12 +488,7 @@ def config_of(path: str | Path) -> BaseTrainConfig:
 
 def heldout_items(cfg: BaseTrainConfig):
     """The held-out evaluation set: ``eval_per_cell`` items per family x difficulty, from ``eval_seed``."""
-    families = list(FAMILIES)
-    items = []
-    for b, band in enumerate(DIFFICULTY_BANDS):  # a seed per band: the bands hold different clips, not the same
-        items += generate_items(cfg.eval_per_cell * len(families), seed=cfg.eval_seed + b, families=families,
-                                difficulty=band, prefix=f"heldout-{band}", calibrated=cfg.calibrated_audio)
-    return items
+    return heldout_set(cfg.eval_per_cell, cfg.eval_seed, calibrated=cfg.calibrated_audio)
 
 
 def write_atomically(model, processor, out: Path, manifest: dict) -> None:

@@ -9,13 +9,13 @@ Steps, each a function below, each writing under ``--out``:
    (``rl.train.grpo`` with ``rl/configs/demo.toml``);
                    ``runs/seed-S/log.jsonl``, ``runs/seed-S/checkpoints/step-N``
 2. ``evaluate``    the base and every seed's final model on held-out items (``rl.evaluate``): accuracy, think-rate,
-                   similarity of the think text to the reference chains, rubric process score; ``eval_base.json``,
-                   ``eval_seed-S.json``
-3. ``record``      both models (and the base again, batched differently: the noise floor) teacher-forced on the final
-                   model's completions, and on the base's own completions (the mirror check); ``recordings*/``
-4. ``compare``     ``adt-probe compare`` of the base and the final model (``analyses.compare``, the same code): both
+                   similarity of the think text to the reference chains, rubric process score; and on extra items
+                   the greedy columns alone; ``eval_base.json``, ``eval_seed-S.json`` (with each item's completion)
+3. ``compare``     ``adt-probe compare`` of the base and the final models (``analyses.compare``, the same code): both
                    verdicts by the rules of ``analyses.verdicts``, the router effect at fixed input with random-update
                    calibration and matched-norm controls, settling curves, mirror; ``compare/``
+4. ``record``      both models (and the base again, batched differently: the noise floor) teacher-forced on the final
+                   model's completions, and on the base's own completions (the mirror check); ``recordings*/``
    ``findings``    gating drift with intervals and noise floor, band contrast, crystallization; ``findings*/``
    ``decompose``   the exact split of the router-logit change into router term and input term
 5. ``weights``     router weight drift base -> final, against the drift of the other weights of each block
@@ -25,7 +25,8 @@ Steps, each a function below, each writing under ``--out``:
 
 A step that finished left ``steps/<name>.json``; a re-run skips it (and training resumes from its newest checkpoint),
 so an interrupted demo continues where it stopped. ``--redo STEP`` runs a step (and every later one) again.
-Nothing here is tuned to make a finding appear: the held-out set, bands and statistics are fixed in advance.
+Nothing here is tuned to make a finding appear: the held-out set, bands and statistics are fixed in advance. The
+analyses read the completions the evaluate step generated and scored (greedy, one per item), not a second copy.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ $curriculum
 
 ## Before and after RL
 
-Held-out set: $held_out, think-first prompt,
+Held-out set: $held_out. Think-first prompt,
 greedy decoding; 95% Wilson intervals (proportions) and bootstrap intervals over items (means); pooled rows: a
 hierarchical bootstrap over seeds, then items. Process score: the judge's score of the think text against the
 reference chain when the answer is right, 0 otherwise (MMAR-Rubrics style). Direct-answer accuracy: the answer-only
@@ -276,9 +276,9 @@ def _held_out_text(plan, ev: dict) -> str:
     if not extra:
         return f"{ev['base']['n_items']} synthetic items ({main})"
     first = ev["items"]["held_out"]
-    return (f"{ev['base']['n_items']} synthetic items: {first} ({main}) and {extra} more ({plan.extra_per_cell} per "
-            f"cell, seeds from {plan.extra_seed}; greedy completions only, so the process score and the sampled "
-            f"think-rate are of the first {first}; the analyses below read those too)")
+    return (f"{ev['base']['n_items']} synthetic items: {first} ({main}), on which everything below is measured, and "
+            f"{extra} more ({plan.extra_per_cell} per cell, seeds from {plan.extra_seed}) for this table's greedy "
+            f"columns (no judge, no sampling: the process score and the sampled think-rate are of the {first})")
 
 
 def _results_table(ev: dict) -> str:

@@ -84,8 +84,9 @@ class Plan:
     eval_seed: int = 30_011  # the held-out set; training and mining use other seeds
     # More held-out items for the before/after table's greedy columns only (no judge, no sampling; seeds from
     # ``extra_seed``): on 84 items one model's accuracy moves by about +-0.09 from one item set to another, as much
-    # as the change the table reads. 12 per cell cost about 40 s per model on one thread.
-    extra_per_cell: int = 12
+    # as the change the table reads. 12 per cell cost 154 s of the demo's 15 minutes (263 s to evaluate four models
+    # against 109 s without them); 8 per cell: 252 items in all, the change's interval about +-0.04.
+    extra_per_cell: int = 8
     n_boot: int = 1000
     # Tokens a completion may take, in training and in every evaluation; ``make`` copies the config's
     # ``grpo.max_new_tokens`` so a model is judged at the length it was trained to reason in.
@@ -256,6 +257,8 @@ def step_transplant(plan: Plan) -> dict:
     from analyses.transplant import run
 
     ds = run(base_path(plan), final_checkpoint(plan), heldout(plan), n_bands=plan.bands, n_boot=plan.n_boot,
+             rl_completions=greedy_completions(plan, f"seed-{plan.seeds[0]}"),
+             base_completions=greedy_completions(plan, "base"),
              max_new_tokens=plan.max_new_tokens)
     folder = plan.dir / "transplant"
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,14 @@ def bands_of(n_layers: int, n_bands: int) -> list[list[int]]:
 
 
 def per_item(model, processor, items, max_new_tokens: int, batch_size: int = 32) -> dict[str, np.ndarray]:
-    s = score(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
-                              batch_size=batch_size), with_similarity=False)
+    """:func:`completion_outcomes` of ``model``'s greedy think-first completions to ``items``."""
+    return completion_outcomes(items, generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size))
+
+
+def completion_outcomes(items, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per item (n,): ``accuracy`` and ``think_rate`` (bool), ``reward`` (correct + 0.5 x well formed)."""
+    s = score(items, texts, with_similarity=False)
     return {"accuracy": s.correct.astype(bool), "think_rate": s.thought.astype(bool),
             "reward": s.correct.astype(float) + 0.5 * s.well_formed.astype(float)}
 
@@ -131,11 +138,14 @@ def continuous_effects(outcomes: dict, bands, *, n_boot: int = 1000, seed: int =
 
 def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed: int = 0,
         max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32, allow_unverified: bool = False,
-        dtype: str = "float32", device_map: str | None = None) -> xr.Dataset:
+        dtype: str = "float32", device_map: str | None = None, rl_completions: Sequence[str] | None = None,
+        base_completions: Sequence[str] | None = None) -> xr.Dataset:
     """Both directions per band: binary outcomes on generations, continuous ones teacher-forced on RL completions.
 
     Both model folders are verified first (``analyses.checkpoints``); any pair of folders of one MoE architecture
-    loads, and a text model is asked the items' written facts (``analyses.models``).
+    loads, and a text model is asked the items' written facts (``analyses.models``). ``rl_completions`` and
+    ``base_completions``: the unmodified models' greedy think-first completions to ``items`` when already generated
+    (``adt-probe reproduce`` passes its evaluation's), one per item.
     """
     base, processor = load_pretrained(checkpoints.model_folder(base_path, allow_unverified=allow_unverified),
                                       dtype=dtype, device_map=device_map)
@@ -146,10 +156,16 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
         raise ValueError(f"{base_path} is a dense {spec.family} model: a router transplant needs routers")
     items = for_model(items, processor)
     bands = bands_of(len(get_module(base, spec.layers)), n_bands)
-    reference = {"rl <- base": per_item(rl, processor, items, max_new_tokens, batch_size),
-                 "base <- rl": per_item(base, processor, items, max_new_tokens, batch_size)}
-    inputs = teacher_forced_inputs(processor, items, generate(rl, processor, items, "think",
-                                                              max_new_tokens=max_new_tokens, batch_size=batch_size))
+    texts = {}
+    for name, model, given in (("rl", rl, rl_completions), ("base", base, base_completions)):
+        if given is not None and len(given) != len(items):
+            raise ValueError(f"{len(given)} {name} completions given for {len(items)} items; pass one per item, in "
+                             "the items' order (or none, to generate them)")
+        texts[name] = list(given) if given is not None else generate(
+            model, processor, items, "think", max_new_tokens=max_new_tokens, batch_size=batch_size)
+    reference = {"rl <- base": completion_outcomes(items, texts["rl"]),
+                 "base <- rl": completion_outcomes(items, texts["base"])}
+    inputs = teacher_forced_inputs(processor, items, texts["rl"])
     outcomes = teacher_forced_outcomes(rl, base, inputs, bands, tokenizer=processor.tokenizer,
                                        batch_size=min(batch_size, 8))
     cont = continuous_effects(outcomes, bands, n_boot=n_boot, seed=seed)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.demo_gain runs/demo [--per-cell 20] [--seed 40011] [--out runs/demo/gain_40011]
 
-The demo reads RL's change on its held-out items (84, plus 252 for the greedy columns since the demo's ``extra``
+The demo reads RL's change on its held-out items (84, plus 168 for the greedy columns since the demo's ``extra``
 items); at 84 one model's accuracy carries a Wilson interval of about +-0.09, as wide as issue 17's target (+0.08).
 This evaluates the demo's base model and every seed's final checkpoint on ``21 x per_cell`` items of another seed
 (``rl.evaluate`` without judge, sampling, written facts or notes: greedy think-first and direct answers, as the

@@ -56,7 +56,8 @@ def test_results_json_has_the_before_after_table(demo):
     assert results["training_steps"] == 9
     assert results["held_out"]["items"] == {"held_out": 42, "extra": 21}
     report = (out / "report.md").read_text()
-    assert "63 synthetic items: 42 (2 per family x difficulty, seeds from 30011, one per band) and 21 more" in report
+    assert "63 synthetic items: 42 (2 per family x difficulty, seeds from 30011, one per band), on which" in report
+    assert "and 21 more (1 per cell, seeds from 30014)" in report
 
 
 def test_the_analyses_read_the_completions_the_table_scored(demo):
@@ -73,6 +74,11 @@ def test_the_analyses_read_the_completions_the_table_scored(demo):
     assert [r["completion"] for r in jsonl(out / "compare" / "completions_base.jsonl")] == scored["base"]
     assert [r["completion"] for r in jsonl(out / "recordings" / "completions.jsonl")] == scored["seed-0"]
     assert [r["completion"] for r in jsonl(out / "recordings_mirror" / "completions.jsonl")] == scored["base"]
+    # the transplant's unmodified models: the accuracy the table scored on the same 42 items
+    reference = json.loads((out / "results.json").read_text())["transplant"]["reference"]
+    for name, key in (("seed-0", "rl_accuracy"), ("base", "base_accuracy")):
+        rows = json.loads((out / f"eval_{name}.json").read_text())["per_item"]["accuracy"]
+        assert reference[key] == pytest.approx(np.mean(rows)), name
 
 
 def test_report_links_resolve_and_figures_exist_as_png_and_pdf(demo):

@@ -61,7 +61,7 @@ from analyses import checkpoints, verdicts
 from analyses.cli import command_parser
 from analyses.models import for_model, load_pretrained, wanted
 from analyses.report import write_compare_report
-from analyses.sequences import completions, teacher_forced_inputs
+from analyses.sequences import completions, given_completions, teacher_forced_inputs
 from analyses.sft_control import sft_control
 from rl.data.items import load_items
 from rl.data.prompts import MAX_NEW_TOKENS, reference_completion
@@ -446,12 +446,9 @@ def inputs_for(model, processor, items, source: str, max_new_tokens: int,
     the reference chains."""
     if source == "reference":
         texts = reference_texts(items)
-    elif texts is None:
-        texts = completions(model, processor, items, max_new_tokens=max_new_tokens)
-    elif len(texts) != len(items):
-        raise CompareInputError(f"{len(texts)} completions given for {len(items)} items; pass one per item, in the "
-                                "items' order (or none, to generate them)")
-    return list(texts), teacher_forced_inputs(processor, items, texts)
+    else:
+        texts = given_completions(texts, items) or completions(model, processor, items, max_new_tokens=max_new_tokens)
+    return texts, teacher_forced_inputs(processor, items, texts)
 
 
 def analyse(base, rls, inputs_list, items, *, tokenizer, n_nulls: int, seed: int, n_boot: int,

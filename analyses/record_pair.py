@@ -25,7 +25,7 @@ from adt_probe.outputs import output_dir
 from analyses import checkpoints
 from analyses.cli import command_parser
 from analyses.models import for_model, load_pretrained
-from analyses.sequences import completions, teacher_forced_inputs
+from analyses.sequences import completions, given_completions, teacher_forced_inputs
 from rl.data.items import load_items, write_items
 from rl.data.prompts import MAX_NEW_TOKENS
 from rl.data.tasks import heldout_set
@@ -72,6 +72,7 @@ def record_pair(base_path, rl_path, items, out: Path, *, source: str = "rl", rou
     else's files unless ``overwrite``, writable, locked), and the items are checked to fit the model's context.
     """
     check_items(items, str(data or "items"))
+    completions = given_completions(completions, items)
     base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
     rl_path = checkpoints.model_folder(rl_path, allow_unverified=allow_unverified)
     with output_dir(out, tool="adt-probe record", writes=WRITES, overwrite=overwrite,
@@ -95,9 +96,6 @@ def _load_pair(base_path: Path, rl_path: Path, *, dtype: str, device_map: str | 
 def _record(base, rl, processor, items, out: Path, *, source: str, routing: str, lens: adt_probe.Lens | None,
             batch_size: int, max_new_tokens: int, overwrite: bool, texts: Sequence[str] | None) -> dict[str, Path]:
     # with completions.jsonl: the recorded sequences, rebuilt by analyses.sequences.recorded_inputs
-    if texts is not None and len(texts) != len(items):
-        raise ValueError(f"{len(texts)} completions given for {len(items)} items; pass one per item, in the items' "
-                         "order (or none, to generate them)")
     write_items(items, out / "items.jsonl")
     items = for_model(items, processor)
     if texts is None:

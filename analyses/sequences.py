@@ -25,6 +25,23 @@ def completions(model, processor, items: Sequence[Item], *, mode: str = "think",
                     seed=seed, batch_size=batch_size)
 
 
+def given_completions(texts: Sequence[str] | None, items: Sequence[Item], what: str = "completions"
+                      ) -> list[str] | None:
+    """Completions a caller already generated, as a list, once checked to be one per item; None (generate them)
+    stays None.
+
+    Raises
+    ------
+    ValueError : not one per item (the message names both counts and the fix).
+    """
+    if texts is None:
+        return None
+    if len(texts) != len(items):
+        raise ValueError(f"{len(texts)} {what} given for {len(items)} items; pass one per item, in the items' order "
+                         "(or none, to generate them)")
+    return list(texts)
+
+
 def teacher_forced_inputs(processor, items: Sequence[Item], texts: Sequence[str], mode: str = "think"):
     """Processor output for prompt + completion of every item (left padded, audio included when the items have it).
 

@@ -40,7 +40,7 @@ from analyses import checkpoints
 from analyses.cli import command_parser
 from analyses.models import for_model, load_pretrained
 from analyses.record_pair import heldout
-from analyses.sequences import teacher_forced_inputs
+from analyses.sequences import given_completions, teacher_forced_inputs
 from rl.data.prompts import MAX_NEW_TOKENS
 from rl.evaluate import generate, score
 
@@ -158,10 +158,7 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
     bands = bands_of(len(get_module(base, spec.layers)), n_bands)
     texts = {}
     for name, model, given in (("rl", rl, rl_completions), ("base", base, base_completions)):
-        if given is not None and len(given) != len(items):
-            raise ValueError(f"{len(given)} {name} completions given for {len(items)} items; pass one per item, in "
-                             "the items' order (or none, to generate them)")
-        texts[name] = list(given) if given is not None else generate(
+        texts[name] = given_completions(given, items, f"{name} completions") or generate(
             model, processor, items, "think", max_new_tokens=max_new_tokens, batch_size=batch_size)
     reference = {"rl <- base": completion_outcomes(items, texts["rl"]),
                  "base <- rl": completion_outcomes(items, texts["base"])}

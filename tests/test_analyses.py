@@ -46,6 +46,20 @@ def test_record_findings_and_transplant(pair, tmp_path):
     assert set(effects.data_vars) >= {"accuracy_delta", "accuracy_delta_lo", "reward_delta_hi"}
 
 
+def test_record_pair_and_transplant_take_completions_already_generated(pair, tmp_path):
+    base, rl = pair
+    items = generate_items(3, seed=3)
+    given = [f"<think>\nSound 1: a high tone.\n</think>\n\n<answer>{it.answer}</answer>" for it in items]
+    record_pair.record_pair(base, rl, items, tmp_path / "rec", max_new_tokens=12, completions=given)
+    rows = [json.loads(line) for line in (tmp_path / "rec" / "completions.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows] == given
+    effects = transplant.run(base, rl, items, n_bands=2, n_boot=20, max_new_tokens=12, rl_completions=given)
+    assert effects.attrs["rl_accuracy"] == 1.0 and effects.attrs["rl_think_rate"] == 1.0  # scored as given
+    with pytest.raises(ValueError, match="2 completions given for 3 items; pass one per item"):
+        record_pair.record_pair(base, rl, items, tmp_path / "other", max_new_tokens=12, completions=given[:2])
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+
+
 def test_record_pair_refuses_models_that_do_not_belong_together(pair, tmp_path, tiny_organism, tokenizer):
     from rl import organism
     from rl.organism.train_base import tokenizer_corpus

@@ -539,6 +539,10 @@ def test_synthetic_rl_data_is_rendered_as_the_model_hears(tmp_path):
     (tmp_path / "rl" / "trainer_state" / "state.json").write_text(json.dumps({"config": {"model": str(tmp_path)}}))
     (tmp_path / "rl" / "manifest.json").write_text(json.dumps({"format": 1, "step": 3, "files": {}}))
     assert organism.calibrated_audio(tmp_path / "rl") and not organism.calibrated_audio(plain)
+    # ... and one of the shipped organism, which a training config names "organism" (the demo's runs)
+    (tmp_path / "demo" / "trainer_state").mkdir(parents=True)
+    (tmp_path / "demo" / "trainer_state" / "state.json").write_text(json.dumps({"config": {"model": "organism"}}))
+    assert organism.calibrated_audio(tmp_path / "demo") == organism.calibrated_audio(organism.ORGANISM_DIR) is True
 
 
 def test_train_base_refuses_skill_weights_that_are_not_one_per_skill_summing_to_one(capsys):

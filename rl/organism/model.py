@@ -167,7 +167,9 @@ def calibrated_audio(path: str | Path) -> bool:
     if "calibrated_audio" in config:
         return bool(config["calibrated_audio"])
     start = config.get("model")
-    if isinstance(start, str) and start != "organism" and Path(start).resolve() != path.resolve():
+    if start == "organism":  # a training config's name for the shipped organism
+        start = ORGANISM_DIR
+    if isinstance(start, (str, Path)) and Path(start).resolve() != path.resolve():
         return calibrated_audio(start)
     return False
 

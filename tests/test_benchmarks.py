@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.record_bench import PINNED_ALLOCATOR
 
 
@@ -47,3 +49,17 @@ def test_record_bench_memory_only_reports_peak_memory_without_timing(tmp_path):
     assert "median_s" not in row and row["ratio"] is None
     assert row["peak_rss_mb"] >= row["rss_resident_mb"] > 0 and row["extra_mb"] == row["peak_rss_mb"] - row[
         "rss_resident_mb"]
+
+
+@pytest.mark.integration
+def test_eval_parts_times_every_part_of_the_demo_s_evaluation_on_its_items():
+    from benchmarks.eval_parts import measure
+    from rl.organism import ORGANISM_DIR
+
+    result = measure(str(ORGANISM_DIR), repeats=1, per_cell=1)
+    assert result["n_items"] == 21 and result["total"] == pytest.approx(sum(result["seconds"].values()))
+    assert list(result["seconds"]) == ["direct", "think, greedy", "think, sampled", "score greedy (similarity)",
+                                       "score sampled (similarity)", "think-block probabilities",
+                                       "judge (process score)"]
+    assert all(s >= 0 for s in result["seconds"].values()) and set(result["once"]) == {"load embedder", "load judge"}
+    assert 0 <= result["items_judged"] <= 21

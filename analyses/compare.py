@@ -447,7 +447,8 @@ def inputs_for(model, processor, items, source: str, max_new_tokens: int,
     if source == "reference":
         texts = reference_texts(items)
     else:
-        texts = given_completions(texts, items) or completions(model, processor, items, max_new_tokens=max_new_tokens)
+        texts = list(texts) if texts is not None else completions(model, processor, items,
+                                                                  max_new_tokens=max_new_tokens)
     return texts, teacher_forced_inputs(processor, items, texts)
 
 
@@ -534,6 +535,12 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
     check_items(items, need_reference=source == "reference", path=data_path)
     if not rl_paths:
         raise CompareInputError("no --rl checkpoint given")
+    # completions already generated: checked here, before any model loads
+    given = [given_completions(t, items) for t in (rl_completions or [None] * len(rl_paths))]
+    if len(given) != len(rl_paths):
+        raise CompareInputError(f"{len(given)} lists of completions for {len(rl_paths)} RL checkpoints; pass one list "
+                                "per checkpoint, in their order (None for one to generate)")
+    base_completions = given_completions(base_completions, items)
     torch.manual_seed(seed)
     base_path = checkpoints.model_folder(base_path, allow_unverified=allow_unverified)
     rl_paths = [checkpoints.model_folder(p, allow_unverified=allow_unverified) for p in rl_paths]
@@ -547,8 +554,7 @@ def compare(base_path, rl_paths, items, out: Path, *, seed: int = 0, n_nulls: in
         log.warning(f"adt-probe compare: {w}")
     items = for_model(items, processor)  # a text model reads the clips' facts written out instead of their audio
     out.mkdir(parents=True, exist_ok=True)
-    given = list(rl_completions or [None] * len(rls))
-    texts = [inputs_for(rl, processor, items, source, max_new_tokens, t) for rl, t in zip(rls, given, strict=True)]
+    texts = [inputs_for(rl, processor, items, source, max_new_tokens, t) for rl, t in zip(rls, given)]
     _write_completions(out / "completions_rl.jsonl", items, [t for t, _ in texts], rl_paths)
     sft, tuned = wanted(sft_control, base, "sft control"), wanted(tuned_lens, base, "tuned lens")
     main_result = analyse(base, rls, [i for _, i in texts], items, tokenizer=processor.tokenizer, n_nulls=n_nulls,

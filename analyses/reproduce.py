@@ -51,7 +51,7 @@ from analyses import checkpoints
 from analyses.cli import command_parser
 from analyses.models import load_pretrained
 from rl.data.prompts import MAX_NEW_TOKENS
-from rl.data.tasks import DIFFICULTY_BANDS
+from rl.data.tasks import DIFFICULTY_BANDS, heldout_set
 from rl.evaluate import evaluate, hierarchical_mean_ci, make_eval_judge, mean_ci, proportion
 from rl.organism import calibrated_audio
 from rl.train.config import load_config
@@ -171,7 +171,7 @@ def step_evaluate(plan: Plan) -> dict:
             "change": pooled_headline(seeds, minus=reports["base"]),
             "over_base_direct": over_base_direct(seeds, reports["base"]),
             "seeds": {str(s): headline(r) for s, r in zip(plan.seeds, seeds)},
-            "items": {"held_out": reports["base"]["n_items"], "extra": len(_extra_rows(reports["base"]).get("id", []))}}
+            "items": {"held_out": reports["base"]["n_items"], "extra": _n_extra(reports["base"])}}
 
 
 def evaluate_model(plan: Plan, path: Path, name: str) -> dict:
@@ -313,9 +313,8 @@ def final_checkpoint(plan: Plan, seed: int | None = None) -> Path:
 
 
 def heldout(plan: Plan):
-    from analyses.record_pair import heldout as make
-
-    return make(plan.n_per_cell, plan.eval_seed, None, calibrated=calibrated_audio(base_path(plan)))
+    """The held-out items every step reads."""
+    return _synthetic(plan, plan.n_per_cell, plan.eval_seed)
 
 
 def greedy_completions(plan: Plan, name: str) -> list[str] | None:
@@ -325,9 +324,13 @@ def greedy_completions(plan: Plan, name: str) -> list[str] | None:
 
 
 def extra_heldout(plan: Plan):
-    from analyses.record_pair import heldout as make
+    """The extra items of the results table's greedy columns."""
+    return _synthetic(plan, plan.extra_per_cell, plan.extra_seed)
 
-    return make(plan.extra_per_cell, plan.extra_seed, None, calibrated=calibrated_audio(base_path(plan)))
+
+def _synthetic(plan: Plan, n_per_cell: int, seed: int):
+    # the ids ``adt-probe record`` gives the same items (``analyses.record_pair.heldout``), clips as the base hears them
+    return heldout_set(n_per_cell, seed, prefix="eval", calibrated=calibrated_audio(base_path(plan)))
 
 
 #: The per-item outcomes of the results table: its name -> ``per_item`` key of ``rl.evaluate.evaluate``.
@@ -354,19 +357,20 @@ def headline(report: dict) -> dict:
         row["think_rate_sampled_t1"] = sampled["think_rate"]["value"]
     for name, d in greedy.get("distinct_ngrams", {}).items():
         row[name] = d["value"]
-    row["n_items"] = len(report["per_item"]["id"]) + len(_extra_rows(report).get("id", []))
+    row["n_items"] = report["n_items"] + _n_extra(report)
     return row
 
 
-def _extra_rows(report: dict) -> dict[str, list]:
-    return (report.get("extra") or {}).get("per_item", {})
+def _n_extra(report: dict) -> int:
+    """How many extra items an :func:`evaluate_model` report holds (0 without them)."""
+    return (report.get("extra") or {}).get("n_items", 0)
 
 
 def _per_item(report: dict, key: str) -> np.ndarray:
     """One per-item outcome of an :func:`evaluate_model` report over its held-out items, then its extra items, shape
     (items,); NaN where it is undefined (and on the extra items for an outcome measured without them)."""
-    extra = _extra_rows(report)
-    values = report["per_item"][key] + extra.get(key, [None] * len(extra.get("id", [])))
+    extra = report["extra"]["per_item"] if _n_extra(report) else {}
+    values = report["per_item"][key] + extra.get(key, [None] * _n_extra(report))
     return np.array([np.nan if v is None else float(v) for v in values])
 
 

@@ -147,6 +147,8 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
     ``base_completions``: the unmodified models' greedy think-first completions to ``items`` when already generated
     (``adt-probe reproduce`` passes its evaluation's), one per item.
     """
+    given = {"rl": given_completions(rl_completions, items, "rl completions"),  # checked before any model loads
+             "base": given_completions(base_completions, items, "base completions")}
     base, processor = load_pretrained(checkpoints.model_folder(base_path, allow_unverified=allow_unverified),
                                       dtype=dtype, device_map=device_map)
     rl, _ = load_pretrained(checkpoints.model_folder(rl_path, allow_unverified=allow_unverified), dtype=dtype,
@@ -156,10 +158,8 @@ def run(base_path, rl_path, items, *, n_bands: int = 2, n_boot: int = 1000, seed
         raise ValueError(f"{base_path} is a dense {spec.family} model: a router transplant needs routers")
     items = for_model(items, processor)
     bands = bands_of(len(get_module(base, spec.layers)), n_bands)
-    texts = {}
-    for name, model, given in (("rl", rl, rl_completions), ("base", base, base_completions)):
-        texts[name] = given_completions(given, items, f"{name} completions") or generate(
-            model, processor, items, "think", max_new_tokens=max_new_tokens, batch_size=batch_size)
+    texts = {name: given[name] or generate(model, processor, items, "think", max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size) for name, model in (("rl", rl), ("base", base))}
     reference = {"rl <- base": completion_outcomes(items, texts["rl"]),
                  "base <- rl": completion_outcomes(items, texts["base"])}
     inputs = teacher_forced_inputs(processor, items, texts["rl"])

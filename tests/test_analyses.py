@@ -8,6 +8,7 @@ import torch
 
 import adt_probe
 from analyses import checkpoints, findings, record_pair, transplant
+from analyses.compare import CompareInputError, compare
 from rl.data.tasks import generate_items
 from rl.train import checkpoint as ckpt
 from tests.helpers import tiny_config
@@ -58,6 +59,13 @@ def test_record_pair_and_transplant_take_completions_already_generated(pair, tmp
     with pytest.raises(ValueError, match="2 completions given for 3 items; pass one per item"):
         record_pair.record_pair(base, rl, items, tmp_path / "other", max_new_tokens=12, completions=given[:2])
     assert not (tmp_path / "other").exists()  # refused before anything was written
+    # compare and transplant refuse a wrong count before loading a model (these folders do not exist)
+    with pytest.raises(ValueError, match="2 completions given for 3 items"):
+        compare(tmp_path / "none", [tmp_path / "none"], items, tmp_path / "cmp", rl_completions=[given[:2]])
+    with pytest.raises(CompareInputError, match="2 lists of completions for 1 RL checkpoints"):
+        compare(tmp_path / "none", [tmp_path / "none"], items, tmp_path / "cmp", rl_completions=[given, given])
+    with pytest.raises(ValueError, match="2 base completions given for 3 items"):
+        transplant.run(tmp_path / "none", tmp_path / "none", items, base_completions=given[:2])
 
 
 def test_record_pair_refuses_models_that_do_not_belong_together(pair, tmp_path, tiny_organism, tokenizer):
